@@ -1,0 +1,22 @@
+# The two commands of the README: `sudo make demo` and `sudo make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test unit clean
+
+setup:
+	./scripts/provision.sh
+
+demo: setup
+	$(VENV)/bin/tcpclose demo
+
+# TCPCLOSE_REQUIRE_BPF turns a skipped live test into a failure: on this kind
+# of machine the BPF tests must run.
+test: setup
+	TCPCLOSE_REQUIRE_BPF=1 $(PY) -m pytest -ra
+
+unit: setup
+	$(PY) -m pytest -ra -m "not live"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

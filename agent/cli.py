@@ -1,0 +1,166 @@
+"""The command line: tcpclose trace | report | demo."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from . import aggregate, export, lifecycle, records, summary
+from .errors import TcpcloseError
+from .filters import AF_INET, AF_INET6, Filters
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class PortList(click.ParamType):
+    name = "PORTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, frozenset):
+            return value
+        ports = set()
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part.isdigit() or not 1 <= int(part) <= 65535:
+                self.fail(f"{part!r} is not a port (1-65535); give a list like 80,443", param, ctx)
+            ports.add(int(part))
+        return frozenset(ports)
+
+
+def expected_errors(func):
+    """Expected failures end in one line naming the fix and their own exit code."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TcpcloseError as exc:
+            click.echo(f"tcpclose: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper
+
+
+def out_option(func):
+    return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+                        help="Write connections.csv, processes.csv and summary.txt into this directory.")(func)
+
+
+def report(events, run: dict, out: Path | None) -> None:
+    conns = lifecycle.connections(events, run["ended_at"])
+    procs = aggregate.processes(conns, run["ended_at"])
+    text = summary.render(conns, procs, run)
+    if out:
+        paths = export.write(out, conns, procs, text)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group(context_settings=CONTEXT)
+def main():
+    """Which process closes TCP connections first, and what it leaves behind.
+
+    \b
+    Start with:  sudo tcpclose demo
+    Then:        sudo tcpclose trace -d 60 -o out/
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds (default: Ctrl-C).")
+@out_option
+@click.option("-p", "--pid", type=click.IntRange(min=1), help="Only connections owned by this process.")
+@click.option("-c", "--comm", help="Only connections owned by processes of this name (as in /proc/PID/comm).")
+@click.option("-L", "local_ports", type=PortList(), default="", help="Only these local ports, e.g. -L 80,443.")
+@click.option("-D", "remote_ports", type=PortList(), default="", help="Only these remote ports, e.g. -D 5432.")
+@click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4.")
+@click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
+@click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
+@expected_errors
+def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, print_bpf):
+    """Trace TCP closes on this host (root) until Ctrl-C or --duration.
+
+    Every connection is credited to the process that owns it, with who closed
+    first (active, passive, simultaneous, reset, never established, open).
+
+    \b
+    Examples:
+      sudo tcpclose trace                      # summary on Ctrl-C
+      sudo tcpclose trace -d 30 -o out/        # CSVs and summary.txt in out/
+      sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
+      sudo tcpclose trace -D 5432 --record pg.jsonl
+    """
+    if ipv4 and ipv6:
+        raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")
+    if comm is not None and not 1 <= len(comm.encode()) <= 15:
+        raise click.BadParameter("a comm is 1 to 15 bytes (the kernel truncates longer names)", param_hint="--comm")
+    filters = Filters(pid=pid, comm=comm, local_ports=local_ports, remote_ports=remote_ports,
+                      family=AF_INET if ipv4 else AF_INET6 if ipv6 else None)
+    if print_bpf:
+        from . import layout, loader
+        click.echo(" ".join(loader.compile_flags(filters)))
+        click.echo(layout.PROGRAM.read_text(), nl=False)
+        return
+    from .session import Tracer, run, stop_on_signals
+    with stop_on_signals() as stop:
+        tracer = Tracer(filters, record)
+        click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
+        events, run_info = run(tracer, stop, duration)
+    report(events, run_info, out)
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@out_option
+@expected_errors
+def report_command(recording, out):
+    """The same reports from a --record file; needs no root.
+
+    \b
+    Example:
+      tcpclose report pg.jsonl -o out/
+    """
+    events, run_info = records.read_recording(recording)
+    if "started_at" not in run_info:  # cut short: bound the run by its events
+        times = events[["opened_at", "event_at"]].astype(float)
+        run_info |= {"started_at": times.min().min(), "ended_at": times.max().max()}
+    report(events, run_info, out)
+
+
+@main.command(context_settings=CONTEXT)
+@out_option
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
+@expected_errors
+def demo(out, record):
+    """Trace a built-in loopback workload and show the report (root, a few seconds).
+
+    \b
+    The workload is three pairs of processes:
+      demo-client closes first on its connections to demo-echo,
+      demo-web closes first on its connections from demo-poller,
+      demo-leaky never closes the connections demo-caller made (CLOSE_WAIT).
+    Example:
+      sudo tcpclose demo -o demo-out/
+    """
+    from . import demo as workload
+    from .session import Tracer, stop_on_signals
+
+    with stop_on_signals() as stop:
+        tracer = Tracer(Filters(comm=None), record)
+        click.echo("Tracing TCP closes while the demo workload runs...", err=True)
+        procs = []
+        try:
+            for pair in workload.PAIRS:
+                click.echo(f"  {pair.client_comm} -> {pair.server_comm}: {pair.story}", err=True)
+            procs = workload.start()
+            stop.wait(0.3)  # let the last FINs and ACKs land
+            events, run_info = tracer.finish()
+        finally:
+            workload.release(procs)
+    report(events, run_info, out)
+
+
+if __name__ == "__main__":
+    main()

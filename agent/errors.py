@@ -1,0 +1,33 @@
+"""Expected failures: one line naming the fix, and a distinct exit code each."""
+
+
+class TcpcloseError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotRoot(TcpcloseError):
+    exit_code = 3
+
+
+class BccMissing(TcpcloseError):
+    exit_code = 4
+
+
+class HeadersMissing(TcpcloseError):
+    exit_code = 5
+
+
+class TracepointMissing(TcpcloseError):
+    exit_code = 6
+
+
+class BadRecording(TcpcloseError):
+    exit_code = 7
+
+
+class WorkloadFailed(TcpcloseError):
+    exit_code = 8

@@ -1,0 +1,66 @@
+"""The Python mirror of bpf/tcpclose.h: the record dtype and the header's constants.
+
+The constants are read from the header itself, so they exist in one place;
+the dtype is written out here and tests/test_layout.py checks it against the
+offsets a C compiler gives for the header.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+HEADER = BPF_DIR / "tcpclose.h"
+PROGRAM = BPF_DIR / "tcpclose.bpf.c"
+
+
+def _read_defines(path: Path) -> dict[str, int]:
+    defines = {}
+    for name, value in re.findall(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", path.read_text(), re.M):
+        defines[name] = int(value, 0)
+    return defines
+
+
+DEFINES = _read_defines(HEADER)
+globals().update(DEFINES)  # EV_LIFE, FLAG_PARTIAL, TCP_CLOSE_WAIT, C_RINGBUF_DROPS, ...
+
+EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("opened_ns", "<u8"),
+        ("estab_ns", "<u8"),
+        ("close_wait_ns", "<u8"),
+        ("fin_ns", "<u8"),
+        ("skaddr", "<u8"),
+        ("cgroup_id", "<u8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("comm", "S16"),
+        ("saddr", "u1", (16,)),
+        ("daddr", "u1", (16,)),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("family", "<u2"),
+        ("states", "<u2"),
+        ("kind", "u1"),
+        ("owner_src", "u1"),
+        ("last_state", "u1"),
+        ("flags", "u1"),
+        ("pad", "u1", (4,)),
+    ]
+)
+
+TCP_STATE_NAMES = {
+    value: name[len("TCP_"):] for name, value in DEFINES.items() if name.startswith("TCP_")
+}
+KIND_NAMES = {DEFINES["EV_LIFE"]: "life", DEFINES["EV_OPEN"]: "open", DEFINES["EV_RESET_SENT"]: "reset_sent"}
+OWNER_SRC_NAMES = {
+    DEFINES["OWNER_NONE"]: "none",
+    DEFINES["OWNER_SYSCALL"]: "syscall",
+    DEFINES["OWNER_LISTENER"]: "listener",
+}
+COUNTER_NAMES = {
+    value: name[len("C_"):].lower() for name, value in DEFINES.items() if name.startswith("C_")
+}

@@ -1,0 +1,108 @@
+"""Loads the BPF program and reads what it hands over.  The only module that imports bcc."""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from . import layout
+from .errors import BccMissing, HeadersMissing, NotRoot, TracepointMissing
+from .filters import Filters
+
+TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
+MODULES_DIR = Path("/lib/modules")
+
+MAX_SOCKS = 131072  # live sockets followed at once (~128 B each: 16 MiB)
+MAX_LISTENERS = 4096
+RINGBUF_PAGES = 2048  # 8 MiB: ~65 000 records between two polls
+
+
+def check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise NotRoot("tracing needs root (CAP_BPF and CAP_PERFMON): run it with sudo")
+
+
+def check_tracepoints() -> None:
+    roots = [root for root in TRACEFS_ROOTS if (root / "events").is_dir()]
+    if not roots:
+        raise TracepointMissing(
+            "tracefs is not mounted: run 'sudo mount -t tracefs nodev /sys/kernel/tracing' (or 'sudo make setup')"
+        )
+    for tp in TRACEPOINTS:
+        if not (roots[0] / "events" / tp).is_dir():
+            raise TracepointMissing(
+                f"this kernel has no tracepoint {tp.replace('/', ':')}: tcpclose needs Linux 4.16 or later "
+                "(use the VM in vagrant/)"
+            )
+
+
+def check_headers() -> None:
+    release = os.uname().release
+    build = MODULES_DIR / release / "build"
+    if not build.exists():
+        raise HeadersMissing(
+            f"no kernel headers at {build}: install linux-headers-{release}, "
+            "or run 'sudo make setup' to link the nearest distribution headers"
+        )
+
+
+def compile_flags(filters: Filters) -> list[str]:
+    return [
+        f"-I{layout.BPF_DIR}",
+        f"-DMAX_SOCKS={MAX_SOCKS}",
+        f"-DMAX_LISTENERS={MAX_LISTENERS}",
+        f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
+        *filters.cflags(),
+    ]
+
+
+class Probe:
+    """The loaded program: poll() returns the raw records handed over since the last call."""
+
+    def __init__(self, filters: Filters):
+        check_privileges()
+        check_tracepoints()
+        check_headers()
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise BccMissing(
+                f"bcc is not importable ({exc}): install python3-bpfcc ('sudo make setup') and run "
+                "tcpclose from .venv, which is made with --system-site-packages"
+            ) from None
+        try:
+            self._bpf = BPF(text=layout.PROGRAM.read_text(), cflags=compile_flags(filters))
+        except Exception as exc:  # bcc raises bare Exception on compile failure
+            raise HeadersMissing(
+                f"the BPF program did not compile ({exc}): check the kernel headers "
+                f"in /lib/modules/{os.uname().release}/build ('sudo make setup')"
+            ) from None
+        port_map = self._bpf["port_filter"]
+        for port, bits in filters.port_filter().items():
+            port_map[ctypes.c_int(port)] = ctypes.c_uint8(bits)
+        self._chunks: list[bytes] = []
+        self._bpf["events"].open_ring_buffer(self._collect)
+
+    def _collect(self, _ctx, data, size):
+        self._chunks.append(ctypes.string_at(data, size))
+
+    def poll(self) -> bytes:
+        """Every record the ring buffer holds now, concatenated (records are fixed-size)."""
+        self._bpf.ring_buffer_consume()
+        chunks, self._chunks = self._chunks, []
+        return b"".join(chunks)
+
+    def open_lives(self) -> bytes:
+        """The records of the lives still in the socks map (not yet ->CLOSE)."""
+        return b"".join(bytes(value) for value in self._bpf["socks"].values())
+
+    def counters(self) -> dict[str, int]:
+        table = self._bpf["counters"]
+        return {
+            name: int(sum(table[ctypes.c_int(idx)])) for idx, name in layout.COUNTER_NAMES.items()
+        }
+
+    def close(self) -> None:
+        self._bpf.cleanup()
+

@@ -1,0 +1,133 @@
+"""Decoding: raw ring-buffer records -> a frame of decoded events, and JSONL recordings.
+
+This is the one boundary between kernel encodings and the rest of tcpclose.
+Records arrive in batches and are decoded vectorised (a numpy structured view
+of the bytes straight into pandas): there is no Python object per record.
+Column names follow bpf/tcpclose.h; monotonic `_ns` times become epoch
+seconds in `_at` columns, raw bitmasks keep a `_raw` suffix.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import numpy as np
+import pandas as pd
+
+from . import layout
+from .errors import BadRecording
+
+EVENT_COLUMNS = [
+    "kind", "skaddr", "pid", "tid", "comm", "cgroup_id", "owner_src",
+    "family", "laddr", "lport", "raddr", "rport",
+    "states_raw", "last_state", "flags_raw",
+    "opened_at", "estab_at", "close_wait_at", "fin_at", "event_at",
+]
+_TIMES = {"opened_ns": "opened_at", "estab_ns": "estab_at", "close_wait_ns": "close_wait_at",
+          "fin_ns": "fin_at", "ts_ns": "event_at"}
+FAMILY_NAMES = {2: "ipv4", 10: "ipv6"}
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in EVENT_COLUMNS})
+
+
+def _addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
+    """16-byte address fields -> text, converting each distinct address once."""
+    keys = np.concatenate([raw, family.astype(np.uint8)[:, None]], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    text = []
+    for row in uniq:
+        packed = bytes(row[:16])
+        text.append(str(ipaddress.IPv6Address(packed)) if row[16] == 10 else str(ipaddress.IPv4Address(packed[:4])))
+    return np.array(text, dtype=object)[inverse.reshape(-1)]
+
+
+def decode(raw: bytes, monotonic_to_epoch_ns: int) -> pd.DataFrame:
+    """Decode concatenated struct tcpclose_event records.
+
+    monotonic_to_epoch_ns: epoch ns minus CLOCK_MONOTONIC ns (what bpf_ktime_get_ns reads).
+    """
+    size = layout.EVENT_DTYPE.itemsize
+    if len(raw) % size:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of {size}-byte records")
+    rec = np.frombuffer(raw, dtype=layout.EVENT_DTYPE)
+    if len(rec) == 0:
+        return empty_events()
+    out = {
+        "kind": pd.Series(rec["kind"]).map(layout.KIND_NAMES).to_numpy(object),
+        "skaddr": rec["skaddr"].astype(np.uint64),
+        "pid": rec["pid"].astype(np.int64),
+        "tid": rec["tid"].astype(np.int64),
+        "comm": np.char.decode(rec["comm"], "utf-8", "replace").astype(object),
+        "cgroup_id": rec["cgroup_id"].astype(np.uint64),
+        "owner_src": pd.Series(rec["owner_src"]).map(layout.OWNER_SRC_NAMES).to_numpy(object),
+        "family": pd.Series(rec["family"]).map(FAMILY_NAMES).to_numpy(object),
+        "laddr": _addresses(rec["saddr"], rec["family"]),
+        "lport": rec["sport"].astype(np.int64),
+        "raddr": _addresses(rec["daddr"], rec["family"]),
+        "rport": rec["dport"].astype(np.int64),
+        "states_raw": rec["states"].astype(np.int64),
+        "last_state": pd.Series(rec["last_state"]).map(layout.TCP_STATE_NAMES).to_numpy(object),
+        "flags_raw": rec["flags"].astype(np.int64),
+    }
+    for field, column in _TIMES.items():
+        ns = rec[field].astype(np.int64)
+        out[column] = np.where(ns > 0, (ns + monotonic_to_epoch_ns) / 1e9, np.nan)
+    frame = pd.DataFrame(out, columns=EVENT_COLUMNS)
+    # a reset record carries only its socket and time
+    resets = frame["kind"] == "reset_sent"
+    frame.loc[resets, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
+    return frame
+
+
+class Recorder:
+    """Writes the decoded event stream as JSONL, one event a line, then one `run` line."""
+
+    def __init__(self, path: Path):
+        self._file: TextIO = open(path, "w", encoding="utf-8")
+
+    def write(self, events: pd.DataFrame) -> None:
+        if len(events):
+            self._file.write(events.to_json(orient="records", lines=True, double_precision=15))
+            self._file.flush()
+
+    def finish(self, run: dict) -> None:
+        self._file.write(json.dumps({"kind": "run", **run}) + "\n")
+        self._file.close()
+
+
+def read_recording(path: Path) -> tuple[pd.DataFrame, dict]:
+    """Events and the run line of a recording; BadRecording names the first bad line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadRecording(f"cannot read recording {path}: {exc}") from None
+    rows, run = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadRecording(f"{path}:{number}: not JSON ({exc.msg}); is this a tcpclose --record file?") from None
+        if not isinstance(row, dict) or "kind" not in row:
+            raise BadRecording(f"{path}:{number}: not a tcpclose event (no 'kind'); is this a tcpclose --record file?")
+        if row["kind"] == "run":
+            run = row
+            continue
+        missing = [c for c in EVENT_COLUMNS if c not in row]
+        if missing or row["kind"] not in layout.KIND_NAMES.values():
+            raise BadRecording(f"{path}:{number}: not a tcpclose event (missing {', '.join(missing) or 'a known kind'})")
+        rows.append(row)
+    if run is None:  # the tracer was killed before it could finish the file
+        run = {"kind": "run", "cut_short": True}
+    events = pd.DataFrame(rows, columns=EVENT_COLUMNS) if rows else empty_events()
+    return events, run
+
+
+def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else empty_events()

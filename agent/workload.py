@@ -1,0 +1,189 @@
+"""Loopback TCP workloads in separate processes, each with its own comm.
+
+Used by `tcpclose demo` and the live tests.  Each process prints JSON lines
+on stdout: {"event": "ready", ...} once listening, and {"event": "done",
+"pid", "comm", "connections", "local_ports"} when its work is over, so a test
+can compare what tcpclose reports with what the workload really did.
+
+  python -m agent.workload server MODE --count N --comm NAME [--host H]
+  python -m agent.workload client MODE --port P --count N --comm NAME [--host H]
+
+Server modes: wait_close (read to EOF, then close), close_first (read the
+request, close), linger0 (read the request, close with SO_LINGER 0), leak
+(read to EOF and never close, until stdin closes), send_wait (send data, read
+to EOF, close), reply_close (read to EOF, answer, close).
+Client modes: close_first (send, close), wait_close (send, read to EOF, close),
+linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
+half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
+to a port nobody listens on).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+
+PR_SET_NAME = 15
+
+
+def set_comm(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def _say(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def _read_to_eof(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+
+
+def _linger0(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def serve_one(conn: socket.socket, mode: str, held: list) -> None:
+    if mode == "wait_close":
+        _read_to_eof(conn)
+    elif mode == "close_first":
+        conn.recv(1)
+    elif mode == "linger0":
+        conn.recv(1)
+        _linger0(conn)
+    elif mode == "leak":
+        _read_to_eof(conn)
+        held.append(conn)
+        return
+    elif mode == "send_wait":
+        conn.sendall(b"y" * 100)
+        _read_to_eof(conn)
+    elif mode == "reply_close":
+        _read_to_eof(conn)
+        conn.sendall(b"y")
+    conn.close()
+
+
+def server(mode: str, count: int, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    _say(event="ready", pid=os.getpid(), port=port)
+    held: list[socket.socket] = []
+    for _ in range(count):
+        conn, _ = listener.accept()
+        serve_one(conn, mode, held)
+    listener.close()
+    _say(event="done", pid=os.getpid(), connections=count, local_ports=[port])
+    if held:  # a leak: keep the CLOSE_WAIT sockets until told to go
+        sys.stdin.read()
+
+
+def client_one(mode: str, host: str, port: int) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if mode == "refused":
+        try:
+            sock.connect((host, port))
+        except ConnectionRefusedError:
+            pass
+        else:
+            raise SystemExit(f"connect to {host}:{port} was not refused")
+        local = sock.getsockname()[1]
+        sock.close()
+        return local
+    sock.connect((host, port))
+    local = sock.getsockname()[1]
+    if mode == "close_first":
+        sock.sendall(b"x")
+    elif mode == "wait_close":
+        sock.sendall(b"x")
+        _read_to_eof(sock)
+    elif mode == "linger0":
+        _linger0(sock)
+    elif mode == "unread":
+        sock.sendall(b"x")
+        select.select([sock], [], [], 5)  # the server's data has arrived, and stays unread
+    elif mode == "half_close":
+        sock.sendall(b"x")
+        sock.shutdown(socket.SHUT_WR)
+        _read_to_eof(sock)
+    sock.close()
+    return local
+
+
+def client(mode: str, count: int, host: str, port: int) -> None:
+    ports = [client_one(mode, host, port) for _ in range(count)]
+    _say(event="done", pid=os.getpid(), connections=count, local_ports=ports)
+
+
+class Process:
+    """One workload process, started with `python -m agent.workload`."""
+
+    def __init__(self, *args: str):
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "agent.workload", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.pid = self.popen.pid
+
+    def _line(self, want: str) -> dict:
+        line = self.popen.stdout.readline()
+        if not line:
+            self.popen.wait()
+            raise RuntimeError(f"workload {self.popen.args[3:]} exited {self.popen.returncode} before '{want}'")
+        fields = json.loads(line)
+        assert fields["event"] == want, fields
+        return fields
+
+    def ready(self) -> dict:
+        return self._line("ready")
+
+    def done(self) -> dict:
+        return self._line("done")
+
+    def release(self, timeout: float = 10) -> int:
+        """Close stdin (a leaking server then exits) and wait for the exit."""
+        self.popen.stdin.close()
+        return self.popen.wait(timeout)
+
+
+def start_server(mode: str, count: int, comm: str, host: str = "127.0.0.1") -> tuple[Process, int]:
+    proc = Process("server", mode, "--count", str(count), "--comm", comm, "--host", host)
+    return proc, proc.ready()["port"]
+
+
+def start_client(mode: str, port: int, count: int, comm: str, host: str = "127.0.0.1") -> Process:
+    return Process("client", mode, "--port", str(port), "--count", str(count), "--comm", comm, "--host", host)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m agent.workload")
+    parser.add_argument("side", choices=["server", "client"])
+    parser.add_argument("mode")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--comm", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    set_comm(args.comm)
+    if args.side == "server":
+        server(args.mode, args.count, args.host)
+    else:
+        client(args.mode, args.count, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

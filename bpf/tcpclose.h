@@ -1,0 +1,81 @@
+/* tcpclose: the one event layout shared by the BPF program and user space.
+ *
+ * agent/layout.py mirrors this struct as a numpy dtype and reads the
+ * #defines below from this file; tests/test_layout.py compiles this header
+ * with the host C compiler and checks every offset and the size.
+ *
+ * One record describes one socket *life*: from its first state transition to
+ * its ->CLOSE (kind EV_LIFE), or to the end of tracing (kind EV_OPEN, read
+ * from the socks map).  The kernel recycles socket addresses within a second,
+ * so a life never spans a ->CLOSE.
+ */
+#ifndef TCPCLOSE_H
+#define TCPCLOSE_H
+
+#include <linux/types.h>
+
+/* record kinds */
+#define EV_LIFE        1 /* a life that reached ->CLOSE */
+#define EV_OPEN        2 /* a life still open when tracing ended */
+#define EV_RESET_SENT  3 /* tcp_send_reset on a socket that had just gone ->CLOSE */
+
+/* how the owner (pid, tid, comm, cgroup_id) was learnt */
+#define OWNER_NONE     0 /* never seen in a trustworthy context */
+#define OWNER_SYSCALL  1 /* taken at a transition made by the owner's own syscall */
+#define OWNER_LISTENER 2 /* a server-side child: the owner of its listener */
+
+/* flags */
+#define FLAG_RST_RECEIVED 0x01 /* tcp_receive_reset on this life */
+#define FLAG_RST_SENT     0x02 /* tcp_send_reset while this life was open */
+#define FLAG_PARTIAL      0x04 /* first seen mid-life: opened before tracing (or evicted) */
+
+/* TCP states as the tracepoint reports them (include/net/tcp_states.h) */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT    2
+#define TCP_SYN_RECV    3
+#define TCP_FIN_WAIT1   4
+#define TCP_FIN_WAIT2   5
+#define TCP_TIME_WAIT   6
+#define TCP_CLOSE       7
+#define TCP_CLOSE_WAIT  8
+#define TCP_LAST_ACK    9
+#define TCP_LISTEN      10
+#define TCP_CLOSING     11
+#define TCP_NEW_SYN_RECV 12
+
+/* indexes of the per-CPU counters array */
+#define C_RINGBUF_DROPS  0 /* records lost: the ring buffer was full */
+#define C_LIVES_STARTED  1 /* lives inserted into socks */
+#define C_LIVES_ENDED    2 /* lives removed from socks at ->CLOSE */
+#define C_SOCKS_FULL     3 /* lives that could not be inserted into socks */
+#define C_LIVES_FILTERED 4 /* lives ended but not handed over (pid/comm filter) */
+#define C_PARTIAL        5 /* lives first seen mid-way */
+#define NR_COUNTERS      6
+
+#define COMM_LEN 16
+
+struct tcpclose_event {
+	__u64 ts_ns;         /* monotonic: the ->CLOSE for EV_LIFE, the record time otherwise */
+	__u64 opened_ns;     /* first transition of this life */
+	__u64 estab_ns;      /* ->ESTABLISHED, 0 if never */
+	__u64 close_wait_ns; /* ESTABLISHED->CLOSE_WAIT: the peer's FIN came first; 0 if not */
+	__u64 fin_ns;        /* our own FIN: ->FIN_WAIT1 or CLOSE_WAIT->LAST_ACK; 0 if not */
+	__u64 skaddr;        /* kernel address of the socket: identity within one life */
+	__u64 cgroup_id;     /* owner's cgroup v2 id */
+	__u32 pid;           /* owner's tgid (what users call the pid) */
+	__u32 tid;           /* owner's thread id */
+	char comm[COMM_LEN]; /* owner's thread name */
+	__u8 saddr[16];      /* local address (first 4 bytes for AF_INET) */
+	__u8 daddr[16];      /* remote address */
+	__u16 sport;         /* local port, host order */
+	__u16 dport;         /* remote port, host order */
+	__u16 family;        /* AF_INET or AF_INET6 */
+	__u16 states;        /* bitmask of states entered: 1 << TCP_x */
+	__u8 kind;           /* EV_x */
+	__u8 owner_src;      /* OWNER_x */
+	__u8 last_state;     /* EV_LIFE: the state left by ->CLOSE; EV_OPEN: the current state */
+	__u8 flags;          /* FLAG_x */
+	__u8 pad[4];
+};
+
+#endif /* TCPCLOSE_H */
