@@ -20,6 +20,8 @@ class PortList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, frozenset):
             return value
+        if not str(value).strip():
+            return frozenset()
         ports = set()
         for part in str(value).split(","):
             part = part.strip()

@@ -72,17 +72,22 @@ class Probe:
                 "tcpclose from .venv, which is made with --system-site-packages"
             ) from None
         try:
-            self._bpf = BPF(text=layout.PROGRAM.read_text(), cflags=compile_flags(filters))
-        except Exception as exc:  # bcc raises bare Exception on compile failure
-            raise HeadersMissing(
-                f"the BPF program did not compile ({exc}): check the kernel headers "
-                f"in /lib/modules/{os.uname().release}/build ('sudo make setup')"
+            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters))
+        except Exception as exc:  # bcc raises a bare Exception for both failures
+            if "Failed to compile" in str(exc):
+                raise HeadersMissing(
+                    f"the BPF program did not compile (clang's errors are above): check the kernel "
+                    f"headers in /lib/modules/{os.uname().release}/build ('sudo make setup')"
+                ) from None
+            raise TracepointMissing(
+                f"the kernel refused the BPF program ({exc}): tcpclose needs Linux 5.8 or later "
+                "with BPF ring buffers (use the VM in vagrant/)"
             ) from None
-        port_map = self._bpf["port_filter"]
+        port_map = self._bpf[b"port_filter"]
         for port, bits in filters.port_filter().items():
             port_map[ctypes.c_int(port)] = ctypes.c_uint8(bits)
         self._chunks: list[bytes] = []
-        self._bpf["events"].open_ring_buffer(self._collect)
+        self._bpf[b"events"].open_ring_buffer(self._collect)
 
     def _collect(self, _ctx, data, size):
         self._chunks.append(ctypes.string_at(data, size))
@@ -95,10 +100,10 @@ class Probe:
 
     def open_lives(self) -> bytes:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
-        return b"".join(bytes(value) for value in self._bpf["socks"].values())
+        return b"".join(bytes(value) for value in self._bpf[b"socks"].values())
 
     def counters(self) -> dict[str, int]:
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         return {
             name: int(sum(table[ctypes.c_int(idx)])) for idx, name in layout.COUNTER_NAMES.items()
         }

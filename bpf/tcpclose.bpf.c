@@ -185,50 +185,21 @@ static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now
 	}
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* One transition of a life: what it tells about the socket and its owner.
+ * Always inlined, and called separately for a map entry and for a record on
+ * the stack, so that the verifier sees one pointer type at each call. */
+static __always_inline void follow(struct tcpclose_event *e, int old, int new, u64 now,
+				   u16 family, u16 sport, const void *saddr, const void *saddr_v6)
 {
-	if (args->protocol != IPPROTO_TCP) /* the tracepoint reports SCTP and MPTCP too */
-		return 0;
-	u64 sk = (u64)args->skaddr;
-	int old = args->oldstate, new = args->newstate;
-
-	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) {
-		track_listener(sk, args->sport, old, new);
-		return 0;
+	/* connect() enters SYN_SENT before it picks the ephemeral port: take the
+	 * local end again until the port is known. */
+	if (!e->sport) {
+		e->sport = sport;
+		if (family == AF_INET6)
+			bpf_probe_read_kernel(e->saddr, 16, saddr_v6);
+		else
+			bpf_probe_read_kernel(e->saddr, 4, saddr);
 	}
-	if (filtered_out(args->family, args->sport, args->dport))
-		return 0;
-
-	u64 now = bpf_ktime_get_ns();
-	struct tcpclose_event *e = socks.lookup(&sk);
-	struct tcpclose_event fresh = {};
-	if (!e) {
-		start_life(&fresh, sk, now, args->sport, old, new);
-		fresh.family = args->family;
-		fresh.sport = args->sport;
-		fresh.dport = args->dport;
-		if (args->family == AF_INET6) {
-			bpf_probe_read_kernel(fresh.saddr, 16, args->saddr_v6);
-			bpf_probe_read_kernel(fresh.daddr, 16, args->daddr_v6);
-		} else {
-			bpf_probe_read_kernel(fresh.saddr, 4, args->saddr);
-			bpf_probe_read_kernel(fresh.daddr, 4, args->daddr);
-		}
-		if (new == TCP_CLOSE) {
-			/* a one-transition life (began before tracing): hand it over directly */
-			e = &fresh;
-		} else {
-			if (socks.insert(&sk, &fresh) != 0) {
-				count(C_SOCKS_FULL);
-				return 0;
-			}
-			count(C_LIVES_STARTED);
-			e = socks.lookup(&sk);
-			if (!e)
-				return 0;
-		}
-	}
-
 	e->states |= 1 << new;
 	if (current_is_owner(old, new))
 		take_owner(e);
@@ -246,14 +217,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			e->fin_ns = now;
 		break;
 	}
-
 	if (new != TCP_CLOSE) {
 		e->last_state = new;
-		return 0;
+		return;
 	}
-	/* ->CLOSE ends the life: a FIN_WAIT2->CLOSE or CLOSING->CLOSE means the
-	 * kernel has just handed the connection to a timewait socket (TIME_WAIT
-	 * never appears on this tracepoint). */
+	/* ->CLOSE ends the life.  FIN_WAIT2->CLOSE and CLOSING->CLOSE are the
+	 * moments the kernel hands the connection to a timewait socket
+	 * (TIME_WAIT itself never appears on this tracepoint). */
 	e->last_state = old;
 	e->ts_ns = now;
 	e->kind = EV_LIFE;
@@ -261,7 +231,49 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		count(C_LIVES_FILTERED);
 	else
 		emit(e);
-	if (e != &fresh) {
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != IPPROTO_TCP) /* the tracepoint reports SCTP and MPTCP too */
+		return 0;
+	u64 sk = (u64)args->skaddr;
+	int old = args->oldstate, new = args->newstate;
+
+	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) {
+		track_listener(sk, args->sport, old, new);
+		return 0;
+	}
+	if (filtered_out(args->family, args->sport, args->dport))
+		return 0;
+
+	u64 now = bpf_ktime_get_ns();
+	struct tcpclose_event *e = socks.lookup(&sk);
+	if (!e) {
+		struct tcpclose_event fresh = {};
+		start_life(&fresh, sk, now, args->sport, old, new);
+		fresh.family = args->family;
+		fresh.dport = args->dport;
+		if (args->family == AF_INET6)
+			bpf_probe_read_kernel(fresh.daddr, 16, args->daddr_v6);
+		else
+			bpf_probe_read_kernel(fresh.daddr, 4, args->daddr);
+		if (new == TCP_CLOSE) {
+			/* a one-transition life (it began before tracing): hand it over at once */
+			follow(&fresh, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
+			return 0;
+		}
+		if (socks.insert(&sk, &fresh) != 0) {
+			count(C_SOCKS_FULL);
+			return 0;
+		}
+		count(C_LIVES_STARTED);
+		e = socks.lookup(&sk);
+		if (!e)
+			return 0;
+	}
+	follow(e, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
+	if (new == TCP_CLOSE) {
 		socks.delete(&sk);
 		count(C_LIVES_ENDED);
 	}

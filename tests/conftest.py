@@ -1,0 +1,37 @@
+"""Two tiers: plain tests run anywhere; `live` tests need root and BPF.
+
+Where TCPCLOSE_REQUIRE_BPF=1 (make test sets it), a live test that cannot run
+fails instead of skipping: on the development and CI machines BPF works, so a
+skip there would hide a broken set-up.
+"""
+import functools
+import os
+
+import pytest
+
+
+@functools.lru_cache(maxsize=None)
+def bpf_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return f"bcc is not importable: {exc}"
+    from agent import loader
+    from agent.errors import TcpcloseError
+
+    try:
+        loader.check_tracepoints()
+        loader.check_headers()
+    except TcpcloseError as exc:
+        return exc.message
+    return None
+
+
+def pytest_runtest_setup(item):
+    if "live" not in item.keywords or bpf_unavailable() is None:
+        return
+    if os.environ.get("TCPCLOSE_REQUIRE_BPF") == "1":
+        pytest.fail(f"live BPF test must run here (TCPCLOSE_REQUIRE_BPF=1) but cannot: {bpf_unavailable()}")
+    pytest.skip(f"live BPF test: {bpf_unavailable()}")

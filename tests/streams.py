@@ -1,0 +1,53 @@
+"""Build event streams the way the kernel side makes them: raw struct tcpclose_event bytes.
+
+Packed with struct (not with the numpy dtype under test), decoded by
+agent.records, written as a recording and read back, so that unit tests run
+through the same boundary as a live trace.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+
+from agent import layout, records
+
+# struct tcpclose_event, field by field (bpf/tcpclose.h)
+RAW = struct.Struct("<7Q2I16s16s16s4H4B4x")
+D = layout.DEFINES
+OFFSET_NS = 1_700_000_000 * 10**9  # epoch - monotonic, as measured at start
+
+
+def states_mask(*names: str) -> int:
+    return sum(1 << D["TCP_" + name] for name in names)
+
+
+def raw(kind="life", *, skaddr=0xFFFF888100000000, states=(), last="FIN_WAIT2", flags=0,
+        pid=100, tid=None, comm="app", owner="syscall", family=4,
+        laddr="127.0.0.1", lport=40000, raddr="127.0.0.1", rport=8080,
+        opened=1.0, estab=None, close_wait=None, fin=None, ts=2.0, cgroup_id=1) -> bytes:
+    """One record; times in seconds of monotonic clock (0/None = not set)."""
+    ns = lambda t: int(round(t * 1e9)) if t else 0  # noqa: E731
+    addr = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
+    kinds = {v: k for k, v in layout.KIND_NAMES.items()}
+    owners = {v: k for k, v in layout.OWNER_SRC_NAMES.items()}
+    return RAW.pack(
+        ns(ts), ns(opened), ns(estab), ns(close_wait), ns(fin), skaddr, cgroup_id,
+        pid, tid if tid is not None else pid, comm.encode(), addr(laddr), addr(raddr),
+        lport, rport, 2 if family == 4 else 10, states_mask(*states),
+        kinds[kind], owners[owner], D["TCP_" + last], flags,
+    )
+
+
+def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0):
+    """Decode the records, write them as a recording, read it back: (events, run)."""
+    path = tmp_path / "stream.jsonl"
+    recorder = records.Recorder(path)
+    recorder.write(records.decode(b"".join(chunks), OFFSET_NS))
+    recorder.finish({"started_at": started + OFFSET_NS / 1e9, "ended_at": ended + OFFSET_NS / 1e9,
+                     "counters": {}, "open_lives": 0})
+    return records.read_recording(path)
+
+
+def epoch(t: float) -> float:
+    return t + OFFSET_NS / 1e9

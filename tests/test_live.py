@@ -1,0 +1,162 @@
+"""Live tests: real sockets in separate client and server processes, under the real BPF program.
+
+Each test checks what tcpclose credits (pid, comm, initiator, role, counts)
+against what the workload processes say they did.  23 connections where
+counts matter: a prime, so that no doubling or halving passes by accident.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from agent import aggregate, lifecycle
+from agent.filters import Filters
+from agent.session import Tracer
+from agent.workload import start_client, start_server
+
+pytestmark = pytest.mark.live
+N = 23
+
+
+@dataclass
+class Side:
+    pid: int
+    comm: str
+    said: dict          # the workload's own "done" line
+    lives: pd.DataFrame  # what tcpclose reported for this side
+
+
+def run_pair(server_mode, client_mode, count=N, host="127.0.0.1", port=None, filters=Filters()):
+    """Trace one server and one client process; return (server side, client side, processes)."""
+    tracer = Tracer(filters)
+    server = None
+    try:
+        if port is None:
+            server, port = start_server(server_mode, count, "tc-server", host)
+        client = start_client(client_mode, port, count, "tc-client", host)
+        client_said = client.done()
+        server_said = server.done() if server else None
+        time.sleep(0.3)  # the last ACKs
+        events, run = tracer.finish()
+    finally:
+        if server:
+            server.release()
+    client.release()
+    conns = lifecycle.connections(events, run["ended_at"])
+    server_lives = conns[conns["lport"] == port]
+    client_lives = conns[(conns["rport"] == port) & (conns["raddr"] == host)]
+    mine = pd.concat([server_lives, client_lives])
+    procs = aggregate.processes(mine, run["ended_at"]).set_index("comm")
+    return (
+        Side(server.pid, "tc-server", server_said, server_lives) if server else None,
+        Side(client.pid, "tc-client", client_said, client_lives),
+        procs,
+    )
+
+
+def assert_credited(side: Side, initiator: str, role: str, count: int = N):
+    lives = side.lives
+    assert len(lives) == count, lives[["pid", "comm", "initiator"]]
+    assert set(lives["pid"]) == {side.pid}, "credited to another process"
+    assert set(lives["comm"]) == {side.comm}
+    assert set(lives["initiator"]) == {initiator}
+    assert set(lives["role"]) == {role}
+    if role == "client" and initiator != "never_established":
+        assert sorted(lives["lport"]) == sorted(side.said["local_ports"])
+
+
+def test_client_closes_first():
+    server, client, procs = run_pair("wait_close", "close_first")
+    assert_credited(client, "active", "client")
+    assert_credited(server, "passive", "server")
+    assert client.lives["tw_start"].notna().all()
+    assert server.lives["tw_start"].isna().all()
+    assert procs.loc["tc-client", ["connections", "active_closes", "timewait_count"]].tolist() == [N, N, N]
+    assert procs.loc["tc-server", ["connections", "passive_closes", "timewait_count"]].tolist() == [N, N, 0]
+
+
+def test_server_closes_first():
+    server, client, procs = run_pair("close_first", "wait_close")
+    assert_credited(server, "active", "server")
+    assert_credited(client, "passive", "client")
+    assert procs.loc["tc-server", ["active_closes", "timewait_count"]].tolist() == [N, N]
+    assert procs.loc["tc-client", ["passive_closes", "timewait_count"]].tolist() == [N, 0]
+
+
+def test_ipv6_client_closes_first():
+    server, client, procs = run_pair("wait_close", "close_first", host="::1")
+    assert_credited(client, "active", "client")
+    assert_credited(server, "passive", "server")
+    assert set(client.lives["family"]) == {"ipv6"}
+    assert set(client.lives["laddr"]) == {"::1"}
+
+
+def test_client_half_closes_then_reads_to_the_end():
+    server, client, _ = run_pair("reply_close", "half_close", count=7)
+    assert_credited(client, "active", "client", 7)
+    assert_credited(server, "passive", "server", 7)
+
+
+def test_client_so_linger_0():
+    server, client, procs = run_pair("wait_close", "linger0", count=7)
+    assert_credited(client, "reset_local", "client", 7)
+    assert client.lives["rst_sent"].all()
+    assert_credited(server, "reset_remote", "server", 7)
+    assert procs.loc["tc-client", "resets_local"] == 7 and procs.loc["tc-server", "resets_remote"] == 7
+    assert (procs["timewait_count"] == 0).all()
+
+
+def test_server_so_linger_0():
+    server, client, _ = run_pair("linger0", "wait_close", count=7)
+    assert_credited(server, "reset_local", "server", 7)
+    assert_credited(client, "reset_remote", "client", 7)
+
+
+def test_client_closes_with_unread_data():
+    server, client, _ = run_pair("send_wait", "unread", count=7)
+    assert_credited(client, "reset_local", "client", 7)
+    assert client.lives["rst_sent"].all()
+    assert_credited(server, "reset_remote", "server", 7)
+
+
+def test_server_leaks_close_wait():
+    server, client, procs = run_pair("leak", "close_first", count=5)
+    assert_credited(client, "active", "client", 5)
+    assert_credited(server, "open", "server", 5)
+    assert set(server.lives["last_state"]) == {"CLOSE_WAIT"}
+    assert procs.loc["tc-server", "close_wait_open"] == 5
+    assert 0 < procs.loc["tc-server", "close_wait_max_age_s"] < 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refused_connect():
+    _, client, procs = run_pair(None, "refused", count=5, port=free_port())
+    assert_credited(client, "never_established", "client", 5)
+    assert procs.loc["tc-client", "connections"] == 5
+
+
+def test_pid_filter_keeps_only_that_process():
+    """-p applies in BPF at ->CLOSE, to the owner: the server's lives are not handed over."""
+    server, port = start_server("wait_close", N, "tc-server")
+    try:
+        tracer = Tracer(Filters(pid=server.pid))
+        client = start_client("close_first", port, N, "tc-client")
+        client.done(), server.done()
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        server.release()
+    client.release()
+    conns = lifecycle.connections(events, run["ended_at"])
+    assert set(conns["pid"]) == {server.pid}
+    assert (conns["lport"] == port).sum() == N
+    assert run["counters"]["lives_filtered"] >= N
