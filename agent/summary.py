@@ -36,8 +36,8 @@ def unseen(run: dict) -> dict[str, int]:
     evicted = c.get("lives_started", 0) - c.get("lives_ended", 0) - run.get("open_lives", 0)
     return {
         "ring-buffer drops": c.get("ringbuf_drops", 0),
-        "lives evicted (socket map full, or a missed ->CLOSE)": max(evicted, 0) + c.get("socks_full", 0),
-        "lives begun before tracing (close seen, open not)": c.get("partial", 0),
+        "lives evicted (map full or a missed close)": max(evicted, 0) + c.get("socks_full", 0),
+        "lives begun before tracing": c.get("partial", 0),
     }
 
 
@@ -45,10 +45,10 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)
     started, ended = run["started_at"], run["ended_at"]
-    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))  # noqa: E731
     console.print(
         f"tcpclose: {len(conns)} socket lives of {len(procs)} processes, traced {ended - started:.1f} s "
-        f"({stamp(started)} to {stamp(ended)} UTC)"
+        f"({time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} to "
+        f"{time.strftime('%H:%M:%S', time.gmtime(ended))} UTC)"
     )
     table = Table(box=None, pad_edge=False, show_edge=False)
     for title, _ in _TABLE_COLUMNS:

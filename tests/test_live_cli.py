@@ -1,0 +1,79 @@
+"""The installed command, end to end: `tcpclose trace` in its own process, ended by SIGTERM."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.workload import start_client, start_server
+
+pytestmark = pytest.mark.live
+N = 23
+TCPCLOSE = [sys.executable, "-m", "agent"]
+
+
+def start_trace(*args) -> subprocess.Popen:
+    proc = subprocess.Popen([*TCPCLOSE, "trace", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert line.startswith("Tracing"), line + proc.stderr.read()
+    return proc
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-o", str(tmp_path / "live"), "--record", str(tmp_path / "rec.jsonl"))
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    trace.send_signal(signal.SIGTERM)
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    assert "Traceback" not in err
+
+    procs = {(r["pid"], r["comm"]): r for r in read_csv(tmp_path / "live" / "processes.csv")}
+    client_row = procs[(str(client.pid), "tc-client")]
+    server_row = procs[(str(server.pid), "tc-server")]
+    assert (client_row["connections"], client_row["active_closes"], client_row["timewait_count"]) == (str(N),) * 3
+    assert (server_row["connections"], server_row["passive_closes"], server_row["timewait_count"]) == (str(N), str(N), "0")
+    assert "tc-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "live" / "summary.txt").read_text()
+
+    # the recording gives the same files without root
+    report = subprocess.run([*TCPCLOSE, "report", str(tmp_path / "rec.jsonl"), "-o", str(tmp_path / "replayed")],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    for name in ("connections.csv", "processes.csv"):
+        assert read_csv(tmp_path / "replayed" / name) == read_csv(tmp_path / "live" / name)
+
+
+def test_remote_port_filter_and_duration(tmp_path):
+    """-D PORT keeps only lives whose remote port is PORT: the client's side of the connections."""
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-D", str(port), "-d", "3", "-o", str(tmp_path))
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    rows = read_csv(tmp_path / "connections.csv")
+    assert len(rows) == N
+    assert {(r["pid"], r["comm"], r["rport"], r["initiator"]) for r in rows} == {(str(client.pid), "tc-client", str(port), "active")}
+
+
+def test_demo_reports_its_workload(tmp_path):
+    result = subprocess.run([*TCPCLOSE, "demo", "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    procs = {r["comm"]: r for r in read_csv(tmp_path / "processes.csv")}
+    assert procs["demo-client"]["active_closes"] == "23" and procs["demo-echo"]["passive_closes"] == "23"
+    assert procs["demo-web"]["active_closes"] == "23" and procs["demo-poller"]["passive_closes"] == "23"
+    assert procs["demo-leaky"]["close_wait_open"] == "5" and procs["demo-caller"]["active_closes"] == "5"
+    assert not any(comm.startswith(("swapper", "ksoftirqd")) for comm in procs)
