@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit clean
+.PHONY: setup demo test unit bench clean
 
 setup:
 	./scripts/provision.sh
@@ -20,3 +20,8 @@ unit: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The OVERHEAD numbers of the README: BENCH_ARGS="--seconds 60 --repeats 3" for the full run.
+BENCH_ARGS ?= --seconds 10 --repeats 1 --rates 0,6000
+bench: setup
+	$(PY) -m agent.bench $(BENCH_ARGS)

@@ -53,7 +53,7 @@ def report(events, run: dict, out: Path | None) -> None:
     procs = aggregate.processes(conns, run["ended_at"])
     text = summary.render(conns, procs, run)
     if out:
-        paths = export.write(out, conns, procs, text)
+        paths = export.write(out, conns, procs, text, run)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
     else:
         click.echo(text, nl=False)

@@ -108,6 +108,22 @@ class Probe:
             name: int(sum(table[ctypes.c_int(idx)])) for idx, name in layout.COUNTER_NAMES.items()
         }
 
+    def recursion_misses(self) -> int:
+        """Runs of our programs the kernel skipped because one was already active on that CPU.
+
+        Read from the programs' fdinfo (Linux 5.12+; 0 where the kernel does not say).
+        """
+        total = 0
+        for fn in self._bpf.funcs.values():
+            try:
+                info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            except OSError:
+                continue
+            for line in info.splitlines():
+                if line.startswith("recursion_misses:"):
+                    total += int(line.split()[1])
+        return total
+
     def close(self) -> None:
         self._bpf.cleanup()
 

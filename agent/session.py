@@ -43,7 +43,7 @@ class Tracer:
         self.drain()
         ended_at = time.time()
         still_open = records.decode(self._probe.open_lives(), self._offset_ns)
-        counters = self._probe.counters()
+        counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
         self._probe.close()
         open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]

@@ -38,6 +38,8 @@ def unseen(run: dict) -> dict[str, int]:
         "ring-buffer drops": c.get("ringbuf_drops", 0),
         "lives evicted (map full or a missed close)": max(evicted, 0) + c.get("socks_full", 0),
         "lives begun before tracing": c.get("partial", 0),
+        "transitions the kernel skipped (BPF recursion)": c.get("recursion_misses", 0),
+        "lives whose close was skipped (ended at their last transition seen)": c.get("missed_close", 0),
     }
 
 

@@ -185,6 +185,16 @@ static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now
 	}
 }
 
+/* Hand over a life that has ended, unless the owner filters say no. */
+static __always_inline void end_life(struct tcpclose_event *e)
+{
+	e->kind = EV_LIFE;
+	if (owner_filtered_out(e))
+		count(C_LIVES_FILTERED);
+	else
+		emit(e);
+}
+
 /* One transition of a life: what it tells about the socket and its owner.
  * Always inlined, and called separately for a map entry and for a record on
  * the stack, so that the verifier sees one pointer type at each call. */
@@ -201,6 +211,7 @@ static __always_inline void follow(struct tcpclose_event *e, int old, int new, u
 			bpf_probe_read_kernel(e->saddr, 4, saddr);
 	}
 	e->states |= 1 << new;
+	e->ts_ns = now;
 	if (current_is_owner(old, new))
 		take_owner(e);
 	switch (new) {
@@ -225,12 +236,7 @@ static __always_inline void follow(struct tcpclose_event *e, int old, int new, u
 	 * moments the kernel hands the connection to a timewait socket
 	 * (TIME_WAIT itself never appears on this tracepoint). */
 	e->last_state = old;
-	e->ts_ns = now;
-	e->kind = EV_LIFE;
-	if (owner_filtered_out(e))
-		count(C_LIVES_FILTERED);
-	else
-		emit(e);
+	end_life(e);
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
@@ -249,6 +255,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 	u64 now = bpf_ktime_get_ns();
 	struct tcpclose_event *e = socks.lookup(&sk);
+	if (e && (old == TCP_CLOSE || old == TCP_LISTEN)) {
+		/* A new life on an address we still follow: the previous life's
+		 * ->CLOSE never reached us.  The kernel skips a tracepoint program
+		 * that would nest on its CPU (a softirq interrupting it runs the
+		 * same tracepoint; counted in the program's recursion_misses).
+		 * Never join two lives: hand the old one over as it was last seen. */
+		e->flags |= FLAG_MISSED_CLOSE;
+		end_life(e);
+		socks.delete(&sk);
+		count(C_LIVES_ENDED);
+		count(C_MISSED_CLOSE);
+		e = NULL;
+	}
 	if (!e) {
 		struct tcpclose_event fresh = {};
 		start_life(&fresh, sk, now, args->sport, old, new);

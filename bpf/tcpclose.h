@@ -28,6 +28,7 @@
 #define FLAG_RST_RECEIVED 0x01 /* tcp_receive_reset on this life */
 #define FLAG_RST_SENT     0x02 /* tcp_send_reset while this life was open */
 #define FLAG_PARTIAL      0x04 /* first seen mid-life: opened before tracing (or evicted) */
+#define FLAG_MISSED_CLOSE 0x08 /* its ->CLOSE never reached us: ended when the address was reused */
 
 /* TCP states as the tracepoint reports them (include/net/tcp_states.h) */
 #define TCP_ESTABLISHED 1
@@ -50,12 +51,13 @@
 #define C_SOCKS_FULL     3 /* lives that could not be inserted into socks */
 #define C_LIVES_FILTERED 4 /* lives ended but not handed over (pid/comm filter) */
 #define C_PARTIAL        5 /* lives first seen mid-way */
-#define NR_COUNTERS      6
+#define C_MISSED_CLOSE   6 /* lives whose ->CLOSE was skipped (see FLAG_MISSED_CLOSE) */
+#define NR_COUNTERS      7
 
 #define COMM_LEN 16
 
 struct tcpclose_event {
-	__u64 ts_ns;         /* monotonic: the ->CLOSE for EV_LIFE, the record time otherwise */
+	__u64 ts_ns;         /* monotonic: the latest transition (the ->CLOSE for EV_LIFE) */
 	__u64 opened_ns;     /* first transition of this life */
 	__u64 estab_ns;      /* ->ESTABLISHED, 0 if never */
 	__u64 close_wait_ns; /* ESTABLISHED->CLOSE_WAIT: the peer's FIN came first; 0 if not */

@@ -1,0 +1,73 @@
+"""A short-connection churn generator: client processes that connect and close as fast as they can.
+
+  python -m agent.churn server --port P --workers W
+  python -m agent.churn client --port P --seconds S --dest 127.0.0.D [--rate R]
+
+Clients close first (connect, close); servers read to EOF and close, so each
+connection makes one TIME_WAIT on the client side and 2 socket lives in all.
+Run it inside a network namespace of its own (agent.bench does) so that its
+TIME_WAITs stay out of the host's table.  Each client prints the number of
+connections it completed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+
+from .workload import set_comm
+
+
+def server(port: int, workers: int) -> None:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(4096)
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        conn.recv(1)  # b"": the client's FIN is in
+        conn.close()
+
+
+def client(port: int, seconds: float, dest: str, rate: float | None) -> None:
+    done, start = 0, time.monotonic()
+    end = start + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if rate and done >= (now - start) * rate:
+            time.sleep(min(0.001, end - now))
+            continue
+        try:
+            sock = socket.create_connection((dest, port))
+        except OSError:  # out of ephemeral ports for now: count nothing, try again
+            continue
+        sock.close()
+        done += 1
+    print(done, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m agent.churn")
+    parser.add_argument("side", choices=["server", "client"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--dest", default="127.0.0.1")
+    parser.add_argument("--rate", type=float, help="connections/s for this client (default: as fast as it can)")
+    args = parser.parse_args()
+    set_comm(f"churn-{args.side}")
+    if args.side == "server":
+        server(args.port, args.workers)
+    else:
+        client(args.port, args.seconds, args.dest, args.rate)
+
+
+if __name__ == "__main__":
+    main()
