@@ -150,7 +150,7 @@ def demo(out, record):
     from .session import Tracer, stop_on_signals
 
     with stop_on_signals() as stop:
-        tracer = Tracer(Filters(comm=None), record)
+        tracer = Tracer(Filters(), record)
         click.echo("Tracing TCP closes while the demo workload runs...", err=True)
         procs = []
         try:

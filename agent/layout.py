@@ -23,8 +23,7 @@ def _read_defines(path: Path) -> dict[str, int]:
     return defines
 
 
-DEFINES = _read_defines(HEADER)
-globals().update(DEFINES)  # EV_LIFE, FLAG_PARTIAL, TCP_CLOSE_WAIT, C_RINGBUF_DROPS, ...
+DEFINES = _read_defines(HEADER)  # EV_LIFE, FLAG_PARTIAL, TCP_CLOSE_WAIT, C_RINGBUF_DROPS, ...
 
 EVENT_DTYPE = np.dtype(
     [

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from pathlib import Path
 
 from . import layout
 from .errors import BccMissing, HeadersMissing, NotRoot, TracepointMissing
 from .filters import Filters
+from .ringbuf import RingReader
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
@@ -15,7 +17,7 @@ MODULES_DIR = Path("/lib/modules")
 
 MAX_SOCKS = 131072  # live sockets followed at once (~128 B each: 16 MiB)
 MAX_LISTENERS = 4096
-RINGBUF_PAGES = 2048  # 8 MiB: ~65 000 records between two polls
+RINGBUF_PAGES = 4096  # 16 MiB: ~120 000 records, seconds of full churn between two reads
 
 
 def check_privileges() -> None:
@@ -86,17 +88,19 @@ class Probe:
         port_map = self._bpf[b"port_filter"]
         for port, bits in filters.port_filter().items():
             port_map[ctypes.c_int(port)] = ctypes.c_uint8(bits)
-        self._chunks: list[bytes] = []
-        self._bpf[b"events"].open_ring_buffer(self._collect)
+        # read the ring buffer's memory directly (agent/ringbuf.py), not through bcc's per-record callback
+        fd = self._bpf[b"events"].map_fd
+        page = mmap.PAGESIZE
+        size = RINGBUF_PAGES * page
+        self._maps = [
+            mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0),
+            mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page),
+        ]
+        self._reader = RingReader(*self._maps, data_size=size, page_size=page)
 
-    def _collect(self, _ctx, data, size):
-        self._chunks.append(ctypes.string_at(data, size))
-
-    def poll(self) -> bytes:
-        """Every record the ring buffer holds now, concatenated (records are fixed-size)."""
-        self._bpf.ring_buffer_consume()
-        chunks, self._chunks = self._chunks, []
-        return b"".join(chunks)
+    def poll(self):
+        """Every record submitted since the last call, as a struct tcpclose_event array."""
+        return self._reader.read()
 
     def open_lives(self) -> bytes:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
@@ -126,4 +130,6 @@ class Probe:
 
     def close(self) -> None:
         self._bpf.cleanup()
+        for m in self._maps:
+            m.close()
 

@@ -1,0 +1,58 @@
+"""Reading a BPF ring buffer straight from its memory map, a batch at a time, with numpy.
+
+bcc's ring_buffer_consume() calls back into Python once per record: at full
+churn that is most of tcpclose's CPU, and a reader short of CPU lets the ring
+fill and drop records.  Here the whole batch between the consumer and the
+producer position is viewed as one numpy array instead.
+
+The layout is the kernel's (kernel/bpf/ringbuf.c):
+  - mmap offset 0: one page holding consumer_pos (u64), which the reader writes;
+  - offset PAGE_SIZE: one page holding producer_pos (u64), then the data area,
+    mapped twice in a row so that a record that wraps around is contiguous;
+  - each record: a u32 length with BUSY (not committed yet) and DISCARD bits,
+    a u32 page offset, then the sample, the whole rounded up to 8 bytes.
+tcpclose only ever submits struct tcpclose_event, so every record has the
+same size and a batch is a plain strided array.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import layout
+
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+HEADER_SIZE = 8
+RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", layout.EVENT_DTYPE)])
+assert RECORD_DTYPE.itemsize % 8 == 0  # records are 8-byte aligned: one fixed stride
+
+
+class RingReader:
+    """consumer: the writable consumer page; producer: producer page + data area mapped twice."""
+
+    def __init__(self, consumer, producer, data_size: int, page_size: int):
+        assert data_size & (data_size - 1) == 0, "a BPF ring buffer is a power of two"
+        self._consumer, self._producer = consumer, producer
+        self._mask = data_size - 1
+        self._page = page_size
+
+    def read(self) -> np.ndarray:
+        """The committed records since the last read (copied), and give their space back."""
+        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
+        prod = struct.unpack_from("<Q", self._producer, 0)[0]
+        count = (prod - cons) // RECORD_DTYPE.itemsize
+        if count <= 0:
+            return np.empty(0, layout.EVENT_DTYPE)
+        batch = np.frombuffer(self._producer, RECORD_DTYPE, count, self._page + (cons & self._mask))
+        lengths = batch["len"]
+        busy = np.flatnonzero(lengths & BUSY_BIT)
+        if len(busy):  # reserved but not submitted yet: stop before it
+            batch, lengths = batch[: busy[0]], lengths[: busy[0]]
+        sizes = lengths & ~np.uint32(DISCARD_BIT)
+        if len(sizes) and not (sizes == layout.EVENT_DTYPE.itemsize).all():
+            raise ValueError(f"ring buffer record of {int(sizes.max())} bytes: not a struct tcpclose_event")
+        events = batch["event"][(lengths & DISCARD_BIT) == 0].copy()
+        struct.pack_into("<Q", self._consumer, 0, cons + len(batch) * RECORD_DTYPE.itemsize)
+        return events

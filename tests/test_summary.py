@@ -1,0 +1,17 @@
+"""What a run could not see: the accounting in the summary's last line."""
+from agent import summary
+
+
+def test_evictions_are_lives_started_minus_ended_minus_still_open():
+    run = {"counters": {"lives_started": 100, "lives_ended": 90, "socks_full": 2, "ringbuf_drops": 3,
+                        "partial": 4, "recursion_misses": 5, "missed_close": 1}, "open_lives": 7}
+    unseen = summary.unseen(run)
+    assert unseen["ring-buffer drops"] == 3
+    assert unseen["lives evicted (map full or a missed close)"] == 3 + 2
+    assert unseen["lives begun before tracing"] == 4
+    assert unseen["transitions the kernel skipped (BPF recursion)"] == 5
+    assert unseen["lives whose close was skipped (ended at their last transition seen)"] == 1
+
+
+def test_a_recording_without_counters_says_zero_not_nothing():
+    assert set(summary.unseen({}).values()) == {0}
