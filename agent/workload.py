@@ -155,9 +155,16 @@ class Process:
         return self._line("done")
 
     def release(self, timeout: float = 10) -> int:
-        """Close stdin (a leaking server then exits) and wait for the exit."""
+        """Close stdin (a leaking server then exits) and wait for the exit.
+
+        A server still waiting for connections that never came (a failed run)
+        is ended, so that no workload outlives its test."""
         self.popen.stdin.close()
-        return self.popen.wait(timeout)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
 
 
 def start_server(mode: str, count: int, comm: str, host: str = "127.0.0.1") -> tuple[Process, int]:
