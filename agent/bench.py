@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from .summary import evicted
 
 PORT = 9000
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
@@ -78,8 +79,8 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
         if not line.startswith("Tracing"):
             raise SystemExit(f"tcpclose did not start: {line}{proc.stderr.read()}")
     else:  # tcpstates prints its header once attached; its output goes to a file it may fill
-        log = open(out / "tcpstates.txt", "w")
-        proc = subprocess.Popen([TCPSTATES], stdout=log, stderr=subprocess.STDOUT)
+        with open(out / "tcpstates.txt", "w") as log:
+            proc = subprocess.Popen([TCPSTATES], stdout=log, stderr=subprocess.STDOUT)
         while (out / "tcpstates.txt").stat().st_size == 0:
             if proc.poll() is not None:
                 raise SystemExit("tcpstates-bpfcc did not start")
@@ -120,7 +121,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
             run = json.loads((out / "run.json").read_text())
             counters = run["counters"]
             row["drops"] = counters["ringbuf_drops"]
-            row["evicted"] = counters["lives_started"] - counters["lives_ended"] - run["open_lives"] + counters["socks_full"]
+            row["evicted"] = evicted(run)
             row["skipped"] = counters.get("recursion_misses", 0)
             # the kernel's own count of timewait sockets made (per namespace): one per client life here
             row["kernel_tw"] = ns.tcp_ext().get("TW", 0)

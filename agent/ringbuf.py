@@ -24,7 +24,6 @@ from . import layout
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-HEADER_SIZE = 8
 RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", layout.EVENT_DTYPE)])
 assert RECORD_DTYPE.itemsize % 8 == 0  # records are 8-byte aligned: one fixed stride
 

@@ -30,13 +30,21 @@ def _cell(value) -> str:
     return str(value)
 
 
+def evicted(run: dict) -> int:
+    """Lives the BPF side lost track of: the LRU map evicts silently, so they are
+    the lives started, less those ended, less those still open, plus those that
+    never fitted."""
+    c = run.get("counters", {})
+    gone = c.get("lives_started", 0) - c.get("lives_ended", 0) - run.get("open_lives", 0)
+    return max(gone, 0) + c.get("socks_full", 0)
+
+
 def unseen(run: dict) -> dict[str, int]:
     """What the run could not see, from the BPF counters (all zero is the good case)."""
     c = run.get("counters", {})
-    evicted = c.get("lives_started", 0) - c.get("lives_ended", 0) - run.get("open_lives", 0)
     return {
         "ring-buffer drops": c.get("ringbuf_drops", 0),
-        "lives evicted (map full or a missed close)": max(evicted, 0) + c.get("socks_full", 0),
+        "lives evicted (map full or a missed close)": evicted(run),
         "lives begun before tracing": c.get("partial", 0),
         "transitions the kernel skipped (BPF recursion)": c.get("recursion_misses", 0),
         "lives whose close was skipped (ended at their last transition seen)": c.get("missed_close", 0),

@@ -101,26 +101,24 @@ def test_client_half_closes_then_reads_to_the_end():
     assert_credited(server, "passive", "server", 7)
 
 
-def test_client_so_linger_0():
-    server, client, procs = run_pair("wait_close", "linger0", count=7)
-    assert_credited(client, "reset_local", "client", 7)
-    assert client.lives["rst_sent"].all()
-    assert_credited(server, "reset_remote", "server", 7)
-    assert procs.loc["tc-client", "resets_local"] == 7 and procs.loc["tc-server", "resets_remote"] == 7
+RESETS = {
+    # name: (server mode, client mode, the side that aborts)
+    "client SO_LINGER 0": ("wait_close", "linger0", "client"),
+    "server SO_LINGER 0": ("linger0", "wait_close", "server"),
+    "client closes with unread data": ("send_wait", "unread", "client"),
+}
+
+
+@pytest.mark.parametrize("name", RESETS)
+def test_reset(name):
+    server_mode, client_mode, aborter = RESETS[name]
+    server, client, procs = run_pair(server_mode, client_mode, count=7)
+    local, remote = (client, server) if aborter == "client" else (server, client)
+    assert_credited(local, "reset_local", aborter, 7)
+    assert_credited(remote, "reset_remote", "server" if aborter == "client" else "client", 7)
+    assert local.lives["rst_sent"].all()
+    assert procs.loc[local.comm, "resets_local"] == 7 and procs.loc[remote.comm, "resets_remote"] == 7
     assert (procs["timewait_count"] == 0).all()
-
-
-def test_server_so_linger_0():
-    server, client, _ = run_pair("linger0", "wait_close", count=7)
-    assert_credited(server, "reset_local", "server", 7)
-    assert_credited(client, "reset_remote", "client", 7)
-
-
-def test_client_closes_with_unread_data():
-    server, client, _ = run_pair("send_wait", "unread", count=7)
-    assert_credited(client, "reset_local", "client", 7)
-    assert client.lives["rst_sent"].all()
-    assert_credited(server, "reset_remote", "server", 7)
 
 
 def test_server_leaks_close_wait():
