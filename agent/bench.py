@@ -69,11 +69,19 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
+# tcpclose's modes: the arguments each adds to `tcpclose trace`
+TCPCLOSE_MODES = {
+    "tcpclose": [],
+    "tcpclose --timewait none": ["--timewait", "none"],
+}
+MODES = ["untraced", *TCPCLOSE_MODES, "tcpstates"]
+
+
 def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
     """Start a tracer and wait until it is attached; return it and its start-up time."""
     start = time.monotonic()
-    if mode == "tcpclose":
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out)],
+    if mode in TCPCLOSE_MODES:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out), *TCPCLOSE_MODES[mode]],
                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         line = proc.stderr.readline()
         if not line.startswith("Tracing"):
@@ -114,7 +122,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
             time.sleep(0.5)  # the servers' last closes
             tracer.send_signal(signal.SIGINT)
             tracer.communicate(timeout=600)
-        if mode == "tcpclose":
+        if mode in TCPCLOSE_MODES:
             conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport"])
             row["lives_reported"] = int(((conns["lport"] == PORT) | (conns["rport"] == PORT)).sum())
             row["client_lives"] = int((conns["rport"] == PORT).sum())
@@ -151,7 +159,7 @@ def table(rows: list[dict], rate: float) -> Table:
     for mode, m in medians.iterrows():
         lost = m.get("lives_expected") - m.get("lives_reported") if "lives_reported" in m else float("nan")
         out.add_row(mode, fmt(m["rate"], ",.0f"), fmt(m["rate"] / base, ".2f"),
-                    fmt(m.get("lives_expected"), ",.0f") if mode == "tcpclose" else "-",
+                    fmt(m.get("lives_expected"), ",.0f") if mode in TCPCLOSE_MODES else "-",
                     fmt(m.get("lives_reported"), ",.0f"), fmt(lost, ",.0f"), fmt(m.get("drops"), ",.0f"),
                     fmt(m.get("evicted"), ",.0f"), fmt(m.get("skipped"), ",.0f"),
                     fmt(m.get("client_lives"), ",.0f"), fmt(m.get("kernel_tw"), ",.0f"),
@@ -165,10 +173,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rates", default="0", help="total connections/s, comma-separated; 0 = maximum")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (network namespaces and BPF): sudo make bench")
-    modes = ["untraced", "tcpclose"] + (["tcpstates"] if Path(TCPSTATES).exists() else [])
+    modes = [m.strip() for m in args.modes.split(",")]
+    if "untraced" not in modes or not set(modes) <= set(MODES):
+        raise SystemExit(f"bench: --modes takes untraced and any of {', '.join(MODES[1:])}")
+    if "tcpstates" in modes and not Path(TCPSTATES).exists():
+        modes.remove("tcpstates")
     console = Console(width=150)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")

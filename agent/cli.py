@@ -49,7 +49,7 @@ def out_option(func):
 
 
 def report(events, run: dict, out: Path | None) -> None:
-    conns = lifecycle.connections(events, run["ended_at"])
+    conns = lifecycle.connections(events, run["ended_at"], run.get("timewait_method") == "timers")
     procs = aggregate.processes(conns, run["ended_at"])
     text = summary.render(conns, procs, run)
     if out:
@@ -79,9 +79,12 @@ def main():
 @click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4.")
 @click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6.")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
+@click.option("--timewait", type=click.Choice(["auto", "timers", "none"]), default="auto", show_default=True,
+              help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), none (count their "
+                   "start only), auto (timers where the kernel allows).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, print_bpf):
+def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, timewait, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -107,7 +110,7 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
         return
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, record)
+        tracer = Tracer(filters, record, timewait=timewait)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration)
     report(events, run_info, out)

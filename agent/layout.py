@@ -47,14 +47,25 @@ EVENT_DTYPE = np.dtype(
         ("owner_src", "u1"),
         ("last_state", "u1"),
         ("flags", "u1"),
-        ("pad", "u1", (4,)),
+        ("tw_timeout", "<u4"),
+        ("tw_timer", "<u8"),
+        ("tw_start_ns", "<u8"),
+        ("tw_rearm_ns", "<u8"),
+        ("tw_end", "u1"),
+        ("pad", "u1", (7,)),
     ]
 )
 
 TCP_STATE_NAMES = {
     value: name[len("TCP_"):] for name, value in DEFINES.items() if name.startswith("TCP_")
 }
-KIND_NAMES = {DEFINES["EV_LIFE"]: "life", DEFINES["EV_OPEN"]: "open", DEFINES["EV_RESET_SENT"]: "reset_sent"}
+KIND_NAMES = {
+    DEFINES["EV_LIFE"]: "life", DEFINES["EV_OPEN"]: "open", DEFINES["EV_RESET_SENT"]: "reset_sent",
+    DEFINES["EV_TW_END"]: "tw_end", DEFINES["EV_TW_OPEN"]: "tw_open",
+}
+TW_END_NAMES = {
+    DEFINES["TW_EXPIRED"]: "expired", DEFINES["TW_CANCELLED"]: "cancelled", DEFINES["TW_REPLACED"]: "replaced",
+}
 OWNER_SRC_NAMES = {
     DEFINES["OWNER_NONE"]: "none",
     DEFINES["OWNER_SYSCALL"]: "syscall",

@@ -15,6 +15,17 @@ follows from those (DESIGN.md section 1):
 
 FIN_WAIT2->CLOSE and CLOSING->CLOSE are the moments the kernel replaces the
 socket with a timewait socket; TIME_WAIT itself never shows on the tracepoint.
+When the BPF side follows timewait timers (run "timewait_method" = "timers"),
+such a life names its timewait socket (tw_timer, tw_start_at) and a later
+tw_end / tw_open record tells how that socket ended:
+
+  expired    its timer ran out: 60 s TIME_WAIT, or tcp_fin_timeout in FIN_WAIT2 substate
+  reused     cancelled as a new connect() from the same local end took the 4-tuple
+  killed     cancelled otherwise: a SYN into a server-side TIME_WAIT, an RST, netns teardown
+  open       still alive when tracing ended (tw_s is the age so far)
+  none       no timewait socket: not an active or simultaneous close, or, when one
+             was due and none was armed, tcp_max_tw_buckets overflow
+  unknown    the end was not seen (its timer memory was reused, or the record lost)
 """
 from __future__ import annotations
 
@@ -28,7 +39,10 @@ CONNECTION_COLUMNS = [
     "opened_at", "closed_at", "duration_s", "tw_start", "tw_end", "tw_s", "tw_end_reason",
 ]
 # kept beside the contract's columns for the summary and the per-process figures
-EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr"]
+EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
+                 "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns"]
+REUSE_WINDOW_S = 1.0  # a connect() that reused a TIME_WAIT's 4-tuple opened within this of its end
+TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kernel
 
 _ESTABLISHED_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
 
@@ -80,13 +94,85 @@ def initiators(lives: pd.DataFrame) -> np.ndarray:
     )
 
 
-def connections(events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+def _timewait_key(timer, start) -> pd.MultiIndex:
+    """A timewait socket's name: its timer's address and the microsecond it was armed."""
+    micros = np.round(np.nan_to_num(np.asarray(start, dtype=float), nan=-1.0) * 1e6)
+    return pd.MultiIndex.from_arrays([np.asarray(timer, dtype=np.uint64), micros.astype(np.int64)])
+
+
+def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:
+    """For each life, the end record of the timewait socket it made (NaN/None where none)."""
+    ends = timewaits.assign(key=_timewait_key(timewaits["tw_timer"], timewaits["tw_start_at"]))
+    ends = ends.drop_duplicates("key", keep="last").set_index("key")
+    found = ends.reindex(_timewait_key(lives["tw_timer"], lives["tw_start_at"]))
+    return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
+
+
+def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray) -> np.ndarray:
+    """Which cancelled timewaits (lives[rows], ended at end_at) a new connect() took over.
+
+    The connecting side picks the 4-tuple after it enters SYN_SENT and kills the
+    TIME_WAIT holding it (tcp_twsk_unique), so the new client life opened just
+    before the end, from the same local address and port to the same peer.
+    """
+    reused = np.zeros(len(rows), dtype=bool)
+    if not len(rows):
+        return reused
+    tuple_cols = ["family", "laddr", "lport", "raddr", "rport"]
+    ended = lives.iloc[rows][tuple_cols].assign(i=np.arange(len(rows)), end_at=end_at)
+    clients = lives[_entered(lives["states_raw"], "SYN_SENT")][tuple_cols + ["opened_at"]]
+    pairs = ended.merge(clients, on=tuple_cols)
+    near = (pairs["opened_at"].astype(float) - pairs["end_at"]).abs() <= REUSE_WINDOW_S
+    reused[pairs.loc[near, "i"].to_numpy(int)] = True
+    return reused
+
+
+def _timewaits(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray, closed_at: np.ndarray,
+               ended_at: float, follows_timewait: bool) -> dict[str, np.ndarray]:
+    """tw_start, tw_end, tw_s, tw_end_reason, tw_fin_wait2_s and tw_overflow for every life."""
+    n = len(lives)
+    linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
+    if not follows_timewait:  # an older recording, or timers not followed: the start only
+        return {"tw_start": np.where(made_tw, closed_at, np.nan), "tw_end": np.full(n, np.nan),
+                "tw_s": np.full(n, np.nan), "tw_end_reason": np.where(made_tw, "open", "none"),
+                "tw_fin_wait2_s": np.full(n, np.nan), "tw_overflow": np.zeros(n, dtype=bool)}
+    start = np.where(linked, lives["tw_start_at"].astype(float), np.nan)
+    end_rec = _timewait_ends(lives, timewaits)
+    how = end_rec["tw_end"].to_numpy(object)
+    end_at = end_rec["event_at"].astype(float).to_numpy()
+    is_open = linked & (end_rec["kind"].to_numpy(object) == "tw_open")
+    cancelled = linked & (how == "cancelled")
+    reused = np.zeros(n, dtype=bool)
+    reused[cancelled] = _reused(lives, np.flatnonzero(cancelled), end_at[cancelled])
+    reason = np.select(
+        [linked & (how == "expired"), reused, cancelled, is_open, linked],
+        ["expired", "reused", "killed", "open", "unknown"],
+        default="none",
+    )
+    ended = np.isin(reason, ["expired", "reused", "killed"])
+    tw_end = np.where(ended, end_at, np.nan)
+    tw_s = np.where(ended, tw_end - start, np.where(is_open, ended_at - start, np.nan))
+    # FIN_WAIT2 substate: a timewait armed for tcp_fin_timeout rather than 60 s
+    # waits for the peer's FIN, which re-arms it for TIME_WAIT; with the default
+    # tcp_fin_timeout of 60 s only a re-arm into another wheel bucket shows it.
+    rearm_at = end_rec["tw_rearm_at"].astype(float).to_numpy()
+    timeout = lives["tw_timeout_s"].astype(float).to_numpy()
+    fin_timeout_armed = linked & (np.abs(timeout - TIME_WAIT_LEN_S) > 0.5)
+    until = np.where(~np.isnan(rearm_at), rearm_at, np.where(fin_timeout_armed, start + tw_s, np.nan))
+    fin_wait2_s = np.where(linked & (fin_timeout_armed | ~np.isnan(rearm_at)), until - start, np.nan)
+    return {"tw_start": start, "tw_end": tw_end, "tw_s": tw_s, "tw_end_reason": reason,
+            "tw_fin_wait2_s": fin_wait2_s, "tw_overflow": made_tw & ~linked}
+
+
+def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = False) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
     ended_at: when tracing stopped, the age reference for lives still open.
+    follows_timewait: the run followed timewait timers (tw_end/tw_open records).
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
     resets = events[events["kind"] == "reset_sent"]
+    timewaits = events[events["kind"].isin(["tw_end", "tw_open"])]
     if not len(lives):
         return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS)
     initiator = initiators(lives)
@@ -99,6 +185,7 @@ def connections(events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
     owner_known = lives["owner_src"].to_numpy(object) != "none"
     flags = lives["flags_raw"].to_numpy(np.int64)
     end = np.where(closed, closed_at, ended_at)
+    tw = _timewaits(lives, timewaits, made_tw, closed_at, ended_at, follows_timewait)
     out = pd.DataFrame({
         "pid": pd.array(np.where(owner_known, lives["pid"], None), dtype="Int64"),
         "comm": np.where(owner_known, lives["comm"], ""),
@@ -112,16 +199,20 @@ def connections(events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
         "opened_at": lives["opened_at"].astype(float),
         "closed_at": closed_at,
         "duration_s": end - lives["opened_at"].astype(float),
-        "tw_start": np.where(made_tw, closed_at, np.nan),
-        # when and how each TIME_WAIT ended is not followed yet: it stays open
-        "tw_end": np.nan,
-        "tw_s": np.nan,
-        "tw_end_reason": np.where(made_tw, "open", "none"),
+        "tw_start": tw["tw_start"],
+        "tw_end": tw["tw_end"],
+        "tw_s": tw["tw_s"],
+        "tw_end_reason": tw["tw_end_reason"],
         "close_wait_at": lives["close_wait_at"].astype(float),
         "last_state": lives["last_state"],
         "owner_src": lives["owner_src"],
         "rst_sent": ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0) | _rst_sent_after_close(lives, resets),
         "partial": (flags & layout.DEFINES["FLAG_PARTIAL"]) != 0,
         "skaddr": lives["skaddr"],
+        "tw_fin_wait2_s": tw["tw_fin_wait2_s"],
+        "tw_overflow": tw["tw_overflow"],
+        "tw_timeout_s": lives["tw_timeout_s"].astype(float),
+        "netns": lives["netns"] if "netns" in lives else None,
     })
+    out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
     return out

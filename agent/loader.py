@@ -6,6 +6,8 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
+
 from . import layout
 from .errors import BccMissing, HeadersMissing, NotRoot, TracepointMissing
 from .filters import Filters
@@ -13,9 +15,13 @@ from .ringbuf import RingReader
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
+TIMER_TRACEPOINTS = ("timer/timer_start", "timer/timer_expire_entry", "timer/timer_cancel", "timer/timer_init")
+TW_TIMER_SYMBOL = "tw_timer_handler"  # the callback of every timewait socket's timer
 MODULES_DIR = Path("/lib/modules")
+KALLSYMS = Path("/proc/kallsyms")
 
-MAX_SOCKS = 131072  # live sockets followed at once (~128 B each: 16 MiB)
+MAX_SOCKS = 131072  # live sockets followed at once (~160 B each: 20 MiB)
+MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
 MAX_LISTENERS = 4096
 RINGBUF_PAGES = 4096  # 16 MiB: ~120 000 records, seconds of full churn between two reads
 
@@ -25,14 +31,19 @@ def check_privileges() -> None:
         raise NotRoot("tracing needs root (CAP_BPF and CAP_PERFMON): run it with sudo")
 
 
-def check_tracepoints() -> None:
+def _tracefs_events() -> Path | None:
     roots = [root for root in TRACEFS_ROOTS if (root / "events").is_dir()]
-    if not roots:
+    return roots[0] / "events" if roots else None
+
+
+def check_tracepoints() -> None:
+    events = _tracefs_events()
+    if events is None:
         raise TracepointMissing(
             "tracefs is not mounted: run 'sudo mount -t tracefs nodev /sys/kernel/tracing' (or 'sudo make setup')"
         )
     for tp in TRACEPOINTS:
-        if not (roots[0] / "events" / tp).is_dir():
+        if not (events / tp).is_dir():
             raise TracepointMissing(
                 f"this kernel has no tracepoint {tp.replace('/', ':')}: tcpclose needs Linux 4.16 or later "
                 "(use the VM in vagrant/)"
@@ -49,20 +60,48 @@ def check_headers() -> None:
         )
 
 
-def compile_flags(filters: Filters) -> list[str]:
-    return [
+def tw_timer_address() -> tuple[int | None, str]:
+    """The address of tw_timer_handler, or None and the reason it cannot be used."""
+    events = _tracefs_events()
+    missing = [tp for tp in TIMER_TRACEPOINTS if events is None or not (events / tp).is_dir()]
+    if missing:
+        return None, f"no timer tracepoint {missing[0].replace('/', ':')}"
+    try:
+        with open(KALLSYMS, encoding="ascii", errors="replace") as symbols:
+            for line in symbols:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == TW_TIMER_SYMBOL:
+                    address = int(parts[0], 16)
+                    if address == 0:  # kernel.kptr_restrict hides addresses
+                        return None, f"{KALLSYMS} hides addresses (kernel.kptr_restrict)"
+                    return address, ""
+    except OSError as exc:
+        return None, f"cannot read {KALLSYMS}: {exc.strerror}"
+    return None, f"{TW_TIMER_SYMBOL} is not in {KALLSYMS}"
+
+
+def compile_flags(filters: Filters, tw_timer_fn: int | None = None) -> list[str]:
+    flags = [
         f"-I{layout.BPF_DIR}",
         f"-DMAX_SOCKS={MAX_SOCKS}",
+        f"-DMAX_TWS={MAX_TWS}",
         f"-DMAX_LISTENERS={MAX_LISTENERS}",
         f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
         *filters.cflags(),
     ]
+    if tw_timer_fn is not None:
+        flags.append(f"-DTW_TIMER_FN={tw_timer_fn:#x}ULL")
+    return flags
 
 
 class Probe:
-    """The loaded program: poll() returns the raw records handed over since the last call."""
+    """The loaded program: poll() returns the raw records handed over since the last call.
 
-    def __init__(self, filters: Filters):
+    tw_timer_fn: tw_timer_handler's address, to follow timewait sockets through
+    their timers; None leaves the timer tracepoints alone.
+    """
+
+    def __init__(self, filters: Filters, tw_timer_fn: int | None = None):
         check_privileges()
         check_tracepoints()
         check_headers()
@@ -74,7 +113,7 @@ class Probe:
                 "tcpclose from .venv, which is made with --system-site-packages"
             ) from None
         try:
-            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters))
+            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters, tw_timer_fn))
         except Exception as exc:  # bcc raises a bare Exception for both failures
             if "Failed to compile" in str(exc):
                 raise HeadersMissing(
@@ -97,6 +136,7 @@ class Probe:
             mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page),
         ]
         self._reader = RingReader(*self._maps, data_size=size, page_size=page)
+        self.follows_timewait = tw_timer_fn is not None
 
     def poll(self):
         """Every record submitted since the last call, as a struct tcpclose_event array."""
@@ -105,6 +145,23 @@ class Probe:
     def open_lives(self) -> bytes:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
         return b"".join(bytes(value) for value in self._bpf[b"socks"].values())
+
+    def open_timewaits(self) -> np.ndarray:
+        """The timewait sockets still in tws, as records: EV_TW_OPEN, or EV_TW_END
+        (TW_CANCELLED) for one whose cancel nothing explained before tracing ended."""
+        if not self.follows_timewait:
+            return np.zeros(0, layout.EVENT_DTYPE)
+        items = [(k.value, v.start_ns, v.rearm_ns, v.cancel_ns, v.timeout) for k, v in self._bpf[b"tws"].items()]
+        out = np.zeros(len(items), layout.EVENT_DTYPE)
+        if not items:
+            return out
+        timer, start, rearm, cancel, timeout = (np.array(col, dtype=np.uint64) for col in zip(*items))
+        cancelled = cancel != 0
+        out["kind"] = np.where(cancelled, layout.DEFINES["EV_TW_END"], layout.DEFINES["EV_TW_OPEN"])
+        out["tw_end"] = np.where(cancelled, layout.DEFINES["TW_CANCELLED"], 0)
+        out["ts_ns"] = np.where(cancelled, cancel, 0)
+        out["tw_timer"], out["tw_start_ns"], out["tw_rearm_ns"], out["tw_timeout"] = timer, start, rearm, timeout
+        return out
 
     def counters(self) -> dict[str, int]:
         table = self._bpf[b"counters"]

@@ -25,9 +25,13 @@ EVENT_COLUMNS = [
     "family", "laddr", "lport", "raddr", "rport",
     "states_raw", "last_state", "flags_raw",
     "opened_at", "estab_at", "close_wait_at", "fin_at", "event_at",
+    "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s", "tw_end",
+    "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
 ]
 _TIMES = {"opened_ns": "opened_at", "estab_ns": "estab_at", "close_wait_ns": "close_wait_at",
-          "fin_ns": "fin_at", "ts_ns": "event_at"}
+          "fin_ns": "fin_at", "ts_ns": "event_at", "tw_start_ns": "tw_start_at", "tw_rearm_ns": "tw_rearm_at"}
+# records that describe a timewait socket, not a socket life: only their tw_* fields and time mean anything
+_TIMEWAIT_KINDS = ("tw_end", "tw_open")
 FAMILY_NAMES = {2: "ipv4", 10: "ipv6"}
 
 
@@ -51,10 +55,11 @@ def _addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     return np.array(text, dtype=object)[codes]
 
 
-def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int) -> pd.DataFrame:
+def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None = None) -> pd.DataFrame:
     """Decode struct tcpclose_event records: concatenated bytes, or an array of EVENT_DTYPE.
 
     monotonic_to_epoch_ns: epoch ns minus CLOCK_MONOTONIC ns (what bpf_ktime_get_ns reads).
+    hz: the kernel's jiffies per second, for the timewait timeout (None: unknown).
     """
     if isinstance(raw, np.ndarray):
         rec = raw
@@ -81,14 +86,18 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int) -> pd.DataFrame:
         "states_raw": rec["states"].astype(np.int64),
         "last_state": pd.Series(rec["last_state"]).map(layout.TCP_STATE_NAMES).to_numpy(object),
         "flags_raw": rec["flags"].astype(np.int64),
+        "tw_timer": rec["tw_timer"].astype(np.uint64),
+        "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
+        "tw_end": pd.Series(rec["tw_end"]).map(layout.TW_END_NAMES).to_numpy(object),
+        "netns": None,
     }
     for field, column in _TIMES.items():
         ns = rec[field].astype(np.int64)
         out[column] = np.where(ns > 0, (ns + monotonic_to_epoch_ns) / 1e9, np.nan)
     frame = pd.DataFrame(out, columns=EVENT_COLUMNS)
-    # a reset record carries only its socket and time
-    resets = frame["kind"] == "reset_sent"
-    frame.loc[resets, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
+    # a reset record carries only its socket and time, a timewait record only its tw_* fields
+    bare = frame["kind"].isin(("reset_sent", *_TIMEWAIT_KINDS)).to_numpy()
+    frame.loc[bare, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
     return frame
 
 

@@ -10,7 +10,8 @@ from typing import Callable
 
 import pandas as pd
 
-from . import records
+from . import kernel, records
+from .errors import TracepointMissing
 from .filters import Filters
 
 POLL_INTERVAL_S = 0.1
@@ -19,20 +20,40 @@ POLL_INTERVAL_S = 0.1
 class Tracer:
     """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
 
-    def __init__(self, filters: Filters, record_path: Path | None = None):
-        from .loader import Probe  # the bcc import happens here, not at module import
+    def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto"):
+        """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
+        tracepoints), "none", or "auto" (timers where the kernel allows)."""
+        from . import loader  # the bcc import happens there, not at module import
 
         self.filters = filters
-        self._probe = Probe(filters)
+        tw_fn, why = (None, "not asked for") if timewait == "none" else loader.tw_timer_address()
+        if tw_fn is None and timewait == "timers":
+            raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
+        self.timewait = {"timewait_method": "timers" if tw_fn is not None else "none",
+                         "timewait_method_why": why}
+        self.hz = kernel.hz()
+        self._tcpext_start = kernel.all_timewait_counters()
+        self._netns_of: dict[int, str | None] = {}
+        self._probe = loader.Probe(filters, tw_timer_fn=tw_fn)
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         self._recorder = records.Recorder(record_path) if record_path else None
         self._frames: list[pd.DataFrame] = []
         self.started_at = time.time()
 
+    def _owners_netns(self, frame: pd.DataFrame) -> None:
+        """Name each life's network namespace from its owner's /proc entry, while it is alive.
+
+        One readlink per new pid; a process gone before this drain stays unknown."""
+        pids = frame["pid"].to_numpy()
+        for pid in set(pids[frame["owner_src"].to_numpy(object) != "none"].tolist()) - self._netns_of.keys():
+            self._netns_of[pid] = kernel.netns_id(pid)
+        frame["netns"] = [self._netns_of.get(pid) for pid in pids]
+
     def drain(self) -> pd.DataFrame:
-        frame = records.decode(self._probe.poll(), self._offset_ns)
+        frame = records.decode(self._probe.poll(), self._offset_ns, self.hz)
         if len(frame):
+            self._owners_netns(frame)
             self._frames.append(frame)
             if self._recorder:
                 self._recorder.write(frame)
@@ -42,17 +63,28 @@ class Tracer:
         """Last drain, the lives still open, the counters; unloads the probe."""
         self.drain()
         ended_at = time.time()
-        still_open = records.decode(self._probe.open_lives(), self._offset_ns)
+        still_open = records.decode(self._probe.open_lives(), self._offset_ns, self.hz)
+        self._owners_netns(still_open)
+        timewaits = records.decode(self._probe.open_timewaits(), self._offset_ns, self.hz)
         counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
+        tcpext_end = kernel.all_timewait_counters()
         self._probe.close()
         open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
-        if len(still_open):
-            self._frames.append(still_open)
-            if self._recorder:
-                self._recorder.write(still_open)
-        run = {"started_at": self.started_at, "ended_at": ended_at, "counters": counters, "open_lives": open_count}
+        timewaits.loc[timewaits["kind"] == "tw_open", "event_at"] = ended_at
+        for frame in (still_open, timewaits):
+            if len(frame):
+                self._frames.append(frame)
+                if self._recorder:
+                    self._recorder.write(frame)
+        run = {
+            "started_at": self.started_at, "ended_at": ended_at, "counters": counters, "open_lives": open_count,
+            "open_timewaits": len(timewaits), "hz": self.hz, **self.timewait,
+            # the kernel's own counts, per network namespace: see summary.reconcile
+            "netns": kernel.netns_id(),
+            "tcpext": {"start": self._tcpext_start, "end": tcpext_end},
+        }
         if self._recorder:
             self._recorder.finish(run)
         return records.concat(self._frames), run

@@ -39,6 +39,59 @@ def evicted(run: dict) -> int:
     return max(gone, 0) + c.get("socks_full", 0)
 
 
+def timewaits_evicted(run: dict) -> int:
+    """Timewait sockets the BPF side stopped following (tws full): linked, less ended, less open."""
+    c = run.get("counters", {})
+    return max(c.get("tw_linked", 0) - c.get("tw_ended", 0) - run.get("open_timewaits", 0), 0)
+
+
+RECONCILED = [  # (what, TcpExt counter)
+    ("timewait sockets created (TW)", "TW"),
+    ("  armed for <= 4 s (TWKilled)", "TWKilled"),
+    ("4-tuples taken over by connect() (TWRecycled)", "TWRecycled"),
+    ("never created: tcp_max_tw_buckets full (TCPTimeWaitOverflow)", "TCPTimeWaitOverflow"),
+]
+
+
+def _our_counts(conns: pd.DataFrame) -> dict[str, int]:
+    """tcpclose's own counts, as the kernel counts: timewait sockets at creation,
+    TW when armed for more than 4 s and TWKilled for 4 s or less."""
+    made = conns["tw_start"].notna()
+    short = made & (conns["tw_timeout_s"] <= 4.0) if "tw_timeout_s" in conns else made & False
+    return {
+        "TW": int((made & ~short).sum()),
+        "TWKilled": int(short.sum()),
+        "TWRecycled": int((conns["tw_end_reason"] == "reused").sum()),
+        "TCPTimeWaitOverflow": int(conns["tw_overflow"].sum()) if "tw_overflow" in conns else 0,
+    }
+
+
+def reconcile(conns: pd.DataFrame, run: dict) -> list[dict]:
+    """Per network namespace: the kernel's TcpExt counts over the run beside tcpclose's.
+
+    Returns [{"netns", "name", "kernel": {counter: n or None}, "tcpclose": {counter: n}}], the
+    namespace tcpclose runs in first, then every other one where either side counted
+    something; lives whose owner's namespace is not known come last (netns None).
+    """
+    tcpext = run.get("tcpext", {})
+    start, end = tcpext.get("start", {}), tcpext.get("end", {})
+    netns_col = conns["netns"] if "netns" in conns else pd.Series(None, index=conns.index, dtype=object)
+    out = []
+    order = [run.get("netns")] + sorted((set(start) | set(netns_col.dropna())) - {run.get("netns")})
+    for ns in order:
+        before = start.get(ns, {}).get("counters", {})
+        after = end.get(ns, {}).get("counters", {})
+        kernel = {c: after[c] - before[c] if c in before and c in after else None for _, c in RECONCILED}
+        ours = _our_counts(conns[netns_col == ns])
+        if ns == run.get("netns") or any(kernel.values()) or any(ours.values()):
+            name = (start.get(ns) or end.get(ns) or {}).get("name", "")
+            out.append({"netns": ns, "name": name, "kernel": kernel, "tcpclose": ours})
+    unknown = _our_counts(conns[netns_col.isna()])
+    if any(unknown.values()):
+        out.append({"netns": None, "name": "", "kernel": {c: None for _, c in RECONCILED}, "tcpclose": unknown})
+    return out
+
+
 def unseen(run: dict) -> dict[str, int]:
     """What the run could not see, from the BPF counters (all zero is the good case)."""
     c = run.get("counters", {})
@@ -48,7 +101,66 @@ def unseen(run: dict) -> dict[str, int]:
         "lives begun before tracing": c.get("partial", 0),
         "transitions the kernel skipped (BPF recursion)": c.get("recursion_misses", 0),
         "lives whose close was skipped (ended at their last transition seen)": c.get("missed_close", 0),
+        "timewait sockets no close claimed": c.get("tw_unlinked", 0),
+        "timewait sockets evicted (map full)": timewaits_evicted(run),
     }
+
+
+def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame, run: dict) -> None:
+    method = run.get("timewait_method")
+    console.print("\nTIME_WAIT lifetimes")
+    if method != "timers":
+        why = run.get("timewait_method_why") or "an older recording"
+        console.print(f"  not measured ({why}): TIME_WAITs are counted at their start only")
+        return
+    console.print("  measured from the timewait timers (timer tracepoints, callback tw_timer_handler)")
+    rows = procs[(procs["timewait_count"] > 0) | (procs["timewait_overflow"] > 0)]
+    if not len(rows):
+        console.print("  no TIME_WAIT was made while tracing")
+    for row in rows.itertuples(index=False):
+        ended = row.timewait_expired + row.timewait_reused + row.timewait_killed
+        parts = [f"{row.timewait_count} made"]
+        if ended:
+            parts.append(f"{ended} ended: p50 {row.timewait_p50_s:.1f} s, p95 {row.timewait_p95_s:.1f} s, "
+                         f"max {row.timewait_max_s:.1f} s")
+        reasons = [f"{getattr(row, 'timewait_' + r)} {r}" for r in ("expired", "reused", "killed", "open", "unknown")
+                   if getattr(row, "timewait_" + r)]
+        if reasons:
+            parts.append(", ".join(reasons))
+        if row.timewait_overflow:
+            parts.append(f"{row.timewait_overflow} never made (tcp_max_tw_buckets full: no TIME_WAIT protection)")
+        console.print(f"  {_who(row)}: " + "; ".join(parts))
+    fin_wait2 = conns["tw_fin_wait2_s"].dropna() if "tw_fin_wait2_s" in conns else pd.Series(dtype=float)
+    if len(fin_wait2):
+        console.print(f"  {len(fin_wait2)} waited in FIN_WAIT2 substate for the peer's FIN first "
+                      f"(p50 {fin_wait2.quantile(0.5):.1f} s, max {fin_wait2.max():.1f} s)")
+
+    _reconciliation(console, conns, run)
+
+
+def _reconciliation(console: Console, conns: pd.DataFrame, run: dict) -> None:
+    namespaces = reconcile(conns, run)
+    console.print("\nKernel counters (TcpExt, per network namespace) beside tcpclose's own counts")
+    grid = Table(box=None, pad_edge=False, show_edge=False)
+    for title in ("NETWORK NAMESPACE / COUNTER", "KERNEL", "TCPCLOSE"):
+        grid.add_column(title, justify="right" if title != "NETWORK NAMESPACE / COUNTER" else "left", no_wrap=True)
+    for ns in namespaces:
+        label = ns["netns"] or "owner's namespace not known (it exited first)"
+        if ns["name"]:
+            label += f" ({ns['name']})"
+        if ns["netns"] == run.get("netns"):
+            label += " (tcpclose's own)"
+        grid.add_row("  " + label, "", "")
+        for what, counter in RECONCILED:
+            kernel = ns["kernel"][counter]
+            grid.add_row("    " + what, "-" if kernel is None else str(kernel), str(ns["tcpclose"][counter]))
+    console.print(grid)
+    differ = [ns for ns in namespaces if any(ns["kernel"][c] is not None and ns["kernel"][c] != ns["tcpclose"][c]
+                                             for _, c in RECONCILED)]
+    if differ:
+        console.print("  Where they differ: filters left sockets out, the kernel counted timewait sockets of lives "
+                      "that began before tracing or whose owner exited before its namespace was read, or events "
+                      "were lost (see Not seen).")
 
 
 def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120) -> str:
@@ -94,6 +206,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
         owner = f"{comm} (pid {pid})" if not pd.isna(pid) else "unknown owner"
         console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {oldest.close_wait_age_s:.1f} s "
                       f"(peer {oldest.raddr}:{oldest.rport}): it forgot to close them")
+
+    _timewait_section(console, conns, procs, run)
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
     if run.get("cut_short"):

@@ -2,20 +2,24 @@
 
 Used by `tcpclose demo` and the live tests.  Each process prints JSON lines
 on stdout: {"event": "ready", ...} once listening, and {"event": "done",
-"pid", "comm", "connections", "local_ports"} when its work is over, so a test
+"pid", "comm", "connections", "local_ports"} when its work is over, then stays
+until its stdin closes (Process.release), so that a test
 can compare what tcpclose reports with what the workload really did.
 
   python -m agent.workload server MODE --count N --comm NAME [--host H]
-  python -m agent.workload client MODE --port P --count N --comm NAME [--host H]
+  python -m agent.workload client MODE --port P --count N --comm NAME [--host H] [--rebind]
 
 Server modes: wait_close (read to EOF, then close), close_first (read the
 request, close), linger0 (read the request, close with SO_LINGER 0), leak
 (read to EOF and never close, until stdin closes), send_wait (send data, read
-to EOF, close), reply_close (read to EOF, answer, close).
+to EOF, close), reply_close (read to EOF, answer, close), hold (read to EOF,
+wait --hold seconds, close).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
 linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
 half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
-to a port nobody listens on).
+to a port nobody listens on).  --rebind makes every connection after the
+first bind() the first one's local port (SO_REUSEADDR), so that it takes the
+same 4-tuple again.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 PR_SET_NAME = 15
 
@@ -53,8 +58,11 @@ def _linger0(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-def serve_one(conn: socket.socket, mode: str, held: list) -> None:
-    if mode == "wait_close":
+def serve_one(conn: socket.socket, mode: str, held: list, hold_s: float = 0.0) -> None:
+    if mode == "hold":
+        _read_to_eof(conn)
+        time.sleep(hold_s)
+    elif mode == "wait_close":
         _read_to_eof(conn)
     elif mode == "close_first":
         conn.recv(1)
@@ -74,7 +82,7 @@ def serve_one(conn: socket.socket, mode: str, held: list) -> None:
     conn.close()
 
 
-def server(mode: str, count: int, host: str) -> None:
+def server(mode: str, count: int, host: str, hold_s: float = 0.0) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.bind((host, 0))
@@ -84,16 +92,18 @@ def server(mode: str, count: int, host: str) -> None:
     held: list[socket.socket] = []
     for _ in range(count):
         conn, _ = listener.accept()
-        serve_one(conn, mode, held)
+        serve_one(conn, mode, held, hold_s)
     listener.close()
     _say(event="done", pid=os.getpid(), connections=count, local_ports=[port])
-    if held:  # a leak: keep the CLOSE_WAIT sockets until told to go
-        sys.stdin.read()
+    sys.stdin.read()  # stay until released; a leaking server keeps its CLOSE_WAIT sockets till then
 
 
-def client_one(mode: str, host: str, port: int) -> int:
+def client_one(mode: str, host: str, port: int, local_port: int = 0) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
+    if local_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, local_port))
     if mode == "refused":
         try:
             sock.connect((host, port))
@@ -124,17 +134,22 @@ def client_one(mode: str, host: str, port: int) -> int:
     return local
 
 
-def client(mode: str, count: int, host: str, port: int) -> None:
-    ports = [client_one(mode, host, port) for _ in range(count)]
+def client(mode: str, count: int, host: str, port: int, rebind: bool = False) -> None:
+    ports = [client_one(mode, host, port)]
+    for _ in range(count - 1):
+        time.sleep(0.05 if rebind else 0)  # the previous connection's last ACK
+        ports.append(client_one(mode, host, port, ports[0] if rebind else 0))
     _say(event="done", pid=os.getpid(), connections=count, local_ports=ports)
+    sys.stdin.read()  # stay until released, so that a tracer can still read /proc/PID
 
 
 class Process:
     """One workload process, started with `python -m agent.workload`."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, netns: str | None = None):
+        prefix = ["ip", "netns", "exec", netns] if netns else []  # exec: the pid stays the workload's
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "agent.workload", *args],
+            [*prefix, sys.executable, "-m", "agent.workload", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.pid = self.popen.pid
@@ -143,7 +158,7 @@ class Process:
         line = self.popen.stdout.readline()
         if not line:
             self.popen.wait()
-            raise RuntimeError(f"workload {self.popen.args[3:]} exited {self.popen.returncode} before '{want}'")
+            raise RuntimeError(f"workload {self.popen.args} exited {self.popen.returncode} before '{want}'")
         fields = json.loads(line)
         assert fields["event"] == want, fields
         return fields
@@ -155,7 +170,7 @@ class Process:
         return self._line("done")
 
     def release(self, timeout: float = 10) -> int:
-        """Close stdin (a leaking server then exits) and wait for the exit.
+        """Close stdin (a client, or a leaking server, then exits) and wait for the exit.
 
         A server still waiting for connections that never came (a failed run)
         is ended, so that no workload outlives its test."""
@@ -167,13 +182,16 @@ class Process:
             return self.popen.wait()
 
 
-def start_server(mode: str, count: int, comm: str, host: str = "127.0.0.1") -> tuple[Process, int]:
-    proc = Process("server", mode, "--count", str(count), "--comm", comm, "--host", host)
+def start_server(mode: str, count: int, comm: str, host: str = "127.0.0.1", extra: tuple = (),
+                 netns: str | None = None) -> tuple[Process, int]:
+    proc = Process("server", mode, "--count", str(count), "--comm", comm, "--host", host, *extra, netns=netns)
     return proc, proc.ready()["port"]
 
 
-def start_client(mode: str, port: int, count: int, comm: str, host: str = "127.0.0.1") -> Process:
-    return Process("client", mode, "--port", str(port), "--count", str(count), "--comm", comm, "--host", host)
+def start_client(mode: str, port: int, count: int, comm: str, host: str = "127.0.0.1", extra: tuple = (),
+                 netns: str | None = None) -> Process:
+    return Process("client", mode, "--port", str(port), "--count", str(count), "--comm", comm, "--host", host,
+                   *extra, netns=netns)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,12 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--comm", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rebind", action="store_true")
+    parser.add_argument("--hold", type=float, default=0.0)
     args = parser.parse_args(argv)
     set_comm(args.comm)
     if args.side == "server":
-        server(args.mode, args.count, args.host)
+        server(args.mode, args.count, args.host, args.hold)
     else:
-        client(args.mode, args.count, args.host, args.port)
+        client(args.mode, args.count, args.host, args.port, args.rebind)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
  * Filters arrive as -D defines (single values) and the port_filter map (lists):
  *   FILTER_FAMILY  AF_INET or AF_INET6       FILTER_LPORTS/FILTER_RPORTS  use port_filter
  *   FILTER_TGID    owner's tgid              FILTER_COMM  owner's comm, a string literal
- * and sizes as MAX_SOCKS, MAX_LISTENERS, RINGBUF_PAGES.
+ * and sizes as MAX_SOCKS, MAX_LISTENERS, MAX_TWS, RINGBUF_PAGES.
+ * TW_TIMER_FN, the address of tw_timer_handler from /proc/kallsyms, turns on
+ * the following of timewait sockets through their timers (see "TIME_WAIT").
  */
 #include "tcpclose.h"
 
@@ -77,6 +79,214 @@ static __always_inline void emit(struct tcpclose_event *e)
  * peer's FIN inside the peer's close()), or in the owner's task replaying its
  * backlog; crediting the current task there names swapper, ksoftirqd or the
  * peer.  See DESIGN.md section 1. */
+/* ---- TIME_WAIT ----------------------------------------------------------
+ *
+ * TIME_WAIT never shows on inet_sock_set_state: at FIN_WAIT2/CLOSING->CLOSE
+ * the kernel replaces the socket with an inet_timewait_sock, whose timer is a
+ * timer_list with the callback tw_timer_handler.  The timer tracepoints carry
+ * the timer's address, and timer_start and timer_expire_entry its callback,
+ * so a timewait socket is followed by its timer's address from
+ *   creation   timer_start(T), then on the same CPU within microseconds the
+ *              full socket's ->CLOSE (tcp_time_wait() arms the timer, then
+ *              tcp_done() closes the socket): that life claims T;
+ *   re-arm     timer_cancel(T) then timer_start(T) on one CPU: mod_timer()
+ *              moving a pending timer to another wheel bucket, as when the
+ *              peer's FIN turns a FIN_WAIT2-substate timewait (timeout
+ *              tcp_fin_timeout) into TIME_WAIT (60 s);
+ *   expiry     timer_cancel(T) (the wheel detaches it) then
+ *              timer_expire_entry(T): the natural end;
+ *   early kill timer_cancel(T) and nothing after it for T: a reused 4-tuple,
+ *              a SYN into a server-side TIME_WAIT, an RST, namespace teardown
+ *              (inet_twsk_deschedule_put).  Decided at this CPU's next timer
+ *              event, or when T's memory is set up as a new timer
+ *              (timer_init), or at the end of tracing.
+ * timer_cancel and timer_init carry only the address, so they cost a lookup
+ * for every kernel timer; the others test the callback first.
+ */
+#ifdef TW_TIMER_FN
+#define TW_LINK_WINDOW_NS 1000000 /* timer_start to ->CLOSE: microseconds; 1 ms is generous */
+
+/* tws: every timewait socket being followed.
+ *   key    address of its timer_list; value  struct tw_state
+ *   filled when a life that is handed over claims a timewait timer (end_life)
+ *   cleared when its end is handed over (end_timewait)
+ *   a missed end: a new timewait arming the same timer ends the old entry
+ *   (TW_REPLACED); when full, the LRU map evicts the oldest, counted by user
+ *   space as C_TW_LINKED - C_TW_ENDED - entries left at the end.
+ */
+struct tw_state {
+	u64 start_ns;  /* timer_start that created it */
+	u64 rearm_ns;  /* the last re-arm, 0 if none */
+	u64 cancel_ns; /* timer_cancel seen and not yet explained, 0 if none */
+	u32 timeout;   /* jiffies of the first arming */
+	u32 pad;
+};
+BPF_TABLE("lru_hash", u64, struct tw_state, tws, MAX_TWS);
+
+/* tw_cpu: what the last timer events on this CPU left to decide. */
+struct tw_cpu {
+	u64 armed_timer;  /* a timewait timer just created here, not yet claimed by a ->CLOSE */
+	u64 armed_ns;
+	u64 last_cancel;  /* the timer of this CPU's latest timer_cancel */
+	u64 pending_kill; /* a followed timewait cancelled here: killed, unless expiry or re-arm follows */
+	u32 armed_timeout;
+	u32 pad;
+};
+BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
+
+static __always_inline struct tw_cpu *this_cpu_tw(void)
+{
+	u32 zero = 0;
+	return tw_cpu.lookup(&zero);
+}
+
+static __always_inline void end_timewait(u64 timer, struct tw_state *t, u64 end_ns, int how)
+{
+	struct tcpclose_event r = {};
+	r.kind = EV_TW_END;
+	r.ts_ns = end_ns;
+	r.tw_timer = timer;
+	r.tw_start_ns = t->start_ns;
+	r.tw_rearm_ns = t->rearm_ns;
+	r.tw_timeout = t->timeout;
+	r.tw_end = how;
+	emit(&r);
+	tws.delete(&timer);
+	count(C_TW_ENDED);
+}
+
+/* The timewait cancelled last on this CPU met something other than its own
+ * expiry or re-arm: it was killed at its cancel. */
+static __always_inline void settle_cancel(struct tw_cpu *c, u64 timer)
+{
+	u64 p = c->pending_kill;
+	if (!p || p == timer)
+		return;
+	c->pending_kill = 0;
+	struct tw_state *t = tws.lookup(&p);
+	if (t && t->cancel_ns)
+		end_timewait(p, t, t->cancel_ns, TW_CANCELLED);
+}
+
+TRACEPOINT_PROBE(timer, timer_start)
+{
+	if ((u64)args->function != TW_TIMER_FN) /* every kernel timer passes here */
+		return 0;
+	u64 timer = (u64)args->timer;
+	u64 now = bpf_ktime_get_ns();
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return 0;
+	struct tw_state *t = tws.lookup(&timer);
+	if (c->last_cancel == timer) {
+		c->last_cancel = 0;
+		if (c->pending_kill == timer)
+			c->pending_kill = 0;
+		if (t) {
+			t->rearm_ns = now;
+			t->cancel_ns = 0;
+		}
+		return 0;
+	}
+	settle_cancel(c, timer);
+	if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
+		end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
+			     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
+	if (c->armed_timer)
+		count(C_TW_UNLINKED);
+	c->armed_timer = timer;
+	c->armed_ns = now;
+	c->armed_timeout = args->expires - args->now;
+	return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_expire_entry)
+{
+	if ((u64)args->function != TW_TIMER_FN)
+		return 0;
+	u64 timer = (u64)args->timer;
+	struct tw_cpu *c = this_cpu_tw();
+	if (c) {
+		if (c->last_cancel == timer)
+			c->last_cancel = 0;
+		if (c->pending_kill == timer)
+			c->pending_kill = 0;
+		else
+			settle_cancel(c, timer);
+	}
+	struct tw_state *t = tws.lookup(&timer);
+	if (t)
+		end_timewait(timer, t, bpf_ktime_get_ns(), TW_EXPIRED);
+	return 0;
+}
+
+TRACEPOINT_PROBE(timer, timer_cancel)
+{
+	u64 timer = (u64)args->timer;
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return 0;
+	settle_cancel(c, timer);
+	c->last_cancel = timer;
+	struct tw_state *t = tws.lookup(&timer);
+	if (t) {
+		t->cancel_ns = bpf_ktime_get_ns();
+		c->pending_kill = timer;
+	}
+	return 0;
+}
+
+/* timer_setup() on memory that held a cancelled timer: whatever comes next
+ * for this address is a new timer, not a re-arm. */
+TRACEPOINT_PROBE(timer, timer_init)
+{
+	u64 timer = (u64)args->timer;
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return 0;
+	if (c->last_cancel == timer)
+		c->last_cancel = 0;
+	if (c->pending_kill)
+		settle_cancel(c, 0);
+	return 0;
+}
+#endif /* TW_TIMER_FN */
+
+/* At FIN_WAIT2/CLOSING->CLOSE: the timewait timer armed just before on this
+ * CPU belongs to this life.  None armed: no timewait socket was made
+ * (tcp_max_tw_buckets overflow, or a reset or timeout ended the life). */
+static __always_inline void claim_timewait(struct tcpclose_event *e, u64 now)
+{
+#ifdef TW_TIMER_FN
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c || !c->armed_timer)
+		return;
+	if (now - c->armed_ns < TW_LINK_WINDOW_NS) {
+		e->tw_timer = c->armed_timer;
+		e->tw_start_ns = c->armed_ns;
+		e->tw_timeout = c->armed_timeout;
+	} else {
+		count(C_TW_UNLINKED);
+	}
+	c->armed_timer = 0;
+#endif
+}
+
+/* Follow the timewait socket of a life that was handed over. */
+static __always_inline void follow_timewait(struct tcpclose_event *e)
+{
+#ifdef TW_TIMER_FN
+	u64 timer = e->tw_timer;
+	if (!timer)
+		return;
+	struct tw_state t = {};
+	t.start_ns = e->tw_start_ns;
+	t.timeout = e->tw_timeout;
+	tws.update(&timer, &t);
+	count(C_TW_LINKED);
+#endif
+}
+
 static __always_inline bool current_is_owner(int old, int new)
 {
 	if (old == TCP_CLOSE)                        /* listen(), connect() */
@@ -189,10 +399,12 @@ static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now
 static __always_inline void end_life(struct tcpclose_event *e)
 {
 	e->kind = EV_LIFE;
-	if (owner_filtered_out(e))
+	if (owner_filtered_out(e)) {
 		count(C_LIVES_FILTERED);
-	else
-		emit(e);
+		return;
+	}
+	emit(e);
+	follow_timewait(e);
 }
 
 /* One transition of a life: what it tells about the socket and its owner.
@@ -236,6 +448,8 @@ static __always_inline void follow(struct tcpclose_event *e, int old, int new, u
 	 * moments the kernel hands the connection to a timewait socket
 	 * (TIME_WAIT itself never appears on this tracepoint). */
 	e->last_state = old;
+	if (old == TCP_FIN_WAIT2 || old == TCP_CLOSING)
+		claim_timewait(e, now);
 	end_life(e);
 }
 

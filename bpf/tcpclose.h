@@ -18,6 +18,13 @@
 #define EV_LIFE        1 /* a life that reached ->CLOSE */
 #define EV_OPEN        2 /* a life still open when tracing ended */
 #define EV_RESET_SENT  3 /* tcp_send_reset on a socket that had just gone ->CLOSE */
+#define EV_TW_END      4 /* a timewait socket's timer expired or was cancelled (tw_* fields only) */
+#define EV_TW_OPEN     5 /* a timewait socket alive when tracing ended (made by user space from tws) */
+
+/* how a timewait socket ended, as its timer tells (EV_TW_END, tw_end) */
+#define TW_EXPIRED     1 /* timer_expire_entry: the natural end, TIME_WAIT or tcp_fin_timeout */
+#define TW_CANCELLED   2 /* timer_cancel with no expiry or re-arm after it: killed or reused early */
+#define TW_REPLACED    3 /* a new timewait socket armed the same timer: this one's end was not seen */
 
 /* how the owner (pid, tid, comm, cgroup_id) was learnt */
 #define OWNER_NONE     0 /* never seen in a trustworthy context */
@@ -52,7 +59,10 @@
 #define C_LIVES_FILTERED 4 /* lives ended but not handed over (pid/comm filter) */
 #define C_PARTIAL        5 /* lives first seen mid-way */
 #define C_MISSED_CLOSE   6 /* lives whose ->CLOSE was skipped (see FLAG_MISSED_CLOSE) */
-#define NR_COUNTERS      7
+#define C_TW_LINKED      7 /* timewait sockets linked to the life that made them */
+#define C_TW_UNLINKED    8 /* timewait timers armed that no ->CLOSE on that CPU claimed */
+#define C_TW_ENDED       9 /* timewait sockets whose end was handed over (EV_TW_END) */
+#define NR_COUNTERS      10
 
 #define COMM_LEN 16
 
@@ -77,7 +87,15 @@ struct tcpclose_event {
 	__u8 owner_src;      /* OWNER_x */
 	__u8 last_state;     /* EV_LIFE: the state left by ->CLOSE; EV_OPEN: the current state */
 	__u8 flags;          /* FLAG_x */
-	__u8 pad[4];
+	__u32 tw_timeout;    /* jiffies the timewait timer was first armed for (TIME_WAIT: 60 s) */
+	/* The timewait socket this life handed over to at FIN_WAIT2/CLOSING->CLOSE
+	 * (EV_LIFE), or whose end this record reports (EV_TW_END).  The timer's
+	 * address and arming time together name one timewait socket. */
+	__u64 tw_timer;      /* address of its timer_list; 0: no timewait socket was seen */
+	__u64 tw_start_ns;   /* timer_start that created it */
+	__u64 tw_rearm_ns;   /* the last re-arm (the peer's FIN ending the FIN_WAIT2 substate); 0 if none */
+	__u8 tw_end;         /* EV_TW_END: TW_x */
+	__u8 pad[7];
 };
 
 #endif /* TCPCLOSE_H */

@@ -13,9 +13,10 @@ from pathlib import Path
 from agent import layout, records
 
 # struct tcpclose_event, field by field (bpf/tcpclose.h)
-RAW = struct.Struct("<7Q2I16s16s16s4H4B4x")
+RAW = struct.Struct("<7Q2I16s16s16s4H4BI3QB7x")
 D = layout.DEFINES
 OFFSET_NS = 1_700_000_000 * 10**9  # epoch - monotonic, as measured at start
+HZ = 250
 
 
 def states_mask(*names: str) -> int:
@@ -25,7 +26,8 @@ def states_mask(*names: str) -> int:
 def raw(kind="life", *, skaddr=0xFFFF888100000000, states=(), last="FIN_WAIT2", flags=0,
         pid=100, tid=None, comm="app", owner="syscall", family=4,
         laddr="127.0.0.1", lport=40000, raddr="127.0.0.1", rport=8080,
-        opened=1.0, estab=None, close_wait=None, fin=None, ts=2.0, cgroup_id=1) -> bytes:
+        opened=1.0, estab=None, close_wait=None, fin=None, ts=2.0, cgroup_id=1,
+        tw_timer=0, tw_start=None, tw_rearm=None, tw_timeout=60.0, tw_end=None) -> bytes:
     """One record; times in seconds of monotonic clock (0/None = not set)."""
     ns = lambda t: int(round(t * 1e9)) if t else 0  # noqa: E731
     addr = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
@@ -36,16 +38,28 @@ def raw(kind="life", *, skaddr=0xFFFF888100000000, states=(), last="FIN_WAIT2", 
         pid, tid if tid is not None else pid, comm.encode(), addr(laddr), addr(raddr),
         lport, rport, 2 if family == 4 else 10, states_mask(*states),
         kinds[kind], owners[owner], D["TCP_" + last], flags,
+        int(tw_timeout * HZ) if tw_timer else 0, tw_timer, ns(tw_start), ns(tw_rearm),
+        {v: k for k, v in layout.TW_END_NAMES.items()}.get(tw_end, 0),
     )
 
 
-def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0):
+def timewait(how=None, *, timer, start, end=None, rearm=None, timeout=60.0) -> bytes:
+    """The record of a timewait socket's end (how: expired | cancelled | replaced), or,
+    with how None, of one still open at the end of tracing."""
+    return raw("tw_end" if how else "tw_open", skaddr=0, pid=0, comm="", owner="none", states=(),
+               last="CLOSE", opened=None, ts=end, laddr="0.0.0.0", raddr="0.0.0.0", lport=0, rport=0,
+               tw_timer=timer, tw_start=start, tw_rearm=rearm, tw_timeout=timeout, tw_end=how)
+
+
+def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0, timewait="none"):
     """Decode the records, write them as a recording, read it back: (events, run)."""
     path = tmp_path / "stream.jsonl"
     recorder = records.Recorder(path)
-    recorder.write(records.decode(b"".join(chunks), OFFSET_NS))
+    events = records.decode(b"".join(chunks), OFFSET_NS, HZ)
+    events.loc[events["kind"] == "tw_open", "event_at"] = ended + OFFSET_NS / 1e9  # as Tracer.finish does
+    recorder.write(events)
     recorder.finish({"started_at": started + OFFSET_NS / 1e9, "ended_at": ended + OFFSET_NS / 1e9,
-                     "counters": {}, "open_lives": 0})
+                     "counters": {}, "open_lives": 0, "timewait_method": timewait})
     return records.read_recording(path)
 
 

@@ -7,7 +7,7 @@ from streams import OFFSET_NS, RAW, epoch, raw, replay, states_mask
 
 
 def test_record_size_matches_the_packed_layout():
-    assert RAW.size == 128
+    assert RAW.size == 160
 
 
 def test_ipv4_record_decodes_every_field():

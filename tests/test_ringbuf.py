@@ -7,7 +7,7 @@ from agent import ringbuf
 from streams import raw
 
 PAGE = 4096
-DATA = 4096  # a small ring: 30 records of 136 bytes
+DATA = 4096  # a small ring: 24 records of 168 bytes (8-byte header)
 REC = ringbuf.RECORD_DTYPE.itemsize
 
 
@@ -76,6 +76,6 @@ def test_skips_discarded_records_but_consumes_them():
 
 def test_a_record_of_another_size_is_an_error():
     ring = FakeRing()
-    ring.submit(raw()[:120] + bytes(8 + 8))  # 136-byte sample: not ours
+    ring.submit(raw() + bytes(8))  # a 168-byte sample: not ours
     with pytest.raises(ValueError, match="not a struct tcpclose_event"):
         ring.reader().read()

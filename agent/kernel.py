@@ -1,0 +1,114 @@
+"""What the running kernel says about itself: its tick rate and its TCP counters (procfs only)."""
+from __future__ import annotations
+
+import ctypes
+import gzip
+import os
+import re
+import threading
+from pathlib import Path
+
+PROC = Path("/proc")
+RUN_NETNS = Path("/run/netns")  # where `ip netns add` names namespaces
+CLONE_NEWNET = 0x40000000
+
+# TcpExt counters that account for timewait sockets (DESIGN.md section 1).  TW and
+# TWKilled count timewait sockets when they are *created* (timeout > 4 s vs <= 4 s),
+# TWRecycled a connect() that took over a TIME_WAIT's 4-tuple, TCPTimeWaitOverflow
+# the timewait sockets never created because tcp_max_tw_buckets was reached.
+TIMEWAIT_COUNTERS = ("TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow")
+
+
+def hz() -> int | None:
+    """CONFIG_HZ, the jiffies per second the timer wheel counts in; None if the config is not readable."""
+    candidates = [(PROC / "config.gz", gzip.open), (Path(f"/boot/config-{os.uname().release}"), open)]
+    for path, opener in candidates:
+        try:
+            with opener(path, "rt") as config:
+                for line in config:
+                    match = re.match(r"CONFIG_HZ=(\d+)$", line.strip())
+                    if match:
+                        return int(match.group(1))
+        except OSError:
+            continue
+    return None
+
+
+def netstat(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/netstat as {"TcpExt": {"TW": 12, ...}, ...}: pairs of header and value lines."""
+    tables: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[0::2], lines[1::2]):
+        name, _, names = header.partition(":")
+        vname, _, numbers = values.partition(":")
+        if name != vname:
+            continue
+        tables[name] = dict(zip(names.split(), (int(v) for v in numbers.split())))
+    return tables
+
+
+def timewait_counters(text: str) -> dict[str, int]:
+    tcpext = netstat(text).get("TcpExt", {})
+    return {name: tcpext[name] for name in TIMEWAIT_COUNTERS if name in tcpext}
+
+
+def netns_id(pid: int | str = "self") -> str | None:
+    """The network namespace of a process, as the kernel names it (net:[4026531840])."""
+    try:
+        return os.readlink(PROC / str(pid) / "ns" / "net")
+    except OSError:
+        return None
+
+
+def namespaces() -> dict[str, tuple[Path, str]]:
+    """Every network namespace on the host: id -> (a path that opens it, a name for people).
+
+    Found through the processes in them and the names `ip netns add` gives.
+    """
+    found: dict[str, tuple[Path, str]] = {}
+    if RUN_NETNS.is_dir():
+        for path in sorted(RUN_NETNS.iterdir()):
+            try:
+                found[f"net:[{path.stat().st_ino}]"] = (path, path.name)
+            except OSError:
+                continue
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            ns = netns_id(entry.name)
+            if ns and ns not in found:
+                found[ns] = (entry / "ns" / "net", "")
+    return found
+
+
+def _read_in_netns(ns_path: Path, path: str) -> str | None:
+    """Read a file as seen from inside another network namespace (setns in a thread of its own)."""
+    result: list[str] = []
+
+    def inside():
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(ns_path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, CLONE_NEWNET) == 0:  # this thread only; it ends right after
+                result.append(Path(path).read_text())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join()
+    return result[0] if result else None
+
+
+def all_timewait_counters() -> dict[str, dict]:
+    """{netns id: {"name": ..., "counters": {TW: ...}}} for every network namespace that can be read."""
+    out = {}
+    for ns, (path, name) in namespaces().items():
+        text = _read_in_netns(path, "/proc/thread-self/net/netstat")
+        if text is not None:
+            out[ns] = {"name": name, "counters": timewait_counters(text)}
+    return out

@@ -1,0 +1,118 @@
+"""How each TIME_WAIT ended, from recorded streams of lives and timewait-timer records."""
+import math
+
+import pytest
+
+from agent import aggregate, lifecycle
+from streams import epoch, raw, replay, timewait
+
+ACTIVE = dict(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
+T1, T2 = 0xFFFF8881000A0000, 0xFFFF8881000B0000
+
+
+def conns_of(tmp_path, *chunks, ended=100.0):
+    events, run = replay(tmp_path, *chunks, ended=ended, timewait="timers")
+    return lifecycle.connections(events, run["ended_at"], follows_timewait=True), run
+
+
+def closer(skaddr=1, timer=T1, tw_start=2.0, **fields):
+    """A client that closed first at 2.0 s and made the timewait socket `timer`."""
+    args = dict(ACTIVE, skaddr=skaddr, ts=tw_start, tw_timer=timer, tw_start=tw_start, comm="closer", pid=7)
+    return raw(**(args | fields))
+
+
+def test_a_natural_expiry_gives_the_real_lifetime(tmp_path):
+    conns, _ = conns_of(tmp_path, closer(), timewait("expired", timer=T1, start=2.0, end=63.1))
+    conn = conns.iloc[0]
+    assert conn.tw_end_reason == "expired"
+    assert conn.tw_start == pytest.approx(epoch(2.0))
+    assert conn.tw_end == pytest.approx(epoch(63.1))
+    assert conn.tw_s == pytest.approx(61.1)
+    assert math.isnan(conn.tw_fin_wait2_s)  # armed for 60 s and never re-armed: cannot be told
+
+
+def test_the_end_joins_the_timewait_by_timer_and_start_not_by_timer_alone(tmp_path):
+    """Timer memory is recycled: a second timewait on the same address is another socket."""
+    conns, _ = conns_of(
+        tmp_path,
+        closer(skaddr=1, tw_start=2.0), timewait("cancelled", timer=T1, start=2.0, end=3.0),
+        closer(skaddr=2, tw_start=4.0), timewait("expired", timer=T1, start=4.0, end=64.5),
+    )
+    assert list(conns["tw_end_reason"]) == ["killed", "expired"]
+    assert list(conns["tw_s"]) == pytest.approx([1.0, 60.5])
+
+
+def test_a_cancel_as_a_connect_takes_the_same_four_tuple_is_a_reuse(tmp_path):
+    newcomer = raw(skaddr=3, states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED", opened=5.0, ts=6.0,
+                   comm="newcomer", lport=40000, rport=8080)
+    conns, _ = conns_of(tmp_path, closer(lport=40000, rport=8080),
+                        timewait("cancelled", timer=T1, start=2.0, end=5.00002), newcomer)
+    conn = conns[conns["comm"] == "closer"].iloc[0]
+    assert conn.tw_end_reason == "reused"
+    assert conn.tw_s == pytest.approx(3.00002)
+
+
+def test_a_cancel_with_a_new_server_side_child_is_a_kill(tmp_path):
+    """A SYN into a server-side TIME_WAIT kills it; the new life is the listener's child."""
+    child = raw(skaddr=3, states=("SYN_RECV", "ESTABLISHED"), last="ESTABLISHED", opened=5.0, ts=6.0,
+                owner="listener", lport=8080, rport=40000)
+    server_closer = closer(states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), lport=8080, rport=40000)
+    conns, _ = conns_of(tmp_path, server_closer, timewait("cancelled", timer=T1, start=2.0, end=5.0), child)
+    assert conns.iloc[0].tw_end_reason == "killed"
+
+
+def test_a_timewait_alive_at_the_end_is_open_with_its_age(tmp_path):
+    conns, _ = conns_of(tmp_path, closer(tw_start=2.0), timewait(timer=T1, start=2.0), ended=30.0)
+    conn = conns.iloc[0]
+    assert conn.tw_end_reason == "open"
+    assert math.isnan(conn.tw_end)
+    assert conn.tw_s == pytest.approx(28.0)
+
+
+def test_an_active_close_without_a_timewait_timer_is_an_overflow(tmp_path):
+    conns, _ = conns_of(tmp_path, raw(**ACTIVE))
+    conn = conns.iloc[0]
+    assert (conn.tw_end_reason, conn.tw_overflow) == ("none", True)
+    assert math.isnan(conn.tw_start)
+
+
+def test_without_timer_following_a_close_keeps_an_open_timewait_of_unknown_end(tmp_path):
+    events, run = replay(tmp_path, raw(**ACTIVE), timewait="none")
+    conn = lifecycle.connections(events, run["ended_at"], follows_timewait=False).iloc[0]
+    assert (conn.tw_end_reason, conn.tw_overflow) == ("open", False)
+
+
+def test_a_timewait_whose_end_went_unseen_is_unknown(tmp_path):
+    conns, _ = conns_of(tmp_path, closer(), timewait("replaced", timer=T1, start=2.0, end=9.0))
+    conn = conns.iloc[0]
+    assert conn.tw_end_reason == "unknown"
+    assert math.isnan(conn.tw_s)
+
+
+@pytest.mark.parametrize("timeout, rearm, end, how, fin_wait2_s", [
+    (5.0, 3.5, 63.6, "expired", 1.5),   # short tcp_fin_timeout, the peer's FIN after 1.5 s
+    (5.0, None, 7.0, "expired", 5.0),   # no FIN from the peer: died at tcp_fin_timeout
+    (60.0, 12.0, 72.1, "expired", 10.0),  # default tcp_fin_timeout, FIN late enough to change bucket
+])
+def test_fin_wait2_substate(tmp_path, timeout, rearm, end, how, fin_wait2_s):
+    conns, _ = conns_of(tmp_path, closer(tw_timeout=timeout),
+                        timewait(how, timer=T1, start=2.0, end=end, rearm=rearm, timeout=timeout))
+    assert conns.iloc[0].tw_fin_wait2_s == pytest.approx(fin_wait2_s)
+
+
+def test_per_process_percentiles_count_only_ended_timewaits(tmp_path):
+    lifetimes = [60.0, 60.5, 61.0, 62.0]
+    stream = []
+    for i, life in enumerate(lifetimes):
+        timer = T2 + i * 0x100
+        stream += [closer(skaddr=10 + i, timer=timer, tw_start=2.0 + i),
+                   timewait("expired", timer=timer, start=2.0 + i, end=2.0 + i + life)]
+    stream += [closer(skaddr=20, timer=T1, tw_start=3.0), timewait(timer=T1, start=3.0),  # open: 97 s old
+               raw(skaddr=21, comm="closer", pid=7, **ACTIVE)]  # no timewait: overflow
+    conns, run = conns_of(tmp_path, *stream, ended=100.0)
+    proc = aggregate.processes(conns, run["ended_at"]).set_index("comm").loc["closer"]
+    assert proc.timewait_count == 5  # made: the four ended and the open one
+    assert proc.timewait_p50_s == pytest.approx(60.75)
+    assert proc.timewait_max_s == pytest.approx(62.0)
+    assert proc.timewait_p95_s == pytest.approx(61.85)
+    assert (proc.timewait_expired, proc.timewait_open, proc.timewait_overflow) == (4, 1, 1)
