@@ -38,7 +38,15 @@ class Filters:
             bits[port] = bits.get(port, 0) | 2
         return bits
 
-    def keeps_owner(self, pid: int, comm: str) -> bool:
+    def keeps_socket(self, family: str, lport: int, rport: int) -> bool:
+        """The address filters the BPF side applies, for sockets found by a snapshot."""
+        if self.family is not None and family != {AF_INET: "ipv4", AF_INET6: "ipv6"}[self.family]:
+            return False
+        if self.local_ports and lport not in self.local_ports:
+            return False
+        return not self.remote_ports or rport in self.remote_ports
+
+    def keeps_owner(self, pid: int | None, comm: str) -> bool:
         """The owner filter the BPF side applies at ->CLOSE, for lives read at the end."""
         if self.pid is not None and pid != self.pid:
             return False

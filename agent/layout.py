@@ -70,7 +70,7 @@ OWNER_SRC_NAMES = {
     DEFINES["OWNER_NONE"]: "none",
     DEFINES["OWNER_SYSCALL"]: "syscall",
     DEFINES["OWNER_LISTENER"]: "listener",
-}
+}  # and "snapshot": found holding the socket in /proc/PID/fd (agent/sockets.py)
 COUNTER_NAMES = {
     value: name[len("C_"):].lower() for name, value in DEFINES.items() if name.startswith("C_")
 }

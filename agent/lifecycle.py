@@ -40,7 +40,8 @@ CONNECTION_COLUMNS = [
 ]
 # kept beside the contract's columns for the summary and the per-process figures
 EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
-                 "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns"]
+                 "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd"]
+FOUR_TUPLE = ["family", "laddr", "lport", "raddr", "rport"]
 REUSE_WINDOW_S = 1.0  # a connect() that reused a TIME_WAIT's 4-tuple opened within this of its end
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kernel
 
@@ -164,6 +165,44 @@ def _timewaits(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray
             "tw_fin_wait2_s": fin_wait2_s, "tw_overflow": made_tw & ~linked}
 
 
+def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    """Lives begun before tracing, completed from the snapshot taken at its start.
+
+    A socket the snapshot found and that then changed state is a partial life
+    on the BPF side: the snapshot names its owner if the BPF side never could,
+    and the start of its CLOSE_WAIT.  One that never changed state is only in
+    the snapshot: it is a life still open in the state it was found in.
+    """
+    if not len(existing):
+        return lives
+    existing = existing.drop_duplicates(FOUR_TUPLE)
+    partial = (lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0
+    key = pd.MultiIndex.from_frame(lives[FOUR_TUPLE].astype(str))
+    found = existing.set_index(pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))).reindex(key)
+    matched = partial & found["kind"].notna().to_numpy()
+    lives = lives.copy()
+    unowned = matched & (lives["owner_src"].to_numpy(object) == "none")
+    for column in ("pid", "tid", "comm", "cgroup_id", "owner_src", "netns"):
+        lives.loc[unowned, column] = found.loc[unowned, column].to_numpy()
+    no_cw_start = matched & lives["close_wait_at"].isna().to_numpy()
+    lives.loc[no_cw_start, "close_wait_at"] = found.loc[no_cw_start, "close_wait_at"].to_numpy()
+    used = set(key[matched])
+    untouched = existing[[k not in used for k in existing[FOUR_TUPLE].astype(str).itertuples(index=False)]]
+    return pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
+
+
+def _fds(conns: pd.DataFrame, seen_at_end: pd.DataFrame) -> np.ndarray:
+    """The owner's file descriptor of each CLOSE_WAIT still open, from the snapshot at the end."""
+    fds = np.full(len(conns), np.nan)
+    if not len(seen_at_end) or not len(conns):
+        return fds
+    by_tuple = seen_at_end.drop_duplicates(FOUR_TUPLE).set_index(
+        pd.MultiIndex.from_frame(seen_at_end.drop_duplicates(FOUR_TUPLE)[FOUR_TUPLE].astype(str)))["fd"]
+    found = by_tuple.reindex(pd.MultiIndex.from_frame(conns[FOUR_TUPLE].astype(str))).to_numpy(float)
+    open_cw = ((conns["initiator"] == "open") & (conns["last_state"] == "CLOSE_WAIT")).to_numpy()
+    return np.where(open_cw, found, np.nan)
+
+
 def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = False) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
@@ -171,6 +210,7 @@ def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = 
     follows_timewait: the run followed timewait timers (tw_end/tw_open records).
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
+    lives = _with_existing(lives, events[events["kind"] == "existing"])
     resets = events[events["kind"] == "reset_sent"]
     timewaits = events[events["kind"].isin(["tw_end", "tw_open"])]
     if not len(lives):
@@ -215,4 +255,5 @@ def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = 
         "netns": lives["netns"] if "netns" in lives else None,
     })
     out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
+    out["fd"] = pd.array(_fds(out, events[events["kind"] == "seen_at_end"]), dtype="Int64")
     return out

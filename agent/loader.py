@@ -146,6 +146,16 @@ class Probe:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
         return b"".join(bytes(value) for value in self._bpf[b"socks"].values())
 
+    def seed_listeners(self, listeners) -> None:
+        """Enter listeners that existed before tracing: (port, pid, comm, cgroup_id) each,
+        so that their new children start with their owner."""
+        table = self._bpf[b"listeners"]
+        for port, pid, comm, cgroup_id in listeners:
+            leaf = table.Leaf()
+            leaf.skaddr, leaf.pid, leaf.tid, leaf.cgroup_id = 0, pid, pid, cgroup_id
+            leaf.comm = comm.encode()[: layout.DEFINES["COMM_LEN"] - 1]
+            table[table.Key(port)] = leaf
+
     def open_timewaits(self) -> np.ndarray:
         """The timewait sockets still in tws, as records: EV_TW_OPEN, or EV_TW_END
         (TW_CANCELLED) for one whose cancel nothing explained before tracing ended."""

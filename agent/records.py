@@ -27,7 +27,12 @@ EVENT_COLUMNS = [
     "opened_at", "estab_at", "close_wait_at", "fin_at", "event_at",
     "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s", "tw_end",
     "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
+    "fd", "inode",  # sock_diag snapshots only: the owner's file descriptor and the socket's inode
 ]
+# rows made from sock_diag snapshots (agent/sockets.py), not from BPF records:
+#   existing     a connection that was there when tracing started (a life begun before it)
+#   seen_at_end  a CLOSE_WAIT still there when tracing ended, with its owner's fd
+SNAPSHOT_KINDS = ("existing", "seen_at_end")
 _TIMES = {"opened_ns": "opened_at", "estab_ns": "estab_at", "close_wait_ns": "close_wait_at",
           "fin_ns": "fin_at", "ts_ns": "event_at", "tw_start_ns": "tw_start_at", "tw_rearm_ns": "tw_rearm_at"}
 # records that describe a timewait socket, not a socket life: only their tw_* fields and time mean anything
@@ -90,6 +95,8 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
         "tw_end": pd.Series(rec["tw_end"]).map(layout.TW_END_NAMES).to_numpy(object),
         "netns": None,
+        "fd": np.nan,
+        "inode": np.nan,
     }
     for field, column in _TIMES.items():
         ns = rec[field].astype(np.int64)
@@ -98,6 +105,36 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
     # a reset record carries only its socket and time, a timewait record only its tw_* fields
     bare = frame["kind"].isin(("reset_sent", *_TIMEWAIT_KINDS)).to_numpy()
     frame.loc[bare, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
+    return frame
+
+
+def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -> pd.DataFrame:
+    """Event rows for the sockets of a snapshot taken at `at` (epoch seconds).
+
+    A CLOSE_WAIT's age since the peer's FIN is not in sock_diag; the last ACK
+    received is: the FIN came at or before it, so close_wait_at is a bound the
+    real start is earlier than or equal to (flagged partial, like any life
+    begun before tracing)."""
+    if not len(snap):
+        return empty_events()
+    owned = snap["pid"].notna().to_numpy()
+    state = snap["state"].to_numpy(object)
+    codes = np.array([layout.DEFINES["TCP_" + s] for s in state], dtype=np.int64)
+    frame = pd.DataFrame({
+        "kind": kind, "skaddr": np.uint64(0),
+        "pid": snap["pid"].fillna(0).astype(np.int64), "tid": snap["pid"].fillna(0).astype(np.int64),
+        "comm": snap["comm"], "cgroup_id": snap["cgroup_id"].astype(np.uint64),
+        "owner_src": np.where(owned, "snapshot", "none"),
+        "family": snap["family"], "laddr": snap["laddr"], "lport": snap["lport"].astype(np.int64),
+        "raddr": snap["raddr"], "rport": snap["rport"].astype(np.int64),
+        "states_raw": np.left_shift(1, codes), "last_state": state,
+        "flags_raw": layout.DEFINES["FLAG_PARTIAL"],
+        "opened_at": np.nan, "estab_at": np.nan,
+        "close_wait_at": np.where(state == "CLOSE_WAIT", at - snap["since_ack_s"].astype(float), np.nan),
+        "fin_at": np.nan, "event_at": at,
+        "tw_timer": np.uint64(0), "tw_start_at": np.nan, "tw_rearm_at": np.nan, "tw_timeout_s": np.nan,
+        "tw_end": None, "netns": netns, "fd": snap["fd"].astype(float), "inode": snap["inode"].astype(float),
+    }, columns=EVENT_COLUMNS)
     return frame
 
 
@@ -137,7 +174,7 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, dict]:
             run = row
             continue
         missing = [c for c in EVENT_COLUMNS if c not in row]
-        if missing or row["kind"] not in layout.KIND_NAMES.values():
+        if missing or row["kind"] not in (*layout.KIND_NAMES.values(), *SNAPSHOT_KINDS):
             raise BadRecording(f"{path}:{number}: not a tcpclose event (missing {', '.join(missing) or 'a known kind'})")
         rows.append(row)
     if run is None:  # the tracer was killed before it could finish the file

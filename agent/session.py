@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import kernel, records
+from . import kernel, records, sockets
 from .errors import TracepointMissing
 from .filters import Filters
 
@@ -40,6 +40,25 @@ class Tracer:
         self._recorder = records.Recorder(record_path) if record_path else None
         self._frames: list[pd.DataFrame] = []
         self.started_at = time.time()
+        self._snapshot_at_start()
+
+    def _keep(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self._frames.append(frame)
+            if self._recorder:
+                self._recorder.write(frame)
+
+    def _snapshot_at_start(self) -> None:
+        """What tracing cannot see: the sockets that were there before it began.
+
+        Taken once the probe is attached, so that a socket closing meanwhile shows
+        in both (and is merged), not in neither.  Listeners go into the BPF side,
+        so that their new children start with their owner."""
+        listening = sockets.snapshot(Filters(), ("LISTEN",))
+        self._probe.seed_listeners((int(r.lport), int(r.pid), r.comm, int(r.cgroup_id))
+                                   for r in listening.itertuples() if not pd.isna(r.pid))
+        existing = sockets.snapshot(self.filters)
+        self._keep(records.from_snapshot(existing, "existing", time.time(), kernel.netns_id()))
 
     def _owners_netns(self, frame: pd.DataFrame) -> None:
         """Name each life's network namespace from its owner's /proc entry, while it is alive.
@@ -54,9 +73,7 @@ class Tracer:
         frame = records.decode(self._probe.poll(), self._offset_ns, self.hz)
         if len(frame):
             self._owners_netns(frame)
-            self._frames.append(frame)
-            if self._recorder:
-                self._recorder.write(frame)
+            self._keep(frame)
         return frame
 
     def finish(self) -> tuple[pd.DataFrame, dict]:
@@ -68,16 +85,15 @@ class Tracer:
         timewaits = records.decode(self._probe.open_timewaits(), self._offset_ns, self.hz)
         counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
         tcpext_end = kernel.all_timewait_counters()
+        close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",))
         self._probe.close()
         open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
         timewaits.loc[timewaits["kind"] == "tw_open", "event_at"] = ended_at
-        for frame in (still_open, timewaits):
-            if len(frame):
-                self._frames.append(frame)
-                if self._recorder:
-                    self._recorder.write(frame)
+        for frame in (still_open, timewaits,
+                      records.from_snapshot(close_waits, "seen_at_end", ended_at, kernel.netns_id())):
+            self._keep(frame)
         run = {
             "started_at": self.started_at, "ended_at": ended_at, "counters": counters, "open_lives": open_count,
             "open_timewaits": len(timewaits), "hz": self.hz, **self.timewait,

@@ -18,6 +18,17 @@ _TABLE_COLUMNS = [
 ]
 
 
+OLDEST_CLOSE_WAITS = 5  # listed one by one per process
+
+
+def _age(row) -> str:
+    """A CLOSE_WAIT's age; for one begun before tracing, the snapshot gives only a lower bound."""
+    if pd.isna(row.close_wait_age_s):
+        return "age unknown (begun before tracing)"
+    return (f"at least {row.close_wait_age_s:.1f} s (begun before tracing)" if row.partial
+            else f"{row.close_wait_age_s:.1f} s")
+
+
 def _who(row) -> str:
     return f"{row.comm} (pid {row.pid})" if not pd.isna(row.pid) else "unknown owner"
 
@@ -202,10 +213,12 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
     if not len(cw):
         console.print("  none")
     for (pid, comm), group in cw.groupby(["pid", "comm"], dropna=False, sort=False):
-        oldest = group.iloc[0]
         owner = f"{comm} (pid {pid})" if not pd.isna(pid) else "unknown owner"
-        console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {oldest.close_wait_age_s:.1f} s "
-                      f"(peer {oldest.raddr}:{oldest.rport}): it forgot to close them")
+        console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {_age(group.iloc[0])}: "
+                      "it forgot to close them")
+        for row in group.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
+            fd = f"fd {row.fd}" if "fd" in group and not pd.isna(row.fd) else "fd ?"
+            console.print(f"    {fd:>7}  {row.laddr}:{row.lport} <- {row.raddr}:{row.rport}  {_age(row)}")
 
     _timewait_section(console, conns, procs, run)
 

@@ -19,7 +19,7 @@ linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
 half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
 to a port nobody listens on).  --rebind makes every connection after the
 first bind() the first one's local port (SO_REUSEADDR), so that it takes the
-same 4-tuple again.
+same 4-tuple again; a client's --hold waits that long after connect().
 """
 from __future__ import annotations
 
@@ -98,10 +98,13 @@ def server(mode: str, count: int, host: str, hold_s: float = 0.0) -> None:
     sys.stdin.read()  # stay until released; a leaking server keeps its CLOSE_WAIT sockets till then
 
 
-def client_one(mode: str, host: str, port: int, local_port: int = 0) -> int:
+def client_one(mode: str, host: str, port: int, local_port: int | None = None, hold_s: float = 0.0) -> int:
+    """One connection; local_port: bind() it first with SO_REUSEADDR (0: any port).
+
+    A TIME_WAIT lets bind() take its port only if its socket had SO_REUSEADDR too."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    if local_port:
+    if local_port is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, local_port))
     if mode == "refused":
@@ -116,6 +119,7 @@ def client_one(mode: str, host: str, port: int, local_port: int = 0) -> int:
         return local
     sock.connect((host, port))
     local = sock.getsockname()[1]
+    time.sleep(hold_s)
     if mode == "close_first":
         sock.sendall(b"x")
     elif mode == "wait_close":
@@ -134,11 +138,11 @@ def client_one(mode: str, host: str, port: int, local_port: int = 0) -> int:
     return local
 
 
-def client(mode: str, count: int, host: str, port: int, rebind: bool = False) -> None:
-    ports = [client_one(mode, host, port)]
+def client(mode: str, count: int, host: str, port: int, rebind: bool = False, hold_s: float = 0.0) -> None:
+    ports = [client_one(mode, host, port, 0 if rebind else None, hold_s)]
     for _ in range(count - 1):
         time.sleep(0.05 if rebind else 0)  # the previous connection's last ACK
-        ports.append(client_one(mode, host, port, ports[0] if rebind else 0))
+        ports.append(client_one(mode, host, port, ports[0] if rebind else None, hold_s))
     _say(event="done", pid=os.getpid(), connections=count, local_ports=ports)
     sys.stdin.read()  # stay until released, so that a tracer can still read /proc/PID
 
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.side == "server":
         server(args.mode, args.count, args.host, args.hold)
     else:
-        client(args.mode, args.count, args.host, args.port, args.rebind)
+        client(args.mode, args.count, args.host, args.port, args.rebind, args.hold)
 
 
 if __name__ == "__main__":

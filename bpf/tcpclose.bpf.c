@@ -36,8 +36,9 @@ BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
 
 /* listeners: the owner of each listening socket, for its children.
  *   key    local port; value  the listener's owner and its skaddr
- *   filled at CLOSE->LISTEN (the owner's listen()), cleared at LISTEN->CLOSE
- *   of that same socket.  A child socket appears as LISTEN->SYN_RECV in softirq,
+ *   filled at CLOSE->LISTEN (the owner's listen()), and at start by user space
+ *   for the listeners that already exist (skaddr 0: not known); cleared at
+ *   LISTEN->CLOSE of that same socket.  A child socket appears as LISTEN->SYN_RECV in softirq,
  *   with no trustworthy task, so it starts with its listener's owner.
  */
 struct listener {
@@ -368,7 +369,7 @@ static __always_inline void track_listener(u64 sk, u16 port, int old, int new)
 		listeners.update(&port, &l);
 	} else {
 		struct listener *l = listeners.lookup(&port);
-		if (l && l->skaddr == sk)
+		if (l && (l->skaddr == sk || l->skaddr == 0))
 			listeners.delete(&port);
 	}
 }

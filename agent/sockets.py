@@ -1,0 +1,92 @@
+"""The TCP sockets that exist right now (sock_diag, as `ss -tan` reads them) and who holds them (/proc/*/fd).
+
+Tracing sees only what happens after it starts.  A snapshot at start shows the
+sockets opened before, above all the CLOSE_WAITs a leaking process already
+holds; one at the end names the file descriptor of every CLOSE_WAIT still
+open.  Both see the network namespace tcpclose runs in.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+
+from . import layout
+from .filters import Filters
+
+SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
+                    "pid", "comm", "fd", "cgroup_id"]
+# sockets that are connections with a file: a timewait socket, a request socket
+# (SYN_RECV) or a listener is none of these
+CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+
+def _attr(msg: dict, name: str):
+    for key, value in msg.get("attrs", []):
+        if key == name:
+            return value
+    return None
+
+
+def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES) -> list[dict]:
+    """One dict per TCP socket in these states, both families (pyroute2's DiagSocket)."""
+    from pyroute2 import DiagSocket
+
+    mask = sum(1 << layout.DEFINES["TCP_" + state] for state in states)
+    rows = []
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in diag.get_sock_stats(family=family, states=mask, extensions=1 << (2 - 1)):  # INET_DIAG_INFO
+                info = _attr(msg, "INET_DIAG_INFO") or {}
+                last_ack = info.get("tcpi_last_ack_recv")
+                rows.append({
+                    "family": _FAMILY_NAMES[family],
+                    "laddr": msg["idiag_src"], "lport": msg["idiag_sport"],
+                    "raddr": msg["idiag_dst"], "rport": msg["idiag_dport"],
+                    "state": layout.TCP_STATE_NAMES.get(msg["idiag_state"], str(msg["idiag_state"])),
+                    "inode": msg["idiag_inode"],
+                    "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
+                    "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
+                })
+    return rows
+
+
+def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]:
+    """Socket inode -> (pid, comm, fd) of a process holding it, from /proc/PID/fd links."""
+    owners: dict[int, tuple[int, str, int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+            comm = (entry / "comm").read_text().strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners.setdefault(int(target[8:-1]), (int(entry.name), comm, int(fd.name)))
+    return owners
+
+
+def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> pd.DataFrame:
+    """The sockets in these states that the filters keep, each with its owner where one holds it."""
+    rows = diag_sockets(states)
+    owners = socket_owners() if rows else {}
+    for row in rows:
+        pid, comm, fd = owners.get(row["inode"], (None, "", None)) if row["inode"] else (None, "", None)
+        row.update(pid=pid, comm=comm, fd=fd)
+    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
+    if not len(frame):
+        return frame
+    keep = [filters.keeps_socket(f, lp, rp) and filters.keeps_owner(pid, comm)
+            for f, lp, rp, pid, comm in zip(frame["family"], frame["lport"], frame["rport"], frame["pid"],
+                                             frame["comm"])]
+    return frame[keep].reset_index(drop=True)

@@ -1,0 +1,228 @@
+"""Live TIME_WAIT tests: real timewait sockets, how long each lived and how it ended.
+
+Every workload runs in a network namespace the test creates, so that sysctls
+can be set there without touching the host's and the namespace's TcpExt
+counters count only what the test did.  The tracer runs in the host namespace
+(the tracepoints see every namespace) and reads those counters itself.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+
+import pandas as pd
+import pytest
+
+from agent import aggregate, lifecycle, summary
+from agent.filters import Filters
+from agent.session import Tracer
+from agent.workload import start_client, start_server
+
+pytestmark = pytest.mark.live
+TIME_WAIT_S = (60.0, 62.5)  # TCP_TIMEWAIT_LEN and the timer wheel's rounding (DESIGN.md section 1)
+_names = itertools.count()
+
+
+@contextmanager
+def netns(**sysctls):
+    """A network namespace of the test's own, loopback up, with these net.ipv4 sysctls set inside it."""
+    name = f"tcpclose-test-{os.getpid()}-{next(_names)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        for key, value in sysctls.items():
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.{key}={value}"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+class Traced:
+    """A tracer over workload pairs in one namespace; result() ends it and gives the connections."""
+
+    def __init__(self, ns: str):
+        self.ns = ns
+        self.tracer = Tracer(Filters(), timewait="timers")
+        self.procs = []
+
+    def pair(self, server_mode, client_mode, count, server_comm, client_comm, server_extra=(), client_extra=()):
+        server, port = start_server(server_mode, count, server_comm, extra=server_extra, netns=self.ns)
+        client = start_client(client_mode, port, count, client_comm, extra=client_extra, netns=self.ns)
+        self.procs += [server, client]
+        client.done()
+        server.done()
+        return server, client
+
+    def wait_for(self, seconds: float, until=lambda events: False) -> None:
+        """Drain while waiting, so that the ring buffer never fills; stop early once until() holds."""
+        frames = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            frames.append(self.tracer.drain())
+            if until(pd.concat(frames)):
+                return
+            time.sleep(0.5)
+
+    def result(self):
+        try:
+            events, run = self.tracer.finish()
+        finally:
+            for proc in self.procs:
+                proc.release()
+        conns = lifecycle.connections(events, run["ended_at"], follows_timewait=True)
+        return conns, run
+
+    def counts(self, conns, run) -> dict:
+        """This namespace's row of the summary's reconciliation: {"kernel": ..., "tcpclose": ...}."""
+        ns_id = next(ns for ns, info in run["tcpext"]["start"].items() if info["name"] == self.ns)
+        return next(row for row in summary.reconcile(conns, run) if row["netns"] == ns_id)
+
+
+def of(conns, comm):
+    return conns[conns["comm"] == comm].sort_values("opened_at")
+
+
+@pytest.fixture(scope="module")
+def natural_expiry():
+    """Three client-side and three server-side TIME_WAITs, traced until they expire (about 62 s)."""
+    with netns() as ns:
+        traced = Traced(ns)
+        traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-closer")
+        traced.pair("close_first", "wait_close", 3, "tc-web", "tc-poller")
+        traced.wait_for(TIME_WAIT_S[1] + 3,
+                        until=lambda ev: (ev["tw_end"] == "expired").sum() >= 6)
+        conns, run = traced.result()
+        yield traced, conns, run
+
+
+@pytest.mark.parametrize("closer, peer", [("tc-closer", "tc-echo"), ("tc-web", "tc-poller")])
+def test_a_time_wait_lives_60_s_and_expires(natural_expiry, closer, peer):
+    traced, conns, run = natural_expiry
+    mine = of(conns, closer)
+    assert len(mine) == 3 and set(mine["initiator"]) == {"active"}
+    assert list(mine["tw_end_reason"]) == ["expired"] * 3
+    for row in mine.itertuples():
+        assert TIME_WAIT_S[0] <= row.tw_s <= TIME_WAIT_S[1]
+        assert row.tw_end - row.tw_start == pytest.approx(row.tw_s)
+        assert 0 <= row.closed_at - row.tw_start < 0.01  # armed just before the close that handed over
+    assert set(of(conns, peer)["tw_end_reason"]) == {"none"}  # the passive side holds none
+
+
+def test_per_process_time_wait_figures(natural_expiry):
+    traced, conns, run = natural_expiry
+    procs = aggregate.processes(conns, run["ended_at"]).set_index("comm")
+    for comm in ("tc-closer", "tc-web"):
+        row = procs.loc[comm]
+        assert (row.timewait_count, row.timewait_expired) == (3, 3)
+        assert TIME_WAIT_S[0] <= row.timewait_p50_s <= row.timewait_p95_s <= row.timewait_max_s <= TIME_WAIT_S[1]
+    assert procs.loc["tc-poller", "timewait_count"] == 0
+
+
+def test_kernel_counters_agree_in_the_namespace(natural_expiry):
+    traced, conns, run = natural_expiry
+    row = traced.counts(conns, run)
+    assert row["kernel"]["TW"] == row["tcpclose"]["TW"] == 6
+
+
+def test_a_connect_bound_to_the_same_port_reuses_the_time_wait():
+    with netns() as ns:
+        traced = Traced(ns)
+        traced.pair("wait_close", "close_first", 2, "tc-echo", "tc-rebind", client_extra=("--rebind",))
+        conns, run = traced.result()
+        first, second = of(conns, "tc-rebind").itertuples()
+        assert first.lport == second.lport
+        assert first.tw_end_reason == "reused"
+        assert 0 < first.tw_s < 1 and first.tw_end <= second.opened_at + 0.01
+        assert second.tw_end_reason == "open"
+        row = traced.counts(conns, run)
+        assert row["kernel"]["TWRecycled"] == row["tcpclose"]["TWRecycled"] == 1
+
+
+def test_a_syn_into_a_server_side_time_wait_kills_it():
+    with netns() as ns:
+        traced = Traced(ns)
+        traced.pair("close_first", "wait_close", 2, "tc-web", "tc-rebind", client_extra=("--rebind",))
+        conns, run = traced.result()
+        first, second = of(conns, "tc-web").itertuples()
+        assert first.rport == second.rport  # the same 4-tuple again
+        assert first.tw_end_reason == "killed"
+        assert 0 < first.tw_s < 1
+        assert second.tw_end_reason == "open"
+        row = traced.counts(conns, run)
+        assert row["kernel"]["TW"] == row["tcpclose"]["TW"] == 2
+        assert row["kernel"]["TWRecycled"] == row["tcpclose"]["TWRecycled"] == 0
+
+
+def test_fin_wait2_substate_with_a_short_tcp_fin_timeout():
+    """tcp_fin_timeout 2 s: the closer's timewait waits 2 s for the peer's FIN, then dies;
+    a FIN within that time turns it into a 60 s TIME_WAIT."""
+    with netns(tcp_fin_timeout=2) as ns:
+        traced = Traced(ns)
+        traced.pair("hold", "close_first", 1, "tc-quick", "tc-fw2-flip", server_extra=("--hold", "0.5"))
+        traced.pair("hold", "close_first", 1, "tc-mute", "tc-fw2-dies", server_extra=("--hold", "3"))
+        traced.wait_for(1)
+        conns, run = traced.result()
+        flip = of(conns, "tc-fw2-flip").iloc[0]
+        assert flip.tw_end_reason == "open"
+        assert 0.4 <= flip.tw_fin_wait2_s <= 1.2  # the peer's FIN after 0.5 s
+        dies = of(conns, "tc-fw2-dies").iloc[0]
+        assert dies.tw_end_reason == "expired"
+        assert 2.0 <= dies.tw_s <= 2.2 and dies.tw_fin_wait2_s == pytest.approx(dies.tw_s)
+        row = traced.counts(conns, run)  # armed for 2 s: the kernel counts them as TWKilled
+        assert row["kernel"]["TWKilled"] == row["tcpclose"]["TWKilled"] == 2
+        assert row["kernel"]["TW"] == row["tcpclose"]["TW"] == 0
+
+
+def test_no_time_wait_when_tcp_max_tw_buckets_is_full():
+    with netns(tcp_max_tw_buckets=0) as ns:
+        traced = Traced(ns)
+        traced.pair("wait_close", "close_first", 5, "tc-echo", "tc-closer")
+        conns, run = traced.result()
+        mine = of(conns, "tc-closer")
+        assert set(mine["initiator"]) == {"active"}
+        assert set(mine["tw_end_reason"]) == {"none"} and mine["tw_overflow"].all()
+        row = traced.counts(conns, run)
+        assert row["kernel"]["TCPTimeWaitOverflow"] == row["tcpclose"]["TCPTimeWaitOverflow"] == 5
+        text = summary.render(conns, aggregate.processes(conns, run["ended_at"]), run)
+        assert "5 never made (tcp_max_tw_buckets full" in text
+
+
+def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
+    """A leak older than the trace, and a connection that existed before it and
+    that the peer closed during it (ESTABLISHED->CLOSE_WAIT runs in the peer's
+    close(), so only the snapshot can name the owner)."""
+    procs = []
+    try:
+        old_leak, port = start_server("leak", 3, "tc-oldleak")
+        procs += [old_leak, start_client("close_first", port, 3, "tc-caller")]
+        procs[-1].done()
+        late_leak, late_port = start_server("leak", 1, "tc-lateleak")
+        late_closer = start_client("close_first", late_port, 1, "tc-late", extra=("--hold", "2"))
+        procs += [late_leak, late_closer]
+        time.sleep(1.0)
+        tracer = Tracer(Filters())
+        late_closer.done()  # its close() came after tracing began
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        for proc in procs:
+            proc.release()
+    conns = lifecycle.connections(events, run["ended_at"], follows_timewait=True)
+    cw = aggregate.open_close_waits(conns, run["ended_at"])
+
+    old = cw[cw["comm"] == "tc-oldleak"]
+    assert len(old) == 3 and set(old["pid"]) == {old_leak.pid}
+    assert old["partial"].all() and (old["close_wait_age_s"] >= 1.0).all()  # at least the time before tracing
+    assert old["fd"].notna().all() and old["fd"].is_unique
+
+    late = cw[cw["comm"] == "tc-lateleak"].iloc[0]
+    assert late.pid == late_leak.pid and late.owner_src == "snapshot"
+    assert 0 < late.close_wait_age_s < 1.0  # the close came during tracing: its age is exact
+    procs_table = aggregate.processes(conns, run["ended_at"]).set_index("comm")
+    assert procs_table.loc["tc-oldleak", "close_wait_open"] == 3
+    assert procs_table.loc["tc-oldleak", "close_wait_max_age_s"] >= 1.0
+    text = summary.render(conns, aggregate.processes(conns, run["ended_at"]), run)
+    assert f"tc-oldleak (pid {old_leak.pid}): 3 sockets in CLOSE_WAIT, oldest at least" in text
