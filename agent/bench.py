@@ -11,7 +11,8 @@ reported, ring-buffer drops, the tracer's CPU (cores) and peak RSS while the
 workload ran, and its time from start to 'Tracing'.  "skipped" counts the
 transitions the kernel did not run the program for (BPF recursion on a CPU);
 "kernel TW" is the namespace's TcpExt TW counter, to hold against the client
-lives reported (each makes one TIME_WAIT).
+lives reported (each makes one TIME_WAIT); "TW end unknown" counts the
+TIME_WAITs whose timer events were missed (end unknown, or never claimed).
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
             tracer.send_signal(signal.SIGINT)
             tracer.communicate(timeout=600)
         if mode in TCPCLOSE_MODES:
-            conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport"])
+            conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport", "tw_end_reason"])
             row["lives_reported"] = int(((conns["lport"] == PORT) | (conns["rport"] == PORT)).sum())
             row["client_lives"] = int((conns["rport"] == PORT).sum())
             run = json.loads((out / "run.json").read_text())
@@ -133,6 +134,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
             row["skipped"] = counters.get("recursion_misses", 0)
             # the kernel's own count of timewait sockets made (per namespace): one per client life here
             row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
+            # TIME_WAITs whose end the timers lost, and timers no close claimed (0 with --timewait none)
+            row["tw_unknown"] = int((conns["tw_end_reason"] == "unknown").sum()) + counters.get("tw_unlinked", 0)
         if mode == "tcpstates":
             text = (out / "tcpstates.txt").read_text(errors="replace")
             row["drops"] = sum(int(w) for line in text.splitlines() if "Possibly lost" in line
@@ -153,7 +156,7 @@ def table(rows: list[dict], rate: float) -> Table:
     base = medians.loc["untraced", "rate"]
     title = f"target rate: {'maximum' if not rate else f'{rate:g}/s'}, {frame.groupby('mode').size().iloc[0]} repeat(s), medians"
     out = Table(title=title)
-    for column in ["mode", "conn/s", "ratio", "lives expected", "lives reported", "lost", "drops", "evicted", "skipped", "client lives", "kernel TW", "CPU cores", "peak RSS MiB", "start s"]:
+    for column in ["mode", "conn/s", "ratio", "lives expected", "lives reported", "lost", "drops", "evicted", "skipped", "client lives", "kernel TW", "TW end unknown", "CPU cores", "peak RSS MiB", "start s"]:
         out.add_column(column, justify="left" if column == "mode" else "right")
     fmt = lambda v, spec: "-" if pd.isna(v) else format(v, spec)  # noqa: E731
     for mode, m in medians.iterrows():
@@ -162,7 +165,7 @@ def table(rows: list[dict], rate: float) -> Table:
                     fmt(m.get("lives_expected"), ",.0f") if mode in TCPCLOSE_MODES else "-",
                     fmt(m.get("lives_reported"), ",.0f"), fmt(lost, ",.0f"), fmt(m.get("drops"), ",.0f"),
                     fmt(m.get("evicted"), ",.0f"), fmt(m.get("skipped"), ",.0f"),
-                    fmt(m.get("client_lives"), ",.0f"), fmt(m.get("kernel_tw"), ",.0f"),
+                    fmt(m.get("client_lives"), ",.0f"), fmt(m.get("kernel_tw"), ",.0f"), fmt(m.get("tw_unknown"), ",.0f"),
                     fmt(m.get("cpu_cores"), ".2f"), fmt(m.get("rss_mib"), ".0f"), fmt(m.get("start_s"), ".2f"))
     return out
 

@@ -49,7 +49,7 @@ def out_option(func):
 
 
 def report(events, run: dict, out: Path | None) -> None:
-    conns = lifecycle.connections(events, run["ended_at"], run.get("timewait_method") == "timers")
+    conns = lifecycle.connections(events, run["ended_at"], run.get("timewait_method"))
     procs = aggregate.processes(conns, run["ended_at"])
     text = summary.render(conns, procs, run)
     if out:
@@ -79,12 +79,15 @@ def main():
 @click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4.")
 @click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6.")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
-@click.option("--timewait", type=click.Choice(["auto", "timers", "none"]), default="auto", show_default=True,
-              help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), none (count their "
-                   "start only), auto (timers where the kernel allows).")
+@click.option("--timewait", type=click.Choice(["auto", "timers", "diag", "none"]), default="auto", show_default=True,
+              help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), diag (poll sock_diag "
+                   "every second; this network namespace only), none (their start only), auto (timers where "
+                   "the kernel allows, else diag).")
+@click.option("--netns", metavar="NAME", help="Read sockets (sock_diag) and TcpExt counters in this namespace "
+              "made by 'ip netns add' instead of tcpclose's own; tracing sees every namespace anyway.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, timewait, print_bpf):
+def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, timewait, netns, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -101,6 +104,10 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
         raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")
     if comm is not None and not 1 <= len(comm.encode()) <= 15:
         raise click.BadParameter("a comm is 1 to 15 bytes (the kernel truncates longer names)", param_hint="--comm")
+    from .kernel import named_netns
+    netns_path = named_netns(netns) if netns else None
+    if netns and netns_path is None:
+        raise click.BadParameter(f"no network namespace {netns!r}: see 'ip netns list'", param_hint="--netns")
     filters = Filters(pid=pid, comm=comm, local_ports=local_ports, remote_ports=remote_ports,
                       family=AF_INET if ipv4 else AF_INET6 if ipv6 else None)
     if print_bpf:
@@ -110,7 +117,7 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
         return
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, record, timewait=timewait)
+        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration)
     report(events, run_info, out)

@@ -80,28 +80,52 @@ def namespaces() -> dict[str, tuple[Path, str]]:
     return found
 
 
-def _read_in_netns(ns_path: Path, path: str) -> str | None:
-    """Read a file as seen from inside another network namespace (setns in a thread of its own)."""
-    result: list[str] = []
+def in_netns(ns_path: Path | None, fn):
+    """fn() run inside another network namespace: in a thread of its own that setns()
+    into it and then ends, so that the rest of tcpclose never moves.  None: right here.
+
+    Sockets fn() opens stay in that namespace (a netlink socket belongs to the
+    namespace it was made in), whichever thread uses them later."""
+    if ns_path is None:
+        return fn()
+    result: list = []
+    errors: list[BaseException] = []
 
     def inside():
-        libc = ctypes.CDLL(None, use_errno=True)
         try:
             fd = os.open(ns_path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, CLONE_NEWNET) == 0:  # this thread only; it ends right after
-                result.append(Path(path).read_text())
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns({ns_path}) failed")
+                result.append(fn())
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
 
     thread = threading.Thread(target=inside)
     thread.start()
     thread.join()
-    return result[0] if result else None
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _read_in_netns(ns_path: Path, path: str) -> str | None:
+    try:
+        return in_netns(ns_path, lambda: Path(path).read_text())
+    except OSError:
+        return None
+
+
+def named_netns(name: str) -> Path | None:
+    """The path of a namespace made by `ip netns add NAME`, if there is one."""
+    path = RUN_NETNS / name
+    return path if path.exists() else None
+
+
+def netns_id_of(path: Path) -> str:
+    return f"net:[{os.stat(path).st_ino}]"
 
 
 def all_timewait_counters() -> dict[str, dict]:

@@ -43,6 +43,7 @@ EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partia
                  "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd"]
 FOUR_TUPLE = ["family", "laddr", "lport", "raddr", "rport"]
 REUSE_WINDOW_S = 1.0  # a connect() that reused a TIME_WAIT's 4-tuple opened within this of its end
+DIAG_LINK_S = 5.0  # sock_diag polls: a timewait first seen this long after its close is still that close's
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kernel
 
 _ESTABLISHED_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
@@ -109,7 +110,7 @@ def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame
     return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
 
 
-def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray) -> np.ndarray:
+def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: float) -> np.ndarray:
     """Which cancelled timewaits (lives[rows], ended at end_at) a new connect() took over.
 
     The connecting side picks the 4-tuple after it enters SYN_SENT and kills the
@@ -123,28 +124,58 @@ def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray) -> np.nda
     ended = lives.iloc[rows][tuple_cols].assign(i=np.arange(len(rows)), end_at=end_at)
     clients = lives[_entered(lives["states_raw"], "SYN_SENT")][tuple_cols + ["opened_at"]]
     pairs = ended.merge(clients, on=tuple_cols)
-    near = (pairs["opened_at"].astype(float) - pairs["end_at"]).abs() <= REUSE_WINDOW_S
+    near = (pairs["opened_at"].astype(float) - pairs["end_at"]).abs() <= window
     reused[pairs.loc[near, "i"].to_numpy(int)] = True
     return reused
 
 
+def _diag_ends(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray,
+               closed_at: np.ndarray) -> pd.DataFrame:
+    """For each life that made a TIME_WAIT, the sock_diag sighting of it: the first
+    timewait socket on the same 4-tuple seen within DIAG_LINK_S after the close."""
+    cols = ["kind", "event_at", "tw_end", "tw_rearm_at"]
+    found = pd.DataFrame({c: pd.Series([None] * len(lives), dtype=object) for c in cols})
+    rows = np.flatnonzero(made_tw)
+    if not len(rows) or not len(timewaits):
+        return found
+    key = lambda f: f[FOUR_TUPLE].astype(str).agg("|".join, axis=1)  # noqa: E731
+    left = pd.DataFrame({"at": closed_at[rows], "key": key(lives.iloc[rows]).to_numpy(), "row": rows})
+    right = timewaits.assign(at=timewaits["tw_start_at"].astype(float), key=key(timewaits))[["at", "key", *cols]]
+    joined = pd.merge_asof(left.sort_values("at"), right.sort_values("at"), on="at", by="key",
+                           direction="forward", tolerance=DIAG_LINK_S)
+    for c in cols:
+        found.loc[joined["row"].to_numpy(), c] = joined[c].to_numpy()
+    return found
+
+
 def _timewaits(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray, closed_at: np.ndarray,
-               ended_at: float, follows_timewait: bool) -> dict[str, np.ndarray]:
-    """tw_start, tw_end, tw_s, tw_end_reason, tw_fin_wait2_s and tw_overflow for every life."""
+               ended_at: float, method: str | None) -> dict[str, np.ndarray]:
+    """tw_start, tw_end, tw_s, tw_end_reason, tw_fin_wait2_s and tw_overflow for every life.
+
+    method "timers": each life names its timewait socket (tw_timer, tw_start_at);
+    "diag": sock_diag sightings joined by 4-tuple, the start being the close;
+    anything else (an older recording, or nothing followed): the start only."""
     n = len(lives)
-    linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
-    if not follows_timewait:  # an older recording, or timers not followed: the start only
+    if method == "timers":
+        linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
+        start = np.where(linked, lives["tw_start_at"].astype(float), np.nan)
+        end_rec = _timewait_ends(lives, timewaits)
+    elif method == "diag":
+        linked = made_tw.copy()
+        start = np.where(linked, closed_at, np.nan)
+        end_rec = _diag_ends(lives, timewaits, made_tw, closed_at)
+    else:
         return {"tw_start": np.where(made_tw, closed_at, np.nan), "tw_end": np.full(n, np.nan),
                 "tw_s": np.full(n, np.nan), "tw_end_reason": np.where(made_tw, "open", "none"),
                 "tw_fin_wait2_s": np.full(n, np.nan), "tw_overflow": np.zeros(n, dtype=bool)}
-    start = np.where(linked, lives["tw_start_at"].astype(float), np.nan)
-    end_rec = _timewait_ends(lives, timewaits)
     how = end_rec["tw_end"].to_numpy(object)
     end_at = end_rec["event_at"].astype(float).to_numpy()
     is_open = linked & (end_rec["kind"].to_numpy(object) == "tw_open")
     cancelled = linked & (how == "cancelled")
     reused = np.zeros(n, dtype=bool)
-    reused[cancelled] = _reused(lives, np.flatnonzero(cancelled), end_at[cancelled])
+    # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
+    window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
+    reused[cancelled] = _reused(lives, np.flatnonzero(cancelled), end_at[cancelled], window)
     reason = np.select(
         [linked & (how == "expired"), reused, cancelled, is_open, linked],
         ["expired", "reused", "killed", "open", "unknown"],
@@ -203,11 +234,11 @@ def _fds(conns: pd.DataFrame, seen_at_end: pd.DataFrame) -> np.ndarray:
     return np.where(open_cw, found, np.nan)
 
 
-def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = False) -> pd.DataFrame:
+def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
     ended_at: when tracing stopped, the age reference for lives still open.
-    follows_timewait: the run followed timewait timers (tw_end/tw_open records).
+    timewait_method: how the run followed TIME_WAIT ends: "timers", "diag" or None (see _timewaits).
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
     lives = _with_existing(lives, events[events["kind"] == "existing"])
@@ -225,7 +256,7 @@ def connections(events: pd.DataFrame, ended_at: float, follows_timewait: bool = 
     owner_known = lives["owner_src"].to_numpy(object) != "none"
     flags = lives["flags_raw"].to_numpy(np.int64)
     end = np.where(closed, closed_at, ended_at)
-    tw = _timewaits(lives, timewaits, made_tw, closed_at, ended_at, follows_timewait)
+    tw = _timewaits(lives, timewaits, made_tw, closed_at, ended_at, timewait_method)
     out = pd.DataFrame({
         "pid": pd.array(np.where(owner_known, lives["pid"], None), dtype="Int64"),
         "comm": np.where(owner_known, lives["comm"], ""),

@@ -138,6 +138,24 @@ def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -
     return frame
 
 
+def from_timewait_watch(rows: list[dict], kind: str, at: float) -> pd.DataFrame:
+    """tw_end rows (kind "tw_end": end, how) or tw_open rows from sock_diag sightings
+    (agent/sockets.TimewaitWatch): named by their 4-tuple, with no timer address."""
+    if not rows:
+        return empty_events()
+    snap = pd.DataFrame(rows)
+    n = len(snap)
+    frame = pd.DataFrame({column: [None] * n for column in EVENT_COLUMNS})
+    for column in ("family", "laddr", "lport", "raddr", "rport"):
+        frame[column] = snap[column].to_numpy()
+    frame["kind"] = kind
+    frame["tw_timer"] = np.uint64(0)
+    frame["tw_start_at"] = snap["first_seen"].astype(float).to_numpy()
+    frame["event_at"] = snap["end"].astype(float).to_numpy() if kind == "tw_end" else at
+    frame["tw_end"] = snap["how"].to_numpy() if kind == "tw_end" else None
+    return frame
+
+
 class Recorder:
     """Writes the decoded event stream as JSONL, one event a line, then one `run` line."""
 

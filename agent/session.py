@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,17 +19,24 @@ POLL_INTERVAL_S = 0.1
 class Tracer:
     """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
 
-    def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto"):
+    def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
+                 netns: Path | None = None):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
-        tracepoints), "none", or "auto" (timers where the kernel allows)."""
+        tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
+        "auto" (timers where the kernel allows, else diag).
+        netns: the network namespace whose sockets and counters are read (sock_diag,
+        TcpExt); None: tcpclose's own.  The tracepoints see every namespace."""
         from . import loader  # the bcc import happens there, not at module import
 
         self.filters = filters
-        tw_fn, why = (None, "not asked for") if timewait == "none" else loader.tw_timer_address()
+        tw_fn, why = (None, f"--timewait {timewait}") if timewait in ("none", "diag") else loader.tw_timer_address()
         if tw_fn is None and timewait == "timers":
             raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
-        self.timewait = {"timewait_method": "timers" if tw_fn is not None else "none",
-                         "timewait_method_why": why}
+        method = "timers" if tw_fn is not None else "none" if timewait == "none" else "diag"
+        self.timewait = {"timewait_method": method, "timewait_method_why": why}
+        self.netns = netns
+        self.netns_id = kernel.netns_id_of(netns) if netns else kernel.netns_id()
+        self._watch = sockets.TimewaitWatch(netns) if method == "diag" else None
         self.hz = kernel.hz()
         self._tcpext_start = kernel.all_timewait_counters()
         self._netns_of: dict[int, str | None] = {}
@@ -54,11 +60,11 @@ class Tracer:
         Taken once the probe is attached, so that a socket closing meanwhile shows
         in both (and is merged), not in neither.  Listeners go into the BPF side,
         so that their new children start with their owner."""
-        listening = sockets.snapshot(Filters(), ("LISTEN",))
+        listening = sockets.snapshot(Filters(), ("LISTEN",), self.netns)
         self._probe.seed_listeners((int(r.lport), int(r.pid), r.comm, int(r.cgroup_id))
                                    for r in listening.itertuples() if not pd.isna(r.pid))
-        existing = sockets.snapshot(self.filters)
-        self._keep(records.from_snapshot(existing, "existing", time.time(), kernel.netns_id()))
+        existing = sockets.snapshot(self.filters, netns=self.netns)
+        self._keep(records.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
     def _owners_netns(self, frame: pd.DataFrame) -> None:
         """Name each life's network namespace from its owner's /proc entry, while it is alive.
@@ -74,6 +80,8 @@ class Tracer:
         if len(frame):
             self._owners_netns(frame)
             self._keep(frame)
+        if self._watch:
+            self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         return frame
 
     def finish(self) -> tuple[pd.DataFrame, dict]:
@@ -83,22 +91,25 @@ class Tracer:
         still_open = records.decode(self._probe.open_lives(), self._offset_ns, self.hz)
         self._owners_netns(still_open)
         timewaits = records.decode(self._probe.open_timewaits(), self._offset_ns, self.hz)
+        if self._watch:
+            self._keep(records.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
+            timewaits = records.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
         counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
         tcpext_end = kernel.all_timewait_counters()
-        close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",))
+        close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
         self._probe.close()
         open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
         timewaits.loc[timewaits["kind"] == "tw_open", "event_at"] = ended_at
         for frame in (still_open, timewaits,
-                      records.from_snapshot(close_waits, "seen_at_end", ended_at, kernel.netns_id())):
+                      records.from_snapshot(close_waits, "seen_at_end", ended_at, self.netns_id)):
             self._keep(frame)
         run = {
             "started_at": self.started_at, "ended_at": ended_at, "counters": counters, "open_lives": open_count,
             "open_timewaits": len(timewaits), "hz": self.hz, **self.timewait,
             # the kernel's own counts, per network namespace: see summary.reconcile
-            "netns": kernel.netns_id(),
+            "netns": self.netns_id,
             "tcpext": {"start": self._tcpext_start, "end": tcpext_end},
         }
         if self._recorder:
@@ -106,10 +117,33 @@ class Tracer:
         return records.concat(self._frames), run
 
 
+class Stop:
+    """Set by a signal handler, read by the polling loop.
+
+    Not a threading.Event: Event.set() takes a non-reentrant lock, and a signal
+    handler runs in the main thread, which may hold that very lock inside
+    Event.wait(): a deadlock, seen once at Ctrl-C.  A plain attribute and short
+    sleeps cannot block."""
+
+    def __init__(self):
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._set and time.monotonic() < deadline:
+            time.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+
+
 @contextmanager
 def stop_on_signals():
-    """An Event set by Ctrl-C or SIGTERM, so that a run ends cleanly and still writes everything."""
-    stop = threading.Event()
+    """A Stop set by Ctrl-C or SIGTERM, so that a run ends cleanly and still writes everything."""
+    stop = Stop()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
@@ -118,7 +152,7 @@ def stop_on_signals():
             signal.signal(sig, handler)
 
 
-def run(tracer: Tracer, stop: threading.Event, duration: float | None = None,
+def run(tracer: Tracer, stop: Stop, duration: float | None = None,
         until: Callable[[], bool] | None = None) -> tuple[pd.DataFrame, dict]:
     """Poll until stopped, the duration is over, or until() says so."""
     deadline = None if duration is None else time.monotonic() + duration

@@ -3,17 +3,18 @@
 Tracing sees only what happens after it starts.  A snapshot at start shows the
 sockets opened before, above all the CLOSE_WAITs a leaking process already
 holds; one at the end names the file descriptor of every CLOSE_WAIT still
-open.  Both see the network namespace tcpclose runs in.
+open.  Both see one network namespace: tcpclose's own, or the one --netns names.
 """
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from . import layout
+from . import kernel, layout
 from .filters import Filters
 
 SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
@@ -31,8 +32,14 @@ def _attr(msg: dict, name: str):
     return None
 
 
-def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES) -> list[dict]:
-    """One dict per TCP socket in these states, both families (pyroute2's DiagSocket)."""
+def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES, netns: Path | None = None) -> list[dict]:
+    """One dict per TCP socket in these states, both families (pyroute2's DiagSocket),
+    in the namespace tcpclose runs in or the one `netns` opens (the whole dump runs
+    in one thread: pyroute2 wants its socket used where it was made)."""
+    return kernel.in_netns(netns, lambda: _dump(states))
+
+
+def _dump(states: tuple[str, ...]) -> list[dict]:
     from pyroute2 import DiagSocket
 
     mask = sum(1 << layout.DEFINES["TCP_" + state] for state in states)
@@ -50,6 +57,7 @@ def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES) -> list[dict]:
                     "state": layout.TCP_STATE_NAMES.get(msg["idiag_state"], str(msg["idiag_state"])),
                     "inode": msg["idiag_inode"],
                     "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
+                    "expires_s": msg["idiag_expires"] / 1000,  # the socket's pending timer, as ss -o shows
                     "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
                 })
     return rows
@@ -76,9 +84,10 @@ def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]
     return owners
 
 
-def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> pd.DataFrame:
+def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
+             netns: Path | None = None) -> pd.DataFrame:
     """The sockets in these states that the filters keep, each with its owner where one holds it."""
-    rows = diag_sockets(states)
+    rows = diag_sockets(states, netns)
     owners = socket_owners() if rows else {}
     for row in rows:
         pid, comm, fd = owners.get(row["inode"], (None, "", None)) if row["inode"] else (None, "", None)
@@ -90,3 +99,50 @@ def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> p
             for f, lp, rp, pid, comm in zip(frame["family"], frame["lport"], frame["rport"], frame["pid"],
                                              frame["comm"])]
     return frame[keep].reset_index(drop=True)
+
+
+class TimewaitWatch:
+    """TIME_WAIT ends without the timer tracepoints: poll sock_diag and see timewait sockets go.
+
+    A timewait socket seen with its timer due within the poll interval and
+    gone at the next poll expired at last sight + timer; one gone earlier was
+    killed or reused somewhere between the two polls.  Sees only the network
+    namespace tcpclose runs in, and a timewait that lives less than one
+    interval not at all.  Dumping tens of thousands of sockets takes a while,
+    so the interval stretches to three times the last dump's duration.
+    """
+
+    def __init__(self, netns: Path | None = None, interval_s: float = 1.0):
+        self.netns = netns
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._seen: dict[tuple, dict] = {}  # 4-tuple -> first_seen, last_seen, expires_s
+
+    def poll(self, now: float, force: bool = False) -> list[dict]:
+        """The timewait sockets that ended since the last poll, as tw_end rows (epoch seconds)."""
+        if not force and now < self._next:
+            return []
+        began = time.monotonic()
+        current = {}
+        for row in diag_sockets(("TIME_WAIT",), self.netns):
+            key = (row["family"], row["laddr"], row["lport"], row["raddr"], row["rport"])
+            known = self._seen.get(key)
+            current[key] = {"first_seen": known["first_seen"] if known else now, "last_seen": now,
+                            "expires_s": row["expires_s"]}
+        took = time.monotonic() - began
+        self._next = now + max(self.interval_s, 3 * took)
+        ended = []
+        for key, seen in self._seen.items():
+            if key in current:
+                continue
+            due = seen["last_seen"] + seen["expires_s"]
+            expired = due <= now + 0.5  # its timer was due by this poll
+            ended.append(dict(zip(("family", "laddr", "lport", "raddr", "rport"), key),
+                              first_seen=seen["first_seen"], end=due if expired else now,
+                              how="expired" if expired else "cancelled"))
+        self._seen = current
+        return ended
+
+    def still_open(self) -> list[dict]:
+        return [dict(zip(("family", "laddr", "lport", "raddr", "rport"), key), first_seen=seen["first_seen"])
+                for key, seen in self._seen.items()]

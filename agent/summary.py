@@ -120,11 +120,15 @@ def unseen(run: dict) -> dict[str, int]:
 def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame, run: dict) -> None:
     method = run.get("timewait_method")
     console.print("\nTIME_WAIT lifetimes")
-    if method != "timers":
-        why = run.get("timewait_method_why") or "an older recording"
+    why = run.get("timewait_method_why") or "an older recording"
+    if method == "timers":
+        console.print("  measured from the timewait timers (timer tracepoints, callback tw_timer_handler)")
+    elif method == "diag":
+        console.print(f"  measured by polling sock_diag every second, as ss does (timers not followed: {why}): "
+                      "expiries to the millisecond, early ends to the second, this network namespace only")
+    else:
         console.print(f"  not measured ({why}): TIME_WAITs are counted at their start only")
         return
-    console.print("  measured from the timewait timers (timer tracepoints, callback tw_timer_handler)")
     rows = procs[(procs["timewait_count"] > 0) | (procs["timewait_overflow"] > 0)]
     if not len(rows):
         console.print("  no TIME_WAIT was made while tracing")

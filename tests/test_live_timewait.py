@@ -8,8 +8,11 @@ counters count only what the test did.  The tracer runs in the host namespace
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -72,7 +75,7 @@ class Traced:
         finally:
             for proc in self.procs:
                 proc.release()
-        conns = lifecycle.connections(events, run["ended_at"], follows_timewait=True)
+        conns = lifecycle.connections(events, run["ended_at"], timewait_method="timers")
         return conns, run
 
     def counts(self, conns, run) -> dict:
@@ -86,21 +89,34 @@ def of(conns, comm):
 
 
 @pytest.fixture(scope="module")
-def natural_expiry():
-    """Three client-side and three server-side TIME_WAITs, traced until they expire (about 62 s)."""
+def natural_expiry(tmp_path_factory):
+    """Three client-side and three server-side TIME_WAITs, traced until they expire (about 62 s).
+
+    Traced twice at once: by the timers (in this process) and, as the fallback,
+    by `tcpclose trace --timewait diag --netns NS` (sock_diag sees one namespace)."""
+    out = tmp_path_factory.mktemp("diag")
     with netns() as ns:
-        traced = Traced(ns)
-        traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-closer")
-        traced.pair("close_first", "wait_close", 3, "tc-web", "tc-poller")
-        traced.wait_for(TIME_WAIT_S[1] + 3,
-                        until=lambda ev: (ev["tw_end"] == "expired").sum() >= 6)
-        conns, run = traced.result()
-        yield traced, conns, run
+        fallback = subprocess.Popen(
+            [sys.executable, "-m", "agent", "trace", "--timewait", "diag", "--netns", ns, "-o", str(out)],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert fallback.stderr.readline().startswith("Tracing"), fallback.stderr.read()
+            traced = Traced(ns)
+            traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-closer")
+            traced.pair("close_first", "wait_close", 3, "tc-web", "tc-poller")
+            traced.wait_for(TIME_WAIT_S[1] + 3,
+                            until=lambda ev: (ev["tw_end"] == "expired").sum() >= 6)
+            time.sleep(1.5)  # the fallback's next poll
+            conns, run = traced.result()
+        finally:
+            fallback.send_signal(signal.SIGINT)
+            fallback.communicate(timeout=60)
+        yield traced, conns, run, out
 
 
 @pytest.mark.parametrize("closer, peer", [("tc-closer", "tc-echo"), ("tc-web", "tc-poller")])
 def test_a_time_wait_lives_60_s_and_expires(natural_expiry, closer, peer):
-    traced, conns, run = natural_expiry
+    traced, conns, run, _ = natural_expiry
     mine = of(conns, closer)
     assert len(mine) == 3 and set(mine["initiator"]) == {"active"}
     assert list(mine["tw_end_reason"]) == ["expired"] * 3
@@ -112,7 +128,7 @@ def test_a_time_wait_lives_60_s_and_expires(natural_expiry, closer, peer):
 
 
 def test_per_process_time_wait_figures(natural_expiry):
-    traced, conns, run = natural_expiry
+    traced, conns, run, _ = natural_expiry
     procs = aggregate.processes(conns, run["ended_at"]).set_index("comm")
     for comm in ("tc-closer", "tc-web"):
         row = procs.loc[comm]
@@ -122,9 +138,20 @@ def test_per_process_time_wait_figures(natural_expiry):
 
 
 def test_kernel_counters_agree_in_the_namespace(natural_expiry):
-    traced, conns, run = natural_expiry
+    traced, conns, run, _ = natural_expiry
     row = traced.counts(conns, run)
     assert row["kernel"]["TW"] == row["tcpclose"]["TW"] == 6
+
+
+def test_the_sock_diag_fallback_measures_the_same_expiries(natural_expiry):
+    _, _, _, out = natural_expiry
+    assert json.loads((out / "run.json").read_text())["timewait_method"] == "diag"
+    conns = pd.read_csv(out / "connections.csv")
+    for closer in ("tc-closer", "tc-web"):
+        mine = conns[conns["comm"] == closer]
+        assert list(mine["tw_end_reason"]) == ["expired"] * 3
+        assert mine["tw_s"].between(TIME_WAIT_S[0] - 0.1, TIME_WAIT_S[1] + 0.1).all()
+    assert "measured by polling sock_diag" in (out / "summary.txt").read_text()
 
 
 def test_a_connect_bound_to_the_same_port_reuses_the_time_wait():
@@ -210,7 +237,7 @@ def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
     finally:
         for proc in procs:
             proc.release()
-    conns = lifecycle.connections(events, run["ended_at"], follows_timewait=True)
+    conns = lifecycle.connections(events, run["ended_at"], timewait_method="timers")
     cw = aggregate.open_close_waits(conns, run["ended_at"])
 
     old = cw[cw["comm"] == "tc-oldleak"]

@@ -12,7 +12,7 @@ T1, T2 = 0xFFFF8881000A0000, 0xFFFF8881000B0000
 
 def conns_of(tmp_path, *chunks, ended=100.0):
     events, run = replay(tmp_path, *chunks, ended=ended, timewait="timers")
-    return lifecycle.connections(events, run["ended_at"], follows_timewait=True), run
+    return lifecycle.connections(events, run["ended_at"], timewait_method="timers"), run
 
 
 def closer(skaddr=1, timer=T1, tw_start=2.0, **fields):
@@ -78,7 +78,7 @@ def test_an_active_close_without_a_timewait_timer_is_an_overflow(tmp_path):
 
 def test_without_timer_following_a_close_keeps_an_open_timewait_of_unknown_end(tmp_path):
     events, run = replay(tmp_path, raw(**ACTIVE), timewait="none")
-    conn = lifecycle.connections(events, run["ended_at"], follows_timewait=False).iloc[0]
+    conn = lifecycle.connections(events, run["ended_at"], timewait_method=None).iloc[0]
     assert (conn.tw_end_reason, conn.tw_overflow) == ("open", False)
 
 
