@@ -207,18 +207,18 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     if not len(existing):
         return lives
     existing = existing.drop_duplicates(FOUR_TUPLE)
-    partial = (lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0
-    key = pd.MultiIndex.from_frame(lives[FOUR_TUPLE].astype(str))
-    found = existing.set_index(pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))).reindex(key)
-    matched = partial & found["kind"].notna().to_numpy()
+    existing_key = pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))
+    rows = np.flatnonzero((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
+    key = pd.MultiIndex.from_frame(lives.iloc[rows][FOUR_TUPLE].astype(str))  # only lives begun before
+    found = existing.set_index(existing_key).reindex(key)
+    hit = found["kind"].notna().to_numpy()
     lives = lives.copy()
-    unowned = matched & (lives["owner_src"].to_numpy(object) == "none")
+    unowned = hit & (lives["owner_src"].to_numpy(object)[rows] == "none")
     for column in ("pid", "tid", "comm", "cgroup_id", "owner_src", "netns"):
-        lives.loc[unowned, column] = found.loc[unowned, column].to_numpy()
-    no_cw_start = matched & lives["close_wait_at"].isna().to_numpy()
-    lives.loc[no_cw_start, "close_wait_at"] = found.loc[no_cw_start, "close_wait_at"].to_numpy()
-    used = set(key[matched])
-    untouched = existing[[k not in used for k in existing[FOUR_TUPLE].astype(str).itertuples(index=False)]]
+        lives.loc[rows[unowned], column] = found[column].to_numpy()[unowned]
+    no_cw_start = hit & lives["close_wait_at"].isna().to_numpy()[rows]
+    lives.loc[rows[no_cw_start], "close_wait_at"] = found["close_wait_at"].to_numpy()[no_cw_start]
+    untouched = existing[~existing_key.isin(key[hit])]
     return pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
 
 
@@ -227,11 +227,13 @@ def _fds(conns: pd.DataFrame, seen_at_end: pd.DataFrame) -> np.ndarray:
     fds = np.full(len(conns), np.nan)
     if not len(seen_at_end) or not len(conns):
         return fds
-    by_tuple = seen_at_end.drop_duplicates(FOUR_TUPLE).set_index(
-        pd.MultiIndex.from_frame(seen_at_end.drop_duplicates(FOUR_TUPLE)[FOUR_TUPLE].astype(str)))["fd"]
-    found = by_tuple.reindex(pd.MultiIndex.from_frame(conns[FOUR_TUPLE].astype(str))).to_numpy(float)
-    open_cw = ((conns["initiator"] == "open") & (conns["last_state"] == "CLOSE_WAIT")).to_numpy()
-    return np.where(open_cw, found, np.nan)
+    seen = seen_at_end.drop_duplicates(FOUR_TUPLE)
+    by_tuple = seen.set_index(pd.MultiIndex.from_frame(seen[FOUR_TUPLE].astype(str)))["fd"]
+    rows = np.flatnonzero(((conns["initiator"] == "open") & (conns["last_state"] == "CLOSE_WAIT")).to_numpy())
+    if len(rows):
+        key = pd.MultiIndex.from_frame(conns.iloc[rows][FOUR_TUPLE].astype(str))
+        fds[rows] = by_tuple.reindex(key).to_numpy(float)
+    return fds
 
 
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:

@@ -73,7 +73,7 @@ class Tracer:
         pids = frame["pid"].to_numpy()
         for pid in set(pids[frame["owner_src"].to_numpy(object) != "none"].tolist()) - self._netns_of.keys():
             self._netns_of[pid] = kernel.netns_id(pid)
-        frame["netns"] = [self._netns_of.get(pid) for pid in pids]
+        frame["netns"] = pd.Series(pids).map(self._netns_of).to_numpy(object)
 
     def drain(self) -> pd.DataFrame:
         frame = records.decode(self._probe.poll(), self._offset_ns, self.hz)
