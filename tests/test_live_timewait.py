@@ -55,8 +55,12 @@ class Traced:
         server, port = start_server(server_mode, count, server_comm, extra=server_extra, netns=self.ns)
         client = start_client(client_mode, port, count, client_comm, extra=client_extra, netns=self.ns)
         self.procs += [server, client]
-        client.done()
-        server.done()
+        try:
+            client.done()
+            server.done()
+        except BaseException:  # a failed workload: end the tracer and every process this test started
+            self.result()
+            raise
         return server, client
 
     def wait_for(self, seconds: float, until=lambda events: False) -> None:
