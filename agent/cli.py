@@ -99,6 +99,8 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
       sudo tcpclose trace -d 30 -o out/        # CSVs and summary.txt in out/
       sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
       sudo tcpclose trace -D 5432 --record pg.jsonl
+      sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
+      sudo tcpclose trace --timewait none      # cheapest: TIME_WAITs counted, not timed
     """
     if ipv4 and ipv6:
         raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")

@@ -20,11 +20,15 @@ import pandas as pd
 from . import layout
 from .errors import BadRecording
 
-EVENT_COLUMNS = [
+# every recording has these; columns added later are read as empty from older recordings
+REQUIRED_COLUMNS = [
     "kind", "skaddr", "pid", "tid", "comm", "cgroup_id", "owner_src",
     "family", "laddr", "lport", "raddr", "rport",
     "states_raw", "last_state", "flags_raw",
     "opened_at", "estab_at", "close_wait_at", "fin_at", "event_at",
+]
+EVENT_COLUMNS = [
+    *REQUIRED_COLUMNS,
     "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s", "tw_end",
     "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
     "fd", "inode",  # sock_diag snapshots only: the owner's file descriptor and the socket's inode
@@ -191,7 +195,7 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, dict]:
         if row["kind"] == "run":
             run = row
             continue
-        missing = [c for c in EVENT_COLUMNS if c not in row]
+        missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing or row["kind"] not in (*layout.KIND_NAMES.values(), *SNAPSHOT_KINDS):
             raise BadRecording(f"{path}:{number}: not a tcpclose event (missing {', '.join(missing) or 'a known kind'})")
         rows.append(row)

@@ -22,6 +22,8 @@ SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inod
 # sockets that are connections with a file: a timewait socket, a request socket
 # (SYN_RECV) or a listener is none of these
 CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
+INET_DIAG_INFO = 2  # the tcp_info attribute; asked for with bit (INET_DIAG_INFO - 1)
+WANT_TCP_INFO = 1 << (INET_DIAG_INFO - 1)
 _FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
@@ -47,7 +49,7 @@ def _dump(states: tuple[str, ...]) -> list[dict]:
     with DiagSocket() as diag:
         diag.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in diag.get_sock_stats(family=family, states=mask, extensions=1 << (2 - 1)):  # INET_DIAG_INFO
+            for msg in diag.get_sock_stats(family=family, states=mask, extensions=WANT_TCP_INFO):
                 info = _attr(msg, "INET_DIAG_INFO") or {}
                 last_ack = info.get("tcpi_last_ack_recv")
                 rows.append({

@@ -68,12 +68,12 @@ def _our_counts(conns: pd.DataFrame) -> dict[str, int]:
     """tcpclose's own counts, as the kernel counts: timewait sockets at creation,
     TW when armed for more than 4 s and TWKilled for 4 s or less."""
     made = conns["tw_start"].notna()
-    short = made & (conns["tw_timeout_s"] <= 4.0) if "tw_timeout_s" in conns else made & False
+    short = made & (conns["tw_timeout_s"] <= 4.0)
     return {
         "TW": int((made & ~short).sum()),
         "TWKilled": int(short.sum()),
         "TWRecycled": int((conns["tw_end_reason"] == "reused").sum()),
-        "TCPTimeWaitOverflow": int(conns["tw_overflow"].sum()) if "tw_overflow" in conns else 0,
+        "TCPTimeWaitOverflow": int(conns["tw_overflow"].sum()),
     }
 
 
@@ -86,7 +86,7 @@ def reconcile(conns: pd.DataFrame, run: dict) -> list[dict]:
     """
     tcpext = run.get("tcpext", {})
     start, end = tcpext.get("start", {}), tcpext.get("end", {})
-    netns_col = conns["netns"] if "netns" in conns else pd.Series(None, index=conns.index, dtype=object)
+    netns_col = conns["netns"]
     out = []
     order = [run.get("netns")] + sorted((set(start) | set(netns_col.dropna())) - {run.get("netns")})
     for ns in order:
@@ -145,7 +145,7 @@ def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame
         if row.timewait_overflow:
             parts.append(f"{row.timewait_overflow} never made (tcp_max_tw_buckets full: no TIME_WAIT protection)")
         console.print(f"  {_who(row)}: " + "; ".join(parts))
-    fin_wait2 = conns["tw_fin_wait2_s"].dropna() if "tw_fin_wait2_s" in conns else pd.Series(dtype=float)
+    fin_wait2 = conns["tw_fin_wait2_s"].dropna()
     if len(fin_wait2):
         console.print(f"  {len(fin_wait2)} waited in FIN_WAIT2 substate for the peer's FIN first "
                       f"(p50 {fin_wait2.quantile(0.5):.1f} s, max {fin_wait2.max():.1f} s)")
@@ -221,7 +221,7 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
         console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {_age(group.iloc[0])}: "
                       "it forgot to close them")
         for row in group.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
-            fd = f"fd {row.fd}" if "fd" in group and not pd.isna(row.fd) else "fd ?"
+            fd = "fd ?" if pd.isna(row.fd) else f"fd {row.fd}"
             console.print(f"    {fd:>7}  {row.laddr}:{row.lport} <- {row.raddr}:{row.rport}  {_age(row)}")
 
     _timewait_section(console, conns, procs, run)

@@ -1,7 +1,9 @@
 """Decoding raw records: golden bytes in, decoded fields out; recordings in and out."""
 import pytest
 
-from agent import records
+import json
+
+from agent import lifecycle, records
 from agent.errors import BadRecording
 from streams import OFFSET_NS, RAW, epoch, raw, replay, states_mask
 
@@ -42,6 +44,21 @@ def test_a_recording_reads_back_what_was_written(tmp_path):
     assert list(events["comm"]) == ["a", "b"]
     assert list(events["kind"]) == ["life", "open"]
     assert run["ended_at"] == pytest.approx(epoch(10.0))
+
+
+def test_a_recording_from_before_the_timewait_columns_still_reports(tmp_path):
+    """Recordings made before TIME_WAIT ends were followed lack the tw_*, netns and fd columns."""
+    replay(tmp_path, raw(comm="old", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")))
+    path = tmp_path / "stream.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in lines[:-1]:
+        for column in set(records.EVENT_COLUMNS) - set(records.REQUIRED_COLUMNS):
+            del row[column]
+    del lines[-1]["timewait_method"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    events, run = records.read_recording(path)
+    conn = lifecycle.connections(events, run["ended_at"], run.get("timewait_method")).iloc[0]
+    assert (conn.comm, conn.initiator, conn.tw_end_reason) == ("old", "active", "open")
 
 
 @pytest.mark.parametrize("line, message", [
