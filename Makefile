@@ -2,18 +2,22 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit bench clean
+.PHONY: setup setup-test demo test unit bench clean
 
 setup:
 	./scripts/provision.sh
+
+setup-test:
+	./scripts/provision.sh --browser
 
 demo: setup
 	$(VENV)/bin/tcpclose demo
 
 # TCPCLOSE_REQUIRE_BPF turns a skipped live test into a failure: on this kind
-# of machine the BPF tests must run.
-test: setup
-	TCPCLOSE_REQUIRE_BPF=1 $(PY) -m pytest -ra
+# of machine the BPF tests must run; TCPCLOSE_REQUIRE_BROWSER the same for the
+# test that opens report.html in chromium.
+test: setup-test
+	TCPCLOSE_REQUIRE_BPF=1 TCPCLOSE_REQUIRE_BROWSER=1 $(PY) -m pytest -ra
 
 unit: setup
 	$(PY) -m pytest -ra -m "not live"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from . import aggregate, export, lifecycle, records, summary
-from .errors import TcpcloseError
+from . import export, findings, records, summary
+from .errors import BadRecording, TcpcloseError
 from .filters import AF_INET, AF_INET6, Filters
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -45,15 +45,15 @@ def expected_errors(func):
 
 def out_option(func):
     return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-                        help="Write connections.csv, processes.csv and summary.txt into this directory.")(func)
+                        help="Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, "
+                             "summary.json, report.html and run.json into this directory.")(func)
 
 
 def report(events, run: dict, out: Path | None) -> None:
-    conns = lifecycle.connections(events, run["ended_at"], run.get("timewait_method"))
-    procs = aggregate.processes(conns, run["ended_at"])
-    text = summary.render(conns, procs, run)
+    a = findings.analyse(events, run)
+    text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
     if out:
-        paths = export.write(out, conns, procs, text, run)
+        paths = export.write(out, a, text)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
     else:
         click.echo(text, nl=False)
@@ -137,6 +137,8 @@ def report_command(recording, out):
       tcpclose report pg.jsonl -o out/
     """
     events, run_info = records.read_recording(recording)
+    if "started_at" not in run_info and not len(events):
+        raise BadRecording(f"{recording} holds no events and no run: record again with 'tcpclose trace --record'")
     if "started_at" not in run_info:  # cut short: bound the run by its events
         times = events[["opened_at", "event_at"]].astype(float)
         run_info |= {"started_at": times.min().min(), "ended_at": times.max().max()}

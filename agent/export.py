@@ -1,21 +1,43 @@
-"""Files written by --out: connections.csv, processes.csv, summary.txt (DESIGN.md section 3)."""
+"""Files written by --out (DESIGN.md section 3, and what the incident report adds).
+
+  connections.csv  one row per socket life (the contract's columns)
+  processes.csv    one row per process: the contract's columns, then TIME_WAIT end
+                   reasons and the churn profile
+  peers.csv        one row per peer: churn and who closes first (profile.peers)
+  ports.csv        ephemeral-port pressure per destination (ports.pressure)
+  timeline.csv     per time bin: opened, closed, TIME_WAIT and CLOSE_WAIT alive
+  summary.txt      the terminal summary
+  summary.json     the findings and figures, for machines
+  report.html      the incident report, one self-contained file
+  run.json         the run's times, BPF counters, kernel counters and sysctls
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from . import report_html, summary_json
 from .aggregate import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
+from .findings import Analysis
 from .lifecycle import CONNECTION_COLUMNS
+from .ports import PRESSURE_COLUMNS
+from .profile import CHURN_COLUMNS, PEER_COLUMNS
+
+FILES = ("connections.csv", "processes.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
+         "summary.json", "report.html", "run.json")
 
 
-def write(out_dir: Path, conns: pd.DataFrame, procs: pd.DataFrame, summary: str, run: dict) -> list[Path]:
-    """The contract's three files, and run.json: the run's times and BPF counters."""
+def write(out_dir: Path, a: Analysis, text: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / name for name in ("connections.csv", "processes.csv", "summary.txt", "run.json")]
-    conns[CONNECTION_COLUMNS].to_csv(paths[0], index=False, float_format="%.6f")
-    procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].to_csv(paths[1], index=False, float_format="%.3f")
-    paths[2].write_text(summary, encoding="utf-8")
-    paths[3].write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
-    return paths
+    paths = {name: out_dir / name for name in FILES}
+    a.conns[CONNECTION_COLUMNS].to_csv(paths["connections.csv"], index=False, float_format="%.6f")
+    a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS].to_csv(
+        paths["processes.csv"], index=False, float_format="%.3f")
+    a.peers[PEER_COLUMNS].to_csv(paths["peers.csv"], index=False, float_format="%.4f")
+    a.pressure[PRESSURE_COLUMNS].to_csv(paths["ports.csv"], index=False, float_format="%.4f")
+    a.timeline.to_csv(paths["timeline.csv"], index=False, float_format="%.3f")
+    paths["summary.txt"].write_text(text, encoding="utf-8")
+    paths["summary.json"].write_text(json.dumps(summary_json.build(a), indent=1) + "\n", encoding="utf-8")
+    paths["report.html"].write_text(report_html.render(a, text), encoding="utf-8")
+    paths["run.json"].write_text(json.dumps(a.run, indent=1) + "\n", encoding="utf-8")
+    return list(paths.values())

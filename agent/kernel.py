@@ -136,3 +136,41 @@ def all_timewait_counters() -> dict[str, dict]:
         if text is not None:
             out[ns] = {"name": name, "counters": timewait_counters(text)}
     return out
+
+
+# The TCP sysctls that decide how many TIME_WAITs a host holds and what they cost
+# (DESIGN.md section 1).  They live in /proc/sys/net/ipv4 and are per network
+# namespace: /proc/sys/net shows the namespace of the task that opens the file.
+TCP_SYSCTLS = ("ip_local_port_range", "tcp_tw_reuse", "tcp_fin_timeout", "tcp_max_tw_buckets",
+               "tcp_timestamps", "tcp_rfc1337", "tcp_tw_recycle")
+
+
+def _read_sysctls() -> dict[str, str | None]:
+    out = {}
+    for name in TCP_SYSCTLS:
+        try:  # tcp_tw_recycle is gone since Linux 4.12: None says it does not exist
+            out[name] = " ".join((PROC / "sys/net/ipv4" / name).read_text().split())
+        except OSError:
+            out[name] = None
+    return out
+
+
+def sysctls(netns: Path | None = None) -> dict[str, str | None]:
+    """The TCP sysctls as the kernel shows them (text, whitespace collapsed), in this
+    namespace or the one `netns` opens; a sysctl that does not exist is None."""
+    return in_netns(netns, _read_sysctls)
+
+
+def port_range_size(value: str | None) -> int | None:
+    """How many ephemeral ports net.ipv4.ip_local_port_range gives ("32768 60999" -> 28232)."""
+    try:
+        low, high = (int(v) for v in (value or "").split())
+    except ValueError:
+        return None
+    return high - low + 1
+
+
+def tcpext(netns: Path | None = None) -> dict[str, int]:
+    """All TcpExt counters of this namespace, or of the one `netns` opens."""
+    text = in_netns(netns, lambda: Path("/proc/thread-self/net/netstat").read_text())
+    return netstat(text).get("TcpExt", {})

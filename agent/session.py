@@ -1,6 +1,7 @@
 """A tracing run: load the probe, poll it in batches, decode, record, and account at the end."""
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ class Tracer:
         self._watch = sockets.TimewaitWatch(netns) if method == "diag" else None
         self.hz = kernel.hz()
         self._tcpext_start = kernel.all_timewait_counters()
+        # the port range and TIME_WAIT sysctls, for port pressure and the findings
+        self._sysctls = kernel.sysctls(netns)
         self._netns_of: dict[int, str | None] = {}
         self._probe = loader.Probe(filters, tw_timer_fn=tw_fn)
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
@@ -111,6 +114,7 @@ class Tracer:
             # the kernel's own counts, per network namespace: see summary.reconcile
             "netns": self.netns_id,
             "tcpext": {"start": self._tcpext_start, "end": tcpext_end},
+            "sysctls": self._sysctls, "kernel_release": os.uname().release,
         }
         if self._recorder:
             self._recorder.finish(run)

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .aggregate import open_close_waits
+from .ports import describe
+from .profile import SHORT_S
 
 _TABLE_COLUMNS = [
     ("PID", "pid"), ("COMM", "comm"), ("CONNS", "connections"), ("ACTIVE", "active_closes"),
@@ -21,7 +23,7 @@ _TABLE_COLUMNS = [
 OLDEST_CLOSE_WAITS = 5  # listed one by one per process
 
 
-def _age(row) -> str:
+def close_wait_age(row) -> str:
     """A CLOSE_WAIT's age; for one begun before tracing, the snapshot gives only a lower bound."""
     if pd.isna(row.close_wait_age_s):
         return "age unknown (begun before tracing)"
@@ -178,7 +180,36 @@ def _reconciliation(console: Console, conns: pd.DataFrame, run: dict) -> None:
                       "were lost (see Not seen).")
 
 
-def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120) -> str:
+def _churn_section(console: Console, procs: pd.DataFrame) -> None:
+    """Connection rate and duration per process (the churn columns of processes.csv)."""
+    console.print("\nChurn (connections opened while tracing)")
+    rows = procs[procs["opened"] > 0]
+    if not len(rows):
+        console.print("  no connection was opened while tracing")
+    for row in rows.itertuples(index=False):
+        durations = ("" if pd.isna(row.duration_p50_s) else
+                     f"; lived p50 {_duration(row.duration_p50_s)}, p95 {_duration(row.duration_p95_s)}, "
+                     f"p99 {_duration(row.duration_p99_s)}, {row.short_share:.0%} under {SHORT_S:.0f} s")
+        console.print(f"  {_who(row)}: {row.opened} opened, {row.opened_per_s:.1f}/s "
+                      f"(busiest {row.peak_opened_per_s:.0f}/s){durations}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _ports_section(console: Console, pressure: pd.DataFrame) -> None:
+    console.print("\nEphemeral ports (connections this host opened, per local address and destination)")
+    if not len(pressure):
+        console.print("  this host opened no connection while tracing")
+    for row in pressure.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
+        console.print(f"  {'WARNING ' if row.warning else ''}{describe(row)}")
+
+
+def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120,
+           pressure: pd.DataFrame | None = None) -> str:
+    """The terminal summary.  procs with profile's churn columns adds the churn section,
+    pressure (ports.pressure) the ephemeral-port one."""
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)
     started, ended = run["started_at"], run["ended_at"]
@@ -218,13 +249,17 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
         console.print("  none")
     for (pid, comm), group in cw.groupby(["pid", "comm"], dropna=False, sort=False):
         owner = f"{comm} (pid {pid})" if not pd.isna(pid) else "unknown owner"
-        console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {_age(group.iloc[0])}: "
+        console.print(f"  {owner}: {len(group)} sockets in CLOSE_WAIT, oldest {close_wait_age(group.iloc[0])}: "
                       "it forgot to close them")
         for row in group.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
             fd = "fd ?" if pd.isna(row.fd) else f"fd {row.fd}"
-            console.print(f"    {fd:>7}  {row.laddr}:{row.lport} <- {row.raddr}:{row.rport}  {_age(row)}")
+            console.print(f"    {fd:>7}  {row.laddr}:{row.lport} <- {row.raddr}:{row.rport}  {close_wait_age(row)}")
 
     _timewait_section(console, conns, procs, run)
+    if "opened_per_s" in procs:
+        _churn_section(console, procs)
+    if pressure is not None:
+        _ports_section(console, pressure)
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
     if run.get("cut_short"):

@@ -3,8 +3,11 @@
 # distribution, kernel headers bcc can compile against, tracefs, and the venv
 # at .venv with the package installed editable.  Used by `make setup` (and so
 # by `make demo` and `make test`) and by vagrant/Vagrantfile.  A second run
-# skips what is done.
+# skips what is done.  --browser also installs Debian's chromium, which the tests
+# open report.html in (`make test` passes it; `make demo` does not need it).
 set -euo pipefail
+browser=
+[ "${1:-}" = "--browser" ] && browser=1
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 release=$(uname -r)
@@ -33,6 +36,7 @@ have_package() {  # is there an installable package of this name?
 
 # 1. bcc (python3-bpfcc, bpfcc-tools), a venv-capable python3, iproute2 for the tests' namespaces
 apt_install python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 gcc libc6-dev
+[ -n "$browser" ] && apt_install chromium
 
 # 2. kernel headers: the running kernel's own where the distribution has them;
 #    otherwise the nearest distribution headers, linked where bcc looks.  The

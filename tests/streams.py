@@ -51,15 +51,16 @@ def timewait(how=None, *, timer, start, end=None, rearm=None, timeout=60.0) -> b
                tw_timer=timer, tw_start=start, tw_rearm=rearm, tw_timeout=timeout, tw_end=how)
 
 
-def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0, timewait="none"):
-    """Decode the records, write them as a recording, read it back: (events, run)."""
+def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0, timewait="none", **run_extra):
+    """Decode the records, write them as a recording, read it back: (events, run).
+    run_extra: more of run.json, such as sysctls."""
     path = tmp_path / "stream.jsonl"
     recorder = records.Recorder(path)
     events = records.decode(b"".join(chunks), OFFSET_NS, HZ)
     events.loc[events["kind"] == "tw_open", "event_at"] = ended + OFFSET_NS / 1e9  # as Tracer.finish does
     recorder.write(events)
     recorder.finish({"started_at": started + OFFSET_NS / 1e9, "ended_at": ended + OFFSET_NS / 1e9,
-                     "counters": {}, "open_lives": 0, "timewait_method": timewait})
+                     "counters": {}, "open_lives": 0, "timewait_method": timewait, **run_extra})
     return records.read_recording(path)
 
 
