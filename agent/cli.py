@@ -49,6 +49,47 @@ def out_option(func):
                              "summary.json, report.html and run.json into this directory.")(func)
 
 
+def filter_options(func):
+    """-p, -c, -L, -D, -4, -6, handed to the command as one Filters (trace and states)."""
+    options = [
+        click.option("-p", "--pid", type=click.IntRange(min=1), help="Only connections owned by this process."),
+        click.option("-c", "--comm", help="Only connections owned by processes of this name (as in /proc/PID/comm)."),
+        click.option("-L", "local_ports", type=PortList(), default="", help="Only these local ports, e.g. -L 80,443."),
+        click.option("-D", "remote_ports", type=PortList(), default="", help="Only these remote ports, e.g. -D 5432."),
+        click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4."),
+        click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, pid, comm, local_ports, remote_ports, ipv4, ipv6, **kwargs):
+        if ipv4 and ipv6:
+            raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")
+        if comm is not None and not 1 <= len(comm.encode()) <= 15:
+            raise click.BadParameter("a comm is 1 to 15 bytes (the kernel truncates longer names)",
+                                     param_hint="--comm")
+        filters = Filters(pid=pid, comm=comm, local_ports=local_ports, remote_ports=remote_ports,
+                          family=AF_INET if ipv4 else AF_INET6 if ipv6 else None)
+        return func(*args, filters=filters, **kwargs)
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def netns_option(func):
+    return click.option("--netns", metavar="NAME", help="Read sockets (sock_diag) and TcpExt counters in this "
+                        "namespace made by 'ip netns add' instead of tcpclose's own; tracing sees every "
+                        "namespace anyway.")(func)
+
+
+def netns_option_path(name: str | None) -> Path | None:
+    from .kernel import named_netns
+
+    path = named_netns(name) if name else None
+    if name and path is None:
+        raise click.BadParameter(f"no network namespace {name!r}: see 'ip netns list'", param_hint="--netns")
+    return path
+
+
 def report(events, run: dict, out: Path | None) -> None:
     a = findings.analyse(events, run)
     text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
@@ -72,22 +113,16 @@ def main():
 @main.command(context_settings=CONTEXT)
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds (default: Ctrl-C).")
 @out_option
-@click.option("-p", "--pid", type=click.IntRange(min=1), help="Only connections owned by this process.")
-@click.option("-c", "--comm", help="Only connections owned by processes of this name (as in /proc/PID/comm).")
-@click.option("-L", "local_ports", type=PortList(), default="", help="Only these local ports, e.g. -L 80,443.")
-@click.option("-D", "remote_ports", type=PortList(), default="", help="Only these remote ports, e.g. -D 5432.")
-@click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4.")
-@click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6.")
+@filter_options
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
 @click.option("--timewait", type=click.Choice(["auto", "timers", "diag", "none"]), default="auto", show_default=True,
               help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), diag (poll sock_diag "
                    "every second; this network namespace only), none (their start only), auto (timers where "
                    "the kernel allows, else diag).")
-@click.option("--netns", metavar="NAME", help="Read sockets (sock_diag) and TcpExt counters in this namespace "
-              "made by 'ip netns add' instead of tcpclose's own; tracing sees every namespace anyway.")
+@netns_option
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, record, timewait, netns, print_bpf):
+def trace(duration, out, filters, record, timewait, netns, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -102,16 +137,7 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
       sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
       sudo tcpclose trace --timewait none      # cheapest: TIME_WAITs counted, not timed
     """
-    if ipv4 and ipv6:
-        raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")
-    if comm is not None and not 1 <= len(comm.encode()) <= 15:
-        raise click.BadParameter("a comm is 1 to 15 bytes (the kernel truncates longer names)", param_hint="--comm")
-    from .kernel import named_netns
-    netns_path = named_netns(netns) if netns else None
-    if netns and netns_path is None:
-        raise click.BadParameter(f"no network namespace {netns!r}: see 'ip netns list'", param_hint="--netns")
-    filters = Filters(pid=pid, comm=comm, local_ports=local_ports, remote_ports=remote_ports,
-                      family=AF_INET if ipv4 else AF_INET6 if ipv6 else None)
+    netns_path = netns_option_path(netns)
     if print_bpf:
         from . import layout, loader
         click.echo(" ".join(loader.compile_flags(filters)))
@@ -123,6 +149,80 @@ def trace(duration, out, pid, comm, local_ports, remote_ports, ipv4, ipv6, recor
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration)
     report(events, run_info, out)
+
+
+@main.command(context_settings=CONTEXT)
+@filter_options
+@netns_option
+@click.option("-w", "--watch", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh instead of tables.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Processes and peers shown.")
+@expected_errors
+def states(filters, netns, watch, as_json, top):
+    """Count TCP sockets per state, per process and per peer, right now.
+
+    What 'netstat -n | awk' tries to say: from sock_diag (what ss reads) and
+    /proc/*/fd.  Any user gets the counts; naming the processes that hold other
+    users' sockets needs root.  TIME_WAITs and orphans (closed, still finishing)
+    have no process: those on a listening port are credited to the listener.
+
+    \b
+    Examples:
+      tcpclose states                      # the whole host, once
+      sudo tcpclose states -w 2 -L 443     # who holds what on port 443, every 2 s
+      tcpclose states --netns web1 --json
+    """
+    import json as json_lib
+    import time
+
+    from . import states as socket_states
+    from .session import stop_on_signals
+
+    netns_path = netns_option_path(netns)
+    with stop_on_signals() as stop:
+        while True:
+            counts = socket_states.counts(socket_states.sockets_now(filters, netns_path))
+            if as_json:
+                click.echo(json_lib.dumps({"at": time.time()} | counts))
+            else:
+                if watch and sys.stdout.isatty():
+                    click.clear()
+                if watch:
+                    click.echo(time.strftime("%H:%M:%S ") + f"(every {watch:g} s, Ctrl-C to end)")
+                click.echo(socket_states.render(counts, top), nl=False)
+            if not watch:
+                return
+            stop.wait(watch)
+            if stop.is_set():
+                return
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run", required=False, type=click.Path(exists=True, path_type=Path))
+@netns_option
+@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON object.")
+@expected_errors
+def doctor(run, netns, as_json):
+    """Say what applies to this host about TIME_WAIT and CLOSE_WAIT, with the evidence.
+
+    Reads the kernel release, the TCP sysctls, the TcpExt counters and the
+    sockets there now; RUN, a --record file or an --out directory, adds what
+    that trace found.  It never changes a setting.
+
+    \b
+    Examples:
+      tcpclose doctor
+      tcpclose doctor out/                 # with a trace's findings
+      sudo tcpclose doctor --netns web1 --json
+    """
+    import json as json_lib
+
+    from . import doctor as checks
+
+    result = checks.examine(netns_option_path(netns), run)
+    click.echo(json_lib.dumps(result, indent=1) if as_json else checks.render(result))
 
 
 @main.command("report", context_settings=CONTEXT)

@@ -48,7 +48,7 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.1f} s"
 
 
-def _finding(topic: str, severity: str, text: str, evidence: str) -> dict:
+def finding(topic: str, severity: str, text: str, evidence: str) -> dict:
     return {"topic": topic, "severity": severity, "text": text, "evidence": evidence}
 
 
@@ -71,7 +71,7 @@ def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
             peer = f"{top_peer.index[0][0]}:{top_peer.index[0][1]}" if len(top_peer) else "its peers"
             advice = (f"it is the client and closes first: keep its connections to {peer} open and reuse them "
                       "(HTTP keep-alive, a connection pool) and the TIME_WAITs go with the churn")
-        out.append(_finding("timewait", "warning" if row.timewait_count >= 1000 else "info",
+        out.append(finding("timewait", "warning" if row.timewait_count >= 1000 else "info",
                             f"{_who(row)} made {row.timewait_count} TIME_WAITs: {advice}.", evidence))
     return out
 
@@ -80,7 +80,7 @@ def _churn(procs: pd.DataFrame) -> list[dict]:
     out = []
     churners = procs[(procs["short_share"] >= SHORT_SHARE_CHURN) & (procs["opened"] > 0)]
     for row in churners.sort_values("opened_per_s", ascending=False, kind="stable").head(TOP).itertuples(index=False):
-        out.append(_finding(
+        out.append(finding(
             "churn", "info",
             f"{_who(row)} churns short connections: {row.opened_per_s:.1f}/s on average "
             f"(busiest second {row.peak_opened_per_s:.0f}/s), {row.short_share:.0%} closed within "
@@ -95,7 +95,7 @@ def _port_pressure(pressure: pd.DataFrame) -> list[dict]:
     out = []
     for row in pressure[pressure["warning"]].itertuples(index=False):
         severity = "problem" if not row.tw_reuse and not pd.isna(row.seconds_left) else "warning"
-        out.append(_finding("ports", severity, ports.describe(row),
+        out.append(finding("ports", severity, ports.describe(row),
                             f"{row.timewait_peak} TIME_WAITs at peak toward {row.raddr}:{row.rport}; "
                             f"range {row.port_range}; rate in the last {ports.RATE_WINDOW_S:.0f} s "
                             f"{row.rate_now_per_s:.0f}/s"))
@@ -109,7 +109,7 @@ def _close_wait(conns: pd.DataFrame, run: dict) -> list[dict]:
         who = f"{comm} (pid {pid})" if not pd.isna(pid) else "an unknown process"
         oldest = group.iloc[0]
         fds = ", ".join(str(fd) for fd in group["fd"].dropna().head(5))
-        out.append(_finding(
+        out.append(finding(
             "close_wait", "problem",
             f"{who} leaks CLOSE_WAIT: {len(group)} sockets whose peer closed and that it never closed. "
             "Find where it reads EOF (recv() returning 0) or an error and add close(); no sysctl fixes this.",
@@ -121,7 +121,7 @@ def _overflow(procs: pd.DataFrame) -> list[dict]:
     lost = int(procs["timewait_overflow"].sum()) if len(procs) else 0
     if not lost:
         return []
-    return [_finding(
+    return [finding(
         "overflow", "problem",
         f"{lost} TIME_WAITs were never created because tcp_max_tw_buckets was full: those connections lost "
         "TIME_WAIT's protection (a late segment of the old connection can corrupt a new one on the same ports). "
@@ -133,10 +133,10 @@ def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, r
     out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs)
            + _timewait_makers(conns, procs) + _churn(procs))
     if not out:
-        out.append(_finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
+        out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
                             f"{len(conns)} socket lives traced"))
     missed = {what: n for what, n in summary.unseen(run).items() if n}
     if missed:
-        out.append(_finding("unseen", "info", "Some of the run could not be seen; the numbers above leave it out.",
+        out.append(finding("unseen", "info", "Some of the run could not be seen; the numbers above leave it out.",
                             ", ".join(f"{n} {what}" for what, n in missed.items())))
     return out

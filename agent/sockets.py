@@ -25,6 +25,9 @@ CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE
 INET_DIAG_INFO = 2  # the tcp_info attribute; asked for with bit (INET_DIAG_INFO - 1)
 WANT_TCP_INFO = 1 << (INET_DIAG_INFO - 1)
 _FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# idiag_timer of a timewait socket (inet_twsk_diag_fill).  Its idiag_state is the
+# substate: TIME_WAIT, or FIN_WAIT2 while it still waits for the peer's FIN.
+TIMEWAIT_TIMER = 3
 
 
 def _attr(msg: dict, name: str):
@@ -60,6 +63,7 @@ def _dump(states: tuple[str, ...]) -> list[dict]:
                     "inode": msg["idiag_inode"],
                     "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
                     "expires_s": msg["idiag_expires"] / 1000,  # the socket's pending timer, as ss -o shows
+                    "timer": msg["idiag_timer"],  # which timer: TIMEWAIT_TIMER for a timewait socket
                     "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
                 })
     return rows

@@ -13,7 +13,8 @@ Server modes: wait_close (read to EOF, then close), close_first (read the
 request, close), linger0 (read the request, close with SO_LINGER 0), leak
 (read to EOF and never close, until stdin closes), send_wait (send data, read
 to EOF, close), reply_close (read to EOF, answer, close), hold (read to EOF,
-wait --hold seconds, close).
+wait --hold seconds, close).  --keep-listening keeps the listener open until
+released (it closes when the work is done otherwise).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
 linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
 half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
@@ -82,7 +83,7 @@ def serve_one(conn: socket.socket, mode: str, held: list, hold_s: float = 0.0) -
     conn.close()
 
 
-def server(mode: str, count: int, host: str, hold_s: float = 0.0) -> None:
+def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening: bool = False) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.bind((host, 0))
@@ -93,7 +94,8 @@ def server(mode: str, count: int, host: str, hold_s: float = 0.0) -> None:
     for _ in range(count):
         conn, _ = listener.accept()
         serve_one(conn, mode, held, hold_s)
-    listener.close()
+    if not keep_listening:
+        listener.close()
     _say(event="done", pid=os.getpid(), connections=count, local_ports=[port])
     sys.stdin.read()  # stay until released; a leaking server keeps its CLOSE_WAIT sockets till then
 
@@ -208,10 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rebind", action="store_true")
     parser.add_argument("--hold", type=float, default=0.0)
+    parser.add_argument("--keep-listening", action="store_true")
     args = parser.parse_args(argv)
     set_comm(args.comm)
     if args.side == "server":
-        server(args.mode, args.count, args.host, args.hold)
+        server(args.mode, args.count, args.host, args.hold, args.keep_listening)
     else:
         client(args.mode, args.count, args.host, args.port, args.rebind, args.hold)
 

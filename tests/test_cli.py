@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from agent import aggregate, lifecycle, loader
 from agent.cli import main
-from streams import D, raw, replay
+from streams import raw, replay
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -7,14 +7,11 @@ counters count only what the test did.  The tracer runs in the host namespace
 """
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -23,24 +20,10 @@ from agent import aggregate, lifecycle, summary
 from agent.filters import Filters
 from agent.session import Tracer
 from agent.workload import start_client, start_server
+from namespaces import netns
 
 pytestmark = pytest.mark.live
 TIME_WAIT_S = (60.0, 62.5)  # TCP_TIMEWAIT_LEN and the timer wheel's rounding (DESIGN.md section 1)
-_names = itertools.count()
-
-
-@contextmanager
-def netns(**sysctls):
-    """A network namespace of the test's own, loopback up, with these net.ipv4 sysctls set inside it."""
-    name = f"tcpclose-test-{os.getpid()}-{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        for key, value in sysctls.items():
-            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.{key}={value}"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 class Traced:

@@ -7,7 +7,7 @@ import pytest
 from agent import findings, ports
 from agent.cli import main
 from click.testing import CliRunner
-from streams import epoch, raw, replay, timewait
+from streams import raw, replay, timewait
 
 ACTIVE_CLIENT = dict(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
 PASSIVE_SERVER = dict(states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK",
@@ -170,3 +170,15 @@ def test_report_html_is_one_file_with_findings_first_and_embedded_plots(tmp_path
     assert page.count('src="data:image/png;base64,') == 6
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert "leaks CLOSE_WAIT" in page and "run out in about 8 s" in page
+
+
+@pytest.mark.parametrize("given", ["recording", "out directory"])
+def test_doctor_given_a_run_adds_its_findings(tmp_path, given):
+    out = cli_report(tmp_path, *incident_stream(), started=0.5, ended=20.5, timewait="timers", sysctls=SMALL_RANGE)
+    run = tmp_path / "stream.jsonl" if given == "recording" else out
+    result = CliRunner().invoke(main, ["doctor", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    topics = [f["topic"] for f in report["recording"]]
+    assert topics[:2] == ["ports", "close_wait"]
+    assert "run out in about 8 s" in report["recording"][0]["text"]
