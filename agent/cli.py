@@ -120,9 +120,12 @@ def main():
                    "every second; this network namespace only), none (their start only), auto (timers where "
                    "the kernel allows, else diag).")
 @netns_option
+@click.option("--progress/--no-progress", default=None,
+              help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
+                   "--progress elsewhere writes one every 10 s].")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, filters, record, timewait, netns, print_bpf):
+def trace(duration, out, filters, record, timewait, netns, progress, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -143,11 +146,12 @@ def trace(duration, out, filters, record, timewait, netns, print_bpf):
         click.echo(" ".join(loader.compile_flags(filters)))
         click.echo(layout.PROGRAM.read_text(), nl=False)
         return
+    from .progress import Progress
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
-        events, run_info = run(tracer, stop, duration)
+        events, run_info = run(tracer, stop, duration, progress=Progress(progress))
     report(events, run_info, out)
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from . import kernel, records, sockets
 from .errors import TracepointMissing
 from .filters import Filters
+from .progress import Progress
 
 POLL_INTERVAL_S = 0.1
 
@@ -48,6 +49,7 @@ class Tracer:
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         self._recorder = records.Recorder(record_path) if record_path else None
         self._frames: list[pd.DataFrame] = []
+        self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self.started_at = time.time()
         self._snapshot_at_start()
 
@@ -83,9 +85,16 @@ class Tracer:
         if len(frame):
             self._owners_netns(frame)
             self._keep(frame)
+            closed = (frame["kind"] == "life").to_numpy()
+            self.tally["lives"] += int(closed.sum())
+            # a FIN_WAIT2->CLOSE or CLOSING->CLOSE hands over to a timewait socket
+            self.tally["timewaits"] += int((closed & frame["last_state"].isin(["FIN_WAIT2", "CLOSING"])).sum())
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         return frame
+
+    def drops(self) -> int:
+        return self._probe.counters()["ringbuf_drops"]
 
     def finish(self) -> tuple[pd.DataFrame, dict]:
         """Last drain, the lives still open, the counters; unloads the probe."""
@@ -157,14 +166,23 @@ def stop_on_signals():
 
 
 def run(tracer: Tracer, stop: Stop, duration: float | None = None,
-        until: Callable[[], bool] | None = None) -> tuple[pd.DataFrame, dict]:
+        until: Callable[[], bool] | None = None, progress: Progress | None = None) -> tuple[pd.DataFrame, dict]:
     """Poll until stopped, the duration is over, or until() says so."""
     deadline = None if duration is None else time.monotonic() + duration
-    while not stop.is_set():
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        if until is not None and until():
-            break
-        tracer.drain()
-        stop.wait(POLL_INTERVAL_S)
-    return tracer.finish()
+    try:
+        while not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if until is not None and until():
+                break
+            tracer.drain()
+            if progress:
+                progress.update(tracer.tally, tracer.drops)
+            stop.wait(POLL_INTERVAL_S)
+        result = tracer.finish()
+        if progress:
+            progress.update(tracer.tally, lambda: result[1]["counters"]["ringbuf_drops"], force=True)
+        return result
+    finally:
+        if progress:
+            progress.close()

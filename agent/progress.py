@@ -1,0 +1,50 @@
+"""The live line while tracing: elapsed time, connections, TIME_WAITs, drops.
+
+On a terminal it rewrites one line in place twice a second; elsewhere (a log,
+a pipe) it writes a line every LOG_EVERY_S seconds when asked to (--progress).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+TERMINAL_EVERY_S = 0.5
+LOG_EVERY_S = 10.0
+
+
+def line(elapsed_s: float, lives: int, timewaits: int, drops: int) -> str:
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    text = f"{minutes:d}:{seconds:02d} traced: {lives} socket lives closed, {timewaits} TIME_WAITs made"
+    return text + (f", {drops} records DROPPED (see Not seen)" if drops else ", 0 drops")
+
+
+class Progress:
+    def __init__(self, enabled: bool | None = None, stream: TextIO = sys.stderr):
+        """enabled None: on a terminal only."""
+        self.stream = stream
+        self.terminal = stream.isatty()
+        self.enabled = self.terminal if enabled is None else enabled
+        self.every = TERMINAL_EVERY_S if self.terminal else LOG_EVERY_S
+        self._started = time.monotonic()
+        self._last = self._started
+        self._shown = False
+
+    def update(self, tally: dict[str, int], drops, force: bool = False) -> None:
+        """tally: the Tracer's running counts; drops: a callable, read only when the line is due."""
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self.every):
+            return
+        self._last = now
+        text = line(now - self._started, tally["lives"], tally["timewaits"], drops())
+        if self.terminal:
+            self.stream.write("\r" + text + "\x1b[K")  # \x1b[K: clear the rest of a longer line
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown and self.terminal:
+            self.stream.write("\n")
+            self.stream.flush()
