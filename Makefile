@@ -11,7 +11,7 @@ setup-test:
 	./scripts/provision.sh --browser
 
 demo: setup
-	$(VENV)/bin/tcpclose demo
+	$(VENV)/bin/tcpclose demo -o demo-out
 
 # TCPCLOSE_REQUIRE_BPF turns a skipped live test into a failure: on this kind
 # of machine the BPF tests must run; TCPCLOSE_REQUIRE_BROWSER the same for the
@@ -23,7 +23,7 @@ unit: setup
 	$(PY) -m pytest -ra -m "not live"
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out
 
 # The OVERHEAD numbers of the README: BENCH_ARGS="--seconds 60 --repeats 3" for the full run.
 BENCH_ARGS ?= --seconds 10 --repeats 1 --rates 0,6000

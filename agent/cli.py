@@ -90,14 +90,16 @@ def netns_option_path(name: str | None) -> Path | None:
     return path
 
 
-def report(events, run: dict, out: Path | None) -> None:
+def report(events, run: dict, out: Path | None, show: bool = False) -> None:
+    """The summary on stdout, or the files in `out` (and the summary too if `show`)."""
     a = findings.analyse(events, run)
     text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
+    if not out or show:
+        click.echo(text, nl=False)
     if out:
         paths = export.write(out, a, text)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-    else:
-        click.echo(text, nl=False)
+        click.echo(f"the incident report: {out / 'report.html'}", err=True)
 
 
 @click.group(context_settings=CONTEXT)
@@ -254,7 +256,8 @@ def report_command(recording, out):
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
 @expected_errors
 def demo(out, record):
-    """Trace a built-in loopback workload and show the report (root, a few seconds).
+    """Trace a built-in loopback workload and show the summary (root, a few seconds);
+    with -o, write every file and the incident report too.
 
     \b
     The workload is three pairs of processes:
@@ -279,7 +282,7 @@ def demo(out, record):
             events, run_info = tracer.finish()
         finally:
             workload.release(procs)
-    report(events, run_info, out)
+    report(events, run_info, out, show=True)
 
 
 if __name__ == "__main__":
