@@ -76,13 +76,15 @@ def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _churn(procs: pd.DataFrame) -> list[dict]:
+def _churn(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
     out = []
     churners = procs[(procs["short_share"] >= SHORT_SHARE_CHURN) & (procs["opened"] > 0)]
     for row in churners.sort_values("opened_per_s", ascending=False, kind="stable").head(TOP).itertuples(index=False):
+        roles = conns.loc[(conns["pid"] == row.pid) & (conns["comm"] == row.comm), "role"]
+        verb = "accepts" if (roles == "server").sum() * 2 > len(roles) else "opens"
         out.append(finding(
             "churn", "info",
-            f"{_who(row)} churns short connections: {row.opened_per_s:.1f}/s on average "
+            f"{_who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
             f"(busiest second {row.peak_opened_per_s:.0f}/s), {row.short_share:.0%} closed within "
             f"{profile.SHORT_S:.0f} s. Each costs a handshake, a close and, on the side that closes first, "
             "a TIME_WAIT; reusing connections removes all three.",
@@ -131,7 +133,7 @@ def _overflow(procs: pd.DataFrame) -> list[dict]:
 
 def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: dict) -> list[dict]:
     out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs)
-           + _timewait_makers(conns, procs) + _churn(procs))
+           + _timewait_makers(conns, procs) + _churn(conns, procs))
     if not out:
         out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
                             f"{len(conns)} socket lives traced"))

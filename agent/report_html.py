@@ -61,9 +61,10 @@ def _timewait_over_time(a: Analysis):
         ax.set(xlabel="seconds since tracing started", ylabel="sockets alive", title="sockets over time")
         ax.legend()
         ax = fig.add_subplot(1, 2, 2)
-        width = float(np.diff(np.r_[0, t]).max()) if len(t) else 1.0
-        ax.bar(t, a.timeline["opened"] / width, width=width, align="edge")
-        ax.set(xlabel="seconds since tracing started", ylabel="per second", title="connections opened")
+        width = np.diff(np.r_[0, t])
+        ax.step(t, a.timeline["opened"] / width, where="pre")
+        ax.set(xlabel="seconds since tracing started", ylabel="per second",
+               title="socket lives opened (a loopback connection is two)")
     method = a.run.get("timewait_method")
     note = "" if method in ("timers", "diag") else " (TIME_WAIT ends not followed: each counted for 60 s)"
     return _figure("timewait-over-time", "TIME_WAIT and CLOSE_WAIT sockets over time" + note, draw,
@@ -78,6 +79,9 @@ def _timewait_lifetimes(a: Analysis):
         ax = fig.add_subplot(1, 2, 1)
         if len(ended):
             ax.hist(ended, bins=40)
+        else:
+            ax.text(0.5, 0.5, "none ended while tracing:\na TIME_WAIT lasts 60 s, trace longer", ha="center",
+                    va="center", transform=ax.transAxes)
         ax.set(xlabel="TIME_WAIT lifetime (s)", ylabel="sockets", title=f"{len(ended)} ended while tracing")
         ax = fig.add_subplot(1, 2, 2)
         reasons = made["tw_end_reason"].value_counts()
@@ -129,7 +133,6 @@ def _churn_per_process(a: Analysis):
             ax.barh(y + offset, procs[column].to_numpy(float) * 1000, height=0.25, label=column[9:12])
         ax.set_yticks(y, labels)
         ax.invert_yaxis()
-        ax.set_xscale("symlog")
         ax.set(xlabel="connection duration (ms)", title="duration percentiles")
         ax.legend(fontsize="small")
     return _figure("churn", "Connection rate and duration per process (the 5 busiest)", draw,
