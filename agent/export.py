@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import report_html, summary_json
+from . import summary_json
 from .aggregate import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
 from .findings import Analysis
 from .lifecycle import CONNECTION_COLUMNS
@@ -38,6 +38,8 @@ def write(out_dir: Path, a: Analysis, text: str) -> list[Path]:
     a.timeline.to_csv(paths["timeline.csv"], index=False, float_format="%.3f")
     paths["summary.txt"].write_text(text, encoding="utf-8")
     paths["summary.json"].write_text(json.dumps(summary_json.build(a), indent=1) + "\n", encoding="utf-8")
+    from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
+
     paths["report.html"].write_text(report_html.render(a, text), encoding="utf-8")
     paths["run.json"].write_text(json.dumps(a.run, indent=1) + "\n", encoding="utf-8")
     return list(paths.values())
