@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from . import export, findings, records, summary
-from .errors import BadRecording, TcpcloseError
+from .errors import BadRecording, NotRoot, TcpcloseError
 from .filters import AF_INET, AF_INET6, Filters
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -87,6 +88,9 @@ def netns_option_path(name: str | None) -> Path | None:
     path = named_netns(name) if name else None
     if name and path is None:
         raise click.BadParameter(f"no network namespace {name!r}: see 'ip netns list'", param_hint="--netns")
+    if path is not None and os.geteuid() != 0:
+        raise NotRoot(f"entering network namespace {name!r} needs root: run 'sudo tcpclose ... --netns {name}', "
+                      f"or 'sudo ip netns exec {name} tcpclose ...' without --netns")
     return path
 
 

@@ -143,3 +143,10 @@ def test_every_command_has_help_with_examples_and_is_in_the_readme(command):
     assert f"tcpclose {command}" in README.read_text()
 
 
+
+
+@pytest.mark.parametrize("command", ["states", "doctor"])
+def test_entering_a_namespace_without_root_is_one_line_naming_the_fix(monkeypatch, tmp_path, command):
+    monkeypatch.setattr("agent.kernel.named_netns", lambda name: tmp_path)
+    monkeypatch.setattr("agent.cli.os.geteuid", lambda: 1000)
+    one_line_error(run(command, "--netns", "web1"), 3, "needs root", "sudo ip netns exec web1")
