@@ -58,3 +58,25 @@ def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
     ).reset_index()
     out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
     return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].reset_index(drop=True)
+
+
+# --aggregates: the procs map's counts (bpf/tcpclose.h A_x) and the columns they fill
+_FROM_COUNTS = {"active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
+                "resets_local": "reset_local", "resets_remote": "reset_remote", "timewait_count": "timewait"}
+
+
+def from_counts(counts: list[dict], open_conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+    """processes.csv for a run that counted in BPF (--aggregates): the ended lives' counts
+    per owner, plus the lives still open at the end (open_conns, from lifecycle), which
+    give the CLOSE_WAIT columns.  TIME_WAITs are counted, not timed: no percentiles."""
+    ended = pd.DataFrame(counts, columns=["pid", "comm", "lives", *_FROM_COUNTS.values(), "never_established"])
+    ended = ended.rename(columns={v: k for k, v in _FROM_COUNTS.items()}).rename(columns={"lives": "connections"})
+    ended["pid"] = ended["pid"].astype("Int64")
+    still_open = processes(open_conns, ended_at)
+    merged = pd.concat([ended, still_open], ignore_index=True)
+    numeric = ["connections", *_FROM_COUNTS, "close_wait_open"]
+    out = merged.groupby(["pid", "comm"], dropna=False, sort=False).agg(
+        **{c: (c, "sum") for c in numeric}, close_wait_max_age_s=("close_wait_max_age_s", "max")).reset_index()
+    out[numeric] = out[numeric].astype(int)
+    out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
+    return out.reindex(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS).reset_index(drop=True)

@@ -74,6 +74,7 @@ class Namespace:
 TCPCLOSE_MODES = {
     "tcpclose": [],
     "tcpclose --timewait none": ["--timewait", "none"],
+    "tcpclose --aggregates": ["--aggregates"],
 }
 MODES = ["untraced", *TCPCLOSE_MODES, "tcpstates"]
 
@@ -124,10 +125,16 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
             tracer.send_signal(signal.SIGINT)
             tracer.communicate(timeout=600)
         if mode in TCPCLOSE_MODES:
-            conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport", "tw_end_reason"])
-            row["lives_reported"] = int(((conns["lport"] == PORT) | (conns["rport"] == PORT)).sum())
-            row["client_lives"] = int((conns["rport"] == PORT).sum())
             run = json.loads((out / "run.json").read_text())
+            if "aggregates" in run:  # per-process counts only: the churn processes' lives
+                per_comm = pd.read_csv(out / "processes.csv").groupby("comm")["connections"].sum()
+                row["lives_reported"] = int(per_comm.get("churn-client", 0) + per_comm.get("churn-server", 0))
+                row["client_lives"] = int(per_comm.get("churn-client", 0))
+                conns = pd.DataFrame({"tw_end_reason": []})
+            else:
+                conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport", "tw_end_reason"])
+                row["lives_reported"] = int(((conns["lport"] == PORT) | (conns["rport"] == PORT)).sum())
+                row["client_lives"] = int((conns["rport"] == PORT).sum())
             counters = run["counters"]
             row["drops"] = counters["ringbuf_drops"]
             row["evicted"] = evicted(run)

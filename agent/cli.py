@@ -96,14 +96,26 @@ def netns_option_path(name: str | None) -> Path | None:
 
 def report(events, run: dict, out: Path | None, show: bool = False) -> None:
     """The summary on stdout, or the files in `out` (and the summary too if `show`)."""
-    a = findings.analyse(events, run)
-    text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
+    if "aggregates" in run:  # counted in BPF: no per-connection rows to analyse
+        from . import aggregate, lifecycle
+
+        still_open = lifecycle.connections(events, run["ended_at"], None)
+        procs = aggregate.from_counts(run["aggregates"], still_open, run["ended_at"])
+        text = summary.render(still_open, procs, run)
+        write = lambda: export.write_aggregates(out, procs, text, run)  # noqa: E731
+    else:
+        a = findings.analyse(events, run)
+        text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
+        write = lambda: export.write(out, a, text)  # noqa: E731
     if not out or show:
         click.echo(text, nl=False)
     if out:
-        paths = export.write(out, a, text)
+        paths = write()
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-        click.echo(f"the incident report: {out / 'report.html'}", err=True)
+        if "aggregates" in run:
+            click.echo("--aggregates keeps per-process counts only: no connections.csv and no report.html", err=True)
+        else:
+            click.echo(f"the incident report: {out / 'report.html'}", err=True)
 
 
 @click.group(context_settings=CONTEXT)
@@ -126,12 +138,15 @@ def main():
                    "every second; this network namespace only), none (their start only), auto (timers where "
                    "the kernel allows, else diag).")
 @netns_option
+@click.option("--aggregates", is_flag=True,
+              help="Count closes per process in BPF and keep no per-connection rows: the cheapest mode, "
+                   "for leaving it running on a busy host. TIME_WAITs are counted, not timed.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, filters, record, timewait, netns, progress, print_bpf):
+def trace(duration, out, filters, record, timewait, netns, aggregates, progress, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -144,18 +159,19 @@ def trace(duration, out, filters, record, timewait, netns, progress, print_bpf):
       sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
       sudo tcpclose trace -D 5432 --record pg.jsonl
       sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
-      sudo tcpclose trace --timewait none      # cheapest: TIME_WAITs counted, not timed
+      sudo tcpclose trace --timewait none      # cheaper: TIME_WAITs counted, not timed
+      sudo tcpclose trace --aggregates -o out/ # cheapest: per-process counts only, made in BPF
     """
     netns_path = netns_option_path(netns)
     if print_bpf:
         from . import layout, loader
-        click.echo(" ".join(loader.compile_flags(filters)))
+        click.echo(" ".join(loader.compile_flags(filters, aggregates=aggregates)))
         click.echo(layout.PROGRAM.read_text(), nl=False)
         return
     from .progress import Progress
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path)
+        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress))
     report(events, run_info, out)

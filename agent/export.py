@@ -43,3 +43,16 @@ def write(out_dir: Path, a: Analysis, text: str) -> list[Path]:
     paths["report.html"].write_text(report_html.render(a, text), encoding="utf-8")
     paths["run.json"].write_text(json.dumps(a.run, indent=1) + "\n", encoding="utf-8")
     return list(paths.values())
+
+
+AGGREGATE_FILES = ("processes.csv", "summary.txt", "run.json")
+
+
+def write_aggregates(out_dir: Path, procs, text: str, run: dict) -> list[Path]:
+    """What a --aggregates run has: per-process rows, the summary and run.json (no per-connection files)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in AGGREGATE_FILES}
+    procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].to_csv(paths["processes.csv"], index=False, float_format="%.3f")
+    paths["summary.txt"].write_text(text, encoding="utf-8")
+    paths["run.json"].write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
+    return list(paths.values())

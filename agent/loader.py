@@ -23,6 +23,7 @@ KALLSYMS = Path("/proc/kallsyms")
 MAX_SOCKS = 131072  # live sockets followed at once (~160 B each: 20 MiB)
 MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
 MAX_LISTENERS = 4096
+MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
 RINGBUF_PAGES = 4096  # 16 MiB: ~120 000 records, seconds of full churn between two reads
 
 
@@ -80,7 +81,7 @@ def tw_timer_address() -> tuple[int | None, str]:
     return None, f"{TW_TIMER_SYMBOL} is not in {KALLSYMS}"
 
 
-def compile_flags(filters: Filters, tw_timer_fn: int | None = None) -> list[str]:
+def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False) -> list[str]:
     flags = [
         f"-I{layout.BPF_DIR}",
         f"-DMAX_SOCKS={MAX_SOCKS}",
@@ -91,6 +92,8 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None) -> list[str]
     ]
     if tw_timer_fn is not None:
         flags.append(f"-DTW_TIMER_FN={tw_timer_fn:#x}ULL")
+    if aggregates:
+        flags += ["-DAGGREGATES", f"-DMAX_PROCS={MAX_PROCS}"]
     return flags
 
 
@@ -101,7 +104,7 @@ class Probe:
     their timers; None leaves the timer tracepoints alone.
     """
 
-    def __init__(self, filters: Filters, tw_timer_fn: int | None = None):
+    def __init__(self, filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False):
         check_privileges()
         check_tracepoints()
         check_headers()
@@ -113,7 +116,7 @@ class Probe:
                 "tcpclose from .venv, which is made with --system-site-packages"
             ) from None
         try:
-            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters, tw_timer_fn))
+            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters, tw_timer_fn, aggregates))
         except Exception as exc:  # bcc raises a bare Exception for both failures
             if "Failed to compile" in str(exc):
                 raise HeadersMissing(
@@ -137,6 +140,7 @@ class Probe:
         ]
         self._reader = RingReader(*self._maps, data_size=size, page_size=page)
         self.follows_timewait = tw_timer_fn is not None
+        self.aggregates = aggregates
 
     def poll(self):
         """Every record submitted since the last call, as a struct tcpclose_event array."""
@@ -145,6 +149,16 @@ class Probe:
     def open_lives(self) -> bytes:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
         return b"".join(bytes(value) for value in self._bpf[b"socks"].values())
+
+    def process_counts(self) -> list[dict]:
+        """--aggregates: the procs map, one dict per owner: pid (None: never learnt), comm,
+        and the A_x counts by their lower-case names (lives, active, ..., timewait)."""
+        if not self.aggregates:
+            return []
+        names = {v: k[2:].lower() for k, v in layout.DEFINES.items() if k.startswith("A_")}
+        return [{"pid": key.pid or None, "comm": key.comm.decode(errors="replace"),
+                 **{name: int(value.n[i]) for i, name in names.items()}}
+                for key, value in self._bpf[b"procs"].items()]
 
     def seed_listeners(self, listeners) -> None:
         """Enter listeners that existed before tracing: (port, pid, comm, cgroup_id) each,

@@ -30,13 +30,13 @@ class Progress:
         self._last = self._started
         self._shown = False
 
-    def update(self, tally: dict[str, int], drops, force: bool = False) -> None:
-        """tally: the Tracer's running counts; drops: a callable, read only when the line is due."""
+    def update(self, read, force: bool = False) -> None:
+        """read(): (lives, timewaits, drops) so far, called only when the line is due."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.every):
             return
         self._last = now
-        text = line(now - self._started, tally["lives"], tally["timewaits"], drops())
+        text = line(now - self._started, *read())
         if self.terminal:
             self.stream.write("\r" + text + "\x1b[K")  # \x1b[K: clear the rest of a longer line
         else:

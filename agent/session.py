@@ -22,16 +22,22 @@ class Tracer:
     """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
-                 netns: Path | None = None):
+                 netns: Path | None = None, aggregates: bool = False):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
         netns: the network namespace whose sockets and counters are read (sock_diag,
-        TcpExt); None: tcpclose's own.  The tracepoints see every namespace."""
+        TcpExt); None: tcpclose's own.  The tracepoints see every namespace.
+        aggregates: count each life for its owner in BPF, with no record per life
+        (run["aggregates"]); TIME_WAITs are then counted, not timed."""
         from . import loader  # the bcc import happens there, not at module import
 
         self.filters = filters
+        if aggregates:  # nothing per life reaches user space, so there is no life to join an end to
+            timewait = "none"
         tw_fn, why = (None, f"--timewait {timewait}") if timewait in ("none", "diag") else loader.tw_timer_address()
+        if aggregates:
+            why = "--aggregates: per-process counts only"
         if tw_fn is None and timewait == "timers":
             raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
         method = "timers" if tw_fn is not None else "none" if timewait == "none" else "diag"
@@ -44,7 +50,7 @@ class Tracer:
         # the port range and TIME_WAIT sysctls, for port pressure and the findings
         self._sysctls = kernel.sysctls(netns)
         self._netns_of: dict[int, str | None] = {}
-        self._probe = loader.Probe(filters, tw_timer_fn=tw_fn)
+        self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates)
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         self._recorder = records.Recorder(record_path) if record_path else None
@@ -93,8 +99,13 @@ class Tracer:
             self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         return frame
 
-    def drops(self) -> int:
-        return self._probe.counters()["ringbuf_drops"]
+    def progress(self) -> tuple[int, int, int]:
+        """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
+        counters = self._probe.counters()
+        if self._probe.aggregates:  # no records arrive: ask the procs map
+            counts = self._probe.process_counts()
+            return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), counters["ringbuf_drops"]
+        return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
 
     def finish(self) -> tuple[pd.DataFrame, dict]:
         """Last drain, the lives still open, the counters; unloads the probe."""
@@ -107,6 +118,7 @@ class Tracer:
             self._keep(records.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = records.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
         counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
+        aggregates = self._probe.process_counts() if self._probe.aggregates else None
         tcpext_end = kernel.all_timewait_counters()
         close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
         self._probe.close()
@@ -124,6 +136,7 @@ class Tracer:
             "netns": self.netns_id,
             "tcpext": {"start": self._tcpext_start, "end": tcpext_end},
             "sysctls": self._sysctls, "kernel_release": os.uname().release,
+            **({"aggregates": aggregates} if aggregates is not None else {}),
         }
         if self._recorder:
             self._recorder.finish(run)
@@ -177,12 +190,12 @@ def run(tracer: Tracer, stop: Stop, duration: float | None = None,
                 break
             tracer.drain()
             if progress:
-                progress.update(tracer.tally, tracer.drops)
+                progress.update(tracer.progress)
             stop.wait(POLL_INTERVAL_S)
-        result = tracer.finish()
-        if progress:
-            progress.update(tracer.tally, lambda: result[1]["counters"]["ringbuf_drops"], force=True)
-        return result
+        if progress:  # the totals, before the probe is unloaded
+            tracer.drain()
+            progress.update(tracer.progress, force=True)
+        return tracer.finish()
     finally:
         if progress:
             progress.close()

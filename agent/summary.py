@@ -214,7 +214,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)
     started, ended = run["started_at"], run["ended_at"]
     console.print(
-        f"tcpclose: {len(conns)} socket lives of {len(procs)} processes, traced {ended - started:.1f} s "
+        f"tcpclose: {int(procs['connections'].sum())} socket lives of {len(procs)} processes, "
+        f"traced {ended - started:.1f} s "
         f"({time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} to "
         f"{time.strftime('%H:%M:%S', time.gmtime(ended))} UTC)"
     )

@@ -8,7 +8,9 @@
  * Filters arrive as -D defines (single values) and the port_filter map (lists):
  *   FILTER_FAMILY  AF_INET or AF_INET6       FILTER_LPORTS/FILTER_RPORTS  use port_filter
  *   FILTER_TGID    owner's tgid              FILTER_COMM  owner's comm, a string literal
- * and sizes as MAX_SOCKS, MAX_LISTENERS, MAX_TWS, RINGBUF_PAGES.
+ * and sizes as MAX_SOCKS, MAX_LISTENERS, MAX_TWS, RINGBUF_PAGES (MAX_PROCS with AGGREGATES).
+ * AGGREGATES (trace --aggregates) counts each life for its owner in the procs
+ * map instead of handing over a record: no per-connection rows, nothing to read.
  * TW_TIMER_FN, the address of tw_timer_handler from /proc/kallsyms, turns on
  * the following of timewait sockets through their timers (see "TIME_WAIT").
  */
@@ -396,7 +398,60 @@ static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now
 	}
 }
 
-/* Hand over a life that has ended, unless the owner filters say no. */
+#ifdef AGGREGATES
+/* procs (--aggregates): per-process counts instead of one record per life.
+ *   key    owner's tgid and comm (0 and "" when the owner was never learnt)
+ *   value  struct tcpclose_proc_counts, indexed by A_x
+ *   filled at each life's end; never cleared: user space reads it at the end.
+ *   Full (MAX_PROCS owners): the life is counted in C_PROCS_FULL instead.
+ */
+BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS);
+
+#define ESTABLISHED_STATES ((1 << TCP_ESTABLISHED) | (1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) | \
+			    (1 << TCP_CLOSE_WAIT) | (1 << TCP_LAST_ACK) | (1 << TCP_CLOSING))
+
+/* How a life ended: the rules of agent/lifecycle.initiators, for lives that reached ->CLOSE. */
+static __always_inline int close_kind(struct tcpclose_event *e)
+{
+	if (!(e->states & ESTABLISHED_STATES) && !((1 << e->last_state) & ESTABLISHED_STATES))
+		return A_NEVER_ESTABLISHED;
+	if (e->flags & FLAG_RST_RECEIVED)
+		return A_RESET_REMOTE;
+	switch (e->last_state) {
+	case TCP_CLOSING:
+		return A_SIMULTANEOUS;
+	case TCP_FIN_WAIT2:
+		return A_ACTIVE;
+	case TCP_LAST_ACK:
+		return A_PASSIVE;
+	}
+	return A_RESET_LOCAL;
+}
+
+static __always_inline void aggregate(struct tcpclose_event *e)
+{
+	struct tcpclose_proc_key key = {};
+	if (e->owner_src != OWNER_NONE) {
+		key.pid = e->pid;
+		__builtin_memcpy(key.comm, e->comm, COMM_LEN);
+	}
+	struct tcpclose_proc_counts zero = {};
+	struct tcpclose_proc_counts *c = procs.lookup_or_try_init(&key, &zero);
+	if (!c) {
+		count(C_PROCS_FULL);
+		return;
+	}
+	int kind = close_kind(e);
+	__sync_fetch_and_add(&c->n[A_LIVES], 1);
+	if (kind > 0 && kind < NR_AGGREGATES)
+		__sync_fetch_and_add(&c->n[kind], 1);
+	if (kind == A_ACTIVE || kind == A_SIMULTANEOUS)
+		__sync_fetch_and_add(&c->n[A_TIMEWAIT], 1);
+}
+#endif
+
+/* Hand over a life that has ended, unless the owner filters say no; with
+ * --aggregates, count it for its owner instead. */
 static __always_inline void end_life(struct tcpclose_event *e)
 {
 	e->kind = EV_LIFE;
@@ -404,8 +459,12 @@ static __always_inline void end_life(struct tcpclose_event *e)
 		count(C_LIVES_FILTERED);
 		return;
 	}
+#ifdef AGGREGATES
+	aggregate(e);
+#else
 	emit(e);
 	follow_timewait(e);
+#endif
 }
 
 /* One transition of a life: what it tells about the socket and its owner.
@@ -542,6 +601,9 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 	}
 	if (args->state != TCP_CLOSE)
 		return 0; /* a timewait socket answering, or a socket we do not follow */
+#ifdef AGGREGATES
+	return 0; /* no records: the close was counted as a local reset or a close already */
+#endif
 	struct tcpclose_event r = {};
 	r.kind = EV_RESET_SENT;
 	r.skaddr = sk;

@@ -62,7 +62,20 @@
 #define C_TW_LINKED      7 /* timewait sockets linked to the life that made them */
 #define C_TW_UNLINKED    8 /* timewait timers armed that no ->CLOSE on that CPU claimed */
 #define C_TW_ENDED       9 /* timewait sockets whose end was handed over (EV_TW_END) */
-#define NR_COUNTERS      10
+#define C_PROCS_FULL     10 /* --aggregates: lives of a process the procs map had no room for */
+#define NR_COUNTERS      11
+
+/* --aggregates: what each process's ended lives came to (the procs map), indexes of
+ * struct tcpclose_proc_counts.  The close kinds mirror agent/lifecycle.initiators. */
+#define A_LIVES             0
+#define A_ACTIVE            1
+#define A_PASSIVE           2
+#define A_SIMULTANEOUS      3
+#define A_RESET_LOCAL       4
+#define A_RESET_REMOTE      5
+#define A_NEVER_ESTABLISHED 6
+#define A_TIMEWAIT          7 /* active and simultaneous closes: each hands over to a timewait socket */
+#define NR_AGGREGATES       8
 
 #define COMM_LEN 16
 
@@ -96,6 +109,16 @@ struct tcpclose_event {
 	__u64 tw_rearm_ns;   /* the last re-arm (the peer's FIN ending the FIN_WAIT2 substate); 0 if none */
 	__u8 tw_end;         /* EV_TW_END: TW_x */
 	__u8 pad[7];
+};
+
+/* --aggregates: the key of the procs map; pid 0 and an empty comm: owner never learnt */
+struct tcpclose_proc_key {
+	__u32 pid;
+	char comm[COMM_LEN];
+};
+
+struct tcpclose_proc_counts {
+	__u64 n[NR_AGGREGATES];
 };
 
 #endif /* TCPCLOSE_H */

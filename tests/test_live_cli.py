@@ -5,6 +5,7 @@ import csv
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,32 @@ def test_a_terminal_sees_a_live_progress_line(tmp_path):
     assert len(updates) >= 3  # twice a second over 3 s, rewritten in place
     # every life of the workload's connections, both ends, and the client's TIME_WAITs
     assert f"{2 * N} socket lives closed, {N} TIME_WAITs made, 0 drops" in updates[-1]
+
+
+def test_aggregates_count_the_same_closes_per_process_with_no_rows(tmp_path):
+    """--aggregates counts in BPF: the same per-process figures, no per-connection file."""
+    trace = start_trace("--aggregates", "-o", str(tmp_path))
+    server, port = start_server("wait_close", N, "ag-server")
+    client = start_client("close_first", port, N, "ag-client")
+    leaky, leaky_port = start_server("leak", 3, "ag-leaky")
+    caller = start_client("close_first", leaky_port, 3, "ag-caller")
+    procs = [server, client, leaky, caller]
+    try:
+        for proc in procs:
+            proc.done()
+        time.sleep(0.3)  # the last FINs and ACKs land, as in the demo
+        trace.send_signal(signal.SIGTERM)  # while ag-leaky still holds its CLOSE_WAITs
+        _, err = trace.communicate(timeout=60)
+    finally:
+        for proc in procs:
+            proc.release()
+    assert trace.returncode == 0, err
+    rows = {r["comm"]: r for r in read_csv(tmp_path / "processes.csv")}
+    assert rows["ag-client"]["pid"] == str(client.pid)
+    assert (rows["ag-client"]["connections"], rows["ag-client"]["active_closes"],
+            rows["ag-client"]["timewait_count"]) == (str(N),) * 3
+    assert (rows["ag-server"]["connections"], rows["ag-server"]["passive_closes"]) == (str(N), str(N))
+    assert (rows["ag-leaky"]["connections"], rows["ag-leaky"]["close_wait_open"]) == ("3", "3")
+    assert rows["ag-caller"]["active_closes"] == "3"
+    assert not (tmp_path / "connections.csv").exists()
+    assert "ag-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "summary.txt").read_text()

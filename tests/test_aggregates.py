@@ -1,0 +1,39 @@
+"""--aggregates: per-process counts made in BPF, merged with the lives still open at the end."""
+import csv
+
+from click.testing import CliRunner
+
+from agent.cli import main
+from streams import raw, replay
+
+COUNTS = [  # as Probe.process_counts reads the procs map
+    {"pid": 10, "comm": "client", "lives": 40, "active": 38, "passive": 0, "simultaneous": 1, "reset_local": 0,
+     "reset_remote": 1, "never_established": 0, "timewait": 39},
+    {"pid": 20, "comm": "server", "lives": 39, "active": 0, "passive": 39, "simultaneous": 0, "reset_local": 0,
+     "reset_remote": 0, "never_established": 0, "timewait": 0},
+    {"pid": None, "comm": "", "lives": 2, "active": 0, "passive": 0, "simultaneous": 0, "reset_local": 0,
+     "reset_remote": 0, "never_established": 2, "timewait": 0},
+]
+
+
+def test_report_of_an_aggregates_run_writes_per_process_rows_only(tmp_path):
+    leak = raw("open", skaddr=3, pid=20, comm="server", states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"),
+               last="CLOSE_WAIT", close_wait=2.0, ts=0, owner="listener")
+    replay(tmp_path, leak, ended=10.0, aggregates=COUNTS)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+    with open(out / "processes.csv") as f:
+        rows = {r["comm"]: r for r in csv.DictReader(f)}
+    client, server, unknown = rows["client"], rows["server"], rows[""]
+    assert (client["connections"], client["active_closes"], client["simultaneous_closes"],
+            client["resets_remote"], client["timewait_count"]) == ("40", "38", "1", "1", "39")
+    assert client["timewait_p50_s"] == ""  # counted, not timed
+    # the server's 39 ended lives and its one CLOSE_WAIT still open
+    assert (server["connections"], server["passive_closes"], server["close_wait_open"]) == ("40", "39", "1")
+    assert float(server["close_wait_max_age_s"]) == 8.0
+    assert (unknown["pid"], unknown["connections"]) == ("", "2")
+    text = (out / "summary.txt").read_text()
+    assert text.startswith("tcpclose: 82 socket lives of 3 processes")
+    assert "client (pid 10) closed first on 38 of 39 closes" in text
