@@ -96,6 +96,8 @@ def render(c: dict, top: int = 15, width: int = 120) -> str:
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)
     total = sum(c["states"].values())
+    if not total:
+        return "no TCP socket matches\n"
     console.print(f"{total} TCP sockets: " + ", ".join(f"{n} {s}" for s, n in c["states"].items()))
     columns = list(c["states"])
     for title, rows, key in (("per process", c["processes"], "process"), ("per peer", c["peers"], "peer")):
@@ -111,7 +113,7 @@ def render(c: dict, top: int = 15, width: int = 120) -> str:
                 name = row["peer"]
             table.add_row(name, *(str(row["states"].get(s, "")) for s in columns))
         console.print(f"\n{title.capitalize()}" + (f" (the {top} busiest of {len(rows)})" if len(rows) > top else ""))
-        console.print(table)
+        console.print(table if rows else "  none (listening sockets only)")
     if c["unowned"]:
         console.print(f"\n{c['unowned']} sockets have no process: timewait sockets and orphans (closed, still "
                       "finishing) not on a listening port" + ("" if c["root"] else ", and the sockets of other "
