@@ -40,14 +40,6 @@ def analyse(events: pd.DataFrame, run: dict) -> Analysis:
     return Analysis(run, conns, procs, peers, pressure, timeline, findings(conns, procs, pressure, run))
 
 
-def _who(row) -> str:
-    return f"{row.comm} (pid {row.pid})" if not pd.isna(row.pid) else "an unknown process"
-
-
-def _seconds(value: float) -> str:
-    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.1f} s"
-
-
 def finding(topic: str, severity: str, text: str, evidence: str) -> dict:
     return {"topic": topic, "severity": severity, "text": text, "evidence": evidence}
 
@@ -72,7 +64,7 @@ def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
             advice = (f"it is the client and closes first: keep its connections to {peer} open and reuse them "
                       "(HTTP keep-alive, a connection pool) and the TIME_WAITs go with the churn")
         out.append(finding("timewait", "warning" if row.timewait_count >= 1000 else "info",
-                            f"{_who(row)} made {row.timewait_count} TIME_WAITs: {advice}.", evidence))
+                            f"{summary.who(row)} made {row.timewait_count} TIME_WAITs: {advice}.", evidence))
     return out
 
 
@@ -84,12 +76,12 @@ def _churn(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
         verb = "accepts" if (roles == "server").sum() * 2 > len(roles) else "opens"
         out.append(finding(
             "churn", "info",
-            f"{_who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
+            f"{summary.who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
             f"(busiest second {row.peak_opened_per_s:.0f}/s), {row.short_share:.0%} closed within "
             f"{profile.SHORT_S:.0f} s. Each costs a handshake, a close and, on the side that closes first, "
             "a TIME_WAIT; reusing connections removes all three.",
-            f"{row.opened} opened while tracing; duration p50 {_seconds(row.duration_p50_s)}, "
-            f"p95 {_seconds(row.duration_p95_s)}, p99 {_seconds(row.duration_p99_s)}"))
+            f"{row.opened} opened while tracing; duration p50 {summary.duration_text(row.duration_p50_s)}, "
+            f"p95 {summary.duration_text(row.duration_p95_s)}, p99 {summary.duration_text(row.duration_p99_s)}"))
     return out
 
 

@@ -31,7 +31,7 @@ def close_wait_age(row) -> str:
             else f"{row.close_wait_age_s:.1f} s")
 
 
-def _who(row) -> str:
+def who(row) -> str:
     return f"{row.comm} (pid {row.pid})" if not pd.isna(row.pid) else "unknown owner"
 
 
@@ -146,7 +146,7 @@ def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame
             parts.append(", ".join(reasons))
         if row.timewait_overflow:
             parts.append(f"{row.timewait_overflow} never made (tcp_max_tw_buckets full: no TIME_WAIT protection)")
-        console.print(f"  {_who(row)}: " + "; ".join(parts))
+        console.print(f"  {who(row)}: " + "; ".join(parts))
     fin_wait2 = conns["tw_fin_wait2_s"].dropna()
     if len(fin_wait2):
         console.print(f"  {len(fin_wait2)} waited in FIN_WAIT2 substate for the peer's FIN first "
@@ -188,13 +188,13 @@ def _churn_section(console: Console, procs: pd.DataFrame) -> None:
         console.print("  no connection was opened while tracing")
     for row in rows.itertuples(index=False):
         durations = ("" if pd.isna(row.duration_p50_s) else
-                     f"; lived p50 {_duration(row.duration_p50_s)}, p95 {_duration(row.duration_p95_s)}, "
-                     f"p99 {_duration(row.duration_p99_s)}, {row.short_share:.0%} under {SHORT_S:.0f} s")
-        console.print(f"  {_who(row)}: {row.opened} opened, {row.opened_per_s:.1f}/s "
+                     f"; lived p50 {duration_text(row.duration_p50_s)}, p95 {duration_text(row.duration_p95_s)}, "
+                     f"p99 {duration_text(row.duration_p99_s)}, {row.short_share:.0%} under {SHORT_S:.0f} s")
+        console.print(f"  {who(row)}: {row.opened} opened, {row.opened_per_s:.1f}/s "
                       f"(busiest {row.peak_opened_per_s:.0f}/s){durations}")
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
@@ -231,15 +231,15 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
     for row in procs.itertuples(index=False):
         closed = row.active_closes + row.passive_closes + row.simultaneous_closes
         if row.active_closes:
-            console.print(f"  {_who(row)} closed first on {row.active_closes} of {closed} closes: "
+            console.print(f"  {who(row)} closed first on {row.active_closes} of {closed} closes: "
                           f"it holds their {row.timewait_count} TIME_WAIT sockets")
             lines += 1
         if row.passive_closes:
-            console.print(f"  {_who(row)} closed after its peer on {row.passive_closes} of {closed} closes "
+            console.print(f"  {who(row)} closed after its peer on {row.passive_closes} of {closed} closes "
                           "(passive: no TIME_WAIT on its side)")
             lines += 1
         if row.simultaneous_closes:
-            console.print(f"  {_who(row)}: {row.simultaneous_closes} simultaneous closes (TIME_WAIT on both sides)")
+            console.print(f"  {who(row)}: {row.simultaneous_closes} simultaneous closes (TIME_WAIT on both sides)")
             lines += 1
     if not lines:
         console.print("  no connection was closed with FINs while tracing")
