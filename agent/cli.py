@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import export, findings, records, summary
-from .errors import BadRecording, NotRoot, TcpcloseError
+from .errors import NotRoot, TcpcloseError
 from .filters import AF_INET, AF_INET6, Filters
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -263,11 +263,6 @@ def report_command(recording, out):
       tcpclose report pg.jsonl -o out/
     """
     events, run_info = records.read_recording(recording)
-    if "started_at" not in run_info and not len(events):
-        raise BadRecording(f"{recording} holds no events and no run: record again with 'tcpclose trace --record'")
-    if "started_at" not in run_info:  # cut short: bound the run by its events
-        times = events[["opened_at", "event_at"]].astype(float)
-        run_info |= {"started_at": times.min().min(), "ended_at": times.max().max()}
     report(events, run_info, out)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import textwrap
 from pathlib import Path
 
@@ -21,11 +20,6 @@ from .findings import analyse, finding
 from .lifecycle import TIME_WAIT_LEN_S
 
 BUCKETS_NEAR = 0.8  # warn when the TIME_WAITs now fill this share of tcp_max_tw_buckets
-
-
-def _release_tuple(release: str) -> tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", release)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def tw_recycle(sysctls: dict, release: str) -> dict:
@@ -138,18 +132,24 @@ def sockets_now(counts: dict) -> list[dict]:
     return out
 
 
+AGGREGATES_ONLY = finding(
+    "aggregates", "info", "This run kept per-process counts only (--aggregates): no finding about single "
+    "connections, peers or ports can be drawn from it; its processes.csv has who closed first.",
+    "run.json has \"aggregates\" and no per-connection records")
+
+
 def from_run(path: Path) -> list[dict]:
     """The findings of a recording, or of an --out directory (its summary.json)."""
     if path.is_dir():
         facts = path / "summary.json"
-        if not facts.exists():
-            raise BadRecording(f"{path} has no summary.json: give an --out directory of tcpclose 0.1+")
-        return json.loads(facts.read_text())["findings"]
+        if facts.exists():
+            return json.loads(facts.read_text())["findings"]
+        run_json = path / "run.json"
+        if run_json.exists() and "aggregates" in json.loads(run_json.read_text()):
+            return [AGGREGATES_ONLY]
+        raise BadRecording(f"{path} has no summary.json: give a directory that 'tcpclose trace -o' wrote")
     events, run = records.read_recording(path)
-    if "started_at" not in run:
-        times = events[["opened_at", "event_at"]].astype(float)
-        run |= {"started_at": times.min().min(), "ended_at": times.max().max()}
-    return analyse(events, run).findings
+    return [AGGREGATES_ONLY] if "aggregates" in run else analyse(events, run).findings
 
 
 def examine(netns: Path | None = None, run_path: Path | None = None) -> dict:

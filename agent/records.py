@@ -177,7 +177,8 @@ class Recorder:
 
 
 def read_recording(path: Path) -> tuple[pd.DataFrame, dict]:
-    """Events and the run line of a recording; BadRecording names the first bad line."""
+    """Events and the run line of a recording; BadRecording names the first bad line.
+    A recording cut short (no run line) is bounded by the times of its events."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -199,9 +200,12 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, dict]:
         if missing or row["kind"] not in (*layout.KIND_NAMES.values(), *SNAPSHOT_KINDS):
             raise BadRecording(f"{path}:{number}: not a tcpclose event (missing {', '.join(missing) or 'a known kind'})")
         rows.append(row)
-    if run is None:  # the tracer was killed before it could finish the file
-        run = {"kind": "run", "cut_short": True}
     events = pd.DataFrame(rows, columns=EVENT_COLUMNS) if rows else empty_events()
+    if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
+        if not rows:
+            raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
+        times = events[["opened_at", "event_at"]].astype(float)
+        run = {"kind": "run", "cut_short": True, "started_at": times.min().min(), "ended_at": times.max().max()}
     return events, run
 
 

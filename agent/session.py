@@ -34,10 +34,11 @@ class Tracer:
 
         self.filters = filters
         if aggregates:  # nothing per life reaches user space, so there is no life to join an end to
-            timewait = "none"
-        tw_fn, why = (None, f"--timewait {timewait}") if timewait in ("none", "diag") else loader.tw_timer_address()
-        if aggregates:
-            why = "--aggregates: per-process counts only"
+            timewait, tw_fn, why = "none", None, "--aggregates: per-process counts only"
+        elif timewait in ("none", "diag"):
+            tw_fn, why = None, f"--timewait {timewait}"
+        else:
+            tw_fn, why = loader.tw_timer_address()
         if tw_fn is None and timewait == "timers":
             raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
         method = "timers" if tw_fn is not None else "none" if timewait == "none" else "diag"

@@ -21,6 +21,7 @@ _TABLE_COLUMNS = [
 
 
 OLDEST_CLOSE_WAITS = 5  # listed one by one per process
+DESTINATIONS_SHOWN = 5  # the most pressed ephemeral-port destinations; ports.csv has all
 
 
 def close_wait_age(row) -> str:
@@ -202,7 +203,7 @@ def _ports_section(console: Console, pressure: pd.DataFrame) -> None:
     console.print("\nEphemeral ports (connections this host opened, per local address and destination)")
     if not len(pressure):
         console.print("  this host opened no connection while tracing")
-    for row in pressure.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
+    for row in pressure.head(DESTINATIONS_SHOWN).itertuples(index=False):
         console.print(f"  {'WARNING ' if row.warning else ''}{describe(row)}")
 
 

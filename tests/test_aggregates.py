@@ -1,5 +1,6 @@
 """--aggregates: per-process counts made in BPF, merged with the lives still open at the end."""
 import csv
+import json
 
 from click.testing import CliRunner
 
@@ -37,3 +38,13 @@ def test_report_of_an_aggregates_run_writes_per_process_rows_only(tmp_path):
     text = (out / "summary.txt").read_text()
     assert text.startswith("tcpclose: 82 socket lives of 3 processes")
     assert "client (pid 10) closed first on 38 of 39 closes" in text
+
+
+def test_doctor_given_an_aggregates_run_says_what_it_cannot_tell(tmp_path):
+    replay(tmp_path, raw(), ended=10.0, aggregates=COUNTS)
+    out = tmp_path / "out"
+    CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    for run in (tmp_path / "stream.jsonl", out):
+        result = CliRunner().invoke(main, ["doctor", str(run), "--json"])
+        assert result.exit_code == 0, result.output
+        assert [f["topic"] for f in json.loads(result.output)["recording"]] == ["aggregates"]
