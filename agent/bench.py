@@ -1,18 +1,24 @@
 """`make bench`: the workload's connection rate untraced, under tcpclose and under bcc's tcpstates.
 
   sudo .venv/bin/python -m agent.bench [--seconds S] [--repeats R] [--clients C] [--rates 0,6000]
+                                       [--closer both|client|server] [--modes untraced,...]
 
 Each measurement runs the churn generator (agent.churn) in a network
 namespace of its own, with one client process per 127.0.0.x destination and
-a rate of 0 meaning as fast as it can.  For each rate it prints one table:
-the median rate of each mode over the repeats, its ratio to the untraced
-median of the same invocation, socket lives expected (2 per connection) vs
-reported, ring-buffer drops, the tracer's CPU (cores) and peak RSS while the
-workload ran, and its time from start to 'Tracing'.  "skipped" counts the
+a rate of 0 meaning as fast as it can.  With --closer both (the default) the
+even-numbered clients close first and the odd-numbered ones talk to a server
+that closes first, so both kinds of close, and TIME_WAITs on both sides, are
+in the load.  For each rate it prints one table: the median of each mode over
+the repeats, its ratio to the untraced median of the same invocation, socket
+lives expected (2 per connection) vs reported (the churn processes' rows of
+processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
+the workload ran, and its time from start to 'Tracing'.  "skipped" counts the
 transitions the kernel did not run the program for (BPF recursion on a CPU);
-"kernel TW" is the namespace's TcpExt TW counter, to hold against the client
-lives reported (each makes one TIME_WAIT); "TW end unknown" counts the
-TIME_WAITs whose timer events were missed (end unknown, or never claimed).
+"TW reported" (TIME_WAITs tcpclose saw made) is to hold against "kernel TW",
+the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
+whose timer events were missed (end unknown, or never claimed).  For
+--transitions: transitions expected (10 per connection), written to the file,
+and lost as the BPF side counted them.
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ from rich.table import Table
 
 from .summary import evicted
 
-PORT = 9000
+PORT = 9000  # the server that waits for the client's close; PORT + 1 closes first
+TRANSITIONS_PER_CONNECTION = 10  # 5 per socket life: SYN_SENT, ESTABLISHED, FIN_WAIT1/CLOSE_WAIT, ..., CLOSE
+CHURN_COMMS = ("churn-client", "churn-server")
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -75,6 +83,7 @@ TCPCLOSE_MODES = {
     "tcpclose": [],
     "tcpclose --timewait none": ["--timewait", "none"],
     "tcpclose --aggregates": ["--aggregates"],
+    "tcpclose --transitions": ["--transitions", "{out}/transitions.csv"],
 }
 MODES = ["untraced", *TCPCLOSE_MODES, "tcpstates"]
 
@@ -83,7 +92,8 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
     """Start a tracer and wait until it is attached; return it and its start-up time."""
     start = time.monotonic()
     if mode in TCPCLOSE_MODES:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out), *TCPCLOSE_MODES[mode]],
+        args = [arg.format(out=out) for arg in TCPCLOSE_MODES[mode]]
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out), *args],
                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         line = proc.stderr.readline()
         if not line.startswith("Tracing"):
@@ -98,51 +108,67 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
     return proc, time.monotonic() - start
 
 
-def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
+def server_closes_first(client: int, closer: str) -> bool:
+    """Does client number `client` talk to the server that closes first?"""
+    return closer == "server" or (closer == "both" and client % 2 == 1)
+
+
+def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -> dict:
     ns = Namespace()
     out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
-    server = ns.popen("-m", "agent.churn", "server", "--port", str(PORT), "--workers", "2",
-                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+    servers = [ns.popen("-m", "agent.churn", "server", "--port", str(PORT + first), "--workers", "2",
+                        *(["--server-closes-first"] if first else []),
+                        stdout=subprocess.PIPE, text=True, start_new_session=True)
+               for first in (0, 1)]
     tracer = None
     try:
-        for _ in range(2):
-            server.stdout.readline()
+        for server in servers:
+            for _ in range(2):
+                server.stdout.readline()
         row: dict = {"mode": mode}
         if mode != "untraced":
             tracer, row["start_s"] = start_tracer(mode, out)
             cpu0 = _cpu_s(tracer.pid)
         per_client = ["--rate", str(rate / clients)] if rate else []
-        workers = [ns.popen("-m", "agent.churn", "client", "--port", str(PORT), "--seconds", str(seconds),
-                            "--dest", f"127.0.0.{i + 1}", *per_client, stdout=subprocess.PIPE, text=True)
-                   for i in range(clients)]
+        workers = []
+        for i in range(clients):
+            first = server_closes_first(i, closer)
+            workers.append(ns.popen("-m", "agent.churn", "client", "--port", str(PORT + first),
+                                    "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}", *per_client,
+                                    *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, text=True))
         connections = sum(int(w.communicate()[0]) for w in workers)
         row["rate"] = connections / seconds
         row["lives_expected"] = 2 * connections
         if tracer:
             row["cpu_cores"] = (_cpu_s(tracer.pid) - cpu0) / seconds
             row["rss_mib"] = _peak_rss_mib(tracer.pid)
-            time.sleep(0.5)  # the servers' last closes
+            time.sleep(0.5)  # the last closes
             tracer.send_signal(signal.SIGINT)
-            tracer.communicate(timeout=600)
+            tracer.communicate(timeout=900)
         if mode in TCPCLOSE_MODES:
             run = json.loads((out / "run.json").read_text())
-            if "aggregates" in run:  # per-process counts only: the churn processes' lives
-                per_comm = pd.read_csv(out / "processes.csv").groupby("comm")["connections"].sum()
-                row["lives_reported"] = int(per_comm.get("churn-client", 0) + per_comm.get("churn-server", 0))
-                row["client_lives"] = int(per_comm.get("churn-client", 0))
-                conns = pd.DataFrame({"tw_end_reason": []})
-            else:
-                conns = pd.read_csv(out / "connections.csv", usecols=["lport", "rport", "tw_end_reason"])
-                row["lives_reported"] = int(((conns["lport"] == PORT) | (conns["rport"] == PORT)).sum())
-                row["client_lives"] = int((conns["rport"] == PORT).sum())
+            procs = pd.read_csv(out / "processes.csv")
+            churn = procs[procs["comm"].isin(CHURN_COMMS)]
+            row["lives_reported"] = int(churn["connections"].sum())
+            row["tw_reported"] = int(churn["timewait_count"].sum())
             counters = run["counters"]
             row["drops"] = counters["ringbuf_drops"]
             row["evicted"] = evicted(run)
             row["skipped"] = counters.get("recursion_misses", 0)
-            # the kernel's own count of timewait sockets made (per namespace): one per client life here
+            # the kernel's own count of timewait sockets made in the namespace: one per connection here
             row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
             # TIME_WAITs whose end the timers lost, and timers no close claimed (0 with --timewait none)
-            row["tw_unknown"] = int((conns["tw_end_reason"] == "unknown").sum()) + counters.get("tw_unlinked", 0)
+            unknown = 0
+            if (out / "connections.csv").exists():
+                reasons = pd.read_csv(out / "connections.csv", usecols=["tw_end_reason"])["tw_end_reason"]
+                unknown = int((reasons == "unknown").sum())
+            row["tw_unknown"] = unknown + counters.get("tw_unlinked", 0)
+            if "transitions" in run:
+                written = pd.read_csv(out / "transitions.csv", usecols=["lport", "rport"])
+                ours = written["lport"].isin([PORT, PORT + 1]) | written["rport"].isin([PORT, PORT + 1])
+                row["transitions_expected"] = TRANSITIONS_PER_CONNECTION * connections
+                row["transitions_written"] = int(ours.sum())
+                row["transitions_lost"] = run["transitions"]["lost"]
         if mode == "tcpstates":
             text = (out / "tcpstates.txt").read_text(errors="replace")
             row["drops"] = sum(int(w) for line in text.splitlines() if "Possibly lost" in line
@@ -151,29 +177,43 @@ def measure(mode: str, seconds: float, clients: int, rate: float) -> dict:
     finally:
         if tracer and tracer.poll() is None:
             tracer.kill()
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        for server in servers:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
         ns.delete()
         shutil.rmtree(out, ignore_errors=True)
 
 
+COLUMNS = {  # title: (row key, format); the lost lives are computed
+    "conn/s": ("rate", ",.0f"), "lives expected": ("lives_expected", ",.0f"),
+    "lives reported": ("lives_reported", ",.0f"), "lost": ("lives_lost", ",.0f"), "drops": ("drops", ",.0f"),
+    "evicted": ("evicted", ",.0f"), "skipped": ("skipped", ",.0f"), "TW reported": ("tw_reported", ",.0f"),
+    "kernel TW": ("kernel_tw", ",.0f"), "TW end unknown": ("tw_unknown", ",.0f"),
+    "transitions expected": ("transitions_expected", ",.0f"), "transitions written": ("transitions_written", ",.0f"),
+    "transitions lost (counted)": ("transitions_lost", ",.0f"),
+    "CPU cores": ("cpu_cores", ".2f"), "peak RSS MiB": ("rss_mib", ".0f"), "start s": ("start_s", ".2f"),
+}
+
+
 def table(rows: list[dict], rate: float) -> Table:
     frame = pd.DataFrame(rows)
+    if "lives_reported" in frame:
+        frame["lives_lost"] = frame["lives_expected"] - frame["lives_reported"]
     medians = frame.groupby("mode", sort=False).median(numeric_only=True)
     base = medians.loc["untraced", "rate"]
     title = f"target rate: {'maximum' if not rate else f'{rate:g}/s'}, {frame.groupby('mode').size().iloc[0]} repeat(s), medians"
     out = Table(title=title)
-    for column in ["mode", "conn/s", "ratio", "lives expected", "lives reported", "lost", "drops", "evicted", "skipped", "client lives", "kernel TW", "TW end unknown", "CPU cores", "peak RSS MiB", "start s"]:
-        out.add_column(column, justify="left" if column == "mode" else "right")
-    fmt = lambda v, spec: "-" if pd.isna(v) else format(v, spec)  # noqa: E731
+    out.add_column("mode", justify="left")
+    out.add_column("conn/s", justify="right")
+    out.add_column("ratio", justify="right")
+    for column in list(COLUMNS)[1:]:
+        out.add_column(column, justify="right")
+    fmt = lambda v, spec: "-" if v is None or pd.isna(v) else format(v, spec)  # noqa: E731
     for mode, m in medians.iterrows():
-        lost = m.get("lives_expected") - m.get("lives_reported") if "lives_reported" in m else float("nan")
-        out.add_row(mode, fmt(m["rate"], ",.0f"), fmt(m["rate"] / base, ".2f"),
-                    fmt(m.get("lives_expected"), ",.0f") if mode in TCPCLOSE_MODES else "-",
-                    fmt(m.get("lives_reported"), ",.0f"), fmt(lost, ",.0f"), fmt(m.get("drops"), ",.0f"),
-                    fmt(m.get("evicted"), ",.0f"), fmt(m.get("skipped"), ",.0f"),
-                    fmt(m.get("client_lives"), ",.0f"), fmt(m.get("kernel_tw"), ",.0f"), fmt(m.get("tw_unknown"), ",.0f"),
-                    fmt(m.get("cpu_cores"), ".2f"), fmt(m.get("rss_mib"), ".0f"), fmt(m.get("start_s"), ".2f"))
+        cells = {title: fmt(m.get(key), spec) for title, (key, spec) in COLUMNS.items()}
+        if mode not in TCPCLOSE_MODES:
+            cells["lives expected"] = "-"
+        out.add_row(mode, cells["conn/s"], fmt(m["rate"] / base, ".2f"), *(cells[c] for c in list(COLUMNS)[1:]))
     return out
 
 
@@ -181,7 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--closer", choices=["both", "client", "server"], default="both",
+                        help="which side closes first: both = half the clients each way")
     parser.add_argument("--rates", default="0", help="total connections/s, comma-separated; 0 = maximum")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args()
@@ -192,16 +234,16 @@ def main() -> None:
         raise SystemExit(f"bench: --modes takes untraced and any of {', '.join(MODES[1:])}")
     if "tcpstates" in modes and not Path(TCPSTATES).exists():
         modes.remove("tcpstates")
-    console = Console(width=150)
+    console = Console(width=220)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     console.print(f"machine: {os.cpu_count()} cores ({cpu}), Linux {os.uname().release}; "
-                  f"{args.clients} churn clients, {args.seconds:g} s per run")
+                  f"{args.clients} churn clients (closing first: {args.closer}), {args.seconds:g} s per run")
     for rate in (float(r) for r in args.rates.split(",")):
         rows = []
         for repeat in range(args.repeats):
             for mode in modes:
-                row = measure(mode, args.seconds, args.clients, rate)
+                row = measure(mode, args.seconds, args.clients, rate, args.closer)
                 console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
                 rows.append(row)
         console.print(table(rows, rate))

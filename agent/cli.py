@@ -94,8 +94,8 @@ def netns_option_path(name: str | None) -> Path | None:
     return path
 
 
-def report(events, run: dict, out: Path | None, show: bool = False) -> None:
-    """The summary on stdout, or the files in `out` (and the summary too if `show`)."""
+def report(events, run: dict, out: Path | None, show: bool = False, err: bool = False) -> None:
+    """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `show`)."""
     if "aggregates" in run:  # counted in BPF: no per-connection rows to analyse
         from . import aggregate, lifecycle
 
@@ -108,7 +108,7 @@ def report(events, run: dict, out: Path | None, show: bool = False) -> None:
         text = summary.render(a.conns, a.procs, run, pressure=a.pressure)
         write = lambda: export.write(out, a, text)  # noqa: E731
     if not out or show:
-        click.echo(text, nl=False)
+        click.echo(text, nl=False, err=err)
     if out:
         paths = write()
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
@@ -141,12 +141,15 @@ def main():
 @click.option("--aggregates", is_flag=True,
               help="Count closes per process in BPF and keep no per-connection rows: the cheapest mode, "
                    "for leaving it running on a busy host. TIME_WAITs are counted, not timed.")
+@click.option("--transitions", "transitions_to", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="Also write every state transition to FILE as CSV ('-': stdout), as it happens, with the "
+                   "owner tcpclose credits and the task it ran in; what the stream lost is counted in the summary.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, filters, record, timewait, netns, aggregates, progress, print_bpf):
+def trace(duration, out, filters, record, timewait, netns, aggregates, transitions_to, progress, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -161,20 +164,23 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, progress,
       sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
       sudo tcpclose trace --timewait none      # cheaper: TIME_WAITs counted, not timed
       sudo tcpclose trace --aggregates -o out/ # cheapest: per-process counts only, made in BPF
+      sudo tcpclose trace --transitions - -L 80 # every transition on port 80, as CSV on stdout
     """
     netns_path = netns_option_path(netns)
     if print_bpf:
         from . import layout, loader
-        click.echo(" ".join(loader.compile_flags(filters, aggregates=aggregates)))
+        click.echo(" ".join(loader.compile_flags(filters, aggregates=aggregates,
+                                                 transitions=transitions_to is not None)))
         click.echo(layout.PROGRAM.read_text(), nl=False)
         return
     from .progress import Progress
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates)
+        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates,
+                        transitions_to=transitions_to)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress))
-    report(events, run_info, out)
+    report(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions
 
 
 @main.command(context_settings=CONTEXT)

@@ -31,3 +31,15 @@ class BadRecording(TcpcloseError):
 
 class WorkloadFailed(TcpcloseError):
     exit_code = 8
+
+
+class CannotWrite(TcpcloseError):
+    exit_code = 9
+
+
+def open_for_writing(path, what: str):
+    """open(path, "w"), or CannotWrite naming the path and why, before any tracing starts."""
+    try:
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise CannotWrite(f"cannot write the {what} to {path}: {exc.strerror}; give a writable path") from None

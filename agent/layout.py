@@ -1,8 +1,8 @@
 """The Python mirror of bpf/tcpclose.h: the record dtype and the header's constants.
 
 The constants are read from the header itself, so they exist in one place;
-the dtype is written out here and tests/test_layout.py checks it against the
-offsets a C compiler gives for the header.
+the dtypes are written out here and tests/test_layout.py checks them against
+the offsets a C compiler gives for the header.
 """
 from __future__ import annotations
 
@@ -55,6 +55,26 @@ EVENT_DTYPE = np.dtype(
         ("pad", "u1", (7,)),
     ]
 )
+
+TRANSITION_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("skaddr", "<u8"),
+        ("pid", "<u4"),
+        ("task_pid", "<u4"),
+        ("comm", "S16"),
+        ("saddr", "u1", (16,)),
+        ("daddr", "u1", (16,)),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("family", "<u2"),
+        ("oldstate", "u1"),
+        ("newstate", "u1"),
+        ("owner_src", "u1"),
+        ("pad", "u1", (7,)),
+    ]
+)
+STRUCTS = {"tcpclose_event": EVENT_DTYPE, "tcpclose_transition": TRANSITION_DTYPE}  # checked by tests/test_layout.py
 
 TCP_STATE_NAMES = {
     value: name[len("TCP_"):] for name, value in DEFINES.items() if name.startswith("TCP_")

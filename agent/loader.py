@@ -25,6 +25,7 @@ MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x t
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
 RINGBUF_PAGES = 4096  # 16 MiB: ~120 000 records, seconds of full churn between two reads
+TRANSITION_PAGES = 8192  # --transitions: 32 MiB, ~350 000 transitions, over a second of full churn
 
 
 def check_privileges() -> None:
@@ -81,7 +82,8 @@ def tw_timer_address() -> tuple[int | None, str]:
     return None, f"{TW_TIMER_SYMBOL} is not in {KALLSYMS}"
 
 
-def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False) -> list[str]:
+def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
+                  transitions: bool = False) -> list[str]:
     flags = [
         f"-I{layout.BPF_DIR}",
         f"-DMAX_SOCKS={MAX_SOCKS}",
@@ -94,6 +96,8 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
         flags.append(f"-DTW_TIMER_FN={tw_timer_fn:#x}ULL")
     if aggregates:
         flags += ["-DAGGREGATES", f"-DMAX_PROCS={MAX_PROCS}"]
+    if transitions:
+        flags += ["-DTRANSITIONS", f"-DTRANSITION_PAGES={TRANSITION_PAGES}"]
     return flags
 
 
@@ -101,10 +105,12 @@ class Probe:
     """The loaded program: poll() returns the raw records handed over since the last call.
 
     tw_timer_fn: tw_timer_handler's address, to follow timewait sockets through
-    their timers; None leaves the timer tracepoints alone.
+    their timers; None leaves the timer tracepoints alone.  transitions: hand
+    over every transition too (poll_transitions()).
     """
 
-    def __init__(self, filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False):
+    def __init__(self, filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
+                 transitions: bool = False):
         check_privileges()
         check_tracepoints()
         check_headers()
@@ -116,7 +122,8 @@ class Probe:
                 "tcpclose from .venv, which is made with --system-site-packages"
             ) from None
         try:
-            self._bpf = BPF(text=layout.PROGRAM.read_bytes(), cflags=compile_flags(filters, tw_timer_fn, aggregates))
+            self._bpf = BPF(text=layout.PROGRAM.read_bytes(),
+                            cflags=compile_flags(filters, tw_timer_fn, aggregates, transitions))
         except Exception as exc:  # bcc raises a bare Exception for both failures
             if "Failed to compile" in str(exc):
                 raise HeadersMissing(
@@ -130,21 +137,31 @@ class Probe:
         port_map = self._bpf[b"port_filter"]
         for port, bits in filters.port_filter().items():
             port_map[ctypes.c_int(port)] = ctypes.c_uint8(bits)
-        # read the ring buffer's memory directly (agent/ringbuf.py), not through bcc's per-record callback
-        fd = self._bpf[b"events"].map_fd
+        self._maps: list[mmap.mmap] = []
+        self._reader = self._ring(b"events", RINGBUF_PAGES, layout.EVENT_DTYPE)
+        self._transitions = self._ring(b"transitions", TRANSITION_PAGES, layout.TRANSITION_DTYPE) if transitions else None
+        self.follows_timewait = tw_timer_fn is not None
+        self.aggregates = aggregates
+
+    def _ring(self, name: bytes, pages: int, sample: np.dtype) -> RingReader:
+        """Read a ring buffer's memory directly (agent/ringbuf.py), not through bcc's per-record callback."""
+        fd = self._bpf[name].map_fd
         page = mmap.PAGESIZE
-        size = RINGBUF_PAGES * page
-        self._maps = [
+        size = pages * page
+        maps = [
             mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0),
             mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page),
         ]
-        self._reader = RingReader(*self._maps, data_size=size, page_size=page)
-        self.follows_timewait = tw_timer_fn is not None
-        self.aggregates = aggregates
+        self._maps += maps
+        return RingReader(*maps, data_size=size, page_size=page, sample=sample)
 
     def poll(self):
         """Every record submitted since the last call, as a struct tcpclose_event array."""
         return self._reader.read()
+
+    def poll_transitions(self):
+        """--transitions: every transition submitted since the last call (struct tcpclose_transition)."""
+        return self._transitions.read() if self._transitions else np.zeros(0, layout.TRANSITION_DTYPE)
 
     def open_lives(self) -> bytes:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""

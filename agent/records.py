@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import layout
-from .errors import BadRecording
+from .errors import BadRecording, open_for_writing
 
 # every recording has these; columns added later are read as empty from older recordings
 REQUIRED_COLUMNS = [
@@ -48,7 +48,7 @@ def empty_events() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=object) for name in EVENT_COLUMNS})
 
 
-def _addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
+def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     """16-byte address fields -> text, converting each distinct address once.
 
     The bytes are viewed as two u64 and factorized by hashing: a batch holds
@@ -88,9 +88,9 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         "cgroup_id": rec["cgroup_id"].astype(np.uint64),
         "owner_src": pd.Series(rec["owner_src"]).map(layout.OWNER_SRC_NAMES).to_numpy(object),
         "family": pd.Series(rec["family"]).map(FAMILY_NAMES).to_numpy(object),
-        "laddr": _addresses(rec["saddr"], rec["family"]),
+        "laddr": addresses(rec["saddr"], rec["family"]),
         "lport": rec["sport"].astype(np.int64),
-        "raddr": _addresses(rec["daddr"], rec["family"]),
+        "raddr": addresses(rec["daddr"], rec["family"]),
         "rport": rec["dport"].astype(np.int64),
         "states_raw": rec["states"].astype(np.int64),
         "last_state": pd.Series(rec["last_state"]).map(layout.TCP_STATE_NAMES).to_numpy(object),
@@ -164,7 +164,7 @@ class Recorder:
     """Writes the decoded event stream as JSONL, one event a line, then one `run` line."""
 
     def __init__(self, path: Path):
-        self._file: TextIO = open(path, "w", encoding="utf-8")
+        self._file: TextIO = open_for_writing(path, "recording")
 
     def write(self, events: pd.DataFrame) -> None:
         if len(events):

@@ -11,8 +11,9 @@ The layout is the kernel's (kernel/bpf/ringbuf.c):
     mapped twice in a row so that a record that wraps around is contiguous;
   - each record: a u32 length with BUSY (not committed yet) and DISCARD bits,
     a u32 page offset, then the sample, the whole rounded up to 8 bytes.
-tcpclose only ever submits struct tcpclose_event, so every record has the
-same size and a batch is a plain strided array.
+Each of tcpclose's ring buffers carries one struct only (struct tcpclose_event
+in `events`, struct tcpclose_transition in `transitions`), so every record of a
+ring has the same size and a batch is a plain strided array.
 """
 from __future__ import annotations
 
@@ -24,34 +25,46 @@ from . import layout
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", layout.EVENT_DTYPE)])
-assert RECORD_DTYPE.itemsize % 8 == 0  # records are 8-byte aligned: one fixed stride
+
+
+def record_dtype(sample: np.dtype) -> np.dtype:
+    """A ring-buffer record holding one `sample`: the 8-byte header, then the sample."""
+    record = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("event", sample)])
+    assert record.itemsize % 8 == 0  # records are 8-byte aligned: one fixed stride
+    return record
+
+
+RECORD_DTYPE = record_dtype(layout.EVENT_DTYPE)
 
 
 class RingReader:
-    """consumer: the writable consumer page; producer: producer page + data area mapped twice."""
+    """consumer: the writable consumer page; producer: producer page + data area mapped twice;
+    sample: the one struct this ring carries."""
 
-    def __init__(self, consumer, producer, data_size: int, page_size: int):
+    def __init__(self, consumer, producer, data_size: int, page_size: int, sample: np.dtype = layout.EVENT_DTYPE):
         assert data_size & (data_size - 1) == 0, "a BPF ring buffer is a power of two"
         self._consumer, self._producer = consumer, producer
         self._mask = data_size - 1
         self._page = page_size
+        self._sample = sample
+        self._record = record_dtype(sample)
 
     def read(self) -> np.ndarray:
         """The committed records since the last read (copied), and give their space back."""
         cons = struct.unpack_from("<Q", self._consumer, 0)[0]
         prod = struct.unpack_from("<Q", self._producer, 0)[0]
-        count = (prod - cons) // RECORD_DTYPE.itemsize
+        count = (prod - cons) // self._record.itemsize
         if count <= 0:
-            return np.empty(0, layout.EVENT_DTYPE)
-        batch = np.frombuffer(self._producer, RECORD_DTYPE, count, self._page + (cons & self._mask))
+            return np.empty(0, self._sample)
+        batch = np.frombuffer(self._producer, self._record, count, self._page + (cons & self._mask))
         lengths = batch["len"]
         busy = np.flatnonzero(lengths & BUSY_BIT)
         if len(busy):  # reserved but not submitted yet: stop before it
             batch, lengths = batch[: busy[0]], lengths[: busy[0]]
         sizes = lengths & ~np.uint32(DISCARD_BIT)
-        if len(sizes) and not (sizes == layout.EVENT_DTYPE.itemsize).all():
-            raise ValueError(f"ring buffer record of {int(sizes.max())} bytes: not a struct tcpclose_event")
+        if len(sizes) and not (sizes == self._sample.itemsize).all():
+            raise ValueError(f"ring buffer record of {int(sizes.max())} bytes, not the {self._sample.itemsize} "
+                             "of the struct this ring carries")
         events = batch["event"][(lengths & DISCARD_BIT) == 0].copy()
-        struct.pack_into("<Q", self._consumer, 0, cons + len(batch) * RECORD_DTYPE.itemsize)
+        struct.pack_into("<Q", self._consumer, 0, cons + len(batch) * self._record.itemsize)
         return events

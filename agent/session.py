@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import kernel, records, sockets
+from . import kernel, records, sockets, transitions
 from .errors import TracepointMissing
 from .filters import Filters
 from .progress import Progress
@@ -22,16 +22,19 @@ class Tracer:
     """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
-                 netns: Path | None = None, aggregates: bool = False):
+                 netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
         netns: the network namespace whose sockets and counters are read (sock_diag,
         TcpExt); None: tcpclose's own.  The tracepoints see every namespace.
         aggregates: count each life for its owner in BPF, with no record per life
-        (run["aggregates"]); TIME_WAITs are then counted, not timed."""
+        (run["aggregates"]); TIME_WAITs are then counted, not timed.
+        transitions_to: write every transition there as CSV ("-": stdout), with
+        what was lost in run["transitions"]."""
         from . import loader  # the bcc import happens there, not at module import
 
+        loader.check_privileges()  # before any output file is made
         self.filters = filters
         if aggregates:  # nothing per life reaches user space, so there is no life to join an end to
             timewait, tw_fn, why = "none", None, "--aggregates: per-process counts only"
@@ -51,10 +54,13 @@ class Tracer:
         # the port range and TIME_WAIT sysctls, for port pressure and the findings
         self._sysctls = kernel.sysctls(netns)
         self._netns_of: dict[int, str | None] = {}
-        self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates)
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
+        # the output files first: a path that cannot be written fails before the compile
         self._recorder = records.Recorder(record_path) if record_path else None
+        self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
+        self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
+                                   transitions=transitions_to is not None)
         self._frames: list[pd.DataFrame] = []
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self.started_at = time.time()
@@ -98,6 +104,8 @@ class Tracer:
             self.tally["timewaits"] += int((closed & frame["last_state"].isin(["FIN_WAIT2", "CLOSING"])).sum())
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
+        if self._transitions:  # after the lives: this stream may take a while to write
+            self._transitions.write(self._probe.poll_transitions())
         return frame
 
     def progress(self) -> tuple[int, int, int]:
@@ -123,6 +131,8 @@ class Tracer:
         tcpext_end = kernel.all_timewait_counters()
         close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
         self._probe.close()
+        if self._transitions:
+            self._transitions.close()
         open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
@@ -138,6 +148,8 @@ class Tracer:
             "tcpext": {"start": self._tcpext_start, "end": tcpext_end},
             "sysctls": self._sysctls, "kernel_release": os.uname().release,
             **({"aggregates": aggregates} if aggregates is not None else {}),
+            **({"transitions": transitions.accounting(self._transitions.written, counters, self._transitions.path)}
+               if self._transitions else {}),
         }
         if self._recorder:
             self._recorder.finish(run)

@@ -120,6 +120,17 @@ def unseen(run: dict) -> dict[str, int]:
     }
 
 
+def transitions_line(t: dict) -> str:
+    """--transitions: what the raw stream holds, and what it lost."""
+    where = "stdout" if t["file"] == "-" else t["file"]
+    line = f"Transitions: {t['written']} of {t['offered']} written to {where}"
+    if t["lost"]:
+        line += f"; {t['lost']} lost (their ring buffer was full: the writer fell behind)"
+    if t["unaccounted"]:
+        line += f"; {t['unaccounted']} taken from the ring but not written"
+    return line
+
+
 def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame, run: dict) -> None:
     method = run.get("timewait_method")
     console.print("\nTIME_WAIT lifetimes")
@@ -264,6 +275,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
         _ports_section(console, pressure)
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
+    if "transitions" in run:
+        console.print(transitions_line(run["transitions"]))
     if run.get("cut_short"):
         console.print("The recording was cut short: the tracer did not finish it.")
     return out.getvalue()

@@ -11,6 +11,8 @@
  * and sizes as MAX_SOCKS, MAX_LISTENERS, MAX_TWS, RINGBUF_PAGES (MAX_PROCS with AGGREGATES).
  * AGGREGATES (trace --aggregates) counts each life for its owner in the procs
  * map instead of handing over a record: no per-connection rows, nothing to read.
+ * TRANSITIONS (trace --transitions) also hands over every transition, in a ring
+ * buffer of its own (TRANSITION_PAGES), with its own count of what was lost.
  * TW_TIMER_FN, the address of tw_timer_handler from /proc/kallsyms, turns on
  * the following of timewait sockets through their timers (see "TIME_WAIT").
  */
@@ -346,6 +348,40 @@ static __always_inline bool owner_filtered_out(struct tcpclose_event *e)
 	return false;
 }
 
+#ifdef TRANSITIONS
+/* transitions (--transitions): every transition of a followed socket.  A ring
+ * buffer of its own: it is ten times the rate of life records, and a reader
+ * that cannot keep up with it must not make the life records drop. */
+BPF_RINGBUF_OUTPUT(transitions, TRANSITION_PAGES);
+#endif
+
+/* Hand over one transition of the life in e (its owner and addresses as known
+ * after the transition), unless the owner filters say no. */
+static __always_inline void emit_transition(struct tcpclose_event *e, int old, int new, u64 now)
+{
+#ifdef TRANSITIONS
+	if (owner_filtered_out(e))
+		return;
+	count(C_TRANSITIONS);
+	struct tcpclose_transition t = {};
+	t.ts_ns = now;
+	t.skaddr = e->skaddr;
+	t.pid = e->pid;
+	t.task_pid = bpf_get_current_pid_tgid() >> 32;
+	__builtin_memcpy(t.comm, e->comm, COMM_LEN);
+	__builtin_memcpy(t.saddr, e->saddr, 16);
+	__builtin_memcpy(t.daddr, e->daddr, 16);
+	t.sport = e->sport;
+	t.dport = e->dport;
+	t.family = e->family;
+	t.oldstate = old;
+	t.newstate = new;
+	t.owner_src = e->owner_src;
+	if (transitions.ringbuf_output(&t, sizeof(t), BPF_RB_NO_WAKEUP) != 0)
+		count(C_TRANSITION_DROPS);
+#endif
+}
+
 static __always_inline void take_owner(struct tcpclose_event *e)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -522,6 +558,21 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) {
 		track_listener(sk, args->sport, old, new);
+#ifdef TRANSITIONS
+		/* listen() and a listener's close() are its owner's own syscalls */
+		if (!filtered_out(args->family, args->sport, args->dport)) {
+			struct tcpclose_event l = {};
+			take_owner(&l);
+			l.skaddr = sk;
+			l.family = args->family;
+			l.sport = args->sport;
+			if (args->family == AF_INET6)
+				bpf_probe_read_kernel(l.saddr, 16, args->saddr_v6);
+			else
+				bpf_probe_read_kernel(l.saddr, 4, args->saddr);
+			emit_transition(&l, old, new, bpf_ktime_get_ns());
+		}
+#endif
 		return 0;
 	}
 	if (filtered_out(args->family, args->sport, args->dport))
@@ -554,6 +605,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		if (new == TCP_CLOSE) {
 			/* a one-transition life (it began before tracing): hand it over at once */
 			follow(&fresh, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
+			emit_transition(&fresh, old, new, now);
 			return 0;
 		}
 		if (socks.insert(&sk, &fresh) != 0) {
@@ -566,6 +618,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			return 0;
 	}
 	follow(e, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
+	emit_transition(e, old, new, now);
 	if (new == TCP_CLOSE) {
 		socks.delete(&sk);
 		count(C_LIVES_ENDED);

@@ -63,7 +63,9 @@
 #define C_TW_UNLINKED    8 /* timewait timers armed that no ->CLOSE on that CPU claimed */
 #define C_TW_ENDED       9 /* timewait sockets whose end was handed over (EV_TW_END) */
 #define C_PROCS_FULL     10 /* --aggregates: lives of a process the procs map had no room for */
-#define NR_COUNTERS      11
+#define C_TRANSITIONS    11 /* --transitions: transitions offered to the transitions ring buffer */
+#define C_TRANSITION_DROPS 12 /* --transitions: of those, lost: the ring buffer was full */
+#define NR_COUNTERS      13
 
 /* --aggregates: what each process's ended lives came to (the procs map), indexes of
  * struct tcpclose_proc_counts.  The close kinds mirror agent/lifecycle.initiators. */
@@ -108,6 +110,25 @@ struct tcpclose_event {
 	__u64 tw_start_ns;   /* timer_start that created it */
 	__u64 tw_rearm_ns;   /* the last re-arm (the peer's FIN ending the FIN_WAIT2 substate); 0 if none */
 	__u8 tw_end;         /* EV_TW_END: TW_x */
+	__u8 pad[7];
+};
+
+/* --transitions: one record per state transition, in its own ring buffer, so
+ * that a reader falling behind on this stream never costs a life record. */
+struct tcpclose_transition {
+	__u64 ts_ns;         /* monotonic */
+	__u64 skaddr;
+	__u32 pid;           /* the life's owner as known after this transition (see owner_src) */
+	__u32 task_pid;      /* the task the transition ran in: the owner, the peer, ksoftirqd, 0 (idle) */
+	char comm[COMM_LEN]; /* the owner's comm */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 oldstate;       /* TCP_x */
+	__u8 newstate;
+	__u8 owner_src;      /* OWNER_x: OWNER_NONE while the owner is not known */
 	__u8 pad[7];
 };
 

@@ -139,3 +139,53 @@ def test_aggregates_count_the_same_closes_per_process_with_no_rows(tmp_path):
     assert rows["ag-caller"]["active_closes"] == "3"
     assert not (tmp_path / "connections.csv").exists()
     assert "ag-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "summary.txt").read_text()
+
+
+def test_transitions_stream_every_transition_with_its_owner(tmp_path):
+    """--transitions -: CSV on stdout, five transitions per socket life in order, each
+    credited to the socket's owner, and the summary (on stderr) accounts for them all."""
+    server, port = start_server("wait_close", N, "tr-server")
+    trace = start_trace("-d", "3", "--transitions", "-")
+    client = start_client("close_first", port, N, "tr-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    out, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    listener = [r for r in rows if r["oldstate"] == "LISTEN" and r["newstate"] == "CLOSE" and r["lport"] == str(port)]
+    assert [(r["pid"], r["task_pid"]) for r in listener] == [(str(server.pid),) * 2]  # released: it closed its listener
+    lives, current = [], {}  # socket addresses are recycled: a life ends at its ->CLOSE
+    for row in rows:
+        if str(port) in (row["lport"], row["rport"]) and row not in listener:
+            current.setdefault(row["skaddr"], []).append(row)
+            if row["newstate"] == "CLOSE":
+                lives.append(current.pop(row["skaddr"]))
+
+    def path(life):
+        return [f"{r['oldstate']}->{r['newstate']}" for r in life]
+
+    assert not current  # every life ended
+    client_lives = [life for life in lives if life[-1]["rport"] == str(port)]
+    server_lives = [life for life in lives if life[-1]["lport"] == str(port)]
+    assert len(client_lives) == len(server_lives) == N
+    for life in client_lives:
+        assert path(life) == ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+                              "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        assert {(r["pid"], r["comm"]) for r in life} == {(str(client.pid), "tr-client")}
+    for life in server_lives:
+        assert path(life) == ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT",
+                              "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        assert {(r["pid"], r["comm"]) for r in life} == {(str(server.pid), "tr-server")}
+        assert life[3]["task_pid"] == str(server.pid)  # its own close()
+    # packet-driven transitions run in another task: the owner column is not the running task
+    assert any(r["task_pid"] != str(server.pid) for life in server_lives for r in life)
+    assert f"Transitions: {len(rows)} of {len(rows)} written to stdout" in err
+    assert "lost" not in err.split("Transitions:")[1]
+
+
+def test_an_unwritable_transitions_file_is_one_line_before_tracing(tmp_path):
+    result = subprocess.run([*TCPCLOSE, "trace", "-d", "1", "--transitions", str(tmp_path / "no" / "such.csv")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 9
+    assert result.stderr.startswith("tcpclose: cannot write the transitions to ") and "Tracing" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

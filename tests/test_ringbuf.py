@@ -1,9 +1,10 @@
 """The ring-buffer reader on memory laid out as the kernel lays it out (no BPF needed)."""
 import struct
 
+import numpy as np
 import pytest
 
-from agent import ringbuf
+from agent import layout, ringbuf
 from streams import raw
 
 PAGE = 4096
@@ -77,5 +78,17 @@ def test_skips_discarded_records_but_consumes_them():
 def test_a_record_of_another_size_is_an_error():
     ring = FakeRing()
     ring.submit(raw() + bytes(8))  # a 168-byte sample: not ours
-    with pytest.raises(ValueError, match="not a struct tcpclose_event"):
+    with pytest.raises(ValueError, match="168 bytes, not the 160"):
         ring.reader().read()
+
+
+def test_a_ring_of_transitions_is_read_with_its_own_stride():
+    ring = FakeRing()
+    for pid in (7, 8, 9):
+        sample = np.zeros(1, layout.TRANSITION_DTYPE)
+        sample["pid"], sample["newstate"] = pid, layout.DEFINES["TCP_CLOSE"]
+        ring.submit(sample.tobytes())
+    reader = ringbuf.RingReader(ring.consumer, ring.producer(), DATA, PAGE, layout.TRANSITION_DTYPE)
+    got = reader.read()
+    assert list(got["pid"]) == [7, 8, 9] and set(got["newstate"]) == {layout.DEFINES["TCP_CLOSE"]}
+    assert ring.cons == 3 * (8 + layout.TRANSITION_DTYPE.itemsize)

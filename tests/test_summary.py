@@ -15,3 +15,14 @@ def test_evictions_are_lives_started_minus_ended_minus_still_open():
 
 def test_a_recording_without_counters_says_zero_not_nothing():
     assert set(summary.unseen({}).values()) == {0}
+
+
+def test_a_transitions_stream_that_fell_behind_says_how_much_it_lost():
+    from agent import transitions
+
+    t = transitions.accounting(900, {"transitions": 1000, "transition_drops": 100}, "/tmp/t.csv")
+    assert (t["lost"], t["unaccounted"]) == (100, 0)
+    line = summary.transitions_line(t)
+    assert line.startswith("Transitions: 900 of 1000 written to /tmp/t.csv; 100 lost")
+    whole = summary.transitions_line(transitions.accounting(5, {"transitions": 5}, "-"))
+    assert whole == "Transitions: 5 of 5 written to stdout"
