@@ -12,17 +12,23 @@ in the load.  For each rate it prints one table: the median of each mode over
 the repeats, its ratio to the untraced median of the same invocation, socket
 lives expected (2 per connection) vs reported (the churn processes' rows of
 processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
-the workload ran, and its time from start to 'Tracing'.  "skipped" counts the
+the workload ran, and its time from start to 'Tracing'; runs over a minute
+long also show its RSS after the first minute and at the end, and the growth
+between (a soak: --seconds 600).  "skipped" counts the
 transitions the kernel did not run the program for (BPF recursion on a CPU);
 "TW reported" (TIME_WAITs tcpclose saw made) is to hold against "kernel TW",
 the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
-whose timer events were missed (end unknown, or never claimed).  For
+whose timer events were missed (end unknown, or never claimed).  "BPF
+ns/transition" is the kernel's own timing of the state-change program per
+run, and "BPF cores" the time all of tcpclose's programs ran, per second: the
+cost paid inside the traced workload, which its noisy rate hides.  For
 --transitions: transitions expected (10 per connection), written to the file,
 and lost as the BPF side counted them.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -30,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,8 +49,24 @@ from .summary import evicted
 PORT = 9000  # the server that waits for the client's close; PORT + 1 closes first
 TRANSITIONS_PER_CONNECTION = 10  # 5 per socket life: SYN_SENT, ESTABLISHED, FIN_WAIT1/CLOSE_WAIT, ..., CLOSE
 CHURN_COMMS = ("churn-client", "churn-server")
+RSS_EVERY_S = 5.0
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+SYS_BPF = 321  # x86_64
+BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
+STATE_PROGRAM = "tracepoint__sock__inet_sock_set_state"
+
+
+def enable_bpf_stats() -> int | None:
+    """Make the kernel time every BPF program run while the returned fd is open (Linux 5.8+):
+    bpf(BPF_ENABLE_STATS), which needs no sysctl change and ends with this process.
+    None where the kernel refuses; the BPF columns then stay empty."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
+    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    return fd if fd >= 0 else None
 
 
 def _cpu_s(pid: int) -> float:
@@ -51,11 +74,35 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def _peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
+    """VmHWM (peak RSS) or VmRSS of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class RssSampler(threading.Thread):
+    """The tracer's RSS every RSS_EVERY_S while the workload runs: is it flat?"""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.stop.wait(RSS_EVERY_S):
+            self.samples.append(_status_mib(self.pid, "VmRSS"))
+
+    def growth(self) -> tuple[float, float]:
+        """(RSS after the first minute, RSS at the end) in MiB: the growth once warmed up
+        (TIME_WAITs live 60 s, so the first minute fills the per-socket maps)."""
+        self.stop.set()
+        self.join()
+        first = int(60 / RSS_EVERY_S) - 1
+        if len(self.samples) <= first + 1:
+            return float("nan"), float("nan")
+        return self.samples[first], self.samples[-1]
 
 
 class Namespace:
@@ -129,6 +176,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         if mode != "untraced":
             tracer, row["start_s"] = start_tracer(mode, out)
             cpu0 = _cpu_s(tracer.pid)
+            rss = RssSampler(tracer.pid)
         per_client = ["--rate", str(rate / clients)] if rate else []
         workers = []
         for i in range(clients):
@@ -141,7 +189,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         row["lives_expected"] = 2 * connections
         if tracer:
             row["cpu_cores"] = (_cpu_s(tracer.pid) - cpu0) / seconds
-            row["rss_mib"] = _peak_rss_mib(tracer.pid)
+            row["rss_mib"] = _status_mib(tracer.pid, "VmHWM")
+            row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
             time.sleep(0.5)  # the last closes
             tracer.send_signal(signal.SIGINT)
             tracer.communicate(timeout=900)
@@ -155,6 +204,12 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["drops"] = counters["ringbuf_drops"]
             row["evicted"] = evicted(run)
             row["skipped"] = counters.get("recursion_misses", 0)
+            # what the programs cost inside the traced workload, timed by the kernel (enable_bpf_stats)
+            programs = run.get("programs", {})
+            state = programs.get(STATE_PROGRAM, {})
+            if state.get("run_cnt"):
+                row["bpf_ns_per_transition"] = state["run_time_ns"] / state["run_cnt"]
+                row["bpf_cores"] = sum(p.get("run_time_ns", 0) for p in programs.values()) / 1e9 / seconds
             # the kernel's own count of timewait sockets made in the namespace: one per connection here
             row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
             # TIME_WAITs whose end the timers lost, and timers no close claimed (0 with --timewait none)
@@ -184,14 +239,17 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         shutil.rmtree(out, ignore_errors=True)
 
 
-COLUMNS = {  # title: (row key, format); the lost lives are computed
+COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are computed
     "conn/s": ("rate", ",.0f"), "lives expected": ("lives_expected", ",.0f"),
     "lives reported": ("lives_reported", ",.0f"), "lost": ("lives_lost", ",.0f"), "drops": ("drops", ",.0f"),
     "evicted": ("evicted", ",.0f"), "skipped": ("skipped", ",.0f"), "TW reported": ("tw_reported", ",.0f"),
     "kernel TW": ("kernel_tw", ",.0f"), "TW end unknown": ("tw_unknown", ",.0f"),
     "transitions expected": ("transitions_expected", ",.0f"), "transitions written": ("transitions_written", ",.0f"),
     "transitions lost (counted)": ("transitions_lost", ",.0f"),
-    "CPU cores": ("cpu_cores", ".2f"), "peak RSS MiB": ("rss_mib", ".0f"), "start s": ("start_s", ".2f"),
+    "BPF ns/transition": ("bpf_ns_per_transition", ",.0f"), "BPF cores": ("bpf_cores", ".3f"),
+    "CPU cores": ("cpu_cores", ".2f"), "peak RSS MiB": ("rss_mib", ".0f"),
+    "RSS at 1 min": ("rss_1min_mib", ".0f"), "RSS at end": ("rss_end_mib", ".0f"), "RSS growth": ("rss_growth", "+.0%"),
+    "start s": ("start_s", ".2f"),
 }
 
 
@@ -199,21 +257,23 @@ def table(rows: list[dict], rate: float) -> Table:
     frame = pd.DataFrame(rows)
     if "lives_reported" in frame:
         frame["lives_lost"] = frame["lives_expected"] - frame["lives_reported"]
+    if "rss_end_mib" in frame:
+        frame["rss_growth"] = frame["rss_end_mib"] / frame["rss_1min_mib"] - 1
     medians = frame.groupby("mode", sort=False).median(numeric_only=True)
     base = medians.loc["untraced", "rate"]
     title = f"target rate: {'maximum' if not rate else f'{rate:g}/s'}, {frame.groupby('mode').size().iloc[0]} repeat(s), medians"
-    out = Table(title=title)
-    out.add_column("mode", justify="left")
-    out.add_column("conn/s", justify="right")
-    out.add_column("ratio", justify="right")
-    for column in list(COLUMNS)[1:]:
-        out.add_column(column, justify="right")
+    out = Table(title=title)  # one column per mode, one row per figure: 20 figures fit no terminal's width
+    out.add_column("", justify="left")
+    for mode in medians.index:
+        out.add_column(mode, justify="right")
     fmt = lambda v, spec: "-" if v is None or pd.isna(v) else format(v, spec)  # noqa: E731
-    for mode, m in medians.iterrows():
-        cells = {title: fmt(m.get(key), spec) for title, (key, spec) in COLUMNS.items()}
-        if mode not in TCPCLOSE_MODES:
-            cells["lives expected"] = "-"
-        out.add_row(mode, cells["conn/s"], fmt(m["rate"] / base, ".2f"), *(cells[c] for c in list(COLUMNS)[1:]))
+    for title, (key, spec) in COLUMNS.items():
+        cells = [fmt(m.get(key), spec) if key != "lives_expected" or mode in TCPCLOSE_MODES else "-"
+                 for mode, m in medians.iterrows()]
+        if any(cell != "-" for cell in cells):
+            out.add_row(title, *cells)
+        if key == "rate":
+            out.add_row("ratio", *(fmt(m["rate"] / base, ".2f") for _, m in medians.iterrows()))
     return out
 
 
@@ -234,7 +294,8 @@ def main() -> None:
         raise SystemExit(f"bench: --modes takes untraced and any of {', '.join(MODES[1:])}")
     if "tcpstates" in modes and not Path(TCPSTATES).exists():
         modes.remove("tcpstates")
-    console = Console(width=220)
+    console = Console(width=160)
+    stats_fd = enable_bpf_stats()
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     console.print(f"machine: {os.cpu_count()} cores ({cpu}), Linux {os.uname().release}; "
@@ -247,6 +308,8 @@ def main() -> None:
                 console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
                 rows.append(row)
         console.print(table(rows, rate))
+    if stats_fd is None:
+        console.print("BPF stats: the kernel refused BPF_ENABLE_STATS, so the BPF columns are empty")
 
 
 if __name__ == "__main__":

@@ -210,21 +210,21 @@ class Probe:
             name: int(sum(table[ctypes.c_int(idx)])) for idx, name in layout.COUNTER_NAMES.items()
         }
 
-    def recursion_misses(self) -> int:
-        """Runs of our programs the kernel skipped because one was already active on that CPU.
-
-        Read from the programs' fdinfo (Linux 5.12+; 0 where the kernel does not say).
-        """
-        total = 0
-        for fn in self._bpf.funcs.values():
+    def program_stats(self) -> dict[str, dict[str, int]]:
+        """Per attached program, from its fdinfo: recursion_misses (runs the kernel skipped
+        because one of ours was already active on that CPU; Linux 5.12+), and run_cnt and
+        run_time_ns, which the kernel counts only while BPF stats are enabled (see
+        agent.bench's enable_bpf_stats), else 0."""
+        out = {}
+        for name, fn in self._bpf.funcs.items():
             try:
                 info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
             except OSError:
                 continue
-            for line in info.splitlines():
-                if line.startswith("recursion_misses:"):
-                    total += int(line.split()[1])
-        return total
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            out[name.decode()] = {key: int(fields[key]) for key in ("run_time_ns", "run_cnt", "recursion_misses")
+                                  if key in fields and fields[key].strip().isdigit()}
+        return out
 
     def close(self) -> None:
         self._bpf.cleanup()

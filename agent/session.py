@@ -126,7 +126,9 @@ class Tracer:
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = records.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
-        counters = self._probe.counters() | {"recursion_misses": self._probe.recursion_misses()}
+        programs = self._probe.program_stats()
+        counters = self._probe.counters() | {
+            "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
         tcpext_end = kernel.all_timewait_counters()
         close_waits = sockets.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
@@ -143,6 +145,7 @@ class Tracer:
         run = {
             "started_at": self.started_at, "ended_at": ended_at, "counters": counters, "open_lives": open_count,
             "open_timewaits": len(timewaits), "hz": self.hz, **self.timewait,
+            "programs": programs,  # what each BPF program cost, when BPF stats were on
             # the kernel's own counts, per network namespace: see summary.reconcile
             "netns": self.netns_id,
             "tcpext": {"start": self._tcpext_start, "end": tcpext_end},

@@ -602,20 +602,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			bpf_probe_read_kernel(fresh.daddr, 16, args->daddr_v6);
 		else
 			bpf_probe_read_kernel(fresh.daddr, 4, args->daddr);
-		if (new == TCP_CLOSE) {
-			/* a one-transition life (it began before tracing): hand it over at once */
-			follow(&fresh, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
-			emit_transition(&fresh, old, new, now);
+		/* the first transition is followed on the stack, then stored: one map
+		 * operation, not an insert and a lookup */
+		follow(&fresh, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
+		emit_transition(&fresh, old, new, now);
+		if (new == TCP_CLOSE) /* a one-transition life (it began before tracing): handed over */
 			return 0;
-		}
-		if (socks.insert(&sk, &fresh) != 0) {
+		if (socks.insert(&sk, &fresh) != 0)
 			count(C_SOCKS_FULL);
-			return 0;
-		}
-		count(C_LIVES_STARTED);
-		e = socks.lookup(&sk);
-		if (!e)
-			return 0;
+		else
+			count(C_LIVES_STARTED);
+		return 0;
 	}
 	follow(e, old, new, now, args->family, args->sport, args->saddr, args->saddr_v6);
 	emit_transition(e, old, new, now);
