@@ -144,12 +144,16 @@ def main():
 @click.option("--transitions", "transitions_to", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
               help="Also write every state transition to FILE as CSV ('-': stdout), as it happens, with the "
                    "owner tcpclose credits and the task it ran in; what the stream lost is counted in the summary.")
+@click.option("--max-sockets", type=click.IntRange(min=64, max=1 << 24), metavar="N",
+              help="Socket lives followed at once in BPF [default: 131072, about 200 bytes each]. When full, "
+                   "the least recently active is evicted; evictions are counted in the summary.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, filters, record, timewait, netns, aggregates, transitions_to, progress, print_bpf):
+def trace(duration, out, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
+          print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -177,7 +181,7 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
     from .session import Tracer, run, stop_on_signals
     with stop_on_signals() as stop:
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates,
-                        transitions_to=transitions_to)
+                        transitions_to=transitions_to, max_socks=max_sockets)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress))
     report(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions

@@ -29,12 +29,8 @@ class BadRecording(TcpcloseError):
     exit_code = 7
 
 
-class WorkloadFailed(TcpcloseError):
-    exit_code = 8
-
-
 class CannotWrite(TcpcloseError):
-    exit_code = 9
+    exit_code = 8
 
 
 def open_for_writing(path, what: str):

@@ -20,7 +20,7 @@ TW_TIMER_SYMBOL = "tw_timer_handler"  # the callback of every timewait socket's 
 MODULES_DIR = Path("/lib/modules")
 KALLSYMS = Path("/proc/kallsyms")
 
-MAX_SOCKS = 131072  # live sockets followed at once (~160 B each: 20 MiB)
+MAX_SOCKS = 131072  # live sockets followed at once (~160 B each: 20 MiB); trace --max-sockets
 MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
@@ -83,10 +83,10 @@ def tw_timer_address() -> tuple[int | None, str]:
 
 
 def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
-                  transitions: bool = False) -> list[str]:
+                  transitions: bool = False, max_socks: int = MAX_SOCKS) -> list[str]:
     flags = [
         f"-I{layout.BPF_DIR}",
-        f"-DMAX_SOCKS={MAX_SOCKS}",
+        f"-DMAX_SOCKS={max_socks}",
         f"-DMAX_TWS={MAX_TWS}",
         f"-DMAX_LISTENERS={MAX_LISTENERS}",
         f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
@@ -110,7 +110,7 @@ class Probe:
     """
 
     def __init__(self, filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
-                 transitions: bool = False):
+                 transitions: bool = False, max_socks: int = MAX_SOCKS):
         check_privileges()
         check_tracepoints()
         check_headers()
@@ -123,7 +123,7 @@ class Probe:
             ) from None
         try:
             self._bpf = BPF(text=layout.PROGRAM.read_bytes(),
-                            cflags=compile_flags(filters, tw_timer_fn, aggregates, transitions))
+                            cflags=compile_flags(filters, tw_timer_fn, aggregates, transitions, max_socks))
         except Exception as exc:  # bcc raises a bare Exception for both failures
             if "Failed to compile" in str(exc):
                 raise HeadersMissing(
@@ -163,9 +163,10 @@ class Probe:
         """--transitions: every transition submitted since the last call (struct tcpclose_transition)."""
         return self._transitions.read() if self._transitions else np.zeros(0, layout.TRANSITION_DTYPE)
 
-    def open_lives(self) -> bytes:
+    def open_lives(self) -> np.ndarray:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""
-        return b"".join(bytes(value) for value in self._bpf[b"socks"].values())
+        raw = b"".join(bytes(value) for value in self._bpf[b"socks"].values())
+        return np.frombuffer(raw, layout.EVENT_DTYPE)
 
     def process_counts(self) -> list[dict]:
         """--aggregates: the procs map, one dict per owner: pid (None: never learnt), comm,

@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from . import kernel, records, sockets, transitions
+from . import kernel, layout, records, sockets, transitions
 from .errors import TracepointMissing
 from .filters import Filters
 from .progress import Progress
@@ -22,7 +23,8 @@ class Tracer:
     """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
-                 netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None):
+                 netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
+                 max_socks: int | None = None):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -31,7 +33,8 @@ class Tracer:
         aggregates: count each life for its owner in BPF, with no record per life
         (run["aggregates"]); TIME_WAITs are then counted, not timed.
         transitions_to: write every transition there as CSV ("-": stdout), with
-        what was lost in run["transitions"]."""
+        what was lost in run["transitions"].
+        max_socks: socket lives followed at once in BPF (None: loader.MAX_SOCKS)."""
         from . import loader  # the bcc import happens there, not at module import
 
         loader.check_privileges()  # before any output file is made
@@ -60,17 +63,41 @@ class Tracer:
         self._recorder = records.Recorder(record_path) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
         self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
-                                   transitions=transitions_to is not None)
-        self._frames: list[pd.DataFrame] = []
+                                   transitions=transitions_to is not None, max_socks=max_socks or loader.MAX_SOCKS)
+        # what arrived, in order: BPF records kept raw, frames made from sock_diag as they are
+        self._parts: list[np.ndarray | pd.DataFrame] = []
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self.started_at = time.time()
         self._snapshot_at_start()
 
-    def _keep(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            self._frames.append(frame)
+    def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
+        """Keep what arrived.  BPF records stay raw until finish() decodes them all at
+        once: 160 bytes a life while tracing instead of a DataFrame row of about 600,
+        and no decoding while the traced workload runs.  A recording is written as it goes."""
+        if len(part):
+            self._parts.append(part)
             if self._recorder:
-                self._recorder.write(frame)
+                self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
+
+    def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
+        frame = records.decode(raw, self._offset_ns, self.hz)
+        frame["netns"] = frame["pid"].map(self._netns_of).to_numpy(object)
+        return frame
+
+    def _events(self) -> pd.DataFrame:
+        """Every part kept, decoded, in arrival order (consecutive raw batches decoded together)."""
+        frames, raw = [], []
+        for part in [*self._parts, None]:
+            if isinstance(part, np.ndarray):
+                raw.append(part)
+                continue
+            if raw:
+                frames.append(self._decoded(np.concatenate(raw)))
+                raw = []
+            if part is not None:
+                frames.append(part)
+        self._parts = []
+        return records.concat(frames)
 
     def _snapshot_at_start(self) -> None:
         """What tracing cannot see: the sockets that were there before it began.
@@ -84,29 +111,30 @@ class Tracer:
         existing = sockets.snapshot(self.filters, netns=self.netns)
         self._keep(records.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
-    def _owners_netns(self, frame: pd.DataFrame) -> None:
-        """Name each life's network namespace from its owner's /proc entry, while it is alive.
+    def _learn_owners_netns(self, raw: np.ndarray) -> None:
+        """Learn the network namespace of each new owner from its /proc entry, while it is alive.
 
         One readlink per new pid; a process gone before this drain stays unknown."""
-        pids = frame["pid"].to_numpy()
-        for pid in set(pids[frame["owner_src"].to_numpy(object) != "none"].tolist()) - self._netns_of.keys():
+        owned = raw["pid"][raw["owner_src"] != layout.DEFINES["OWNER_NONE"]]
+        for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
             self._netns_of[pid] = kernel.netns_id(pid)
-        frame["netns"] = pd.Series(pids).map(self._netns_of).to_numpy(object)
 
-    def drain(self) -> pd.DataFrame:
-        frame = records.decode(self._probe.poll(), self._offset_ns, self.hz)
-        if len(frame):
-            self._owners_netns(frame)
-            self._keep(frame)
-            closed = (frame["kind"] == "life").to_numpy()
+    def drain(self) -> np.ndarray:
+        """Take the records that arrived (returned raw: records.decode() reads them)."""
+        raw = self._probe.poll()
+        if len(raw):
+            self._learn_owners_netns(raw)
+            self._keep(raw)
+            closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
             # a FIN_WAIT2->CLOSE or CLOSING->CLOSE hands over to a timewait socket
-            self.tally["timewaits"] += int((closed & frame["last_state"].isin(["FIN_WAIT2", "CLOSING"])).sum())
+            handed = np.isin(raw["last_state"], [layout.DEFINES["TCP_FIN_WAIT2"], layout.DEFINES["TCP_CLOSING"]])
+            self.tally["timewaits"] += int((closed & handed).sum())
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         if self._transitions:  # after the lives: this stream may take a while to write
             self._transitions.write(self._probe.poll_transitions())
-        return frame
+        return raw
 
     def progress(self) -> tuple[int, int, int]:
         """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
@@ -120,8 +148,9 @@ class Tracer:
         """Last drain, the lives still open, the counters; unloads the probe."""
         self.drain()
         ended_at = time.time()
-        still_open = records.decode(self._probe.open_lives(), self._offset_ns, self.hz)
-        self._owners_netns(still_open)
+        open_raw = self._probe.open_lives()
+        self._learn_owners_netns(open_raw)
+        still_open = self._decoded(open_raw)
         timewaits = records.decode(self._probe.open_timewaits(), self._offset_ns, self.hz)
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
@@ -156,7 +185,7 @@ class Tracer:
         }
         if self._recorder:
             self._recorder.finish(run)
-        return records.concat(self._frames), run
+        return self._events(), run
 
 
 class Stop:

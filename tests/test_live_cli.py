@@ -186,6 +186,37 @@ def test_transitions_stream_every_transition_with_its_owner(tmp_path):
 def test_an_unwritable_transitions_file_is_one_line_before_tracing(tmp_path):
     result = subprocess.run([*TCPCLOSE, "trace", "-d", "1", "--transitions", str(tmp_path / "no" / "such.csv")],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 9
+    assert result.returncode == 8
     assert result.stderr.startswith("tcpclose: cannot write the transitions to ") and "Tracing" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_socket_map_evicts_counts_and_still_credits_every_close(tmp_path):
+    """--max-sockets 256 with 400 CLOSE_WAITs held at once: the map evicts the oldest.
+    Each evicted life comes back as one partial life at its owner's close(), so every
+    close is still credited, and the summary counts the evictions: exactly the partial lives."""
+    count, max_socks = 400, 256
+    server, port = start_server("leak", count, "ev-server")
+    trace = start_trace("-L", str(port), "--max-sockets", str(max_socks), "-o", str(tmp_path),
+                        "--record", str(tmp_path / "rec.jsonl"))
+    client = start_client("close_first", port, count, "ev-client")
+    try:
+        client.done(), server.done()  # the server holds 400 CLOSE_WAITs: more than the map
+    finally:
+        server.release(), client.release()  # its exit closes them: CLOSE_WAIT->LAST_ACK->CLOSE
+    time.sleep(0.3)
+    trace.send_signal(signal.SIGTERM)
+    _, err = trace.communicate(timeout=60)
+    assert trace.returncode == 0, err
+    from agent import layout, records
+    from agent.summary import evicted
+
+    events, run = records.read_recording(tmp_path / "rec.jsonl")
+    gone = evicted(run)
+    assert count - max_socks <= gone <= count
+    rows = [r for r in read_csv(tmp_path / "connections.csv") if r["comm"] == "ev-server"]
+    assert len(rows) == count and {r["initiator"] for r in rows} == {"passive"}
+    assert {r["pid"] for r in rows} == {str(server.pid)}
+    lives = events[(events["kind"] == "life") & (events["comm"] == "ev-server")]
+    assert ((lives["flags_raw"].astype(int) & layout.DEFINES["FLAG_PARTIAL"]) != 0).sum() == gone
+    assert f"{gone} lives evicted" in (tmp_path / "summary.txt").read_text()

@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 
-from agent import aggregate, lifecycle, summary
+from agent import aggregate, lifecycle, records, summary
 from agent.filters import Filters
 from agent.session import Tracer
 from agent.workload import start_client, start_server
@@ -51,7 +51,7 @@ class Traced:
         frames = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            frames.append(self.tracer.drain())
+            frames.append(records.decode(self.tracer.drain(), 0))
             if until(pd.concat(frames)):
                 return
             time.sleep(0.5)
