@@ -193,7 +193,16 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
             time.sleep(0.5)  # the last closes
             tracer.send_signal(signal.SIGINT)
-            tracer.communicate(timeout=900)
+            if mode in TCPCLOSE_MODES:  # it writes its files on the way out: wait for them
+                tracer.communicate(timeout=900)
+            else:
+                # tcpstates may never see the SIGINT: a KeyboardInterrupt raised inside its
+                # per-event ctypes callback is printed and dropped.  Its output is on disk already.
+                try:
+                    tracer.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    tracer.kill()
+                    tracer.communicate()
         if mode in TCPCLOSE_MODES:
             run = json.loads((out / "run.json").read_text())
             procs = pd.read_csv(out / "processes.csv")

@@ -159,9 +159,10 @@ class Probe:
         """Every record submitted since the last call, as a struct tcpclose_event array."""
         return self._reader.read()
 
-    def poll_transitions(self):
-        """--transitions: every transition submitted since the last call (struct tcpclose_transition)."""
-        return self._transitions.read() if self._transitions else np.zeros(0, layout.TRANSITION_DTYPE)
+    def poll_transitions(self, limit: int | None = None):
+        """--transitions: the transitions submitted since the last call, the oldest `limit` of
+        them at most (struct tcpclose_transition)."""
+        return self._transitions.read(limit) if self._transitions else np.zeros(0, layout.TRANSITION_DTYPE)
 
     def open_lives(self) -> np.ndarray:
         """The records of the lives still in the socks map (not yet ->CLOSE)."""

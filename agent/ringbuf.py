@@ -49,11 +49,13 @@ class RingReader:
         self._sample = sample
         self._record = record_dtype(sample)
 
-    def read(self) -> np.ndarray:
-        """The committed records since the last read (copied), and give their space back."""
+    def read(self, limit: int | None = None) -> np.ndarray:
+        """The committed records since the last read (copied; at most `limit`), and give their space back."""
         cons = struct.unpack_from("<Q", self._consumer, 0)[0]
         prod = struct.unpack_from("<Q", self._producer, 0)[0]
         count = (prod - cons) // self._record.itemsize
+        if limit is not None:
+            count = min(count, limit)
         if count <= 0:
             return np.empty(0, self._sample)
         batch = np.frombuffer(self._producer, self._record, count, self._page + (cons & self._mask))

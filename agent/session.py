@@ -132,8 +132,8 @@ class Tracer:
             self.tally["timewaits"] += int((closed & handed).sum())
         if self._watch:
             self._keep(records.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
-        if self._transitions:  # after the lives: this stream may take a while to write
-            self._transitions.write(self._probe.poll_transitions())
+        if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
+            self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
         return raw
 
     def progress(self) -> tuple[int, int, int]:
@@ -147,6 +147,8 @@ class Tracer:
     def finish(self) -> tuple[pd.DataFrame, dict]:
         """Last drain, the lives still open, the counters; unloads the probe."""
         self.drain()
+        if self._transitions:  # what is left of the stream, whole: the run is over
+            self._transitions.write(self._probe.poll_transitions())
         ended_at = time.time()
         open_raw = self._probe.open_lives()
         self._learn_owners_netns(open_raw)

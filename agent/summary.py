@@ -126,8 +126,8 @@ def transitions_line(t: dict) -> str:
     line = f"Transitions: {t['written']} of {t['offered']} written to {where}"
     if t["lost"]:
         line += f"; {t['lost']} lost (their ring buffer was full: the writer fell behind)"
-    if t["unaccounted"]:
-        line += f"; {t['unaccounted']} taken from the ring but not written"
+    if t["in_flight_at_end"]:
+        line += f"; {t['in_flight_at_end']} offered as tracing ended, after the last read"
     return line
 
 

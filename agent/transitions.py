@@ -6,8 +6,9 @@ the peer, ksoftirqd or the idle task: that one is `task_pid`), and what the
 stream lost is counted, in run.json ("transitions") and the summary.
 
 The records come through a ring buffer of their own (bpf/tcpclose.bpf.c), ten
-times the rate of the life records; a reader that falls behind on them loses
-transitions (counted: `lost`), never a life.  Writing CSV costs about 4 us a
+times the rate of the life records, and the tracer writes at most PER_DRAIN of
+them each time it polls: a writer that falls behind loses transitions
+(counted: `lost`), never a life.  Writing CSV costs about 4 us a
 row in Python, so at full loopback churn (~250 000 transitions/s) the stream
 alone takes a core: use it for raw detail, not to leave running.
 """
@@ -22,6 +23,10 @@ import pandas as pd
 from . import layout, records
 from .errors import open_for_writing
 
+# Transitions written per poll of the tracer, about 0.1 s of CSV: a writer behind
+# the stream leaves the rest in its ring (which then drops, counted) rather than
+# keep the tracer from draining the life records' ring meanwhile.
+PER_DRAIN = 25_000
 COLUMNS = ["time", "pid", "comm", "owner_src", "task_pid", "family", "laddr", "lport", "raddr", "rport",
            "oldstate", "newstate", "skaddr"]
 
@@ -70,6 +75,6 @@ class Writer:
 def accounting(written: int, counters: dict[str, int], path: str) -> dict:
     """run.json's "transitions": what the BPF side offered, what the ring lost, what was written."""
     offered, lost = counters.get("transitions", 0), counters.get("transition_drops", 0)
-    # offered - lost - written: taken off the ring but not written (0 unless the writer failed mid-way)
+    # offered - lost - written: offered after the last read of the ring, as tracing ended
     return {"file": path, "offered": offered, "lost": lost, "written": written,
-            "unaccounted": offered - lost - written}
+            "in_flight_at_end": offered - lost - written}

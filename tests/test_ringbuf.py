@@ -92,3 +92,13 @@ def test_a_ring_of_transitions_is_read_with_its_own_stride():
     got = reader.read()
     assert list(got["pid"]) == [7, 8, 9] and set(got["newstate"]) == {layout.DEFINES["TCP_CLOSE"]}
     assert ring.cons == 3 * (8 + layout.TRANSITION_DTYPE.itemsize)
+
+
+def test_a_limited_read_takes_the_oldest_and_leaves_the_rest_for_the_next():
+    ring = FakeRing()
+    for pid in (1, 2, 3):
+        ring.submit(raw(pid=pid))
+    reader = ring.reader()
+    assert list(reader.read(limit=2)["pid"]) == [1, 2]
+    assert ring.cons == 2 * REC
+    assert list(ring.reader().read(limit=2)["pid"]) == [3]

@@ -21,7 +21,7 @@ def test_a_transitions_stream_that_fell_behind_says_how_much_it_lost():
     from agent import transitions
 
     t = transitions.accounting(900, {"transitions": 1000, "transition_drops": 100}, "/tmp/t.csv")
-    assert (t["lost"], t["unaccounted"]) == (100, 0)
+    assert (t["lost"], t["in_flight_at_end"]) == (100, 0)
     line = summary.transitions_line(t)
     assert line.startswith("Transitions: 900 of 1000 written to /tmp/t.csv; 100 lost")
     whole = summary.transitions_line(transitions.accounting(5, {"transitions": 5}, "-"))
