@@ -173,8 +173,8 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
     netns_path = netns_option_path(netns)
     if print_bpf:
         from . import layout, loader
-        click.echo(" ".join(loader.compile_flags(filters, aggregates=aggregates,
-                                                 transitions=transitions_to is not None)))
+        click.echo(" ".join(loader.compile_flags(filters, aggregates=aggregates, transitions=transitions_to is not None,
+                                                 max_socks=max_sockets or loader.MAX_SOCKS)))
         click.echo(layout.PROGRAM.read_text(), nl=False)
         return
     from .progress import Progress

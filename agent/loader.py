@@ -20,7 +20,7 @@ TW_TIMER_SYMBOL = "tw_timer_handler"  # the callback of every timewait socket's 
 MODULES_DIR = Path("/lib/modules")
 KALLSYMS = Path("/proc/kallsyms")
 
-MAX_SOCKS = 131072  # live sockets followed at once (~160 B each: 20 MiB); trace --max-sockets
+MAX_SOCKS = 131072  # live sockets followed at once (~200 B each with key and map overhead: 26 MiB); --max-sockets
 MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)

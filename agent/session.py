@@ -73,11 +73,13 @@ class Tracer:
     def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
         """Keep what arrived.  BPF records stay raw until finish() decodes them all at
         once: 160 bytes a life while tracing instead of a DataFrame row of about 600,
-        and no decoding while the traced workload runs.  A recording is written as it goes."""
+        and no decoding while the traced workload runs.  A recording is written as it
+        goes, so with one the batch is decoded now, once, and kept decoded."""
         if len(part):
-            self._parts.append(part)
             if self._recorder:
-                self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
+                part = self._decoded(part) if isinstance(part, np.ndarray) else part
+                self._recorder.write(part)
+            self._parts.append(part)
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = records.decode(raw, self._offset_ns, self.hz)
