@@ -21,7 +21,12 @@ the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
 whose timer events were missed (end unknown, or never claimed).  "BPF
 ns/transition" is the kernel's own timing of the state-change program per
 run, and "BPF cores" the time all of tcpclose's programs ran, per second: the
-cost paid inside the traced workload, which its noisy rate hides.  For
+cost paid inside the traced workload, which its noisy rate hides.  The kernel
+times programs only while BPF stats are on, and the timing costs two clock
+reads a run (a paravirtual clock on a VM), so the bench turns them on for a
+window in the middle of each traced run only (STATS_WINDOW_S), not for the
+runs' rates.  "empty program" is the floor: a program that returns at once,
+on the same tracepoint; its ns/transition is the timing's own overhead.  For
 --transitions: transitions expected (10 per connection), written to the file,
 and lost as the BPF side counted them.
 """
@@ -67,6 +72,52 @@ def enable_bpf_stats() -> int | None:
     attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)
     fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
     return fd if fd >= 0 else None
+
+
+STATS_WINDOW_S = 10.0  # BPF stats on for this long in the middle of each traced run
+EMPTY_PROGRAM = "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }"
+
+
+class StatsWindow(threading.Thread):
+    """BPF stats on for a window in the middle of the workload (enable_bpf_stats), off
+    before and after: the rates are measured without the timing's overhead, and the
+    programs' run_time_ns cover the window only."""
+
+    def __init__(self, seconds: float):
+        super().__init__(daemon=True)
+        self.length = min(STATS_WINDOW_S, seconds / 2)
+        self.delay = (seconds - self.length) / 2
+        self.seconds = None  # how long the stats were on; None: the kernel refused them
+        self.start()
+
+    def run(self):
+        time.sleep(self.delay)
+        fd = enable_bpf_stats()
+        if fd is None:
+            return
+        began = time.monotonic()
+        time.sleep(self.length)
+        os.close(fd)
+        self.seconds = time.monotonic() - began
+
+
+def program_stats(fds: dict[str, int]) -> dict[str, dict[str, int]]:
+    """run_time_ns and run_cnt of programs loaded here, from their fdinfo (as tcpclose's run.json)."""
+    out = {}
+    for name, fd in fds.items():
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                      if ":" in line)
+        out[name] = {key: int(fields[key]) for key in ("run_time_ns", "run_cnt") if key in fields}
+    return out
+
+
+def bpf_cost(programs: dict[str, dict[str, int]], window: StatsWindow) -> dict:
+    """BPF ns/transition (the state-change program) and BPF cores (all programs) over the window."""
+    state = programs.get(STATE_PROGRAM, {})
+    if window.seconds is None or not state.get("run_cnt"):
+        return {}
+    return {"bpf_ns_per_transition": state["run_time_ns"] / state["run_cnt"],
+            "bpf_cores": sum(p.get("run_time_ns", 0) for p in programs.values()) / 1e9 / window.seconds}
 
 
 def _cpu_s(pid: int) -> float:
@@ -132,7 +183,7 @@ TCPCLOSE_MODES = {
     "tcpclose --aggregates": ["--aggregates"],
     "tcpclose --transitions": ["--transitions", "{out}/transitions.csv"],
 }
-MODES = ["untraced", *TCPCLOSE_MODES, "tcpstates"]
+MODES = ["untraced", "empty program", *TCPCLOSE_MODES, "tcpstates"]
 
 
 def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
@@ -167,13 +218,16 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                         *(["--server-closes-first"] if first else []),
                         stdout=subprocess.PIPE, text=True, start_new_session=True)
                for first in (0, 1)]
-    tracer = None
+    tracer = empty = None
     try:
         for server in servers:
             for _ in range(2):
                 server.stdout.readline()
         row: dict = {"mode": mode}
-        if mode != "untraced":
+        if mode == "empty program":  # loaded here, by the bench itself
+            from bcc import BPF
+            empty = BPF(text=EMPTY_PROGRAM)
+        elif mode != "untraced":
             tracer, row["start_s"] = start_tracer(mode, out)
             cpu0 = _cpu_s(tracer.pid)
             rss = RssSampler(tracer.pid)
@@ -184,7 +238,12 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             workers.append(ns.popen("-m", "agent.churn", "client", "--port", str(PORT + first),
                                     "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}", *per_client,
                                     *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, text=True))
+        window = StatsWindow(seconds) if mode != "untraced" else None
         connections = sum(int(w.communicate()[0]) for w in workers)
+        if window:
+            window.join()
+        if empty:
+            row.update(bpf_cost(program_stats({name.decode(): fn.fd for name, fn in empty.funcs.items()}), window))
         row["rate"] = connections / seconds
         row["lives_expected"] = 2 * connections
         if tracer:
@@ -213,12 +272,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["drops"] = counters["ringbuf_drops"]
             row["evicted"] = evicted(run)
             row["skipped"] = counters.get("recursion_misses", 0)
-            # what the programs cost inside the traced workload, timed by the kernel (enable_bpf_stats)
-            programs = run.get("programs", {})
-            state = programs.get(STATE_PROGRAM, {})
-            if state.get("run_cnt"):
-                row["bpf_ns_per_transition"] = state["run_time_ns"] / state["run_cnt"]
-                row["bpf_cores"] = sum(p.get("run_time_ns", 0) for p in programs.values()) / 1e9 / seconds
+            # what the programs cost inside the traced workload, timed by the kernel in the window
+            row.update(bpf_cost(run.get("programs", {}), window))
             # the kernel's own count of timewait sockets made in the namespace: one per connection here
             row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
             # TIME_WAITs whose end the timers lost, and timers no close claimed (0 with --timewait none)
@@ -239,6 +294,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                                for w in line.split() if w.isdigit())
         return row
     finally:
+        if empty:
+            empty.cleanup()
         if tracer and tracer.poll() is None:
             tracer.kill()
         for server in servers:
@@ -307,7 +364,11 @@ def main() -> None:
     if "tcpstates" in modes and not Path(TCPSTATES).exists():
         modes.remove("tcpstates")
     console = Console(width=160)
-    stats_fd = enable_bpf_stats()
+    probe = enable_bpf_stats()  # can the kernel time BPF programs? (on in each run's window only)
+    if probe is None:
+        console.print("BPF stats: the kernel refused BPF_ENABLE_STATS, so the BPF columns stay empty")
+    else:
+        os.close(probe)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     console.print(f"machine: {os.cpu_count()} cores ({cpu}), Linux {os.uname().release}; "
@@ -320,8 +381,6 @@ def main() -> None:
                 console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
                 rows.append(row)
         console.print(table(rows, rate))
-    if stats_fd is None:
-        console.print("BPF stats: the kernel refused BPF_ENABLE_STATS, so the BPF columns are empty")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,18 @@ static __always_inline void emit(struct tcpclose_event *e)
  *              (inet_twsk_deschedule_put).  Decided at this CPU's next timer
  *              event, or when T's memory is set up as a new timer
  *              (timer_init), or at the end of tracing.
- * timer_cancel and timer_init carry only the address, so they cost a lookup
- * for every kernel timer; the others test the callback first.
+ * timer_start is a classic tracepoint, whose format carries the callback and
+ * the timeout, so every other timer is passed over at once.  timer_cancel,
+ * timer_init and timer_expire_entry are raw tracepoints: the timer's address
+ * is their first argument (ctx->args[0]) and nothing is read through it, so no
+ * kernel header is involved; they cost a lookup for every kernel timer.  Raw,
+ * because a classic tracepoint program is skipped whenever any classic tracing
+ * program is already running on that CPU (the kernel's per-CPU
+ * bpf_prog_active), and these fire in the timer softirq and in the paths that
+ * interrupt inet_sock_set_state: as classic ones they were skipped ~10 000
+ * times a minute at full churn (recursion_misses in run.json), each skip a
+ * TIME_WAIT expiry or kill misread.  A raw tracepoint program is skipped only
+ * when it interrupts itself.
  */
 #ifdef TW_TIMER_FN
 #define TW_LINK_WINDOW_NS 1000000 /* timer_start to ->CLOSE: microseconds; 1 ms is generous */
@@ -205,18 +215,24 @@ TRACEPOINT_PROBE(timer, timer_start)
 	return 0;
 }
 
-TRACEPOINT_PROBE(timer, timer_expire_entry)
+/* Raw, like timer_cancel: it runs in the timer softirq, which interrupts classic
+ * programs, and as a classic one it was skipped thousands of times a minute at
+ * full churn, each skip a TIME_WAIT expiry taken for a kill.  Its arguments are
+ * the timer's address and the wheel's clock; the callback would have to be read
+ * from struct timer_list, so a timewait timer is told by being in tws instead
+ * (tw sockets come from a slab cache of their own, so an address in tws holds
+ * a timewait timer until that entry ends).  Any other timer's expiry is still
+ * "this CPU's next timer event" for a pending kill. */
+RAW_TRACEPOINT_PROBE(timer_expire_entry)
 {
-	if ((u64)args->function != TW_TIMER_FN)
-		return 0;
-	u64 timer = (u64)args->timer;
+	u64 timer = ctx->args[0]; /* struct timer_list * */
 	struct tw_cpu *c = this_cpu_tw();
 	if (c) {
 		if (c->last_cancel == timer)
 			c->last_cancel = 0;
 		if (c->pending_kill == timer)
 			c->pending_kill = 0;
-		else
+		else if (c->pending_kill)
 			settle_cancel(c, timer);
 	}
 	struct tw_state *t = tws.lookup(&timer);
@@ -225,9 +241,9 @@ TRACEPOINT_PROBE(timer, timer_expire_entry)
 	return 0;
 }
 
-TRACEPOINT_PROBE(timer, timer_cancel)
+RAW_TRACEPOINT_PROBE(timer_cancel)
 {
-	u64 timer = (u64)args->timer;
+	u64 timer = ctx->args[0]; /* struct timer_list * */
 	struct tw_cpu *c = this_cpu_tw();
 	if (!c)
 		return 0;
@@ -243,9 +259,9 @@ TRACEPOINT_PROBE(timer, timer_cancel)
 
 /* timer_setup() on memory that held a cancelled timer: whatever comes next
  * for this address is a new timer, not a re-arm. */
-TRACEPOINT_PROBE(timer, timer_init)
+RAW_TRACEPOINT_PROBE(timer_init)
 {
-	u64 timer = (u64)args->timer;
+	u64 timer = ctx->args[0]; /* struct timer_list * */
 	struct tw_cpu *c = this_cpu_tw();
 	if (!c)
 		return 0;
