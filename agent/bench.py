@@ -242,7 +242,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         connections = sum(int(w.communicate()[0]) for w in workers)
         if window:
             window.join()
-        if empty:
+        if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
             row.update(bpf_cost(program_stats({name.decode(): fn.fd for name, fn in empty.funcs.items()}), window))
         row["rate"] = connections / seconds
         row["lives_expected"] = 2 * connections
@@ -294,7 +294,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                                for w in line.split() if w.isdigit())
         return row
     finally:
-        if empty:
+        if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
             empty.cleanup()
         if tracer and tracer.poll() is None:
             tracer.kill()
