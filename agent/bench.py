@@ -49,6 +49,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from . import loader
 from .summary import evicted
 
 PORT = 9000  # the server that waits for the client's close; PORT + 1 closes first
@@ -99,16 +100,6 @@ class StatsWindow(threading.Thread):
         time.sleep(self.length)
         os.close(fd)
         self.seconds = time.monotonic() - began
-
-
-def program_stats(fds: dict[str, int]) -> dict[str, dict[str, int]]:
-    """run_time_ns and run_cnt of programs loaded here, from their fdinfo (as tcpclose's run.json)."""
-    out = {}
-    for name, fd in fds.items():
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
-                      if ":" in line)
-        out[name] = {key: int(fields[key]) for key in ("run_time_ns", "run_cnt") if key in fields}
-    return out
 
 
 def bpf_cost(programs: dict[str, dict[str, int]], window: StatsWindow) -> dict:
@@ -243,7 +234,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         if window:
             window.join()
         if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
-            row.update(bpf_cost(program_stats({name.decode(): fn.fd for name, fn in empty.funcs.items()}), window))
+            row.update(bpf_cost(loader.program_stats(empty), window))
         row["rate"] = connections / seconds
         row["lives_expected"] = 2 * connections
         if tracer:

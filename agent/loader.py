@@ -101,6 +101,23 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
     return flags
 
 
+def program_stats(bpf) -> dict[str, dict[str, int]]:
+    """Per program loaded in a bcc BPF object, from its fdinfo: recursion_misses (runs the
+    kernel skipped because one of ours was already active on that CPU; Linux 5.12+), and
+    run_time_ns and run_cnt, which the kernel counts only while BPF stats are enabled (see
+    agent.bench's enable_bpf_stats), else 0."""
+    out = {}
+    for name, fn in bpf.funcs.items():
+        try:
+            info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        out[name.decode()] = {key: int(fields[key]) for key in ("run_time_ns", "run_cnt", "recursion_misses")
+                              if key in fields and fields[key].strip().isdigit()}
+    return out
+
+
 class Probe:
     """The loaded program: poll() returns the raw records handed over since the last call.
 
@@ -213,20 +230,7 @@ class Probe:
         }
 
     def program_stats(self) -> dict[str, dict[str, int]]:
-        """Per attached program, from its fdinfo: recursion_misses (runs the kernel skipped
-        because one of ours was already active on that CPU; Linux 5.12+), and run_cnt and
-        run_time_ns, which the kernel counts only while BPF stats are enabled (see
-        agent.bench's enable_bpf_stats), else 0."""
-        out = {}
-        for name, fn in self._bpf.funcs.items():
-            try:
-                info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-            out[name.decode()] = {key: int(fields[key]) for key in ("run_time_ns", "run_cnt", "recursion_misses")
-                                  if key in fields and fields[key].strip().isdigit()}
-        return out
+        return program_stats(self._bpf)
 
     def close(self) -> None:
         self._bpf.cleanup()
