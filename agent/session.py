@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import kernel, layout, records, sockets, transitions
+from . import kernel, layout, records, sockets, spool, transitions
 from .errors import TracepointMissing
 from .filters import Filters
 from .progress import Progress
@@ -64,22 +64,24 @@ class Tracer:
         self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
         self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                    transitions=transitions_to is not None, max_socks=max_socks or loader.MAX_SOCKS)
-        # what arrived, in order: BPF records kept raw, frames made from sock_diag as they are
-        self._parts: list[np.ndarray | pd.DataFrame] = []
+        # what arrived, in order: BPF records as spans of the spool (raw, on disk), frames
+        # made from sock_diag as they are
+        self._spool = spool.Spool(layout.EVENT_DTYPE)
+        self._parts: list[range | pd.DataFrame] = []
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self.started_at = time.time()
         self._snapshot_at_start()
 
     def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
-        """Keep what arrived.  BPF records stay raw until finish() decodes them all at
-        once: 160 bytes a life while tracing instead of a DataFrame row of about 600,
-        and no decoding while the traced workload runs.  A recording is written as it
-        goes, so with one the batch is decoded now, once, and kept decoded."""
-        if len(part):
-            if self._recorder:
-                part = self._decoded(part) if isinstance(part, np.ndarray) else part
-                self._recorder.write(part)
-            self._parts.append(part)
+        """Keep what arrived.  BPF records go to the spool raw, and finish() decodes them
+        all at once: the tracer's memory stays flat however long it runs, and nothing is
+        decoded while the traced workload runs.  A recording is written as it goes, so
+        with one the batch is also decoded now for the recording."""
+        if not len(part):
+            return
+        if self._recorder:
+            self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
+        self._parts.append(self._spool.append(part) if isinstance(part, np.ndarray) else part)
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = records.decode(raw, self._offset_ns, self.hz)
@@ -87,18 +89,10 @@ class Tracer:
         return frame
 
     def _events(self) -> pd.DataFrame:
-        """Every part kept, decoded, in arrival order (consecutive raw batches decoded together)."""
-        frames, raw = [], []
-        for part in [*self._parts, None]:
-            if isinstance(part, np.ndarray):
-                raw.append(part)
-                continue
-            if raw:
-                frames.append(self._decoded(np.concatenate(raw)))
-                raw = []
-            if part is not None:
-                frames.append(part)
+        """Every part kept, decoded, in arrival order; the spool is emptied."""
+        frames = spool.in_order(self._parts, self._spool.read(), self._decoded)
         self._parts = []
+        self._spool.close()
         return records.concat(frames)
 
     def _snapshot_at_start(self) -> None:
