@@ -1,8 +1,12 @@
 """Per-process figures from the connection rows (pandas)."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
+
+from . import lifecycle
 
 PROCESS_COLUMNS = [
     "pid", "comm", "connections", "active_closes", "passive_closes", "simultaneous_closes",
@@ -58,6 +62,28 @@ def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
     ).reset_index()
     out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
     return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].reset_index(drop=True)
+
+
+def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:
+    """The ended lives' counts per owner, as the procs map of --aggregates holds them (one
+    dict per owner: pid, None when never learnt, comm, lives and one count per close kind),
+    made from decoded events one frame at a time: for a run too big to analyse whole."""
+    kinds = ["active", "passive", "simultaneous", "reset_local", "reset_remote", "never_established"]
+    total = None
+    for frame in frames:
+        lives = frame[frame["kind"] == "life"]
+        if not len(lives):
+            continue
+        known = lives["owner_src"].to_numpy(object) != "none"
+        part = pd.crosstab([np.where(known, lives["pid"], 0), np.where(known, lives["comm"], "")],
+                           lifecycle.initiators(lives)).reindex(columns=kinds, fill_value=0)
+        total = part if total is None else total.add(part, fill_value=0)
+    if total is None:
+        return []
+    total = total.astype(int)
+    return [{"pid": int(pid) or None, "comm": comm, "lives": int(row.sum()), **row.to_dict(),
+             "timewait": int(row["active"] + row["simultaneous"])}  # each hands over to a timewait socket
+            for (pid, comm), row in total.iterrows()]
 
 
 # --aggregates: the procs map's counts (bpf/tcpclose.h A_x) and the columns they fill

@@ -112,7 +112,9 @@ def report(events, run: dict, out: Path | None, show: bool = False, err: bool = 
     if out:
         paths = write()
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-        if "aggregates" in run:
+        if "analysis_skipped" in run:
+            click.echo(summary.analysis_skipped_line(run["analysis_skipped"]), err=True)
+        elif "aggregates" in run:
             click.echo("--aggregates keeps per-process counts only: no connections.csv and no report.html", err=True)
         else:
             click.echo(f"the incident report: {out / 'report.html'}", err=True)

@@ -133,7 +133,8 @@ def sockets_now(counts: dict) -> list[dict]:
 
 
 AGGREGATES_ONLY = finding(
-    "aggregates", "info", "This run kept per-process counts only (--aggregates): no finding about single "
+    "aggregates", "info", "This run kept per-process counts only (--aggregates, or too many socket lives to "
+    "analyse in memory): no finding about single "
     "connections, peers or ports can be drawn from it; its processes.csv has who closed first.",
     "run.json has \"aggregates\" and no per-connection records")
 

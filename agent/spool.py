@@ -48,6 +48,15 @@ class Spool:
         self._file.seek(0, os.SEEK_END)
         return np.frombuffer(data, self.dtype)
 
+    def batches(self, size: int):
+        """The records in order, `size` at a time: all of them without holding them all."""
+        self._file.flush()
+        for start in range(0, self.count, size):
+            self._file.seek(start * self.dtype.itemsize)
+            n = min(size, self.count - start)
+            yield np.frombuffer(self._file.read(n * self.dtype.itemsize), self.dtype)
+        self._file.seek(0, os.SEEK_END)
+
     def close(self) -> None:
         self._file.close()
 

@@ -120,6 +120,16 @@ def unseen(run: dict) -> dict[str, int]:
     }
 
 
+def analysis_skipped_line(skipped: dict) -> str:
+    """Why a run was counted per process only (session.Tracer._analysable)."""
+    gib = 2 ** 30
+    return (f"Too many socket lives to analyse in memory: {skipped['records']:,} records would need about "
+            f"{skipped['needed_bytes'] / gib:.1f} GiB, with {skipped['available_bytes'] / gib:.1f} GiB available. "
+            "They were counted per process only, as --aggregates does: no connections.csv and no report.html. "
+            "For per-connection files trace for less time (-d) or narrow it with filters; for long runs at "
+            "this rate use --aggregates.")
+
+
 def transitions_line(t: dict) -> str:
     """--transitions: what the raw stream holds, and what it lost."""
     where = "stdout" if t["file"] == "-" else t["file"]
@@ -277,6 +287,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: dict, width: int = 120
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
     if "transitions" in run:
         console.print(transitions_line(run["transitions"]))
+    if "analysis_skipped" in run:
+        console.print(analysis_skipped_line(run["analysis_skipped"]))
     if run.get("cut_short"):
         console.print("The recording was cut short: the tracer did not finish it.")
     return out.getvalue()

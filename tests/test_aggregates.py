@@ -48,3 +48,54 @@ def test_doctor_given_an_aggregates_run_says_what_it_cannot_tell(tmp_path):
         result = CliRunner().invoke(main, ["doctor", str(run), "--json"])
         assert result.exit_code == 0, result.output
         assert [f["topic"] for f in json.loads(result.output)["recording"]] == ["aggregates"]
+
+
+def test_counts_of_lives_in_batches_match_the_full_analysis(tmp_path):
+    """A run too big to analyse whole is counted batch by batch: the same counts per owner
+    as the connections of the whole run give, whatever the batches."""
+    from agent import aggregate, lifecycle, records
+    from streams import HZ, OFFSET_NS
+
+    lives = [
+        raw(skaddr=1, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")),
+        raw(skaddr=2, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING"),
+            last="CLOSING"),
+        raw(skaddr=3, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED", flags=1),
+        raw(skaddr=4, pid=10, comm="client", states=("SYN_SENT",), last="SYN_SENT"),
+        raw(skaddr=5, pid=20, comm="server", owner="listener",
+            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
+        raw(skaddr=6, pid=20, comm="server", owner="listener",
+            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
+        raw(skaddr=7, pid=20, comm="server", states=("ESTABLISHED",), last="ESTABLISHED"),
+        raw(skaddr=8, pid=0, comm="", owner="none", states=("FIN_WAIT2",), flags=4),
+        raw("open", skaddr=9, pid=20, comm="server", states=("SYN_RECV", "ESTABLISHED"), last="ESTABLISHED"),
+    ]
+    events = records.decode(b"".join(lives), OFFSET_NS, HZ)
+    whole = aggregate.processes(lifecycle.connections(events, 10.0 + OFFSET_NS / 1e9), 10.0 + OFFSET_NS / 1e9)
+    whole = whole.set_index("comm")
+    for size in (1, 2, 4, len(lives)):
+        frames = (events.iloc[i:i + size] for i in range(0, len(events), size))
+        counts = {c["comm"]: c for c in aggregate.counts_of_lives(frames)}
+        assert sorted(counts) == sorted(whole.index)
+        for comm, c in counts.items():
+            row = whole.loc[comm]
+            still_open = int(((events["kind"] == "open") & (events["comm"] == comm)).sum())
+            assert c["pid"] == (None if comm == "" else row["pid"])
+            assert c["lives"] == row["connections"] - still_open
+            assert (c["active"], c["passive"], c["simultaneous"], c["reset_local"], c["reset_remote"]) == (
+                row["active_closes"], row["passive_closes"], row["simultaneous_closes"],
+                row["resets_local"], row["resets_remote"])
+            assert c["timewait"] == row["active_closes"] + row["simultaneous_closes"]
+    assert counts["client"]["never_established"] == 1 and counts[""]["active"] == 1
+
+
+def test_a_run_counted_only_says_why_and_what_to_do(tmp_path):
+    skipped = {"records": 16_000_000, "needed_bytes": 19_200_000_000, "available_bytes": 20 * 2 ** 30}
+    replay(tmp_path, raw(), ended=10.0, aggregates=COUNTS, analysis_skipped=skipped)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+    for text in (result.output, (out / "summary.txt").read_text()):
+        assert "16,000,000 records would need about 17.9 GiB, with 20.0 GiB available" in text
+        assert "use --aggregates" in text

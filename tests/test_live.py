@@ -158,3 +158,35 @@ def test_pid_filter_keeps_only_that_process():
     assert set(conns["pid"]) == {server.pid}
     assert (conns["lport"] == port).sum() == N
     assert run["counters"]["lives_filtered"] >= N
+
+
+def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, tmp_path):
+    """When decoding every life would not fit in memory, the lives are counted per owner from
+    the spool, a few records at a time, and the report says so."""
+    from agent import cli, session
+
+    monkeypatch.setattr(session, "ANALYSIS_BYTES_PER_RECORD", 2 ** 50)  # nothing fits
+    monkeypatch.setattr(session, "SPOOL_BATCH", 7)  # batches that cut the run anywhere
+    tracer = Tracer(Filters())
+    server, port = start_server("wait_close", N, "tc-server")
+    try:
+        client = start_client("close_first", port, N, "tc-client")
+        client.done()
+        server.done()
+        time.sleep(0.3)  # the last ACKs
+        events, run = tracer.finish()
+    finally:
+        server.release()
+    client.release()
+    counts = {c["comm"]: c for c in run["aggregates"]}
+    assert counts["tc-client"]["pid"] == client.pid
+    assert [counts["tc-client"][k] for k in ("lives", "active", "passive", "timewait")] == [N, N, 0, N]
+    assert counts["tc-server"]["pid"] == server.pid
+    assert [counts["tc-server"][k] for k in ("lives", "active", "passive", "timewait")] == [N, 0, N, 0]
+    assert run["analysis_skipped"]["records"] >= 2 * N
+    out = tmp_path / "out"
+    cli.report(events, run, out)
+    assert not (out / "connections.csv").exists()
+    procs = pd.read_csv(out / "processes.csv").set_index("comm")
+    assert procs.loc["tc-client", ["connections", "active_closes", "timewait_count"]].tolist() == [N, N, N]
+    assert "Too many socket lives to analyse in memory" in (out / "summary.txt").read_text()
