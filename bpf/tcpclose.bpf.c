@@ -403,7 +403,9 @@ static __always_inline void take_owner(struct tcpclose_event *e)
 	u64 id = bpf_get_current_pid_tgid();
 	e->pid = id >> 32;
 	e->tid = (u32)id;
+#ifndef AGGREGATES /* the procs map is keyed by pid and comm only */
 	e->cgroup_id = bpf_get_current_cgroup_id();
+#endif
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->owner_src = OWNER_SYSCALL;
 }
@@ -594,8 +596,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (filtered_out(args->family, args->sport, args->dport))
 		return 0;
 
-	u64 now = bpf_ktime_get_ns();
 	struct tcpclose_event *e = socks.lookup(&sk);
+#ifdef AGGREGATES
+	/* The counts need no times; the lives still open at the end need when they began and
+	 * when they entered CLOSE_WAIT (its age), so the clock is read for those only. */
+	u64 now = !e || old == TCP_CLOSE || old == TCP_LISTEN || new == TCP_CLOSE_WAIT ? bpf_ktime_get_ns() : 0;
+#else
+	u64 now = bpf_ktime_get_ns();
+#endif
 	if (e && (old == TCP_CLOSE || old == TCP_LISTEN)) {
 		/* A new life on an address we still follow: the previous life's
 		 * ->CLOSE never reached us.  The kernel skips a tracepoint program

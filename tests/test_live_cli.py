@@ -136,6 +136,8 @@ def test_aggregates_count_the_same_closes_per_process_with_no_rows(tmp_path):
             rows["ag-client"]["timewait_count"]) == (str(N),) * 3
     assert (rows["ag-server"]["connections"], rows["ag-server"]["passive_closes"]) == (str(N), str(N))
     assert (rows["ag-leaky"]["connections"], rows["ag-leaky"]["close_wait_open"]) == ("3", "3")
+    # the clock is read at ->CLOSE_WAIT even in this mode: the CLOSE_WAITs have an age
+    assert 0 < float(rows["ag-leaky"]["close_wait_max_age_s"]) < 30
     assert rows["ag-caller"]["active_closes"] == "3"
     assert not (tmp_path / "connections.csv").exists()
     assert "ag-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "summary.txt").read_text()
