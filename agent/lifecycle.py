@@ -49,6 +49,14 @@ TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kerne
 _ESTABLISHED_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
 
 
+def _choose(conditions: list[np.ndarray], labels: list[str], default: str) -> np.ndarray:
+    """np.select for text labels, as an object array in which the rows share one str per
+    label: np.select itself makes a fixed-width text array, which pandas turns into a str
+    object for every row (about 60 bytes each, on millions of rows)."""
+    names = np.array([*labels, default], dtype=object)
+    return names[np.select(conditions, np.arange(len(labels)), len(labels))]
+
+
 def _entered(states_raw: pd.Series, state: str) -> np.ndarray:
     return (states_raw.to_numpy(np.int64) & (1 << layout.DEFINES["TCP_" + state])) != 0
 
@@ -82,7 +90,7 @@ def initiators(lives: pd.DataFrame) -> np.ndarray:
     for state in _ESTABLISHED_STATES:
         established |= _entered(states, state)
     rst_received = (flags & layout.DEFINES["FLAG_RST_RECEIVED"]) != 0
-    return np.select(
+    return _choose(
         [
             lives["kind"].to_numpy(object) == "open",
             ~established,
@@ -92,7 +100,7 @@ def initiators(lives: pd.DataFrame) -> np.ndarray:
             last == "LAST_ACK",
         ],
         ["open", "never_established", "reset_remote", "simultaneous", "active", "passive"],
-        default="reset_local",
+        "reset_local",
     )
 
 
@@ -166,7 +174,7 @@ def _timewaits(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray
         end_rec = _diag_ends(lives, timewaits, made_tw, closed_at)
     else:
         return {"tw_start": np.where(made_tw, closed_at, np.nan), "tw_end": np.full(n, np.nan),
-                "tw_s": np.full(n, np.nan), "tw_end_reason": np.where(made_tw, "open", "none"),
+                "tw_s": np.full(n, np.nan), "tw_end_reason": _choose([made_tw], ["open"], "none"),
                 "tw_fin_wait2_s": np.full(n, np.nan), "tw_overflow": np.zeros(n, dtype=bool)}
     how = end_rec["tw_end"].to_numpy(object)
     end_at = end_rec["event_at"].astype(float).to_numpy()
@@ -176,10 +184,10 @@ def _timewaits(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray
     # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
     reused[cancelled] = _reused(lives, np.flatnonzero(cancelled), end_at[cancelled], window)
-    reason = np.select(
+    reason = _choose(
         [linked & (how == "expired"), reused, cancelled, is_open, linked],
         ["expired", "reused", "killed", "open", "unknown"],
-        default="none",
+        "none",
     )
     ended = np.isin(reason, ["expired", "reused", "killed"])
     tw_end = np.where(ended, end_at, np.nan)
@@ -250,7 +258,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
         return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS)
     initiator = initiators(lives)
     states = lives["states_raw"]
-    role = np.select([_entered(states, "SYN_SENT"), _entered(states, "SYN_RECV")], ["client", "server"], "unknown")
+    role = _choose([_entered(states, "SYN_SENT"), _entered(states, "SYN_RECV")], ["client", "server"], "unknown")
     closed = lives["kind"].to_numpy(object) == "life"
     closed_at = np.where(closed, lives["event_at"].astype(float), np.nan)
     # the full socket handed over to a timewait socket at this ->CLOSE

@@ -64,6 +64,12 @@ def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     return np.array(text, dtype=object)[codes]
 
 
+def _comms(raw: np.ndarray) -> np.ndarray:
+    """Task names -> text, decoding each distinct name once (and sharing its str between rows)."""
+    codes, uniques = pd.factorize(raw)
+    return np.array([name.decode("utf-8", "replace") for name in uniques], dtype=object)[codes]
+
+
 def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None = None) -> pd.DataFrame:
     """Decode struct tcpclose_event records: concatenated bytes, or an array of EVENT_DTYPE.
 
@@ -84,7 +90,7 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         "skaddr": rec["skaddr"].astype(np.uint64),
         "pid": rec["pid"].astype(np.int64),
         "tid": rec["tid"].astype(np.int64),
-        "comm": np.char.decode(rec["comm"], "utf-8", "replace").astype(object),
+        "comm": _comms(rec["comm"]),
         "cgroup_id": rec["cgroup_id"].astype(np.uint64),
         "owner_src": pd.Series(rec["owner_src"]).map(layout.OWNER_SRC_NAMES).to_numpy(object),
         "family": pd.Series(rec["family"]).map(FAMILY_NAMES).to_numpy(object),

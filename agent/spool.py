@@ -2,7 +2,7 @@
 
 A busy host hands over tens of thousands of socket lives a second; kept in
 memory until the end of the run, their records (one struct tcpclose_event,
-about 180 bytes, each) grow the tracer by about a gigabyte every ten minutes.
+160 bytes, each) grow the tracer by gigabytes every ten minutes at full churn.
 The spool appends each batch to an unnamed temporary file instead, and hands
 it all back, in one array, when the run is analysed.
 """
