@@ -12,7 +12,8 @@ in the load.  For each rate it prints one table: the median of each mode over
 the repeats, its ratio to the untraced median of the same invocation, socket
 lives expected (2 per connection) vs reported (the churn processes' rows of
 processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
-the workload ran, and its time from start to 'Tracing'; runs over a minute
+the workload ran, its peak RSS over its whole life ("with report": the
+end-of-run analysis included), and its time from start to 'Tracing'; runs over a minute
 long also show its RSS after the first minute and at the end, and the growth
 between (a soak: --seconds 600).  "skipped" counts the
 transitions the kernel did not run the program for (BPF recursion on a CPU);
@@ -122,6 +123,15 @@ def _status_mib(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _wait_rusage(proc: subprocess.Popen):
+    """Wait for a tracer to write its files and exit; its resource usage over its whole
+    life (os.wait4), whose ru_maxrss includes the end-of-run analysis."""
+    proc.stderr.read()  # until it exits: it may print a lot, and must not block on the pipe
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage
 
 
 class RssSampler(threading.Thread):
@@ -244,7 +254,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             time.sleep(0.5)  # the last closes
             tracer.send_signal(signal.SIGINT)
             if mode in TCPCLOSE_MODES:  # it writes its files on the way out: wait for them
-                tracer.communicate(timeout=900)
+                row["rss_report_mib"] = _wait_rusage(tracer).ru_maxrss / 1024
             else:
                 # tcpstates may never see the SIGINT: a KeyboardInterrupt raised inside its
                 # per-event ctypes callback is printed and dropped.  Its output is on disk already.
@@ -305,6 +315,7 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "transitions lost (counted)": ("transitions_lost", ",.0f"),
     "BPF ns/transition": ("bpf_ns_per_transition", ",.0f"), "BPF cores": ("bpf_cores", ".3f"),
     "CPU cores": ("cpu_cores", ".2f"), "peak RSS MiB": ("rss_mib", ".0f"),
+    "peak RSS with report MiB": ("rss_report_mib", ".0f"),
     "RSS at 1 min": ("rss_1min_mib", ".0f"), "RSS at end": ("rss_end_mib", ".0f"), "RSS growth": ("rss_growth", "+.0%"),
     "start s": ("start_s", ".2f"),
 }
