@@ -46,6 +46,8 @@ REUSE_WINDOW_S = 1.0  # a connect() that reused a TIME_WAIT's 4-tuple opened wit
 DIAG_LINK_S = 5.0  # sock_diag polls: a timewait first seen this long after its close is still that close's
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kernel
 
+# what the timewait records are joined on and give (_timewait_ends, _diag_ends)
+_TIMEWAIT_COLUMNS = ["kind", "event_at", "tw_timer", "tw_start_at", "tw_rearm_at", "tw_end", *FOUR_TUPLE]
 _ESTABLISHED_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
 
 
@@ -252,8 +254,9 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
     lives = _with_existing(lives, events[events["kind"] == "existing"])
-    resets = events[events["kind"] == "reset_sent"]
-    timewaits = events[events["kind"].isin(["tw_end", "tw_open"])]
+    # the columns the joins read only: on a long run each copy of every column is gigabytes
+    resets = events.loc[events["kind"] == "reset_sent", ["event_at", "skaddr"]]
+    timewaits = events.loc[events["kind"].isin(["tw_end", "tw_open"]), _TIMEWAIT_COLUMNS]
     if not len(lives):
         return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS)
     initiator = initiators(lives)
