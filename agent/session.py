@@ -18,8 +18,8 @@ from .progress import Progress
 
 POLL_INTERVAL_S = 0.1
 # What analysing a run costs at its end, per BPF record in the spool: the decoded events,
-# the connections and the figures made from them.  Measured: 2.47 GiB at the peak for
-# 2.47 M records (60 s at 13 700 connections/s on the development VM), 1.05 kB a record;
+# the connections and the figures made from them.  Measured: 2.15 GiB at the peak for
+# 2.39 M records (60 s at 13 300 connections/s on the development VM), 0.97 kB a record;
 # 1.2 kB leaves a margin.
 ANALYSIS_BYTES_PER_RECORD = 1200
 ANALYSIS_SHARE_OF_MEMORY = 0.8  # of MemAvailable, for a run analysed whole
