@@ -148,7 +148,9 @@ class Tracer:
         return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
 
     def finish(self) -> tuple[pd.DataFrame, dict]:
-        """Last drain, the lives still open, the counters; unloads the probe."""
+        """Last drain, the lives still open, the counters; unloads the probe.  Returns the
+        events and the run; a run too big to analyse in memory comes back counted per
+        process instead (run["aggregates"] and run["analysis_skipped"]: see _analysable)."""
         self.drain()
         if self._transitions:  # what is left of the stream, whole: the run is over
             self._transitions.write(self._probe.poll_transitions())
