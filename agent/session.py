@@ -69,11 +69,11 @@ class Tracer:
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = records.Recorder(record_path) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
+        self._spool = spool.Spool(layout.EVENT_DTYPE)  # the BPF records until the end, on disk
         self._probe = loader.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                    transitions=transitions_to is not None, max_socks=max_socks or loader.MAX_SOCKS)
         # what arrived, in order: BPF records as spans of the spool (raw, on disk), frames
         # made from sock_diag as they are
-        self._spool = spool.Spool(layout.EVENT_DTYPE)
         self._parts: list[range | pd.DataFrame] = []
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self.started_at = time.time()

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .errors import CannotWrite
+
 # Where the spool goes unless TMPDIR says otherwise: /var/tmp is on disk by convention,
 # while /tmp is a tmpfs on many systems, where the spool would be memory again.
 DEFAULT_DIR = "/var/tmp"
@@ -27,9 +29,13 @@ class Spool:
     with the process however the process ends."""
 
     def __init__(self, dtype: np.dtype, directory: str | None = None):
-        if directory is None:
-            directory = os.environ.get("TMPDIR") or (DEFAULT_DIR if os.path.isdir(DEFAULT_DIR) else None)
-        self._file = tempfile.TemporaryFile(prefix="tcpclose-spool-", dir=directory)
+        if directory is None:  # None: tempfile's own choice (/tmp) where /var/tmp cannot be written
+            directory = os.environ.get("TMPDIR") or (DEFAULT_DIR if os.access(DEFAULT_DIR, os.W_OK) else None)
+        try:
+            self._file = tempfile.TemporaryFile(prefix="tcpclose-spool-", dir=directory)
+        except OSError as exc:
+            raise CannotWrite(f"cannot make the spool file in {directory or tempfile.gettempdir()}: "
+                              f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
         self.dtype = dtype
         self.count = 0
 

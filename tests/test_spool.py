@@ -1,11 +1,13 @@
 """The spool: raw records on disk while tracing, back in order at the end."""
 import os
+import tempfile
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from agent import layout, records, spool
+from agent.errors import CannotWrite
 from streams import OFFSET_NS, raw
 
 
@@ -61,3 +63,14 @@ def test_in_order_refuses_spans_that_skip_records(tmp_path):
     s = spool.Spool(layout.EVENT_DTYPE, str(tmp_path))
     with pytest.raises(ValueError, match="out of order"):
         spool.in_order([range(0, 1), range(2, 3)], s.read(), lambda part: pd.DataFrame())
+
+
+def test_without_a_writable_var_tmp_it_goes_to_tempfiles_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(spool, "DEFAULT_DIR", str(tmp_path / "missing"))
+    assert _where(spool.Spool(layout.EVENT_DTYPE)).startswith(tempfile.gettempdir() + "/")
+
+
+def test_a_spool_that_cannot_be_made_is_one_line_naming_the_fix(tmp_path):
+    with pytest.raises(CannotWrite, match=r"cannot make the spool file in .*missing: .*set TMPDIR"):
+        spool.Spool(layout.EVENT_DTYPE, str(tmp_path / "missing"))
