@@ -125,11 +125,20 @@ def _status_mib(pid: int, field: str) -> float:
     return float("nan")
 
 
+REPORT_TIMEOUT_S = 900  # a tracer still writing its files after this is killed
+
+
 def _wait_rusage(proc: subprocess.Popen):
-    """Wait for a tracer to write its files and exit; its resource usage over its whole
-    life (os.wait4), whose ru_maxrss includes the end-of-run analysis."""
-    proc.stderr.read()  # until it exits: it may print a lot, and must not block on the pipe
-    _, status, usage = os.wait4(proc.pid, 0)
+    """Wait for a tracer to write its files and exit (killed after REPORT_TIMEOUT_S); its
+    resource usage over its whole life (os.wait4), whose ru_maxrss includes the
+    end-of-run analysis."""
+    deadline = threading.Timer(REPORT_TIMEOUT_S, proc.kill)
+    deadline.start()
+    try:
+        proc.stderr.read()  # until it exits: it may print a lot, and must not block on the pipe
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        deadline.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return usage
 
