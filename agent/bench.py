@@ -9,7 +9,7 @@ a rate of 0 meaning as fast as it can.  With --closer both (the default) the
 even-numbered clients close first and the odd-numbered ones talk to a server
 that closes first, so both kinds of close, and TIME_WAITs on both sides, are
 in the load.  For each rate it prints one table: the median of each mode over
-the repeats, its ratio to the untraced median of the same invocation, socket
+the repeats and its ratio to the untraced runs of the same invocation, socket
 lives expected (2 per connection) vs reported (the churn processes' rows of
 processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
 the workload ran, its peak RSS over its whole life ("with report": the
@@ -22,7 +22,8 @@ the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
 whose timer events were missed (end unknown, or never claimed).  "BPF
 ns/transition" is the kernel's own timing of the state-change program per
 run, and "BPF cores" the time all of tcpclose's programs ran, per second: the
-cost paid inside the traced workload, which its noisy rate hides.  The kernel
+cost paid inside the traced workload, which its noisy rate hides; "CPU taken"
+adds the tracer's own CPU to it, as a share of the machine's cores.  The kernel
 times programs only while BPF stats are on, and the timing costs two clock
 reads a run (a paravirtual clock on a VM), so the bench turns them on for a
 window in the middle of each traced run only (STATS_WINDOW_S), not for the
@@ -30,6 +31,14 @@ runs' rates.  "empty program" is the floor: a program that returns at once,
 on the same tracepoint; its ns/transition is the timing's own overhead.  For
 --transitions: transitions expected (10 per connection), written to the file,
 and lost as the BPF side counted them.
+
+The ratio is paired: each repeat runs every mode once, in the same order, and a
+run's rate is divided by the untraced rate of its own repeat.  The rate of this
+workload drifts by 10-20 % over a few seconds on a VM, more than the cost being
+measured, so a ratio of one run to one run says little.  The table gives the
+median of the paired ratios and, from 4 repeats up, the middle half of them
+(first to third quartile): many short repeats (--seconds 15 --repeats 16) pin
+a ratio down better than a few long ones.
 """
 from __future__ import annotations
 
@@ -323,7 +332,7 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "transitions expected": ("transitions_expected", ",.0f"), "transitions written": ("transitions_written", ",.0f"),
     "transitions lost (counted)": ("transitions_lost", ",.0f"),
     "BPF ns/transition": ("bpf_ns_per_transition", ",.0f"), "BPF cores": ("bpf_cores", ".3f"),
-    "CPU cores": ("cpu_cores", ".2f"), "peak RSS MiB": ("rss_mib", ".0f"),
+    "CPU cores": ("cpu_cores", ".2f"), "CPU taken": ("cpu_taken", ".1%"), "peak RSS MiB": ("rss_mib", ".0f"),
     "peak RSS with report MiB": ("rss_report_mib", ".0f"),
     "RSS at 1 min": ("rss_1min_mib", ".0f"), "RSS at end": ("rss_end_mib", ".0f"), "RSS growth": ("rss_growth", "+.0%"),
     "start s": ("start_s", ".2f"),
@@ -336,8 +345,13 @@ def table(rows: list[dict], rate: float) -> Table:
         frame["lives_lost"] = frame["lives_expected"] - frame["lives_reported"]
     if "rss_end_mib" in frame:
         frame["rss_growth"] = frame["rss_end_mib"] / frame["rss_1min_mib"] - 1
+    if "bpf_cores" in frame:  # BPF and user-space time together, per core: what the workload cannot have
+        tracer = frame["cpu_cores"].fillna(0) if "cpu_cores" in frame else 0  # the empty program has no process
+        frame["cpu_taken"] = (frame["bpf_cores"] + tracer) / os.cpu_count()
+    untraced = frame[frame["mode"] == "untraced"].set_index("repeat")["rate"]  # a soak may have none
+    frame["ratio"] = frame["rate"] / frame["repeat"].map(untraced)
     medians = frame.groupby("mode", sort=False).median(numeric_only=True)
-    base = medians.loc["untraced", "rate"] if "untraced" in medians.index else float("nan")  # a soak may skip it
+    quartiles = frame.groupby("mode", sort=False)["ratio"].quantile([0.25, 0.75]).unstack()
     title = f"target rate: {'maximum' if not rate else f'{rate:g}/s'}, {frame.groupby('mode').size().iloc[0]} repeat(s), medians"
     out = Table(title=title)  # one column per mode, one row per figure: 20 figures fit no terminal's width
     out.add_column("", justify="left")
@@ -350,7 +364,10 @@ def table(rows: list[dict], rate: float) -> Table:
         if any(cell != "-" for cell in cells):
             out.add_row(title, *cells)
         if key == "rate":
-            out.add_row("ratio", *(fmt(m["rate"] / base, ".2f") for _, m in medians.iterrows()))
+            out.add_row("ratio", *(fmt(m["ratio"], ".2f") for _, m in medians.iterrows()))
+            if len(frame) >= 4 * len(medians):
+                out.add_row("ratio, middle half", *(
+                    "-" if pd.isna(q[0.25]) else f"{q[0.25]:.2f}-{q[0.75]:.2f}" for _, q in quartiles.iterrows()))
     return out
 
 
@@ -388,7 +405,7 @@ def main() -> None:
         rows = []
         for repeat in range(args.repeats):
             for mode in modes:
-                row = measure(mode, args.seconds, args.clients, rate, args.closer)
+                row = measure(mode, args.seconds, args.clients, rate, args.closer) | {"repeat": repeat}
                 console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
                 rows.append(row)
         console.print(table(rows, rate))

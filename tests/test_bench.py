@@ -1,0 +1,43 @@
+"""The bench's table: ratios paired within a repeat, their spread, and the CPU taken."""
+import os
+
+import pytest
+
+from agent import bench
+
+
+def cells(table, title: str) -> list[str]:
+    """One row of a rich Table, by its title in the first column."""
+    labels = table.columns[0]._cells
+    row = labels.index(title)
+    return [column._cells[row] for column in table.columns[1:]]
+
+
+def rows(untraced: list[float], traced: list[float], **traced_fields) -> list[dict]:
+    out = []
+    for repeat, (u, t) in enumerate(zip(untraced, traced)):
+        out.append({"mode": "untraced", "repeat": repeat, "rate": u})
+        out.append({"mode": "tcpclose", "repeat": repeat, "rate": t, **traced_fields})
+    return out
+
+
+def test_ratio_is_the_median_of_ratios_paired_within_each_repeat():
+    # the workload's rate drifts between repeats; each traced run is held against its own repeat's
+    table = bench.table(rows([100, 200, 100, 200], [99, 150, 98, 160]), rate=0)
+    # paired: 0.99, 0.75, 0.98, 0.80 -> median 0.89 (a ratio of the medians would say 124.5 / 150 = 0.83)
+    assert cells(table, "ratio") == ["1.00", "0.89"]
+    assert cells(table, "ratio, middle half") == ["1.00-1.00", "0.79-0.98"]
+
+
+def test_no_spread_from_fewer_than_four_repeats_and_no_ratio_without_untraced_runs():
+    table = bench.table(rows([100, 200, 100], [90, 180, 90]), rate=0)
+    assert cells(table, "ratio") == ["1.00", "0.90"]
+    with pytest.raises(ValueError):
+        cells(table, "ratio, middle half")
+    soak = bench.table([{"mode": "tcpclose", "repeat": 0, "rate": 100.0}], rate=0)
+    assert cells(soak, "ratio") == ["-"]
+
+
+def test_cpu_taken_adds_bpf_and_the_tracer_per_core_of_the_machine():
+    table = bench.table(rows([100], [90], bpf_cores=0.08, cpu_cores=0.02), rate=0)
+    assert cells(table, "CPU taken") == ["-", f"{0.10 / os.cpu_count():.1%}"]
