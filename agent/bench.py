@@ -33,9 +33,11 @@ on the same tracepoint; its ns/transition is the timing's own overhead.  For
 and lost as the BPF side counted them.
 
 The ratio is paired: each repeat runs every mode once, in the same order, and a
-run's rate is divided by the untraced rate of its own repeat.  The rate of this
-workload drifts by 10-20 % over a few seconds on a VM, more than the cost being
-measured, so a ratio of one run to one run says little.  The table gives the
+run's rate is divided by the untraced rate of its own repeat.  On the 2-core
+development VM the untraced rate swings between 12 000 and 21 000 conn/s from
+one half second to the next and differs by about 6 % (standard deviation)
+between 15 s runs: as much as the cost being measured, so one run against one
+run says little.  The table gives the
 median of the paired ratios and, from 4 repeats up, the middle half of them
 (first to third quartile): many short repeats (--seconds 15 --repeats 16) pin
 a ratio down better than a few long ones.
