@@ -37,10 +37,9 @@ run's rate is divided by the untraced rate of its own repeat.  On the 2-core
 development VM the untraced rate swings between 12 000 and 21 000 conn/s from
 one half second to the next and differs by about 6 % (standard deviation)
 between 15 s runs: as much as the cost being measured, so one run against one
-run says little.  The table gives the
-median of the paired ratios and, from 4 repeats up, the middle half of them
-(first to third quartile): many short repeats (--seconds 15 --repeats 16) pin
-a ratio down better than a few long ones.
+run says little.  The table gives the median of the paired ratios and, from 4
+repeats up, the middle half of them (first to third quartile): many short
+repeats (--seconds 15 --repeats 16) pin a ratio down better than a few long ones.
 """
 from __future__ import annotations
 
@@ -375,8 +374,10 @@ def table(rows: list[dict], rate: float) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each run (the targets: 60)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="each runs every mode once; ratios are paired within a repeat, and 4 or more "
+                             "show their spread: e.g. --seconds 15 --repeats 16")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--closer", choices=["both", "client", "server"], default="both",
                         help="which side closes first: both = half the clients each way")
