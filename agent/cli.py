@@ -41,7 +41,14 @@ def expected_errors(func):
         except TcpcloseError as exc:
             click.echo(f"tcpclose: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # a signal more after the warning of session.Stop
+            click.echo("tcpclose: abandoned: the files were not all written", err=True)
+            sys.exit(130)
     return wrapper
+
+
+def announce(text: str) -> None:
+    click.echo(f"tcpclose: {text}", err=True)
 
 
 def out_option(func):
@@ -189,8 +196,8 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates,
                         transitions_to=transitions_to, max_socks=max_sockets)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
-        events, run_info = run(tracer, stop, duration, progress=Progress(progress))
-    report(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions
+        events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
+        report(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions
 
 
 @main.command(context_settings=CONTEXT)
@@ -278,8 +285,14 @@ def report_command(recording, out):
     Example:
       tcpclose report pg.jsonl -o out/
     """
-    events, run_info = records.read_recording(recording)
-    report(events, run_info, out)
+    from .session import LONG_END_RECORDS, long_end_line, stop_on_signals
+
+    with stop_on_signals() as stop:
+        stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
+        events, run_info = records.read_recording(recording)
+        if len(events) >= LONG_END_RECORDS:
+            announce(long_end_line(len(events)))
+        report(events, run_info, out)
 
 
 @main.command(context_settings=CONTEXT)
@@ -310,10 +323,11 @@ def demo(out, record):
                 click.echo(f"  {pair.client_comm} -> {pair.server_comm}: {pair.story}", err=True)
             procs = workload.start()
             stop.wait(0.3)  # let the last FINs and ACKs land
+            stop.finishing()
             events, run_info = tracer.finish()
         finally:
             workload.release(procs)
-    report(events, run_info, out, show=True)
+        report(events, run_info, out, show=True)
 
 
 if __name__ == "__main__":

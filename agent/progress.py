@@ -45,6 +45,8 @@ class Progress:
         self._shown = True
 
     def close(self) -> None:
+        """End the line in place (once) so that what follows starts on a line of its own."""
         if self._shown and self.terminal:
             self.stream.write("\n")
             self.stream.flush()
+        self._shown = False

@@ -66,3 +66,31 @@ def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0, timewait="no
 
 def epoch(t: float) -> float:
     return t + OFFSET_NS / 1e9
+
+
+def churn(connections: int, span: float = 60.0) -> bytes:
+    """The records of `connections` loopback connections spread over `span` seconds, each
+    a client that closes first (its TIME_WAIT expires) and its server: three records a
+    connection, with socket addresses, timers and ephemeral ports of their own."""
+    import numpy as np
+
+    one = np.frombuffer(b"".join([
+        raw(skaddr=0xFFFF888200000000, pid=1000, comm="churn-client", last="FIN_WAIT2",
+            states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), laddr="127.0.0.1", lport=32768,
+            raddr="127.0.0.2", rport=9000, opened=1.0, estab=1.0001, fin=1.0002, ts=1.0003,
+            tw_timer=0xFFFF888100000000, tw_start=1.0003),
+        raw(skaddr=0xFFFF888300000000, pid=2000, comm="churn-server", owner="listener", last="LAST_ACK",
+            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), laddr="127.0.0.2", lport=9000,
+            raddr="127.0.0.1", rport=32768, opened=1.0, estab=1.0001, close_wait=1.0002, fin=1.0002, ts=1.0003),
+        timewait("expired", timer=0xFFFF888100000000, start=1.0003, end=61.0003)]), layout.EVENT_DTYPE)
+    recs = np.tile(one, connections)
+    i = np.repeat(np.arange(connections, dtype=np.uint64), len(one))
+    later = np.repeat((np.arange(connections) * span / connections * 1e9).astype(np.uint64), len(one))
+    for field in ("ts_ns", "opened_ns", "estab_ns", "close_wait_ns", "fin_ns", "tw_start_ns"):
+        recs[field] = np.where(recs[field] > 0, recs[field] + later, 0)
+    for field, step in (("skaddr", 4096), ("tw_timer", 256)):
+        recs[field] = np.where(recs[field] > 0, recs[field] + i * step, 0)
+    port = (32768 + i % 28000).astype(np.uint16)
+    for field in ("sport", "dport"):
+        recs[field] = np.where(recs[field] == 32768, port, recs[field])
+    return recs.tobytes()

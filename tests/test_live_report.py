@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,35 @@ def test_a_client_near_the_end_of_its_ports_is_warned_about_in_every_output(tmp_
     assert "churn-client" in page and "the ports run out in about" in page
     assert page.count("data:image/png;base64,") == 5  # every plot but the CLOSE_WAIT ages: there are none
     assert "no socket was left in CLOSE_WAIT" in page
+
+
+def test_a_second_sigterm_while_the_files_are_written_is_warned_about_and_loses_nothing(tmp_path):
+    """Full churn for a few seconds: tens of thousands of lives, whose files take seconds to write."""
+    out = tmp_path / "out"
+    with netns() as ns:
+        server = in_ns(ns, "agent.churn", "server", "--port", str(PORT), "--workers", "2",
+                       stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            trace = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out), "--netns", ns],
+                                     stderr=subprocess.PIPE, text=True)
+            assert trace.stderr.readline().startswith("Tracing")
+            client = in_ns(ns, "agent.churn", "client", "--port", str(PORT), "--seconds", "3",
+                           stdout=subprocess.PIPE)
+            made = int(client.communicate(timeout=60)[0])
+            trace.send_signal(signal.SIGTERM)  # ends tracing
+            deadline = time.monotonic() + 120
+            while not (out / "connections.csv").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            trace.send_signal(signal.SIGTERM)  # while the files are written: a warning only
+            _, err = trace.communicate(timeout=300)
+            assert trace.returncode == 0, err
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=10)
+    assert made > 5000
+    assert "still analysing the run and writing its files" in err
+    procs = json.loads((out / "summary.json").read_text())["processes"]
+    opened = {p["comm"]: p["opened"] for p in procs}
+    assert opened["churn-client"] == made  # every life of the churn, in the files
+    assert (out / "report.html").exists()
