@@ -13,7 +13,8 @@ the repeats and its ratio to the untraced runs of the same invocation, socket
 lives expected (2 per connection) vs reported (the churn processes' rows of
 processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
 the workload ran, its peak RSS over its whole life ("with report": the
-end-of-run analysis included), and its time from start to 'Tracing'; runs over a minute
+end-of-run analysis included), the seconds from its Ctrl-C to its files written,
+and its time from start to 'Tracing'; runs over a minute
 long also show its RSS after the first minute and at the end, and the growth
 between (a soak: --seconds 600).  "skipped" counts the
 transitions the kernel did not run the program for (BPF recursion on a CPU);
@@ -272,8 +273,10 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
             time.sleep(0.5)  # the last closes
             tracer.send_signal(signal.SIGINT)
+            stopped = time.monotonic()
             if mode in TCPCLOSE_MODES:  # it writes its files on the way out: wait for them
                 row["rss_report_mib"] = _wait_rusage(tracer).ru_maxrss / 1024
+                row["report_s"] = time.monotonic() - stopped  # what the user waits for after Ctrl-C
             else:
                 # tcpstates may never see the SIGINT: a KeyboardInterrupt raised inside its
                 # per-event ctypes callback is printed and dropped.  Its output is on disk already.
@@ -334,7 +337,7 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "transitions lost (counted)": ("transitions_lost", ",.0f"),
     "BPF ns/transition": ("bpf_ns_per_transition", ",.0f"), "BPF cores": ("bpf_cores", ".3f"),
     "CPU cores": ("cpu_cores", ".2f"), "CPU taken": ("cpu_taken", ".1%"), "peak RSS MiB": ("rss_mib", ".0f"),
-    "peak RSS with report MiB": ("rss_report_mib", ".0f"),
+    "peak RSS with report MiB": ("rss_report_mib", ".0f"), "Ctrl-C to files s": ("report_s", ".1f"),
     "RSS at 1 min": ("rss_1min_mib", ".0f"), "RSS at end": ("rss_end_mib", ".0f"), "RSS growth": ("rss_growth", "+.0%"),
     "start s": ("start_s", ".2f"),
 }
