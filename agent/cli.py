@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import export, findings, records, summary
-from .errors import NotRoot, TcpcloseError
+from .errors import Abandoned, NotRoot, TcpcloseError
 from .filters import AF_INET, AF_INET6, Filters
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -38,12 +38,9 @@ def expected_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except TcpcloseError as exc:
+        except (TcpcloseError, Abandoned) as exc:
             click.echo(f"tcpclose: {exc.message}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:  # a signal more after the warning of session.Stop
-            click.echo("tcpclose: abandoned: the files were not all written", err=True)
-            sys.exit(130)
     return wrapper
 
 

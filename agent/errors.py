@@ -33,6 +33,14 @@ class CannotWrite(TcpcloseError):
     exit_code = 8
 
 
+class Abandoned(KeyboardInterrupt):
+    """A further Ctrl-C or SIGTERM after the warning that the files are still being
+    written (session.Stop).  A KeyboardInterrupt, not an Exception, so that no
+    library's `except Exception` on the way swallows it."""
+    exit_code = 130
+    message = "abandoned: the files were not all written"
+
+
 def open_for_writing(path, what: str):
     """open(path, "w"), or CannotWrite naming the path and why, before any tracing starts."""
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import aggregate, kernel, layout, records, sockets, spool, transitions
-from .errors import TracepointMissing
+from .errors import Abandoned, TracepointMissing
 from .filters import Filters
 from .progress import Progress
 
@@ -235,7 +235,7 @@ class Stop:
 
     After tracing (finishing()), the files are still to be written, which takes a
     minute for a minute of full churn: a signal then is answered with a warning,
-    and only the one after it abandons the files (KeyboardInterrupt)."""
+    and only the one after it abandons the files (errors.Abandoned)."""
 
     def __init__(self, warn: Callable[[str], None] | None = None):
         self._set = False
@@ -259,7 +259,7 @@ class Stop:
             self._warn("tcpclose: still analysing the run and writing its files; "
                        "Ctrl-C again abandons them")
         else:
-            raise KeyboardInterrupt
+            raise Abandoned
 
     def is_set(self) -> bool:
         return self._set

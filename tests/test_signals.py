@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from agent import session
+from agent.errors import Abandoned
 from streams import churn, replay
 
 TCPCLOSE = [sys.executable, "-m", "agent"]
@@ -22,7 +23,7 @@ def test_the_first_signal_ends_tracing_the_next_warns_then_abandons():
     stop.finishing()
     stop.signalled()
     assert len(warnings) == 1 and "Ctrl-C again abandons" in warnings[0]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Abandoned):
         stop.signalled()
 
 
