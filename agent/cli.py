@@ -167,7 +167,8 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
     The records wait on disk ($TMPDIR, else /var/tmp) until the end, whose
     analysis takes about 1 kB of memory a record; a run past 80 % of
     MemAvailable is counted per process only.  For hours at high churn, use
-    --aggregates.
+    --aggregates.  A Ctrl-C or SIGTERM while the files are written only warns;
+    the next one abandons them.
 
     \b
     Examples:

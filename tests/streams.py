@@ -10,6 +10,8 @@ import ipaddress
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from agent import layout, records
 
 # struct tcpclose_event, field by field (bpf/tcpclose.h)
@@ -72,8 +74,6 @@ def churn(connections: int, span: float = 60.0) -> bytes:
     """The records of `connections` loopback connections spread over `span` seconds, each
     a client that closes first (its TIME_WAIT expires) and its server: three records a
     connection, with socket addresses, timers and ephemeral ports of their own."""
-    import numpy as np
-
     one = np.frombuffer(b"".join([
         raw(skaddr=0xFFFF888200000000, pid=1000, comm="churn-client", last="FIN_WAIT2",
             states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), laddr="127.0.0.1", lport=32768,
