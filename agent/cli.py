@@ -283,13 +283,12 @@ def report_command(recording, out):
     Example:
       tcpclose report pg.jsonl -o out/
     """
-    from .session import LONG_END_RECORDS, long_end_line, stop_on_signals
+    from .session import announce_long_end, stop_on_signals
 
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         events, run_info = records.read_recording(recording)
-        if len(events) >= LONG_END_RECORDS:
-            announce(long_end_line(len(events)))
+        announce_long_end(len(events), announce)
         report(events, run_info, out)
 
 

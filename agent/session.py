@@ -30,9 +30,11 @@ SPOOL_BATCH = 1_000_000  # records decoded at a time when the run is only counte
 LONG_END_RECORDS = 200_000
 
 
-def long_end_line(records: int) -> str:
-    return (f"analysing {records:,} records and writing the files; this takes a while "
-            "(Ctrl-C twice abandons it)")
+def announce_long_end(records: int, announce: Callable[[str], None] | None) -> None:
+    """Tell the user, from LONG_END_RECORDS records on, that the files will take a while."""
+    if announce and records >= LONG_END_RECORDS:
+        announce(f"analysing {records:,} records and writing the files; this takes a while "
+                 "(Ctrl-C twice abandons it)")
 
 
 class Tracer:
@@ -243,9 +245,6 @@ class Stop:
         self._warned = False
         self._warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
 
-    def set(self) -> None:
-        self._set = True
-
     def finishing(self) -> None:
         """Tracing is over; what follows writes the files."""
         self._finishing = True
@@ -303,8 +302,7 @@ def run(tracer: Tracer, stop: Stop, duration: float | None = None, until: Callab
             tracer.drain()
             progress.update(tracer.progress, force=True)
             progress.close()
-        if announce and tracer.records_kept >= LONG_END_RECORDS:
-            announce(long_end_line(tracer.records_kept))
+        announce_long_end(tracer.records_kept, announce)
         return tracer.finish()
     finally:
         if progress:
