@@ -129,22 +129,29 @@ class TimewaitWatch:
         if not force and now < self._next:
             return []
         began = time.monotonic()
+        rows = diag_sockets(("TIME_WAIT",), self.netns)
+        took = time.monotonic() - began
+        # A socket in the dump existed by the time the dump was done, not by `now`:
+        # entering the namespace and the dump itself take milliseconds (the first
+        # poll, importing pyroute2, far more), and a connection that closes in that
+        # time is in it.  Sightings are dated at the dump's end, so that none comes
+        # before the close that made it (lifecycle._diag_ends links them forward).
+        seen_at = now + took
         current = {}
-        for row in diag_sockets(("TIME_WAIT",), self.netns):
+        for row in rows:
             key = (row["family"], row["laddr"], row["lport"], row["raddr"], row["rport"])
             known = self._seen.get(key)
-            current[key] = {"first_seen": known["first_seen"] if known else now, "last_seen": now,
+            current[key] = {"first_seen": known["first_seen"] if known else seen_at, "last_seen": seen_at,
                             "expires_s": row["expires_s"]}
-        took = time.monotonic() - began
         self._next = now + max(self.interval_s, 3 * took)
         ended = []
         for key, seen in self._seen.items():
             if key in current:
                 continue
             due = seen["last_seen"] + seen["expires_s"]
-            expired = due <= now + 0.5  # its timer was due by this poll
+            expired = due <= seen_at + 0.5  # its timer was due by this poll
             ended.append(dict(zip(("family", "laddr", "lport", "raddr", "rport"), key),
-                              first_seen=seen["first_seen"], end=due if expired else now,
+                              first_seen=seen["first_seen"], end=due if expired else seen_at,
                               how="expired" if expired else "cancelled"))
         self._seen = current
         return ended

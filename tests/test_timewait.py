@@ -1,9 +1,11 @@
 """How each TIME_WAIT ended, from recorded streams of lives and timewait-timer records."""
 import math
+import time
 
+import pandas as pd
 import pytest
 
-from agent import aggregate, lifecycle
+from agent import aggregate, lifecycle, records, sockets
 from streams import epoch, raw, replay, timewait
 
 ACTIVE = dict(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
@@ -116,3 +118,25 @@ def test_per_process_percentiles_count_only_ended_timewaits(tmp_path):
     assert proc.timewait_max_s == pytest.approx(62.0)
     assert proc.timewait_p95_s == pytest.approx(61.85)
     assert (proc.timewait_expired, proc.timewait_open, proc.timewait_overflow) == (4, 1, 1)
+
+
+def test_sock_diag_links_a_timewait_made_while_its_dump_ran(tmp_path, monkeypatch):
+    """The fallback's sightings: a connection that closes while a sock_diag dump runs
+    (entering the namespace, or the first poll's pyroute2 import) is in that dump,
+    and its TIME_WAIT must still be linked to the close and seen to expire."""
+    tw = dict(family="ipv4", laddr="127.0.0.1", lport=40000, raddr="127.0.0.1", rport=8080)
+    dumps = iter([[tw | {"expires_s": 59.9}], []])
+
+    def dump(states, netns):  # the close (at 2.0) happens 30 ms into this dump
+        time.sleep(0.05)
+        return next(dumps)
+
+    monkeypatch.setattr(sockets, "diag_sockets", dump)
+    watch = sockets.TimewaitWatch()
+    assert watch.poll(epoch(1.97)) == []
+    ended = watch.poll(epoch(63.0), force=True)
+    events, run = replay(tmp_path, closer(), ended=70.0, timewait="diag")
+    events = pd.concat([events, records.from_timewait_watch(ended, "tw_end", 0)], ignore_index=True)
+    conn = lifecycle.connections(events, run["ended_at"], timewait_method="diag").iloc[0]
+    assert conn.tw_end_reason == "expired"
+    assert 59.9 + 0.05 - 0.03 <= conn.tw_s < 60.5  # from the close to the sighting's end + its timer
