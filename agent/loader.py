@@ -15,7 +15,7 @@ from .ringbuf import RingReader
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
-TIMER_TRACEPOINTS = ("timer/timer_start", "timer/timer_expire_entry", "timer/timer_cancel", "timer/timer_init")
+TIMER_TRACEPOINTS = ("timer/timer_start", "timer/timer_expire_entry", "timer/timer_cancel")
 TW_TIMER_SYMBOL = "tw_timer_handler"  # the callback of every timewait socket's timer
 MODULES_DIR = Path("/lib/modules")
 KALLSYMS = Path("/proc/kallsyms")

@@ -94,20 +94,23 @@ static __always_inline void emit(struct tcpclose_event *e)
  *   creation   timer_start(T), then on the same CPU within microseconds the
  *              full socket's ->CLOSE (tcp_time_wait() arms the timer, then
  *              tcp_done() closes the socket): that life claims T;
- *   re-arm     timer_cancel(T) then timer_start(T) on one CPU: mod_timer()
- *              moving a pending timer to another wheel bucket, as when the
- *              peer's FIN turns a FIN_WAIT2-substate timewait (timeout
- *              tcp_fin_timeout) into TIME_WAIT (60 s);
+ *   re-arm     timer_cancel(T) then timer_start(T) on one CPU, and no ->CLOSE
+ *              claiming T: mod_timer() moving a pending timer to another
+ *              wheel bucket, as when the peer's FIN turns a FIN_WAIT2-substate
+ *              timewait (timeout tcp_fin_timeout) into TIME_WAIT (60 s);
  *   expiry     timer_cancel(T) (the wheel detaches it) then
  *              timer_expire_entry(T): the natural end;
  *   early kill timer_cancel(T) and nothing after it for T: a reused 4-tuple,
  *              a SYN into a server-side TIME_WAIT, an RST, namespace teardown
  *              (inet_twsk_deschedule_put).  Decided at this CPU's next timer
- *              event, or when T's memory is set up as a new timer
- *              (timer_init), or at the end of tracing.
+ *              event, or at the end of tracing.  The killed socket's memory
+ *              may be a new timewait's at once (the slab hands back the object
+ *              freed last), so timer_cancel(T) then timer_start(T) is also a
+ *              kill when a ->CLOSE claims T: that is the creation of another
+ *              timewait socket (see claim_timewait).
  * timer_start is a classic tracepoint, whose format carries the callback and
- * the timeout, so every other timer is passed over at once.  timer_cancel,
- * timer_init and timer_expire_entry are raw tracepoints: the timer's address
+ * the timeout, so every other timer is passed over at once.  timer_cancel
+ * and timer_expire_entry are raw tracepoints: the timer's address
  * is their first argument (ctx->args[0]) and nothing is read through it, so no
  * kernel header is involved; they cost a lookup for every kernel timer.  Raw,
  * because a classic tracepoint program is skipped whenever any classic tracing
@@ -140,12 +143,14 @@ BPF_TABLE("lru_hash", u64, struct tw_state, tws, MAX_TWS);
 
 /* tw_cpu: what the last timer events on this CPU left to decide. */
 struct tw_cpu {
-	u64 armed_timer;  /* a timewait timer just created here, not yet claimed by a ->CLOSE */
+	u64 armed_timer;  /* a timewait timer just armed here, not yet claimed by a ->CLOSE */
 	u64 armed_ns;
 	u64 last_cancel;  /* the timer of this CPU's latest timer_cancel */
 	u64 pending_kill; /* a followed timewait cancelled here: killed, unless expiry or re-arm follows */
+	u64 undo_rearm_ns;   /* armed_rearm: the followed timewait's rearm_ns and cancel_ns */
+	u64 undo_cancel_ns;  /* before it was taken as re-armed (0: none was followed) */
 	u32 armed_timeout;
-	u32 pad;
+	u32 armed_rearm;  /* armed_timer was cancelled just before: a re-arm unless a ->CLOSE claims it */
 };
 BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
 
@@ -193,25 +198,31 @@ TRACEPOINT_PROBE(timer, timer_start)
 	if (!c)
 		return 0;
 	struct tw_state *t = tws.lookup(&timer);
-	if (c->last_cancel == timer) {
+	u32 rearm = c->last_cancel == timer;
+	if (rearm) {
+		/* Cancelled just before on this CPU: a re-arm, or T's timewait was
+		 * killed at that cancel and T is a new one's.  Taken as a re-arm
+		 * here; claim_timewait() undoes that if a ->CLOSE claims T. */
 		c->last_cancel = 0;
-		if (c->pending_kill == timer)
-			c->pending_kill = 0;
+		c->pending_kill = 0; /* it was T, or nothing: a cancel settles the one before */
+		c->undo_rearm_ns = t ? t->rearm_ns : 0;
+		c->undo_cancel_ns = t ? t->cancel_ns : 0;
 		if (t) {
 			t->rearm_ns = now;
 			t->cancel_ns = 0;
 		}
-		return 0;
+	} else {
+		settle_cancel(c, timer);
+		if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
+			end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
+				     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
 	}
-	settle_cancel(c, timer);
-	if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
-		end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
-			     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
-	if (c->armed_timer)
+	if (c->armed_timer && !c->armed_rearm)
 		count(C_TW_UNLINKED);
 	c->armed_timer = timer;
 	c->armed_ns = now;
 	c->armed_timeout = args->expires - args->now;
+	c->armed_rearm = rearm;
 	return 0;
 }
 
@@ -256,40 +267,44 @@ RAW_TRACEPOINT_PROBE(timer_cancel)
 	}
 	return 0;
 }
-
-/* timer_setup() on memory that held a cancelled timer: whatever comes next
- * for this address is a new timer, not a re-arm. */
-RAW_TRACEPOINT_PROBE(timer_init)
-{
-	u64 timer = ctx->args[0]; /* struct timer_list * */
-	struct tw_cpu *c = this_cpu_tw();
-	if (!c)
-		return 0;
-	if (c->last_cancel == timer)
-		c->last_cancel = 0;
-	if (c->pending_kill)
-		settle_cancel(c, 0);
-	return 0;
-}
 #endif /* TW_TIMER_FN */
 
 /* At FIN_WAIT2/CLOSING->CLOSE: the timewait timer armed just before on this
  * CPU belongs to this life.  None armed: no timewait socket was made
- * (tcp_max_tw_buckets overflow, or a reset or timeout ended the life). */
+ * (tcp_max_tw_buckets overflow, or a reset or timeout ended the life).
+ *
+ * A timer cancelled just before it was armed (armed_rearm) was taken as a
+ * re-arm; a claim shows it was a new timewait in the memory of one killed at
+ * that cancel (a re-arm is never followed by its socket's ->CLOSE: that socket
+ * is long gone).  So the followed one ended at its cancel, with its re-arm
+ * time as it was.  Telling them apart here saves a program on timer_init
+ * (the new socket's timer_setup()), which would run for every kernel timer,
+ * 9 times a connection.
+ * Misread only if a FIN_WAIT2-substate re-arm is followed within
+ * TW_LINK_WINDOW_NS on the same CPU by a FIN_WAIT2->CLOSE that made no
+ * timewait (an overflow or a reset), or if the claiming ->CLOSE was skipped
+ * (a recursion miss): then the killed one looks re-armed. */
 static __always_inline void claim_timewait(struct tcpclose_event *e, u64 now)
 {
 #ifdef TW_TIMER_FN
 	struct tw_cpu *c = this_cpu_tw();
 	if (!c || !c->armed_timer)
 		return;
+	u64 timer = c->armed_timer;
 	if (now - c->armed_ns < TW_LINK_WINDOW_NS) {
-		e->tw_timer = c->armed_timer;
+		struct tw_state *t = c->armed_rearm && c->undo_cancel_ns ? tws.lookup(&timer) : 0;
+		if (t) {
+			t->rearm_ns = c->undo_rearm_ns;
+			end_timewait(timer, t, c->undo_cancel_ns, TW_CANCELLED);
+		}
+		e->tw_timer = timer;
 		e->tw_start_ns = c->armed_ns;
 		e->tw_timeout = c->armed_timeout;
-	} else {
+	} else if (!c->armed_rearm) {
 		count(C_TW_UNLINKED);
 	}
 	c->armed_timer = 0;
+	c->armed_rearm = 0;
 #endif
 }
 
