@@ -242,8 +242,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
     tracer = empty = None
     try:
         for server in servers:
-            for _ in range(2):
-                server.stdout.readline()
+            server.stdout.readline()  # "ready"
         row: dict = {"mode": mode}
         if mode == "empty program":  # loaded here, by the bench itself
             from bcc import BPF

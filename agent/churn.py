@@ -10,8 +10,8 @@ that EOF.
 Either way each connection makes one TIME_WAIT, on the side that closed
 first, and 2 socket lives in all.
 Run it inside a network namespace of its own (agent.bench does) so that its
-TIME_WAITs stay out of the host's table.  Each client prints the number of
-connections it completed.
+TIME_WAITs stay out of the host's table.  The server prints "ready" once it
+listens; each client prints the number of connections it completed.
 """
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ def server(port: int, workers: int, closes_first: bool) -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", port))
     listener.listen(4096)
+    first = True
     for _ in range(workers - 1):
         if os.fork() == 0:
+            first = False
             break
-    print("ready", flush=True)
+    if first:  # one line for all workers (theirs could interleave); the listener queues from now on
+        print("ready", flush=True)
     while True:
         conn, _ = listener.accept()
         if not closes_first:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 
 _names = itertools.count()
@@ -21,3 +22,8 @@ def netns(**sysctls):
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def in_ns(ns: str, *args: str, **popen) -> subprocess.Popen:
+    """`python -m args...` started inside the namespace ns, its output as text."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", *args], text=True, **popen)

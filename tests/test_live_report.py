@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from namespaces import netns
+from namespaces import in_ns, netns
 
 pytestmark = pytest.mark.live
 PORT, RATE, SECONDS = 9100, 60, 4  # 240 connections: 80 % of a 300-port range
-
-
-def in_ns(ns: str, *args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", *args], text=True, **popen)
 
 
 def test_a_client_near_the_end_of_its_ports_is_warned_about_in_every_output(tmp_path):

@@ -21,7 +21,7 @@ from agent import aggregate, lifecycle, records, summary
 from agent.filters import Filters
 from agent.session import Tracer
 from agent.workload import start_client, start_server
-from namespaces import netns
+from namespaces import in_ns, netns
 
 pytestmark = pytest.mark.live
 TIME_WAIT_S = (60.0, 62.5)  # TCP_TIMEWAIT_LEN and the timer wheel's rounding (DESIGN.md section 1)
@@ -178,17 +178,16 @@ def test_under_full_churn_every_time_wait_killed_has_its_end():
     is sometimes the timer of the next one made on that CPU at once: a cancel then a start
     of the same timer that is not a re-arm (claim_timewait in the BPF program)."""
     with netns() as ns:
-        churn = lambda *args, **popen: subprocess.Popen(  # noqa: E731
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.churn", *args], text=True, **popen)
-        servers = [churn("server", "--port", str(9200 + first), "--workers", "2",
+        servers = [in_ns(ns, "agent.churn", "server", "--port", str(9200 + first), "--workers", "2",
                          *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, start_new_session=True)
                    for first in (0, 1)]
         try:
             for server in servers:
                 assert server.stdout.readline().strip() == "ready"
             traced = Traced(ns)
-            clients = [churn("client", "--port", str(9200 + i % 2), "--seconds", "4", "--dest", f"127.0.0.{i + 1}",
-                             *(["--server-closes-first"] if i % 2 else []), stdout=subprocess.PIPE)
+            clients = [in_ns(ns, "agent.churn", "client", "--port", str(9200 + i % 2), "--seconds", "4",
+                             "--dest", f"127.0.0.{i + 1}", *(["--server-closes-first"] if i % 2 else []),
+                             stdout=subprocess.PIPE)
                        for i in range(4)]
             traced.wait_for(6, until=lambda events: all(c.poll() is not None for c in clients))
             made = sum(int(c.communicate(timeout=60)[0]) for c in clients)
