@@ -141,6 +141,45 @@ struct tw_state {
 };
 BPF_TABLE("lru_hash", u64, struct tw_state, tws, MAX_TWS);
 
+/* tw_pages: the memory pages that have held a timewait timer, one bit each.
+ *   index  the timer's page number (address >> 12), modulo TW_PAGE_BITS
+ *   set    at every timewait timer_start; never cleared
+ * timer_cancel and timer_expire_entry run for every kernel timer, about 15
+ * times a connection, and looking each one up in tws cost a cache miss or
+ * two (the map's buckets are megabytes).  A timer whose page bit is clear was
+ * never a timewait timer, so it is not in tws: its lookup is skipped.  A set
+ * bit only means "look": pages are reused, and bits alias (page numbers
+ * wrap), so a few other timers are looked up for nothing.  Timewait sockets
+ * come from a slab cache of their own, so they fill few pages: about 16 000
+ * for 262 144 of them (tw_sock_TCP objects are 248 bytes).
+ * 2^18 bits (32 KiB) stay in cache. */
+#define TW_PAGE_BITS (1 << 18)
+BPF_ARRAY(tw_pages, u64, TW_PAGE_BITS / 64);
+
+static __always_inline u64 *tw_page_word(u64 timer, u64 *bit)
+{
+	u32 page = (timer >> 12) & (TW_PAGE_BITS - 1);
+	u32 word = page / 64;
+	*bit = 1ULL << (page % 64);
+	return tw_pages.lookup(&word);
+}
+
+static __always_inline void mark_tw_page(u64 timer)
+{
+	u64 bit;
+	u64 *w = tw_page_word(timer, &bit);
+	if (w && !(*w & bit)) /* written only when new: the words stay shared between CPUs */
+		__sync_fetch_and_or(w, bit);
+}
+
+/* Could this timer be a timewait timer we follow?  False: it is not in tws. */
+static __always_inline bool maybe_timewait(u64 timer)
+{
+	u64 bit;
+	u64 *w = tw_page_word(timer, &bit);
+	return w && (*w & bit);
+}
+
 /* tw_cpu: what the last timer events on this CPU left to decide. */
 struct tw_cpu {
 	u64 armed_timer;  /* a timewait timer just armed here, not yet claimed by a ->CLOSE */
@@ -197,6 +236,7 @@ TRACEPOINT_PROBE(timer, timer_start)
 	struct tw_cpu *c = this_cpu_tw();
 	if (!c)
 		return 0;
+	mark_tw_page(timer);
 	struct tw_state *t = tws.lookup(&timer);
 	u32 rearm = c->last_cancel == timer;
 	if (rearm) {
@@ -246,6 +286,8 @@ RAW_TRACEPOINT_PROBE(timer_expire_entry)
 		else if (c->pending_kill)
 			settle_cancel(c, timer);
 	}
+	if (!maybe_timewait(timer))
+		return 0;
 	struct tw_state *t = tws.lookup(&timer);
 	if (t)
 		end_timewait(timer, t, bpf_ktime_get_ns(), TW_EXPIRED);
@@ -260,6 +302,8 @@ RAW_TRACEPOINT_PROBE(timer_cancel)
 		return 0;
 	settle_cancel(c, timer);
 	c->last_cancel = timer;
+	if (!maybe_timewait(timer))
+		return 0;
 	struct tw_state *t = tws.lookup(&timer);
 	if (t) {
 		t->cancel_ns = bpf_ktime_get_ns();
