@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layout
+from . import layout, mapbatch
 from .errors import BccMissing, HeadersMissing, NotRoot, TracepointMissing
 from .filters import Filters
 from .ringbuf import RingReader
@@ -22,6 +22,11 @@ KALLSYMS = Path("/proc/kallsyms")
 
 MAX_SOCKS = 131072  # live sockets followed at once (~200 B each with key and map overhead: 26 MiB); --max-sockets
 MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
+# A timewait timer is armed for 60 s at most (TCP_TIMEWAIT_LEN: a tcp_fin_timeout beyond
+# that is spent on the full socket, before the timewait socket exists).  An entry of tws
+# armed, re-armed or cancelled longer ago than twice that will never see its timer again:
+# its end went unseen (a skipped program run), so it is swept.
+TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
 RINGBUF_PAGES = 4096  # 16 MiB: ~120 000 records, seconds of full churn between two reads
@@ -99,6 +104,13 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
     if transitions:
         flags += ["-DTRANSITIONS", f"-DTRANSITION_PAGES={TRANSITION_PAGES}"]
     return flags
+
+
+def stale_timewaits(states: np.ndarray, now_ns: int, stale_after_ns: int) -> np.ndarray:
+    """Which tws entries (struct tw_state) were last armed, re-armed or cancelled more than
+    stale_after_ns before now_ns (both CLOCK_MONOTONIC, as bpf_ktime_get_ns)."""
+    last = np.maximum.reduce([states["start_ns"], states["rearm_ns"], states["cancel_ns"]])
+    return last.astype(np.int64) < now_ns - stale_after_ns
 
 
 def program_stats(bpf) -> dict[str, dict[str, int]]:
@@ -206,16 +218,36 @@ class Probe:
             leaf.comm = comm.encode()[: layout.DEFINES["COMM_LEN"] - 1]
             table[table.Key(port)] = leaf
 
+    def sweep_timewaits(self, now_ns: int, stale_after_ns: int = TW_STALE_AFTER_NS) -> int:
+        """Delete the entries of tws whose timer must have fired long ago (see
+        TW_STALE_AFTER_NS); return how many.  Each is looked up again just before its
+        delete, so that a timer address taken by a new timewait meanwhile is kept."""
+        if not self.follows_timewait:
+            return 0
+        table = self._bpf[b"tws"]
+        timers, states = mapbatch.read_hash(table)
+        swept = 0
+        for timer in timers[stale_timewaits(states, now_ns, stale_after_ns)].tolist():
+            key = table.Key(timer)
+            state = table.get(key)
+            if state is not None and stale_timewaits(np.frombuffer(bytes(state), states.dtype), now_ns, stale_after_ns)[0]:
+                try:
+                    del table[key]
+                except KeyError:  # its end came meanwhile
+                    continue
+                swept += 1
+        return swept
+
     def open_timewaits(self) -> np.ndarray:
         """The timewait sockets still in tws, as records: EV_TW_OPEN, or EV_TW_END
         (TW_CANCELLED) for one whose cancel nothing explained before tracing ended."""
         if not self.follows_timewait:
             return np.zeros(0, layout.EVENT_DTYPE)
-        items = [(k.value, v.start_ns, v.rearm_ns, v.cancel_ns, v.timeout) for k, v in self._bpf[b"tws"].items()]
-        out = np.zeros(len(items), layout.EVENT_DTYPE)
-        if not items:
+        timer, states = mapbatch.read_hash(self._bpf[b"tws"])
+        out = np.zeros(len(timer), layout.EVENT_DTYPE)
+        if not len(timer):
             return out
-        timer, start, rearm, cancel, timeout = (np.array(col, dtype=np.uint64) for col in zip(*items))
+        start, rearm, cancel, timeout = (states[f] for f in ("start_ns", "rearm_ns", "cancel_ns", "timeout"))
         cancelled = cancel != 0
         out["kind"] = np.where(cancelled, layout.DEFINES["EV_TW_END"], layout.DEFINES["EV_TW_OPEN"])
         out["tw_end"] = np.where(cancelled, layout.DEFINES["TW_CANCELLED"], 0)

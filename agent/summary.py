@@ -54,9 +54,12 @@ def evicted(run: dict) -> int:
 
 
 def timewaits_evicted(run: dict) -> int:
-    """Timewait sockets the BPF side stopped following (tws full): linked, less ended, less open."""
+    """Timewait sockets the BPF side did not follow to their end: those linked, less those
+    ended, less those still open (the stale entries swept, whose end went unseen), plus those
+    the tws map had no room for."""
     c = run.get("counters", {})
-    return max(c.get("tw_linked", 0) - c.get("tw_ended", 0) - run.get("open_timewaits", 0), 0)
+    gone = c.get("tw_linked", 0) - c.get("tw_ended", 0) - run.get("open_timewaits", 0)
+    return max(gone, 0) + c.get("tw_full", 0)
 
 
 RECONCILED = [  # (what, TcpExt counter)
@@ -116,7 +119,7 @@ def unseen(run: dict) -> dict[str, int]:
         "transitions the kernel skipped (BPF recursion)": c.get("recursion_misses", 0),
         "lives whose close was skipped (ended at their last transition seen)": c.get("missed_close", 0),
         "timewait sockets no close claimed": c.get("tw_unlinked", 0),
-        "timewait sockets evicted (map full)": timewaits_evicted(run),
+        "timewait sockets not followed to their end (map full or swept)": timewaits_evicted(run),
     }
 
 

@@ -65,7 +65,8 @@
 #define C_PROCS_FULL     10 /* --aggregates: lives of a process the procs map had no room for */
 #define C_TRANSITIONS    11 /* --transitions: transitions offered to the transitions ring buffer */
 #define C_TRANSITION_DROPS 12 /* --transitions: of those, lost: the ring buffer was full */
-#define NR_COUNTERS      13
+#define C_TW_FULL        13 /* timewait sockets not followed: the tws map was full */
+#define NR_COUNTERS      14
 
 /* --aggregates: what each process's ended lives came to (the procs map), indexes of
  * struct tcpclose_proc_counts.  The close kinds mirror agent/lifecycle.initiators. */

@@ -210,6 +210,32 @@ def test_under_full_churn_every_time_wait_killed_has_its_end():
     assert 0 <= row["kernel"]["TW"] - row["tcpclose"]["TW"] <= missed
 
 
+def test_a_time_wait_whose_timer_events_went_unseen_is_swept_and_counted(monkeypatch):
+    """A followed timewait whose later timer events the programs missed stays in the tws
+    map; once its timer must have fired (loader.TW_STALE_AFTER_NS) the tracer deletes it,
+    and counts it as not followed to its end.  Made here by ageing one real entry."""
+    import numpy as np
+
+    from agent import loader, mapbatch, session
+
+    monkeypatch.setattr(session, "TW_SWEEP_EVERY_S", 0.0)  # a sweep at every drain
+    with netns() as ns:
+        traced = Traced(ns)
+        traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-swept")
+        tws = traced.tracer._probe._bpf[b"tws"]
+        timers, states = mapbatch.read_hash(tws)
+        ours = np.flatnonzero(states["start_ns"] > time.monotonic_ns() - 30 * 10**9)
+        assert len(ours) >= 3  # (the host's own timewaits may be there too)
+        aged = states[ours[0]].copy()
+        aged["start_ns"] -= loader.TW_STALE_AFTER_NS + 10**9
+        tws[tws.Key(int(timers[ours[0]]))] = tws.Leaf.from_buffer_copy(aged.tobytes())
+        traced.tracer.drain()
+        conns, run = traced.result()
+    assert run["timewaits_swept"] == 1
+    assert sorted(of(conns, "tc-swept")["tw_end_reason"]) == ["open", "open", "unknown"]
+    assert summary.unseen(run)["timewait sockets not followed to their end (map full or swept)"] == 1
+
+
 def test_fin_wait2_substate_with_a_short_tcp_fin_timeout():
     """tcp_fin_timeout 2 s: the closer's timewait waits 2 s for the peer's FIN, then dies;
     a FIN within that time turns it into a 60 s TIME_WAIT."""

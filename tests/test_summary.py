@@ -13,6 +13,11 @@ def test_evictions_are_lives_started_minus_ended_minus_still_open():
     assert unseen["lives whose close was skipped (ended at their last transition seen)"] == 1
 
 
+def test_timewaits_not_followed_to_their_end_are_the_unended_unopen_ones_and_those_without_room():
+    run = {"counters": {"tw_linked": 50, "tw_ended": 40, "tw_full": 3}, "open_timewaits": 6}
+    assert summary.unseen(run)["timewait sockets not followed to their end (map full or swept)"] == 50 - 40 - 6 + 3
+
+
 def test_a_recording_without_counters_says_zero_not_nothing():
     assert set(summary.unseen({}).values()) == {0}
 

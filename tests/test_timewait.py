@@ -140,3 +140,19 @@ def test_sock_diag_links_a_timewait_made_while_its_dump_ran(tmp_path, monkeypatc
     conn = lifecycle.connections(events, run["ended_at"], timewait_method="diag").iloc[0]
     assert conn.tw_end_reason == "expired"
     assert 59.9 + 0.05 - 0.03 <= conn.tw_s < 60.5  # from the close to the sighting's end + its timer
+
+
+def test_a_tws_entry_is_stale_once_its_last_timer_event_is_older_than_the_limit():
+    """The sweep's test: the latest of the arming, the re-arm and the cancel, not the first."""
+    import numpy as np
+
+    from agent import loader
+
+    s = 10**9
+    states = np.zeros(4, [("start_ns", "u8"), ("rearm_ns", "u8"), ("cancel_ns", "u8"), ("timeout", "u4")])
+    states["start_ns"] = [10 * s, 10 * s, 10 * s, 100 * s]
+    states["rearm_ns"][1] = 150 * s  # armed 190 s before "now", but re-armed 50 s before it
+    states["cancel_ns"][2] = 90 * s  # cancelled 110 s before it, and never settled
+    stale = loader.stale_timewaits(states, 200 * s, 100 * s)
+    assert stale.tolist() == [True, False, True, False]
+    assert not loader.stale_timewaits(states, 50 * s, 100 * s).any()  # a clock younger than the limit
