@@ -93,8 +93,8 @@ EMPTY_PROGRAM = "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }"
 
 class StatsWindow(threading.Thread):
     """BPF stats on for a window in the middle of the workload (enable_bpf_stats), off
-    before and after: the rates are measured without the timing's overhead, and the
-    programs' run_time_ns cover the window only."""
+    before and after: the timing's own overhead (two clock reads a program run) weighs on
+    the rate during the window only, and the programs' run_time_ns cover the window."""
 
     def __init__(self, seconds: float):
         super().__init__(daemon=True)
