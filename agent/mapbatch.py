@@ -10,21 +10,16 @@ import os
 import numpy as np
 
 
-def dtype_of(ctypes_type) -> np.dtype:
-    """The numpy dtype of a bcc Key or Leaf type (a ctypes scalar or Structure): same
-    offsets and size, taken from what bcc parsed out of the program, not written twice."""
-    return np.dtype(ctypes_type)
-
-
 def read_hash(table) -> tuple[np.ndarray, np.ndarray]:
-    """Every (key, value) of a bcc hash table, as two numpy arrays of its Key and Leaf dtypes.
+    """Every (key, value) of a bcc hash table, as two numpy arrays of its Key and Leaf types
+    (numpy takes a ctypes Structure's fields and offsets: the layout is bcc's, not written twice).
 
     Entries added or removed while it reads may be in or out: each bucket is read whole, once."""
     from bcc.libbcc import lib
 
     room = table.max_entries
-    keys = np.zeros(room, dtype_of(table.Key))
-    values = np.zeros(room, dtype_of(table.Leaf))
+    keys = np.zeros(room, np.dtype(table.Key))
+    values = np.zeros(room, np.dtype(table.Leaf))
     token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
     while total < room:
         count.value = room - total
