@@ -151,8 +151,9 @@ def main():
               help="Also write every state transition to FILE as CSV ('-': stdout), as it happens, with the "
                    "owner tcpclose credits and the task it ran in; what the stream lost is counted in the summary.")
 @click.option("--max-sockets", type=click.IntRange(min=64, max=1 << 24), metavar="N",
-              help="Socket lives followed at once in BPF [default: 131072, about 200 bytes each]. When full, "
-                   "the least recently active is evicted; evictions are counted in the summary.")
+              help="Socket lives followed at once in BPF [default: 131072, about 200 bytes each]: half in slots "
+                   "picked by socket address, the rest in an LRU map for sockets whose slot is taken. When that "
+                   "map is full, its least recently active is evicted; evictions are counted in the summary.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")

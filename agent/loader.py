@@ -20,7 +20,8 @@ TW_TIMER_SYMBOL = "tw_timer_handler"  # the callback of every timewait socket's 
 MODULES_DIR = Path("/lib/modules")
 KALLSYMS = Path("/proc/kallsyms")
 
-MAX_SOCKS = 131072  # live sockets followed at once (~200 B each with key and map overhead: 26 MiB); --max-sockets
+MAX_SOCKS = 131072  # live sockets followed at once (~200 B each: 26 MiB); --max-sockets
+MAX_SOCK_SLOT_BITS = 16  # at most 65 536 of them in the direct-mapped array (sock_slots, 160 B each: 10 MiB)
 MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
 # A timewait timer is armed for 60 s at most (TCP_TIMEWAIT_LEN: a tcp_fin_timeout beyond
 # that is spent on the full socket, before the timewait socket exists).  An entry of tws
@@ -87,11 +88,19 @@ def tw_timer_address() -> tuple[int | None, str]:
     return None, f"{TW_TIMER_SYMBOL} is not in {KALLSYMS}"
 
 
+def socket_room(max_socks: int) -> list[str]:
+    """The -D sizes that share max_socks between the program's two places for lives: half
+    of them (a power of two, at most 2^MAX_SOCK_SLOT_BITS) in the sock_slots array, the
+    rest in the socks LRU map (see the comment above sock_slots in the program)."""
+    bits = min(MAX_SOCK_SLOT_BITS, (max_socks // 2).bit_length() - 1)
+    return [f"-DSOCK_SLOT_BITS={bits}", f"-DMAX_SOCKS={max_socks - (1 << bits)}"]
+
+
 def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
                   transitions: bool = False, max_socks: int = MAX_SOCKS) -> list[str]:
     flags = [
         f"-I{layout.BPF_DIR}",
-        f"-DMAX_SOCKS={max_socks}",
+        *socket_room(max_socks),
         f"-DMAX_TWS={MAX_TWS}",
         f"-DMAX_LISTENERS={MAX_LISTENERS}",
         f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
@@ -194,9 +203,11 @@ class Probe:
         return self._transitions.read(limit) if self._transitions else np.zeros(0, layout.TRANSITION_DTYPE)
 
     def open_lives(self) -> np.ndarray:
-        """The records of the lives still in the socks map (not yet ->CLOSE)."""
-        raw = b"".join(bytes(value) for value in self._bpf[b"socks"].values())
-        return np.frombuffer(raw, layout.EVENT_DTYPE)
+        """The records of the lives still followed (not yet ->CLOSE): the taken sock_slots
+        (skaddr not 0) and the socks map's entries."""
+        slots = mapbatch.read_map(self._bpf[b"sock_slots"])[1].view(layout.EVENT_DTYPE)
+        mapped = mapbatch.read_map(self._bpf[b"socks"])[1].view(layout.EVENT_DTYPE)
+        return np.concatenate([slots[slots["skaddr"] != 0], mapped])
 
     def process_counts(self) -> list[dict]:
         """--aggregates: the procs map, one dict per owner: pid (None: never learnt), comm,
@@ -225,7 +236,7 @@ class Probe:
         if not self.follows_timewait:
             return 0
         table = self._bpf[b"tws"]
-        timers, states = mapbatch.read_hash(table)
+        timers, states = mapbatch.read_map(table)
         swept = 0
         for timer in timers[stale_timewaits(states, now_ns, stale_after_ns)].tolist():
             key = table.Key(timer)
@@ -243,7 +254,7 @@ class Probe:
         (TW_CANCELLED) for one whose cancel nothing explained before tracing ended."""
         if not self.follows_timewait:
             return np.zeros(0, layout.EVENT_DTYPE)
-        timer, states = mapbatch.read_hash(self._bpf[b"tws"])
+        timer, states = mapbatch.read_map(self._bpf[b"tws"])
         out = np.zeros(len(timer), layout.EVENT_DTYPE)
         if not len(timer):
             return out

@@ -1,4 +1,4 @@
-"""A whole BPF hash map read into numpy in a few syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+),
+"""A whole BPF map read into numpy in a few syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+),
 where bcc's items() makes two syscalls and two ctypes objects per entry: the tws map holds
 hundreds of thousands of entries, and it is read during tracing (Probe.sweep_timewaits)."""
 from __future__ import annotations
@@ -10,9 +10,10 @@ import os
 import numpy as np
 
 
-def read_hash(table) -> tuple[np.ndarray, np.ndarray]:
-    """Every (key, value) of a bcc hash table, as two numpy arrays of its Key and Leaf types
-    (numpy takes a ctypes Structure's fields and offsets: the layout is bcc's, not written twice).
+def read_map(table) -> tuple[np.ndarray, np.ndarray]:
+    """Every (key, value) of a bcc hash table or array, as two numpy arrays of its Key and Leaf
+    types (numpy takes a ctypes Structure's fields and offsets: the layout is bcc's, not written
+    twice).  An array gives all of its entries.
 
     Entries added or removed while it reads may be in or out: each bucket is read whole, once."""
     from bcc.libbcc import lib

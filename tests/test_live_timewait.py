@@ -223,7 +223,7 @@ def test_a_time_wait_whose_timer_events_went_unseen_is_swept_and_counted(monkeyp
         traced = Traced(ns)
         traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-swept")
         tws = traced.tracer._probe._bpf[b"tws"]
-        timers, states = mapbatch.read_hash(tws)
+        timers, states = mapbatch.read_map(tws)
         ours = np.flatnonzero(states["start_ns"] > time.monotonic_ns() - 30 * 10**9)
         assert len(ours) >= 3  # (the host's own timewaits may be there too)
         aged = states[ours[0]].copy()
