@@ -33,8 +33,11 @@ on the same tracepoint; its ns/transition is the timing's own overhead.  For
 --transitions: transitions expected (10 per connection), written to the file,
 and lost as the BPF side counted them.
 
-The ratio is paired: each repeat runs every mode once, in the same order, and a
-run's rate is divided by the untraced rate of its own repeat.  On the 2-core
+The ratio is paired: each repeat runs every mode once, and a run's rate is
+divided by the untraced rate of its own repeat.  Every other repeat runs the
+modes in reverse order (run_order), so that a drift of the machine's speed
+over the bench, and whatever a run leaves behind for the next (the default
+mode's analysis at its end takes gigabytes), weigh on every mode alike.  On the 2-core
 development VM the untraced rate swings between 12 000 and 21 000 conn/s from
 one half second to the next and differs by about 6 % (standard deviation)
 between 15 s runs: as much as the cost being measured, so one run against one
@@ -227,6 +230,11 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
     return proc, time.monotonic() - start
 
 
+def run_order(modes: list[str], repeat: int) -> list[str]:
+    """The modes in the order repeat number `repeat` runs them: as given, then reversed, in turn."""
+    return modes if repeat % 2 == 0 else modes[::-1]
+
+
 def server_closes_first(client: int, closer: str) -> bool:
     """Does client number `client` talk to the server that closes first?"""
     return closer == "server" or (closer == "both" and client % 2 == 1)
@@ -409,7 +417,7 @@ def main() -> None:
     for rate in (float(r) for r in args.rates.split(",")):
         rows = []
         for repeat in range(args.repeats):
-            for mode in modes:
+            for mode in run_order(modes, repeat):
                 row = measure(mode, args.seconds, args.clients, rate, args.closer) | {"repeat": repeat}
                 console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
                 rows.append(row)

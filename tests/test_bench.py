@@ -41,3 +41,13 @@ def test_no_spread_from_fewer_than_four_repeats_and_no_ratio_without_untraced_ru
 def test_cpu_taken_adds_bpf_and_the_tracer_per_core_of_the_machine():
     table = bench.table(rows([100], [90], bpf_cores=0.08, cpu_cores=0.02), rate=0)
     assert cells(table, "CPU taken") == ["-", f"{0.10 / os.cpu_count():.1%}"]
+
+
+def test_every_other_repeat_runs_the_modes_in_reverse_so_a_drift_weighs_on_each_alike():
+    modes = ["untraced", "empty program", "tcpclose", "tcpclose --aggregates"]
+    orders = [bench.run_order(modes, repeat) for repeat in range(4)]
+    assert orders[0] == orders[2] == modes
+    assert orders[1] == orders[3] == modes[::-1]
+    # over a pair of repeats every mode sits at the same mean position: a linear drift cancels
+    positions = {m: sum(order.index(m) for order in orders[:2]) for m in modes}
+    assert len(set(positions.values())) == 1
