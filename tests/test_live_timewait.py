@@ -198,9 +198,10 @@ def test_under_full_churn_every_time_wait_killed_has_its_end():
                 server.wait(timeout=10)
     mine = conns[conns["comm"].isin(["churn-client", "churn-server"])]
     reasons = mine["tw_end_reason"].value_counts()
-    assert len(mine) == 2 * made
-    assert reasons.get("reused", 0) > 1000 and reasons.get("killed", 0) > 1000
     counters = run["counters"]
+    # every life recorded, or its record one of the ring-buffer drops, which are counted
+    assert 2 * made - counters["ringbuf_drops"] <= len(mine) <= 2 * made, (len(mine), 2 * made, counters)
+    assert reasons.get("reused", 0) > 1000 and reasons.get("killed", 0) > 1000
     assert reasons.get("unknown", 0) <= counters["ringbuf_drops"]  # only a lost end record, counted
     # every TIME_WAIT the kernel made is one tcpclose saw made, but for those whose ->CLOSE
     # or timer_start it missed (a classic tracepoint's program skipped: recursion_misses)
