@@ -40,8 +40,8 @@ over the bench, and whatever a run leaves behind for the next (the default
 mode's analysis at its end takes gigabytes), weigh on every mode alike.  On
 the 2-core development VM the untraced rate swings between 12 000 and 21 000
 conn/s from one half second to the next and differs by about 6 % (standard
-deviation) between 15 s runs: as much as the cost being measured, so one run against one
-run says little.  The table gives the median of the paired ratios and, from 4
+deviation) between 15 s runs: as much as the cost being measured, so one run
+against one run says little.  The table gives the median of the paired ratios and, from 4
 repeats up, the middle half of them (first to third quartile): many short
 repeats (--seconds 15 --repeats 16) pin a ratio down better than a few long ones.
 """

@@ -44,9 +44,9 @@ enum tcpclose_sk_rst_reason { TCPCLOSE_RST_REASON_UNUSED };
  * costs an insert and a delete, each of which the LRU map pays with its LRU
  * lists' lock and its bucket lock.  The array's lookup is inlined by the
  * verifier, a slot is taken with one compare-and-swap and freed with one
- * store: the state-change
- * program went from about 570 to 360 ns a run with --aggregates, 640 to 460 ns
- * in the default mode (side by side on the same churn, both orders).
+ * store: the state-change program went from about 570 to 360 ns a run with
+ * --aggregates, 640 to 460 ns in the default mode (side by side on the same
+ * churn, both orders).
  * A missed ->CLOSE: the next life on the same socket address (slab memory is
  * reused at once under churn) ends it, counted (C_MISSED_CLOSE); the LRU map
  * also evicts its least recently used entry when full.  User space counts
