@@ -56,11 +56,20 @@ enum tcpclose_sk_rst_reason { TCPCLOSE_RST_REASON_UNUSED };
 BPF_ARRAY(sock_slots, struct tcpclose_event, SOCK_SLOTS);
 BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
 
-/* Fibonacci hashing: socket addresses are slab objects a fixed size apart, so
- * their low bits repeat; the product's top bits mix in all of them. */
+/* A socket's slot is its address in 2 KiB units, modulo SOCK_SLOTS.  TCP
+ * sockets are slab objects of more than 2 KiB (struct tcp_sock: 2368 bytes on
+ * 6.18, tcp6_sock 2496), so the sockets of one slab (13 in 8 pages) take
+ * slots next to each other, and the few dozen alive at once under churn,
+ * handed out again and again from a few slabs, sit in a few pages of the
+ * array.  Scattered over its 12 MiB by a multiplicative hash, as at first,
+ * they cost the state-change program 20-40 ns a run more (--aggregates,
+ * tracers taking turns on the same churn); cache and TLB misses, most likely,
+ * which this VM has no counters to show.  Objects smaller than 2 KiB would
+ * only share slots: the second one of a pair is followed in the socks map. */
+#define SOCK_SLOT_SHIFT 11
 static __always_inline struct tcpclose_event *slot_of(u64 sk)
 {
-	u32 idx = (u32)((sk * 0x9E3779B97F4A7C15ULL) >> (64 - SOCK_SLOT_BITS));
+	u32 idx = (u32)(sk >> SOCK_SLOT_SHIFT) & (SOCK_SLOTS - 1);
 	return sock_slots.lookup(&idx);
 }
 
