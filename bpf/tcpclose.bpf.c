@@ -57,12 +57,12 @@ BPF_ARRAY(sock_slots, struct tcpclose_event, SOCK_SLOTS);
 BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
 
 /* A socket's slot is its address in 2 KiB units, modulo SOCK_SLOTS.  TCP
- * sockets are slab objects of more than 2 KiB (struct tcp_sock: 2368 bytes on
- * 6.18, tcp6_sock 2496), so the sockets of one slab (13 in 8 pages) take
+ * sockets are slab objects of more than 2 KiB (/proc/slabinfo on 6.18: TCP
+ * 2368 bytes, TCPv6 2496), so the sockets of one slab (13 in 8 pages) take
  * slots next to each other, and the few dozen alive at once under churn,
  * handed out again and again from a few slabs, sit in a few pages of the
  * array.  Scattered over its 12 MiB by a multiplicative hash, as at first,
- * they cost the state-change program 20-40 ns a run more (--aggregates,
+ * they cost the state-change program 17-30 ns a run more, 4-8 % (both modes,
  * tracers taking turns on the same churn); cache and TLB misses, most likely,
  * which this VM has no counters to show.  Objects smaller than 2 KiB would
  * only share slots: the second one of a pair is followed in the socks map. */

@@ -51,3 +51,20 @@ def test_every_other_repeat_runs_the_modes_in_reverse_so_a_drift_weighs_on_each_
     # over a pair of repeats every mode sits at the same mean position: a linear drift cancels
     positions = {m: sum(order.index(m) for order in orders[:2]) for m in modes}
     assert len(set(positions.values())) == 1
+
+
+def test_turns_take_the_state_programs_time_per_run_and_refuse_a_tree_that_is_not_tcpclose(tmp_path):
+    from agent import turns
+
+    run = {"programs": {bench.STATE_PROGRAM: {"run_time_ns": 4_000_000, "run_cnt": 10_000},
+                        "timer_cancel": {"run_time_ns": 9_000_000, "run_cnt": 90_000}}}
+    assert turns.state_ns_per_run(run) == 400
+    assert turns.state_ns_per_run({"programs": {bench.STATE_PROGRAM: {"run_time_ns": 0, "run_cnt": 0}}}) is None
+    assert turns.state_ns_per_run({}) is None  # a run.json from before the stats
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "__main__.py").touch()
+    assert turns.parse_variant(f"{tmp_path}::--aggregates --max-sockets 4096") == (
+        tmp_path, ["--aggregates", "--max-sockets", "4096"])
+    assert turns.parse_variant(str(tmp_path)) == (tmp_path, [])
+    with pytest.raises(SystemExit, match="not a tcpclose checkout"):
+        turns.parse_variant(f"{tmp_path / 'nowhere'}::--aggregates")
