@@ -104,7 +104,8 @@ def main() -> None:
                 ns_run = take_turn(*variants[args.variants.index(spec)], args.slice)
                 if ns_run is not None:
                     timings[spec].append(ns_run)
-                print(f"round {round_ + 1}  {spec:40}  {ns_run or 0:6.0f} ns a run", flush=True)
+                timed = f"{ns_run:6.0f} ns a run" if ns_run is not None else "not timed (no run.json programs)"
+                print(f"round {round_ + 1}  {spec:40}  {timed}", flush=True)
     finally:
         for client in clients:
             client.kill()
