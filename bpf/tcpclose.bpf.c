@@ -61,11 +61,12 @@ BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
  * 2368 bytes, TCPv6 2496), so the sockets of one slab (13 in 8 pages) take
  * slots next to each other, and the few dozen alive at once under churn,
  * handed out again and again from a few slabs, sit in a few pages of the
- * array.  Scattered over its 12 MiB by a multiplicative hash, as at first,
- * they cost the state-change program 17-30 ns a run more, 4-8 % (both modes,
- * tracers taking turns on the same churn); cache and TLB misses, most likely,
- * which this VM has no counters to show.  Objects smaller than 2 KiB would
- * only share slots: the second one of a pair is followed in the socks map. */
+ * array.  Scattered over all of it (12 MiB by default) by a multiplicative
+ * hash, as at first, they cost the state-change program 17-30 ns a run more,
+ * 4-8 % (both modes, tracers taking turns on the same churn); cache and TLB
+ * misses, most likely, which this VM has no counters to show.  Objects
+ * smaller than 2 KiB would only share slots: the second one of a pair is
+ * followed in the socks map. */
 #define SOCK_SLOT_SHIFT 11
 static __always_inline struct tcpclose_event *slot_of(u64 sk)
 {
