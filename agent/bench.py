@@ -37,7 +37,10 @@ The ratio is paired: each repeat runs every mode once, and a run's rate is
 divided by the untraced rate of its own repeat.  Every other repeat runs the
 modes in reverse order (run_order), so that a drift of the machine's speed
 over the bench, and whatever a run leaves behind for the next (the default
-mode's analysis at its end takes gigabytes), weigh on every mode alike.  On
+mode's analysis at its end takes gigabytes), weigh on every mode alike.
+"untraced again" runs the untraced workload a second time in each repeat, at
+the other end of its order: its ratio is a difference no tracer made (an A/A
+comparison), the bench's own noise to hold the other ratios against.  On
 the 2-core development VM the untraced rate swings between 12 000 and 21 000
 conn/s from one half second to the next and differs by about 6 % (standard
 deviation) between 15 s runs: as much as the cost being measured, so one run
@@ -207,7 +210,10 @@ TCPCLOSE_MODES = {
     "tcpclose --aggregates": ["--aggregates"],
     "tcpclose --transitions": ["--transitions", "{out}/transitions.csv"],
 }
-MODES = ["untraced", "empty program", *TCPCLOSE_MODES, "tcpstates"]
+# "untraced again" is the untraced run once more, at the other end of the repeat: its ratio
+# (an A/A comparison) is the bench's own noise, the difference that no tracer made.
+UNTRACED = ("untraced", "untraced again")
+MODES = ["untraced", "empty program", *TCPCLOSE_MODES, "tcpstates", "untraced again"]
 
 
 def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
@@ -255,7 +261,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
         if mode == "empty program":  # loaded here, by the bench itself
             from bcc import BPF
             empty = BPF(text=EMPTY_PROGRAM)
-        elif mode != "untraced":
+        elif mode not in UNTRACED:
             tracer, row["start_s"] = start_tracer(mode, out)
             cpu0 = _cpu_s(tracer.pid)
             rss = RssSampler(tracer.pid)
@@ -266,7 +272,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             workers.append(ns.popen("-m", "agent.churn", "client", "--port", str(PORT + first),
                                     "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}", *per_client,
                                     *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, text=True))
-        window = StatsWindow(seconds) if mode != "untraced" else None
+        window = StatsWindow(seconds) if mode not in UNTRACED else None
         connections = sum(int(w.communicate()[0]) for w in workers)
         if window:
             window.join()
