@@ -25,7 +25,8 @@ unit: setup
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out
 
-# The OVERHEAD numbers of the README: BENCH_ARGS="--seconds 60 --repeats 3" for the full run.
+# A quick look by default.  The README's OVERHEAD table is BENCH_ARGS="--seconds 60 --repeats 8
+# --rates 0 --modes 'untraced,empty program,tcpclose,tcpclose --aggregates,tcpstates,untraced again'".
 BENCH_ARGS ?= --seconds 10 --repeats 1 --rates 0,6000
 bench: setup
 	$(PY) -m agent.bench $(BENCH_ARGS)

@@ -24,7 +24,14 @@ whose timer events were missed (end unknown, or never claimed).  "BPF
 ns/transition" is the kernel's own timing of the state-change program per
 run, and "BPF cores" the time all of tcpclose's programs ran, per second: the
 cost paid inside the traced workload, which its noisy rate hides; "CPU taken"
-adds the tracer's own CPU to it, as a share of the machine's cores.  The kernel
+adds the tracer's own CPU to it, as a share of the machine's cores.  "CPU
+us/conn" is the whole machine's busy CPU time while the workload ran (/proc/stat:
+the time the hypervisor gave to other guests, "steal", left out) per connection,
+tracer and BPF included; "ratio by CPU/conn" is the untraced figure over it, paired
+like the ratio: what the rate's ratio would be if CPU per connection alone set the
+rate.  At maximum churn the machine is saturated and it nearly does, but the rate
+also moves with steal and this ratio does not; at a fixed rate it is the only ratio
+that says anything.  The kernel
 times programs only while BPF stats are on, and the timing costs two clock
 reads a run (a paravirtual clock on a VM), so the bench turns them on for a
 window in the middle of each traced run only (STATS_WINDOW_S), not for the
@@ -134,30 +141,50 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot, from /proc/stat.  Busy is
+    user, nice, system, irq and softirq (a guest's time is inside user; BPF programs run
+    in whatever they interrupt); stolen is the time the hypervisor gave to other guests."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 def _status_mib(pid: int, field: str) -> float:
-    """VmHWM (peak RSS) or VmRSS of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmHWM (peak RSS) or VmRSS of a process, in MiB; NaN once it has exited."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    for line in text.splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return float("nan")  # a zombie: its memory is gone
 
 
 REPORT_TIMEOUT_S = 900  # a tracer still writing its files after this is killed
+PEAK_EVERY_S = 0.1  # adds up to this much to "Ctrl-C to files"
 
 
-def _wait_rusage(proc: subprocess.Popen):
+def _wait_peak_rss(proc: subprocess.Popen) -> float:
     """Wait for a tracer to write its files and exit (killed after REPORT_TIMEOUT_S); its
-    resource usage over its whole life (os.wait4), whose ru_maxrss includes the
-    end-of-run analysis."""
-    deadline = threading.Timer(REPORT_TIMEOUT_S, proc.kill)
-    deadline.start()
-    try:
-        proc.stderr.read()  # until it exits: it may print a lot, and must not block on the pipe
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        deadline.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage
+    peak RSS in MiB over its whole life, the end-of-run analysis included.
+
+    Read from its own VmHWM (a high-water mark, so no peak falls between two reads) until
+    it exits.  Not the ru_maxrss of wait4(): a child started by fork or vfork and exec
+    starts with its parent's high-water mark there, and the bench's own reached hundreds
+    of MiB reading tcpstates' output, which made --aggregates look 600 MiB big."""
+    stderr = threading.Thread(target=proc.stderr.read, daemon=True)  # it may print a lot
+    stderr.start()
+    deadline = time.monotonic() + REPORT_TIMEOUT_S
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _status_mib(proc.pid, "VmHWM"))  # NaN once it has exited: max() keeps peak
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(PEAK_EVERY_S)
+    stderr.join()
+    return peak or float("nan")
 
 
 class RssSampler(threading.Thread):
@@ -266,6 +293,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             cpu0 = _cpu_s(tracer.pid)
             rss = RssSampler(tracer.pid)
         per_client = ["--rate", str(rate / clients)] if rate else []
+        busy0, stolen0 = machine_cpu()
+        began = time.monotonic()
         workers = []
         for i in range(clients):
             first = server_closes_first(i, closer)
@@ -274,6 +303,9 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                                     *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, text=True))
         window = StatsWindow(seconds) if mode not in UNTRACED else None
         connections = sum(int(w.communicate()[0]) for w in workers)
+        busy1, stolen1 = machine_cpu()
+        row["cpu_us_per_conn"] = (busy1 - busy0) * 1e6 / connections if connections else float("nan")
+        row["steal"] = (stolen1 - stolen0) / ((time.monotonic() - began) * os.cpu_count())
         if window:
             window.join()
         if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
@@ -288,7 +320,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             tracer.send_signal(signal.SIGINT)
             stopped = time.monotonic()
             if mode in TCPCLOSE_MODES:  # it writes its files on the way out: wait for them
-                row["rss_report_mib"] = _wait_rusage(tracer).ru_maxrss / 1024
+                row["rss_report_mib"] = _wait_peak_rss(tracer)
                 row["report_s"] = time.monotonic() - stopped  # what the user waits for after Ctrl-C
             else:
                 # tcpstates may never see the SIGINT: a KeyboardInterrupt raised inside its
@@ -325,9 +357,9 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                 row["transitions_written"] = int(ours.sum())
                 row["transitions_lost"] = run["transitions"]["lost"]
         if mode == "tcpstates":
-            text = (out / "tcpstates.txt").read_text(errors="replace")
-            row["drops"] = sum(int(w) for line in text.splitlines() if "Possibly lost" in line
-                               for w in line.split() if w.isdigit())
+            with open(out / "tcpstates.txt", errors="replace") as text:  # hundreds of MiB: a line at a time
+                row["drops"] = sum(int(w) for line in text if "Possibly lost" in line
+                                   for w in line.split() if w.isdigit())
         return row
     finally:
         if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
@@ -342,7 +374,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
 
 
 COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are computed
-    "conn/s": ("rate", ",.0f"), "lives expected": ("lives_expected", ",.0f"),
+    "conn/s": ("rate", ",.0f"), "CPU us/conn": ("cpu_us_per_conn", ",.1f"), "steal": ("steal", ".1%"),
+    "lives expected": ("lives_expected", ",.0f"),
     "lives reported": ("lives_reported", ",.0f"), "lost": ("lives_lost", ",.0f"), "drops": ("drops", ",.0f"),
     "evicted": ("evicted", ",.0f"), "skipped": ("skipped", ",.0f"), "TW reported": ("tw_reported", ",.0f"),
     "kernel TW": ("kernel_tw", ",.0f"), "TW end unknown": ("tw_unknown", ",.0f"),
@@ -365,10 +398,13 @@ def table(rows: list[dict], rate: float) -> Table:
     if "bpf_cores" in frame:  # BPF and user-space time together, per core: what the workload cannot have
         tracer = frame["cpu_cores"].fillna(0) if "cpu_cores" in frame else 0  # the empty program has no process
         frame["cpu_taken"] = (frame["bpf_cores"] + tracer) / os.cpu_count()
-    untraced = frame[frame["mode"] == "untraced"].set_index("repeat")["rate"]  # a soak may have none
-    frame["ratio"] = frame["rate"] / frame["repeat"].map(untraced)
+    untraced = frame[frame["mode"] == "untraced"].set_index("repeat")  # a soak may have none
+    frame["ratio"] = frame["rate"] / frame["repeat"].map(untraced["rate"])
+    if "cpu_us_per_conn" in frame:  # the same ratio, were the rate set by CPU per connection alone
+        frame["cpu_ratio"] = frame["repeat"].map(untraced["cpu_us_per_conn"]) / frame["cpu_us_per_conn"]
     medians = frame.groupby("mode", sort=False).median(numeric_only=True)
-    quartiles = frame.groupby("mode", sort=False)["ratio"].quantile([0.25, 0.75]).unstack()
+    quartiles = {column: frame.groupby("mode", sort=False)[column].quantile([0.25, 0.75]).unstack()
+                 for column in ("ratio", "cpu_ratio") if column in frame}
     title = f"target rate: {'maximum' if not rate else f'{rate:g}/s'}, {frame.groupby('mode').size().iloc[0]} repeat(s), medians"
     out = Table(title=title)  # one column per mode, one row per figure: 20 figures fit no terminal's width
     out.add_column("", justify="left")
@@ -380,11 +416,13 @@ def table(rows: list[dict], rate: float) -> Table:
                  for mode, m in medians.iterrows()]
         if any(cell != "-" for cell in cells):
             out.add_row(title, *cells)
-        if key == "rate":
-            out.add_row("ratio", *(fmt(m["ratio"], ".2f") for _, m in medians.iterrows()))
+        for ratio, after, label in (("ratio", "rate", "ratio"), ("cpu_ratio", "cpu_us_per_conn", "ratio by CPU/conn")):
+            if key != after or ratio not in medians:
+                continue
+            out.add_row(label, *(fmt(m[ratio], ".2f") for _, m in medians.iterrows()))
             if len(frame) >= 4 * len(medians):
-                out.add_row("ratio, middle half", *(
-                    "-" if pd.isna(q[0.25]) else f"{q[0.25]:.2f}-{q[0.75]:.2f}" for _, q in quartiles.iterrows()))
+                out.add_row(f"{label}, middle half", *(
+                    "-" if pd.isna(q[0.25]) else f"{q[0.25]:.2f}-{q[0.75]:.2f}" for _, q in quartiles[ratio].iterrows()))
     return out
 
 

@@ -77,3 +77,29 @@ def test_untraced_again_is_held_against_the_first_untraced_run_as_the_bench_s_ow
     # paired with the first untraced run of each repeat: 0.96, 1.05, 0.98, 0.95 -> median 0.97
     assert cells(table, "ratio") == ["1.00", "0.90", "0.97"]
     assert "untraced again" in bench.MODES and bench.MODES.index("untraced again") == len(bench.MODES) - 1
+
+
+def test_ratio_by_cpu_per_connection_is_the_untraced_cost_over_the_traced_one_paired():
+    frame = rows([100, 100, 100, 100], [100, 100, 100, 100])
+    for row, cpu in zip(frame, [100, 125, 100, 100, 100, 125, 100, 100]):  # untraced, tcpclose, ...
+        row["cpu_us_per_conn"] = cpu
+    table = bench.table(frame, rate=6000)
+    # tcpclose cost 125 us a connection where untraced cost 100 in two repeats: 0.8, 1.0, 0.8, 1.0
+    assert cells(table, "ratio by CPU/conn") == ["1.00", "0.90"]
+    assert cells(table, "ratio by CPU/conn, middle half") == ["1.00-1.00", "0.80-1.00"]
+    assert cells(table, "ratio") == ["1.00", "1.00"]  # a fixed rate: the rate says nothing
+
+
+def test_peak_rss_with_report_is_the_tracer_s_own_not_the_high_water_mark_it_inherits():
+    import subprocess
+    import sys
+
+    held = bytearray(400 << 20)  # the bench's own memory (it reads tcpstates' output whole, once)
+    held[:: 4096] = b"\1" * len(held[:: 4096])
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(150 << 20); b[::4096] = "
+                              "b'\\1' * len(b[::4096]); sys.stderr.write('x' * 100000); del b; time.sleep(0.5)"],
+                             stderr=subprocess.PIPE, text=True)
+    peak = bench._wait_peak_rss(child)
+    assert child.returncode == 0
+    assert 150 <= peak < 300  # its 150 MiB and the interpreter's, not the 400 MiB this process holds
+    del held
