@@ -1,0 +1,71 @@
+"""Live: the two measuring commands, run for a few seconds each on real churn.
+
+`make bench` and `python -m agent.turns` are where the README's OVERHEAD numbers
+come from; these runs check that they still work end to end (namespace, churn,
+tracer, the kernel's timing, clean-up), not how fast anything is.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_namespaces() -> list[str]:
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in names.splitlines() if line.startswith(("tcpclose-bench-",))]
+
+
+def table_row(text: str, title: str) -> list[str]:
+    """The cells of one row of the bench's table (rich draws it with │ between cells)."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells and cells[0] == title:
+            return cells[1:]
+    raise AssertionError(f"no row {title!r} in:\n{text}")
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
+    before = bench_namespaces()
+    modes = ["untraced", "tcpclose --aggregates", "untraced again"]
+    done = subprocess.run([sys.executable, "-m", "agent.bench", "--seconds", "3", "--repeats", "1", "--rates", "0",
+                           "--modes", ",".join(modes)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for mode in modes:  # one line per run as it ends
+        rate = re.search(rf"\[1/1\] {re.escape(mode)}: ([\d,]+) conn/s", out)
+        assert rate and number(rate.group(1)) > 500, out
+    ratio = table_row(out, "ratio")
+    assert ratio[0] == "1.00" and 0.3 < number(ratio[2]) < 3, out  # the A/A ratio is a ratio, not a copy
+    expected, reported = (number(table_row(out, title)[1]) for title in ("lives expected", "lives reported"))
+    skipped = number(table_row(out, "skipped")[1])
+    # --aggregates counts in BPF: a life can go missing only with a transition the kernel skipped
+    assert expected - skipped <= reported <= expected, out
+    assert expected > 3000, out
+    assert bench_namespaces() == before
+
+
+def test_turns_time_each_variant_in_turn_on_one_churn_and_clean_up():
+    before = bench_namespaces()
+    variants = [f"{ROOT}::--aggregates", str(ROOT)]
+    done = subprocess.run([sys.executable, "-m", "agent.turns", "--slice", "2", "--rounds", "2", *variants],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    turns = re.findall(r"^round (\d)\s+(\S+)\s+(\d+) ns a run$", done.stdout, re.M)
+    # two rounds, the order reversed in the second
+    assert [(r, v) for r, v, _ in turns] == [("1", variants[0]), ("1", variants[1]),
+                                            ("2", variants[1]), ("2", variants[0])], done.stdout
+    assert all(50 < int(ns) < 100_000 for _, _, ns in turns), done.stdout
+    for variant in variants:
+        assert re.search(rf"^{re.escape(variant)}\s+median\s+\d+ ns a run", done.stdout, re.M), done.stdout
+    assert bench_namespaces() == before
