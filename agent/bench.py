@@ -3,42 +3,41 @@
   sudo .venv/bin/python -m agent.bench [--seconds S] [--repeats R] [--clients C] [--rates 0,6000]
                                        [--closer both|client|server] [--modes untraced,...]
 
-Each measurement runs the churn generator (agent.churn) in a network
-namespace of its own, with one client process per 127.0.0.x destination and
-a rate of 0 meaning as fast as it can.  With --closer both (the default) the
-even-numbered clients close first and the odd-numbered ones talk to a server
-that closes first, so both kinds of close, and TIME_WAITs on both sides, are
-in the load.  For each rate it prints one table: the median of each mode over
-the repeats and its ratio to the untraced runs of the same invocation, socket
-lives expected (2 per connection) vs reported (the churn processes' rows of
-processes.csv), ring-buffer drops, the tracer's CPU (cores) and peak RSS while
-the workload ran, its peak RSS over its whole life ("with report": the
-end-of-run analysis included), the seconds from its Ctrl-C to its files written,
-and its time from start to 'Tracing'; runs over a minute
-long also show its RSS after the first minute and at the end, and the growth
-between (a soak: --seconds 600).  "skipped" counts the
-transitions the kernel did not run the program for (BPF recursion on a CPU);
-"TW reported" (TIME_WAITs tcpclose saw made) is to hold against "kernel TW",
-the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
-whose timer events were missed (end unknown, or never claimed).  "BPF
-ns/transition" is the kernel's own timing of the state-change program per
-run, and "BPF cores" the time all of tcpclose's programs ran, per second: the
-cost paid inside the traced workload, which its noisy rate hides; "CPU taken"
-adds the tracer's own CPU to it, as a share of the machine's cores.  "CPU
-us/conn" is the whole machine's busy CPU time while the workload ran (/proc/stat:
-the time the hypervisor gave to other guests, "steal", left out) per connection,
-tracer and BPF included; "ratio by CPU/conn" is the untraced figure over it, paired
-like the ratio: what the rate's ratio would be if CPU per connection alone set the
-rate.  At maximum churn the machine is saturated and it nearly does, but the rate
-also moves with steal and this ratio does not; at a fixed rate it is the only ratio
-that says anything.  The kernel
-times programs only while BPF stats are on, and the timing costs two clock
-reads a run (a paravirtual clock on a VM), so the bench turns them on for a
-window in the middle of each traced run only (STATS_WINDOW_S), not for the
-runs' rates.  "empty program" is the floor: a program that returns at once,
-on the same tracepoint; its ns/transition is the timing's own overhead.  For
---transitions: transitions expected (10 per connection), written to the file,
-and lost as the BPF side counted them.
+Each measurement runs the churn generator (agent.churn) in a network namespace
+of its own, with one client process per 127.0.0.x destination and a rate of 0
+meaning as fast as it can. With --closer both (the default) the even-numbered
+clients close first and the odd-numbered ones talk to a server that closes
+first, so both kinds of close, and TIME_WAITs on both sides, are in the load.
+For each rate it prints one table: the median of each mode over the repeats and
+its ratio to the untraced runs of the same invocation, socket lives expected (2
+per connection) vs reported (the churn processes' rows of processes.csv),
+ring-buffer drops, the tracer's CPU (cores) and peak RSS while the workload ran,
+its peak RSS over its whole life ("with report": the end-of-run analysis
+included), the seconds from its Ctrl-C to its files written, and its time from
+start to 'Tracing'; runs over a minute long also show its RSS after the first
+minute and at the end, and the growth between (a soak: --seconds 600). "skipped"
+counts the transitions the kernel did not run the program for (BPF recursion on
+a CPU); "TW reported" (TIME_WAITs tcpclose saw made) is to hold against "kernel
+TW", the namespace's TcpExt TW counter; "TW end unknown" counts the TIME_WAITs
+whose timer events were missed (end unknown, or never claimed). "BPF
+ns/transition" is the kernel's own timing of the state-change program per run,
+and "BPF cores" the time all of tcpclose's programs ran, per second: the cost
+paid inside the traced workload, which its noisy rate hides; "CPU taken" adds
+the tracer's own CPU to it, as a share of the machine's cores. "CPU us/conn" is
+the whole machine's busy CPU time while the workload ran (/proc/stat: the time
+the hypervisor gave to other guests, "steal", left out) per connection, tracer
+and BPF included; "ratio by CPU/conn" is the untraced figure over it, paired
+like the ratio: what the rate's ratio would be if CPU per connection alone set
+the rate. At maximum churn the machine is saturated and it nearly does: on the
+development VM the two ratios agreed to within 0.01, so the rate's noise is in
+the CPU a connection costs, not in steal (0.1-1 %). At a fixed rate it is the
+only ratio that says anything. The kernel times programs only while BPF stats
+are on, and the timing costs two clock reads a run (a paravirtual clock on a
+VM), so the bench turns them on for a window in the middle of each traced run
+only (STATS_WINDOW_S), not for the runs' rates. "empty program" is the floor: a
+program that returns at once, on the same tracepoint; its ns/transition is the
+timing's own overhead. For --transitions: transitions expected (10 per
+connection), written to the file, and lost as the BPF side counted them.
 
 The ratio is paired: each repeat runs every mode once, and a run's rate is
 divided by the untraced rate of its own repeat.  Every other repeat runs the
@@ -273,17 +272,46 @@ def server_closes_first(client: int, closer: str) -> bool:
     return closer == "server" or (closer == "both" and client % 2 == 1)
 
 
-def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -> dict:
-    ns = Namespace()
-    out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
+def start_servers(ns: Namespace) -> list[subprocess.Popen]:
+    """The churn's two servers in `ns`, ready: PORT waits for the client's close, PORT + 1
+    closes first.  Each leads a session of its own, so that stop_servers() ends its workers too."""
     servers = [ns.popen("-m", "agent.churn", "server", "--port", str(PORT + first), "--workers", "2",
                         *(["--server-closes-first"] if first else []),
                         stdout=subprocess.PIPE, text=True, start_new_session=True)
                for first in (0, 1)]
-    tracer = empty = None
     try:
         for server in servers:
             server.stdout.readline()  # "ready"
+    except BaseException:  # a Ctrl-C while they start
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def start_clients(ns: Namespace, clients: int, seconds: float, closer: str, rate_each: float = 0,
+                  stdout=subprocess.PIPE) -> list[subprocess.Popen]:
+    """One churn client per 127.0.0.x destination, for `seconds` (each prints its connection
+    count at the end), as fast as it can or at `rate_each`/s."""
+    return [ns.popen("-m", "agent.churn", "client", "--port", str(PORT + server_closes_first(i, closer)),
+                     "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}",
+                     *(["--rate", str(rate_each)] if rate_each else []),
+                     *(["--server-closes-first"] if server_closes_first(i, closer) else []),
+                     stdout=stdout, text=True)
+            for i in range(clients)]
+
+
+def stop_servers(servers: list[subprocess.Popen]) -> None:
+    for server in servers:  # and its workers, in its session
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -> dict:
+    ns = Namespace()
+    out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
+    servers, tracer, empty = [], None, None
+    try:
+        servers = start_servers(ns)
         row: dict = {"mode": mode}
         if mode == "empty program":  # loaded here, by the bench itself
             from bcc import BPF
@@ -292,15 +320,9 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             tracer, row["start_s"] = start_tracer(mode, out)
             cpu0 = _cpu_s(tracer.pid)
             rss = RssSampler(tracer.pid)
-        per_client = ["--rate", str(rate / clients)] if rate else []
         busy0, stolen0 = machine_cpu()
         began = time.monotonic()
-        workers = []
-        for i in range(clients):
-            first = server_closes_first(i, closer)
-            workers.append(ns.popen("-m", "agent.churn", "client", "--port", str(PORT + first),
-                                    "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}", *per_client,
-                                    *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, text=True))
+        workers = start_clients(ns, clients, seconds, closer, rate / clients)
         window = StatsWindow(seconds) if mode not in UNTRACED else None
         connections = sum(int(w.communicate()[0]) for w in workers)
         busy1, stolen1 = machine_cpu()
@@ -366,9 +388,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             empty.cleanup()
         if tracer and tracer.poll() is None:
             tracer.kill()
-        for server in servers:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_servers(servers)
         ns.delete()
         shutil.rmtree(out, ignore_errors=True)
 

@@ -9,8 +9,9 @@ turns, attached one at a time for S seconds each, in the given order in even rou
 and reversed in odd ones.  It prints, per turn and as a median per variant, the
 state-change program's ns a run as the kernel timed it.
 
-What it is for: the workload's rate moves by a few per cent from run to run on a
-busy host (see agent/bench.py), so it cannot tell two variants 5 % apart, while the
+What it is for: the workload's rate moves by several per cent from run to run on a
+busy host (make bench's "untraced again": up to 9 % between two untraced runs, at
+times far more), so it cannot tell two variants 5 % apart, while the
 kernel's timing of the program can.  Two tracers attached at once cannot either: the
 second one in the tracepoint's chain always finds code and data in cache, about 150 ns
 a run cheaper on the development VM.  Turns on one churn avoid both; alternating the
@@ -85,20 +86,11 @@ def main() -> None:
     if stats_fd is None:
         raise SystemExit("the kernel refused BPF_ENABLE_STATS (Linux 5.8+): no timing to compare")
     ns = bench.Namespace()
-    servers = [ns.popen("-m", "agent.churn", "server", "--port", str(bench.PORT + first), "--workers", "2",
-                        *(["--server-closes-first"] if first else []),
-                        stdout=subprocess.PIPE, text=True, start_new_session=True)
-               for first in (0, 1)]
-    clients = []
+    servers, clients = [], []
     timings: dict[str, list[float]] = {spec: [] for spec in args.variants}
     try:
-        for server in servers:
-            server.stdout.readline()  # "ready"
-        for i in range(CLIENTS):
-            first = bench.server_closes_first(i, "both")
-            clients.append(ns.popen("-m", "agent.churn", "client", "--port", str(bench.PORT + first),
-                                    "--seconds", str(CHURN_SECONDS), "--dest", f"127.0.0.{i + 1}",
-                                    *(["--server-closes-first"] if first else []), stdout=subprocess.DEVNULL))
+        servers = bench.start_servers(ns)
+        clients = bench.start_clients(ns, CLIENTS, CHURN_SECONDS, "both", stdout=subprocess.DEVNULL)
         for round_ in range(args.rounds):
             for spec in bench.run_order(args.variants, round_):
                 ns_run = take_turn(*variants[args.variants.index(spec)], args.slice)
@@ -110,9 +102,7 @@ def main() -> None:
         for client in clients:
             client.kill()
             client.wait()
-        for server in servers:  # and its workers, in its session
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        bench.stop_servers(servers)
         ns.delete()
         os.close(stats_fd)
     for spec, values in timings.items():
