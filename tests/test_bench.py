@@ -90,6 +90,26 @@ def test_ratio_by_cpu_per_connection_is_the_untraced_cost_over_the_traced_one_pa
     assert cells(table, "ratio") == ["1.00", "1.00"]  # a fixed rate: the rate says nothing
 
 
+def test_ratio_by_the_workload_s_user_cpu_is_paired_and_does_not_move_with_the_host_s_speed():
+    # repeat 1 ran on a host 20 % slower: every rate fell, but the share of the machine that
+    # the workload's own code got (what the tracer takes from it, in kernel mode) did not
+    frame = rows([100, 80, 100, 80], [95, 76, 95, 76])
+    for row, share in zip(frame, [0.25, 0.2375, 0.25, 0.2375, 0.25, 0.2375, 0.25, 0.2375]):
+        row["workload_user"] = share
+    frame[3]["workload_user"] = 0.225  # tcpclose in repeat 1: 0.9
+    table = bench.table(frame, rate=0)
+    assert cells(table, "workload's user CPU") == ["25.00%", "23.75%"]
+    assert cells(table, "ratio by workload's user CPU") == ["1.00", "0.95"]  # 0.95, 0.90, 0.95, 0.95
+    assert cells(table, "ratio by workload's user CPU, middle half") == ["1.00-1.00", "0.94-0.95"]
+
+
+def test_machine_cpu_counts_user_time_inside_busy_time():
+    busy, stolen, user = bench.machine_cpu()
+    assert 0 < user < busy and stolen >= 0
+    own_user, own_total = bench._cpu_s(os.getpid())
+    assert 0 < own_user <= own_total
+
+
 def test_peak_rss_with_report_is_the_tracer_s_own_not_the_high_water_mark_it_inherits():
     import subprocess
     import sys

@@ -47,6 +47,11 @@ def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
         assert rate and number(rate.group(1)) > 500, out
     ratio = table_row(out, "ratio")
     assert ratio[0] == "1.00" and 0.3 < number(ratio[2]) < 3, out
+    # the workload's own code got a plausible share of the machine in every run, the tracer's
+    # user time left out; an A/A ratio by it near 1
+    shares = [number(cell.rstrip("%")) / 100 for cell in table_row(out, "workload's user CPU")]
+    assert all(0.05 < share < 0.9 for share in shares), out
+    assert 0.5 < number(table_row(out, "ratio by workload's user CPU")[2]) < 2, out
     # "untraced again" starts no tracer (an A/A run); --aggregates does
     start = table_row(out, "start s")
     assert start[2] == "-" and 0 < number(start[1]) < 30, out
