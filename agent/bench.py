@@ -311,6 +311,20 @@ def start_clients(ns: Namespace, clients: int, seconds: float, closer: str, rate
             for i in range(clients)]
 
 
+def stop_clients(clients: list[subprocess.Popen]) -> None:
+    """End the clients still running (a run cut short); those that finished are only reaped."""
+    for client in clients:
+        if client.poll() is None:
+            client.kill()
+        client.wait()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM takes the way Ctrl-C takes (KeyboardInterrupt), through every clean-up: without
+    it the churn would go on in a namespace nobody deletes."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def stop_servers(servers: list[subprocess.Popen]) -> None:
     for server in servers:  # and its workers, in its session
         os.killpg(server.pid, signal.SIGKILL)
@@ -320,7 +334,7 @@ def stop_servers(servers: list[subprocess.Popen]) -> None:
 def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -> dict:
     ns = Namespace()
     out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
-    servers, tracer, empty = [], None, None
+    servers, workers, tracer, empty = [], [], None, None
     try:
         servers = start_servers(ns)
         row: dict = {"mode": mode}
@@ -403,6 +417,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             empty.cleanup()
         if tracer and tracer.poll() is None:
             tracer.kill()
+        stop_clients(workers)
         stop_servers(servers)
         ns.delete()
         shutil.rmtree(out, ignore_errors=True)
@@ -483,6 +498,7 @@ def main() -> None:
                         help=f"comma-separated, of: {', '.join(MODES)}; e.g. a 10 minute RSS soak: "
                              "--seconds 600 --modes 'tcpclose --aggregates'")
     args = parser.parse_args()
+    stop_on_sigterm()
     sys.stdout.reconfigure(line_buffering=True)  # each run's line as it ends, also into a file
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (network namespaces and BPF): sudo make bench")
@@ -506,7 +522,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for mode in run_order(modes, repeat):
                 row = measure(mode, args.seconds, args.clients, rate, args.closer) | {"repeat": repeat}
-                console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s", highlight=False)
+                console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s, "
+                              f"workload's user CPU {row['workload_user']:.2%}", highlight=False)
                 rows.append(row)
         console.print(table(rows, rate))
 

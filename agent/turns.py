@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=12, help="seconds each turn is attached (default 12)")
     parser.add_argument("--rounds", type=int, default=4, help="turns of each variant (default 4)")
     args = parser.parse_args()
+    bench.stop_on_sigterm()
     if os.geteuid() != 0:
         raise SystemExit("agent.turns loads BPF programs and makes a network namespace: run it with sudo")
     variants = [parse_variant(spec) for spec in args.variants]
@@ -99,9 +100,7 @@ def main() -> None:
                 timed = f"{ns_run:6.0f} ns a run" if ns_run is not None else "not timed (no run.json programs)"
                 print(f"round {round_ + 1}  {spec:40}  {timed}", flush=True)
     finally:
-        for client in clients:
-            client.kill()
-            client.wait()
+        bench.stop_clients(clients)
         bench.stop_servers(servers)
         ns.delete()
         os.close(stats_fd)

@@ -77,3 +77,38 @@ def test_turns_time_each_variant_in_turn_on_one_churn_and_clean_up():
     for variant in variants:
         assert re.search(rf"^{re.escape(variant)}\s+median\s+\d+ ns a run", done.stdout, re.M), done.stdout
     assert bench_namespaces() == before
+
+
+def churn_pids() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"agent.churn" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_bench_ended_by_sigterm_stops_its_churn_and_deletes_its_namespace():
+    import signal
+    import time
+
+    before_ns, before_churn = bench_namespaces(), churn_pids()
+    bench = subprocess.Popen([sys.executable, "-m", "agent.bench", "--seconds", "60", "--modes", "untraced"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(churn_pids() - before_churn) < 6:  # two servers, four clients: the run is on
+            assert bench.poll() is None and time.monotonic() < deadline, bench.stderr.read()
+            time.sleep(0.2)
+        assert f"tcpclose-bench-{bench.pid}" in bench_namespaces()
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=30)
+        assert bench.returncode != 0
+        time.sleep(0.5)  # the killed clients' last exit
+        assert churn_pids() - before_churn == set()
+        assert bench_namespaces() == before_ns
+    finally:
+        if bench.poll() is None:
+            bench.kill()
