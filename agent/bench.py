@@ -38,8 +38,9 @@ programs run in kernel mode, so at a saturated machine they take their time from
 this share, while a slower host slows the workload's user and kernel time alike
 and leaves the share nearly as it was: on one churn watched in 30 s windows, the
 rate moved by 5.7 % (standard deviation) and this share by 3.2 %. It misses what a
-tracer makes the workload's own code pay (caches), so it is to hold beside the
-rate's ratio, not to replace it. The kernel times programs only while BPF stats
+tracer makes the workload's own code pay (caches, a process sharing its CPUs:
+tcpstates came out at 0.93x by it and 0.63x by the rate), so it is to hold beside
+the rate's ratio, not to replace it. The kernel times programs only while BPF stats
 are on, and the timing costs two clock reads a run (a paravirtual clock on a
 VM), so the bench turns them on for a window in the middle of each traced run
 only (STATS_WINDOW_S), not for the runs' rates. "empty program" is the floor: a

@@ -91,8 +91,8 @@ def test_ratio_by_cpu_per_connection_is_the_untraced_cost_over_the_traced_one_pa
 
 
 def test_ratio_by_the_workload_s_user_cpu_is_paired_and_does_not_move_with_the_host_s_speed():
-    # repeat 1 ran on a host 20 % slower: every rate fell, but the share of the machine that
-    # the workload's own code got (what the tracer takes from it, in kernel mode) did not
+    # repeats 1 and 3 ran on a host 20 % slower: every rate fell, but the share of the machine
+    # that the workload's own code got (what the tracer takes from it, in kernel mode) did not
     frame = rows([100, 80, 100, 80], [95, 76, 95, 76])
     for row, share in zip(frame, [0.25, 0.2375, 0.25, 0.2375, 0.25, 0.2375, 0.25, 0.2375]):
         row["workload_user"] = share
