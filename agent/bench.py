@@ -520,12 +520,18 @@ def main() -> None:
                   f"{args.clients} churn clients (closing first: {args.closer}), {args.seconds:g} s per run")
     for rate in (float(r) for r in args.rates.split(",")):
         rows = []
-        for repeat in range(args.repeats):
-            for mode in run_order(modes, repeat):
-                row = measure(mode, args.seconds, args.clients, rate, args.closer) | {"repeat": repeat}
-                console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s, "
-                              f"workload's user CPU {row['workload_user']:.2%}", highlight=False)
-                rows.append(row)
+        try:
+            for repeat in range(args.repeats):
+                for mode in run_order(modes, repeat):
+                    row = measure(mode, args.seconds, args.clients, rate, args.closer) | {"repeat": repeat}
+                    console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s, "
+                                  f"workload's user CPU {row['workload_user']:.2%}", highlight=False)
+                    rows.append(row)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs that ended are not lost
+            if rows:
+                console.print(table(rows, rate))
+            raise SystemExit(f"bench: interrupted; the table above has the {len(rows)} run(s) that ended"
+                             if rows else "bench: interrupted before any run ended") from None
         console.print(table(rows, rate))
 
 

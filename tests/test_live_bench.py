@@ -90,22 +90,27 @@ def churn_pids() -> set[int]:
     return pids
 
 
-def test_bench_ended_by_sigterm_stops_its_churn_and_deletes_its_namespace():
+def test_bench_ended_by_sigterm_prints_the_runs_that_ended_stops_its_churn_and_deletes_its_namespace():
     import signal
     import time
 
     before_ns, before_churn = bench_namespaces(), churn_pids()
-    bench = subprocess.Popen([sys.executable, "-m", "agent.bench", "--seconds", "60", "--modes", "untraced"],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    bench = subprocess.Popen([sys.executable, "-m", "agent.bench", "--seconds", "2", "--repeats", "50",
+                              "--modes", "untraced,untraced again"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        first = bench.stdout.readline() + bench.stdout.readline()  # the machine, then the first run's line
+        assert "[1/50] untraced:" in first, first + bench.stderr.read()
         deadline = time.monotonic() + 30
-        while len(churn_pids() - before_churn) < 6:  # two servers, four clients: the run is on
+        # two servers and four clients in the bench's namespace: the next run is on
+        while len(churn_pids() - before_churn) < 6 or f"tcpclose-bench-{bench.pid}" not in bench_namespaces():
             assert bench.poll() is None and time.monotonic() < deadline, bench.stderr.read()
-            time.sleep(0.2)
-        assert f"tcpclose-bench-{bench.pid}" in bench_namespaces()
+            time.sleep(0.05)
         bench.send_signal(signal.SIGTERM)
-        bench.wait(timeout=30)
+        out, err = bench.communicate(timeout=30)
         assert bench.returncode != 0
+        assert "interrupted" in err and "run(s) that ended" in err, err
+        assert table_row(out, "conn/s")[0] != "-", out  # the table of the runs that ended
         time.sleep(0.5)  # the killed clients' last exit
         assert churn_pids() - before_churn == set()
         assert bench_namespaces() == before_ns
