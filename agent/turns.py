@@ -16,6 +16,10 @@ kernel's timing of the program can.  Two tracers attached at once cannot either:
 second one in the tracepoint's chain always finds code and data in cache, about 150 ns
 a run cheaper on the development VM.  Turns on one churn avoid both; alternating the
 order spreads a drift of the machine's speed over every variant.
+
+Besides the state-change program's ns a run, each turn shows all the variant's programs
+(the timer programs that follow timewait sockets too) as ns per state transition: what
+the whole variant costs the workload, since one loopback connection is 10 transitions.
 """
 from __future__ import annotations
 
@@ -52,8 +56,18 @@ def state_ns_per_run(run: dict) -> float | None:
     return state["run_time_ns"] / state["run_cnt"] if state.get("run_cnt") else None
 
 
-def take_turn(tree: Path, args: list[str], seconds: float) -> float | None:
-    """Trace with the variant in `tree` for `seconds`; its state-change program's ns a run."""
+def all_ns_per_transition(run: dict) -> float | None:
+    """Every program's run time over a traced turn, per run of the state-change program."""
+    programs = run.get("programs", {})
+    transitions = programs.get(bench.STATE_PROGRAM, {}).get("run_cnt")
+    if not transitions:
+        return None
+    return sum(p.get("run_time_ns", 0) for p in programs.values()) / transitions
+
+
+def take_turn(tree: Path, args: list[str], seconds: float) -> tuple[float | None, float | None]:
+    """Trace with the variant in `tree` for `seconds`: its state-change program's ns a run
+    and all its programs' ns per transition."""
     out = Path(tempfile.mkdtemp(prefix="tcpclose-turn-"))
     try:
         tracer = subprocess.Popen([sys.executable, "-m", "agent", "trace", "-o", str(out), *args], cwd=tree,
@@ -65,7 +79,8 @@ def take_turn(tree: Path, args: list[str], seconds: float) -> float | None:
         time.sleep(seconds)
         tracer.send_signal(signal.SIGINT)
         tracer.communicate()
-        return state_ns_per_run(json.loads((out / "run.json").read_text()))
+        run = json.loads((out / "run.json").read_text())
+        return state_ns_per_run(run), all_ns_per_transition(run)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -89,15 +104,18 @@ def main() -> None:
     ns = bench.Namespace()
     servers, clients = [], []
     timings: dict[str, list[float]] = {spec: [] for spec in args.variants}
+    totals: dict[str, list[float]] = {spec: [] for spec in args.variants}
     try:
         servers = bench.start_servers(ns)
         clients = bench.start_clients(ns, CLIENTS, CHURN_SECONDS, "both", stdout=subprocess.DEVNULL)
         for round_ in range(args.rounds):
             for spec in bench.run_order(args.variants, round_):
-                ns_run = take_turn(*variants[args.variants.index(spec)], args.slice)
+                ns_run, ns_all = take_turn(*variants[args.variants.index(spec)], args.slice)
                 if ns_run is not None:
                     timings[spec].append(ns_run)
-                timed = f"{ns_run:6.0f} ns a run" if ns_run is not None else "not timed (no run.json programs)"
+                    totals[spec].append(ns_all)
+                timed = (f"{ns_run:6.0f} ns a run  {ns_all:6.0f} ns a transition, all programs"
+                         if ns_run is not None else "not timed (no run.json programs)")
                 print(f"round {round_ + 1}  {spec:40}  {timed}", flush=True)
     finally:
         bench.stop_clients(clients)
@@ -107,7 +125,9 @@ def main() -> None:
     for spec, values in timings.items():
         if values:
             print(f"{spec:40}  median {statistics.median(values):6.0f} ns a run  "
-                  f"(turns: {', '.join(f'{v:.0f}' for v in values)})")
+                  f"(turns: {', '.join(f'{v:.0f}' for v in values)});  all programs: median "
+                  f"{statistics.median(totals[spec]):6.0f} ns a transition "
+                  f"(turns: {', '.join(f'{v:.0f}' for v in totals[spec])})")
 
 
 if __name__ == "__main__":
