@@ -22,7 +22,11 @@ KALLSYMS = Path("/proc/kallsyms")
 
 MAX_SOCKS = 131072  # live sockets followed at once (~200 B each: 26 MiB); --max-sockets
 MAX_SOCK_SLOT_BITS = 16  # at most 65 536 of them in the direct-mapped array (sock_slots, 160 B each: 10 MiB)
-MAX_TWS = 262144  # timewait sockets followed at once (~48 B each: 12 MiB); 2x the default tcp_max_tw_buckets
+# Timewait sockets followed at once: up to 2^TW_SLOT_BITS in the direct-mapped tw_slots
+# array (40 B each: 10 MiB), the rest in the tws map (~56 B each: 14 MiB), which alone holds
+# 2x the default tcp_max_tw_buckets: slots are picked by address, so some go unused.
+TW_SLOT_BITS = 18
+MAX_TWS = 262144
 # A timewait timer is armed for 60 s at most (TCP_TIMEWAIT_LEN: a tcp_fin_timeout beyond
 # that is spent on the full socket, before the timewait socket exists).  An entry of tws
 # armed, re-armed or cancelled longer ago than twice that will never see its timer again:
@@ -101,6 +105,7 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
     flags = [
         f"-I{layout.BPF_DIR}",
         *socket_room(max_socks),
+        f"-DTW_SLOT_BITS={TW_SLOT_BITS}",
         f"-DMAX_TWS={MAX_TWS}",
         f"-DMAX_LISTENERS={MAX_LISTENERS}",
         f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
@@ -116,7 +121,7 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
 
 
 def stale_timewaits(states: np.ndarray, now_ns: int, stale_after_ns: int) -> np.ndarray:
-    """Which tws entries (struct tw_state) were last armed, re-armed or cancelled more than
+    """Which timewaits followed (struct tw_state) were last armed, re-armed or cancelled more than
     stale_after_ns before now_ns (both CLOCK_MONOTONIC, as bpf_ktime_get_ns)."""
     last = np.maximum.reduce([states["start_ns"], states["rearm_ns"], states["cancel_ns"]])
     return last.astype(np.int64) < now_ns - stale_after_ns
@@ -229,36 +234,52 @@ class Probe:
             leaf.comm = comm.encode()[: layout.DEFINES["COMM_LEN"] - 1]
             table[table.Key(port)] = leaf
 
+    def _timewaits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every timewait socket followed (struct tw_state each: the taken tw_slots, then the
+        tws map's entries), and where each is: its slot's index, or -1 for the tws map."""
+        slots = mapbatch.read_map(self._bpf[b"tw_slots"])[1]
+        taken = np.flatnonzero(slots["timer"])
+        mapped = mapbatch.read_map(self._bpf[b"tws"])[1]
+        return np.concatenate([slots[taken], mapped]), np.concatenate([taken, np.full(len(mapped), -1)])
+
     def sweep_timewaits(self, now_ns: int, stale_after_ns: int = TW_STALE_AFTER_NS) -> int:
-        """Delete the entries of tws whose timer must have fired long ago (see
-        TW_STALE_AFTER_NS); return how many.  Each is looked up again just before its
-        delete, so that a timer address taken by a new timewait meanwhile is kept."""
+        """Stop following the timewaits whose timer must have fired long ago (see
+        TW_STALE_AFTER_NS): free their slot or delete their tws entry; return how many.
+        Each is read again just before, so that one whose end came meanwhile, or a new
+        timewait that took its place, is kept."""
         if not self.follows_timewait:
             return 0
-        table = self._bpf[b"tws"]
-        timers, states = mapbatch.read_map(table)
+        states, places = self._timewaits()
+        stale = stale_timewaits(states, now_ns, stale_after_ns)
+        slots, tws = self._bpf[b"tw_slots"], self._bpf[b"tws"]
         swept = 0
-        for timer in timers[stale_timewaits(states, now_ns, stale_after_ns)].tolist():
-            key = table.Key(timer)
+        for timer, place in zip(states["timer"][stale].tolist(), places[stale].tolist()):
+            table, key = (slots, slots.Key(place)) if place >= 0 else (tws, tws.Key(timer))
             state = table.get(key)
-            if state is not None and stale_timewaits(np.frombuffer(bytes(state), states.dtype), now_ns, stale_after_ns)[0]:
+            if state is None or state.timer != timer or not stale_timewaits(
+                    np.frombuffer(bytes(state), states.dtype), now_ns, stale_after_ns)[0]:
+                continue
+            if place >= 0:
+                table[key] = table.Leaf()  # timer 0: the slot is free
+            else:
                 try:
                     del table[key]
                 except KeyError:  # its end came meanwhile
                     continue
-                swept += 1
+            swept += 1
         return swept
 
     def open_timewaits(self) -> np.ndarray:
-        """The timewait sockets still in tws, as records: EV_TW_OPEN, or EV_TW_END
+        """The timewait sockets still followed, as records: EV_TW_OPEN, or EV_TW_END
         (TW_CANCELLED) for one whose cancel nothing explained before tracing ended."""
         if not self.follows_timewait:
             return np.zeros(0, layout.EVENT_DTYPE)
-        timer, states = mapbatch.read_map(self._bpf[b"tws"])
-        out = np.zeros(len(timer), layout.EVENT_DTYPE)
-        if not len(timer):
+        states = self._timewaits()[0]
+        out = np.zeros(len(states), layout.EVENT_DTYPE)
+        if not len(states):
             return out
-        start, rearm, cancel, timeout = (states[f] for f in ("start_ns", "rearm_ns", "cancel_ns", "timeout"))
+        timer, start, rearm, cancel, timeout = (states[f] for f in ("timer", "start_ns", "rearm_ns", "cancel_ns",
+                                                                    "timeout"))
         cancelled = cancel != 0
         out["kind"] = np.where(cancelled, layout.DEFINES["EV_TW_END"], layout.DEFINES["EV_TW_OPEN"])
         out["tw_end"] = np.where(cancelled, layout.DEFINES["TW_CANCELLED"], 0)

@@ -1,6 +1,6 @@
 """A whole BPF map read into numpy in a few syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+),
-where bcc's items() makes two syscalls and two ctypes objects per entry: the tws map holds
-hundreds of thousands of entries, and it is read during tracing (Probe.sweep_timewaits)."""
+where bcc's items() makes two syscalls and two ctypes objects per entry: the timewaits
+followed are hundreds of thousands of entries, read during tracing (Probe.sweep_timewaits)."""
 from __future__ import annotations
 
 import ctypes

@@ -18,7 +18,7 @@ from .filters import Filters
 from .progress import Progress
 
 POLL_INTERVAL_S = 0.1
-TW_SWEEP_EVERY_S = 30.0  # stale entries of the tws map are deleted this often (Probe.sweep_timewaits)
+TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
 # What analysing a run costs at its end, per BPF record in the spool: the decoded events,
 # the connections and the figures made from them.  Measured: 2.15 GiB at the peak for
 # 2.39 M records (60 s at 13 300 connections/s on the development VM), 0.97 kB a record;

@@ -56,7 +56,7 @@ def evicted(run: dict) -> int:
 def timewaits_evicted(run: dict) -> int:
     """Timewait sockets the BPF side did not follow to their end: those linked, less those
     ended, less those still open (the stale entries swept, whose end went unseen), plus those
-    the tws map had no room for."""
+    neither tw_slots nor the tws map had room for."""
     c = run.get("counters", {})
     gone = c.get("tw_linked", 0) - c.get("tw_ended", 0) - run.get("open_timewaits", 0)
     return max(gone, 0) + c.get("tw_full", 0)

@@ -8,7 +8,7 @@
  * Filters arrive as -D defines (single values) and the port_filter map (lists):
  *   FILTER_FAMILY  AF_INET or AF_INET6       FILTER_LPORTS/FILTER_RPORTS  use port_filter
  *   FILTER_TGID    owner's tgid              FILTER_COMM  owner's comm, a string literal
- * and sizes as SOCK_SLOT_BITS, MAX_SOCKS, MAX_LISTENERS, MAX_TWS, RINGBUF_PAGES
+ * and sizes as SOCK_SLOT_BITS, MAX_SOCKS, MAX_LISTENERS, TW_SLOT_BITS, MAX_TWS, RINGBUF_PAGES
  * (MAX_PROCS with AGGREGATES).
  * AGGREGATES (trace --aggregates) counts each life for its owner in the procs
  * map instead of handing over a record: no per-connection rows, nothing to read.
@@ -191,29 +191,89 @@ static __always_inline void emit(struct tcpclose_event *e)
 #ifdef TW_TIMER_FN
 #define TW_LINK_WINDOW_NS 1000000 /* timer_start to ->CLOSE: microseconds; 1 ms is generous */
 
-/* tws: every timewait socket being followed.
- *   key    address of its timer_list; value  struct tw_state
+/* Every timewait socket being followed, by the address of its timer_list, kept
+ * in one of two places as the lives are (see sock_slots):
+ *   tw_slots  an array of TW_SLOTS entries, a direct-mapped table: a timer's
+ *             slot is picked by its address (tw_slot_of); free while its timer
+ *             is 0, taken with a compare-and-swap of timer;
+ *   tws       a plain hash (MAX_TWS entries) for the timers whose slot was taken.
  *   filled when a life that is handed over claims a timewait timer (end_life);
- *          full: that timewait is not followed, counted in C_TW_FULL
+ *          both full: that timewait is not followed, counted in C_TW_FULL
  *   cleared when its end is handed over (end_timewait)
  *   a missed end: a new timewait arming the same timer ends the old entry
  *   (TW_REPLACED); an entry no timer event ever comes for again is swept by
  *   user space once its timer must have fired (Probe.sweep_timewaits).  User
  *   space counts both as C_TW_LINKED - C_TW_ENDED - entries left at the end.
- * A plain hash, not an LRU one: it holds tens of thousands of entries at full
- * churn, and there an LRU insert cost 1.3 us and a delete 0.9 us (the LRU
- * lists are rotated and walked), against 0.6 and 0.3 us for a plain hash,
- * timed inside the program.  The LRU's eviction is not needed: an entry's
- * staleness is known from its timer (see above).
+ * Why two: at full churn tens of thousands are followed at once, and a hash
+ * insert cost the state-change program about 680 ns a connection, the lookups,
+ * deletes and end records the timer programs about 1.1 us more (a variant that
+ * followed none, in turns on one churn: 664 against 841 ns a transition for
+ * all programs).  A slot is one cache line, taken with one compare-and-swap
+ * and freed with one store.  A plain hash, not an LRU one, for the rest: there
+ * an LRU insert cost 1.3 us and a delete 0.9 us, against 0.6 and 0.3 us; the
+ * LRU's eviction is not needed, since an entry's staleness is known from its
+ * timer (see above).
+ * An entry is changed in place by the timer events of its own timer, which
+ * the kernel orders (the timer base's lock), so no two CPUs write one entry
+ * at once but in a race the kernel itself does not run: a timewait killed on
+ * one CPU while its timer fires on another.
  */
 struct tw_state {
+	u64 timer;     /* its timer_list's address (in tw_slots, 0: the slot is free) */
 	u64 start_ns;  /* timer_start that created it */
 	u64 rearm_ns;  /* the last re-arm, 0 if none */
 	u64 cancel_ns; /* timer_cancel seen and not yet explained, 0 if none */
 	u32 timeout;   /* jiffies of the first arming */
 	u32 pad;
 };
+#define TW_SLOTS (1 << TW_SLOT_BITS)
+BPF_ARRAY(tw_slots, struct tw_state, TW_SLOTS);
 BPF_HASH(tws, u64, struct tw_state, MAX_TWS);
+
+/* A timer's slot is its address in 256-byte units, modulo TW_SLOTS: timewait
+ * sockets are slab objects of 256 bytes (/proc/slabinfo on 6.18: tw_sock_TCP
+ * and tw_sock_TCPv6), so the timers of one slab page never share a slot.
+ * Smaller objects would only share slots: the second of a pair goes to tws. */
+#define TW_SLOT_SHIFT 8
+static __always_inline struct tw_state *tw_slot_of(u64 timer)
+{
+	u32 idx = (u32)(timer >> TW_SLOT_SHIFT) & (TW_SLOTS - 1);
+	return tw_slots.lookup(&idx);
+}
+
+/* The timewait followed by this timer, or NULL. */
+static __always_inline struct tw_state *find_timewait(u64 timer)
+{
+	struct tw_state *s = tw_slot_of(timer);
+	if (s && s->timer == timer)
+		return s;
+	return tws.lookup(&timer);
+}
+
+/* Follow a timewait (t->timer set): in its slot if free, else in tws.  0 when stored.
+ * A slot still holding this very timer is an end that went unseen: taken over. */
+static __always_inline int store_timewait(struct tw_state *t)
+{
+	struct tw_state *s = tw_slot_of(t->timer);
+	if (s) {
+		u64 was = __sync_val_compare_and_swap(&s->timer, 0, t->timer);
+		if (was == 0 || was == t->timer) {
+			__builtin_memcpy(s, t, sizeof(*t));
+			return 0;
+		}
+	}
+	return tws.update(&t->timer, t);
+}
+
+/* Stop following the timewait of this timer (after its end was handed over). */
+static __always_inline void forget_timewait(u64 timer)
+{
+	struct tw_state *s = tw_slot_of(timer);
+	if (s && s->timer == timer)
+		s->timer = 0;
+	else
+		tws.delete(&timer);
+}
 
 /* tw_pages: the memory pages that have held a timewait timer, one bit each.
  *   index  the timer's page number (address >> 12), modulo TW_PAGE_BITS
@@ -221,12 +281,13 @@ BPF_HASH(tws, u64, struct tw_state, MAX_TWS);
  * timer_cancel runs for every kernel timer, about 7 times a connection at
  * full churn, and timer_expire_entry for every expiry; looking each timer up
  * in tws cost timer_cancel 70-90 ns a run (the map's buckets are megabytes,
- * so most lookups miss the cache).  A timer whose page bit is clear was
- * never a timewait timer, so it is not in tws: its lookup is skipped.  A set
+ * so most lookups miss the cache), and a timer not followed misses its slot
+ * in tw_slots, then looks in tws.  A timer whose page bit is clear was never
+ * a timewait timer, so it is not followed: its lookup is skipped.  A set
  * bit only means "look": pages are reused, and bits alias (page numbers
  * wrap), so a few other timers are looked up for nothing.  Timewait sockets
  * come from a slab cache of their own, so they fill few pages: about 16 000
- * for 262 144 of them (tw_sock_TCP objects are 248 bytes).
+ * for 262 144 of them (16 tw_sock_TCP objects a page).
  * 2^18 bits (32 KiB) stay in cache. */
 #define TW_PAGE_BITS (1 << 18)
 BPF_ARRAY(tw_pages, u64, TW_PAGE_BITS / 64);
@@ -247,7 +308,7 @@ static __always_inline void mark_tw_page(u64 timer)
 		__sync_fetch_and_or(w, bit);
 }
 
-/* Could this timer be a timewait timer we follow?  False: it is not in tws. */
+/* Could this timer be a timewait timer we follow?  False: it is not followed. */
 static __always_inline bool maybe_timewait(u64 timer)
 {
 	u64 bit;
@@ -285,7 +346,7 @@ static __always_inline void end_timewait(u64 timer, struct tw_state *t, u64 end_
 	r.tw_timeout = t->timeout;
 	r.tw_end = how;
 	emit(&r);
-	tws.delete(&timer);
+	forget_timewait(timer);
 	count(C_TW_ENDED);
 }
 
@@ -297,7 +358,7 @@ static __always_inline void settle_cancel(struct tw_cpu *c, u64 timer)
 	if (!p || p == timer)
 		return;
 	c->pending_kill = 0;
-	struct tw_state *t = tws.lookup(&p);
+	struct tw_state *t = find_timewait(p);
 	if (t && t->cancel_ns)
 		end_timewait(p, t, t->cancel_ns, TW_CANCELLED);
 }
@@ -312,7 +373,7 @@ TRACEPOINT_PROBE(timer, timer_start)
 	if (!c)
 		return 0;
 	mark_tw_page(timer);
-	struct tw_state *t = tws.lookup(&timer);
+	struct tw_state *t = find_timewait(timer);
 	u32 rearm = c->last_cancel == timer;
 	if (rearm) {
 		/* Cancelled just before on this CPU: a re-arm, or T's timewait was
@@ -345,9 +406,9 @@ TRACEPOINT_PROBE(timer, timer_start)
  * programs, and as a classic one it was skipped thousands of times a minute at
  * full churn, each skip a TIME_WAIT expiry taken for a kill.  Its arguments are
  * the timer's address and the wheel's clock; the callback would have to be read
- * from struct timer_list, so a timewait timer is told by being in tws instead
- * (tw sockets come from a slab cache of their own, so an address in tws holds
- * a timewait timer until that entry ends).  Any other timer's expiry is still
+ * from struct timer_list, so a timewait timer is told by being followed
+ * instead (tw sockets come from a slab cache of their own, so a followed
+ * address holds a timewait timer until that entry ends).  Any other timer's expiry is still
  * "this CPU's next timer event" for a pending kill. */
 RAW_TRACEPOINT_PROBE(timer_expire_entry)
 {
@@ -363,7 +424,7 @@ RAW_TRACEPOINT_PROBE(timer_expire_entry)
 	}
 	if (!maybe_timewait(timer))
 		return 0;
-	struct tw_state *t = tws.lookup(&timer);
+	struct tw_state *t = find_timewait(timer);
 	if (t)
 		end_timewait(timer, t, bpf_ktime_get_ns(), TW_EXPIRED);
 	return 0;
@@ -379,7 +440,7 @@ RAW_TRACEPOINT_PROBE(timer_cancel)
 	c->last_cancel = timer;
 	if (!maybe_timewait(timer))
 		return 0;
-	struct tw_state *t = tws.lookup(&timer);
+	struct tw_state *t = find_timewait(timer);
 	if (t) {
 		t->cancel_ns = bpf_ktime_get_ns();
 		c->pending_kill = timer;
@@ -411,7 +472,7 @@ static __always_inline void claim_timewait(struct tcpclose_event *e, u64 now)
 		return;
 	u64 timer = c->armed_timer;
 	if (now - c->armed_ns < TW_LINK_WINDOW_NS) {
-		struct tw_state *t = c->armed_rearm && c->undo_cancel_ns ? tws.lookup(&timer) : 0;
+		struct tw_state *t = c->armed_rearm && c->undo_cancel_ns ? find_timewait(timer) : 0;
 		if (t) {
 			t->rearm_ns = c->undo_rearm_ns;
 			end_timewait(timer, t, c->undo_cancel_ns, TW_CANCELLED);
@@ -435,9 +496,10 @@ static __always_inline void follow_timewait(struct tcpclose_event *e)
 	if (!timer)
 		return;
 	struct tw_state t = {};
+	t.timer = timer;
 	t.start_ns = e->tw_start_ns;
 	t.timeout = e->tw_timeout;
-	if (tws.update(&timer, &t) != 0)
+	if (store_timewait(&t) != 0)
 		count(C_TW_FULL);
 	else
 		count(C_TW_LINKED);
