@@ -49,7 +49,8 @@ timing's own overhead. For --transitions: transitions expected (10 per
 connection), written to the file, and lost as the BPF side counted them.
 
 The ratio is paired: each repeat runs every mode once, and a run's rate is
-divided by the untraced rate of its own repeat.  Every other repeat runs the
+divided by the untraced rate of its own repeat: the mean of its two untraced
+runs where "untraced again" ran too (untraced_reference).  Every other repeat runs the
 modes in reverse order (run_order), so that a drift of the machine's speed
 over the bench, and whatever a run leaves behind for the next (the default
 mode's analysis at its end takes gigabytes), weigh on every mode alike.
@@ -446,6 +447,18 @@ RATIOS = {  # paired ratio: (the row it follows, its title)
 }
 
 
+def untraced_reference(frame: pd.DataFrame, column: str) -> pd.Series:
+    """What each run's figure is held against, from its own repeat: for a traced run the mean
+    of the repeat's untraced runs, "untraced" and "untraced again", which sit at the two ends
+    of its order, so that a drift of the machine's speed within the repeat cancels and the
+    reference has half the noise of one run; for the untraced runs the first one ("untraced
+    again" against it is the A/A ratio).  NaN where the repeat has no untraced run (a soak)."""
+    untraced = frame[frame["mode"].isin(UNTRACED)]
+    first = frame["repeat"].map(untraced[untraced["mode"] == "untraced"].set_index("repeat")[column])
+    both = frame["repeat"].map(untraced.groupby("repeat")[column].mean())
+    return first.where(frame["mode"].isin(UNTRACED), both)
+
+
 def table(rows: list[dict], rate: float) -> Table:
     frame = pd.DataFrame(rows)
     if "lives_reported" in frame:
@@ -455,12 +468,11 @@ def table(rows: list[dict], rate: float) -> Table:
     if "bpf_cores" in frame:  # BPF and user-space time together, per core: what the workload cannot have
         tracer = frame["cpu_cores"].fillna(0) if "cpu_cores" in frame else 0  # the empty program has no process
         frame["cpu_taken"] = (frame["bpf_cores"] + tracer) / os.cpu_count()
-    untraced = frame[frame["mode"] == "untraced"].set_index("repeat")  # a soak may have none
-    frame["ratio"] = frame["rate"] / frame["repeat"].map(untraced["rate"])
+    frame["ratio"] = frame["rate"] / untraced_reference(frame, "rate")
     if "cpu_us_per_conn" in frame:  # the same ratio, were the rate set by CPU per connection alone
-        frame["cpu_ratio"] = frame["repeat"].map(untraced["cpu_us_per_conn"]) / frame["cpu_us_per_conn"]
+        frame["cpu_ratio"] = untraced_reference(frame, "cpu_us_per_conn") / frame["cpu_us_per_conn"]
     if "workload_user" in frame:  # the share of the machine the workload's own code got, paired
-        frame["user_ratio"] = frame["workload_user"] / frame["repeat"].map(untraced["workload_user"])
+        frame["user_ratio"] = frame["workload_user"] / untraced_reference(frame, "workload_user")
     medians = frame.groupby("mode", sort=False).median(numeric_only=True)
     quartiles = {column: frame.groupby("mode", sort=False)[column].quantile([0.25, 0.75]).unstack()
                  for column in RATIOS if column in frame}
