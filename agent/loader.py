@@ -28,9 +28,9 @@ MAX_SOCK_SLOT_BITS = 16  # at most 65 536 of them in the direct-mapped array (so
 TW_SLOT_BITS = 18
 MAX_TWS = 262144
 # A timewait timer is armed for 60 s at most (TCP_TIMEWAIT_LEN: a tcp_fin_timeout beyond
-# that is spent on the full socket, before the timewait socket exists).  An entry of tws
-# armed, re-armed or cancelled longer ago than twice that will never see its timer again:
-# its end went unseen (a skipped program run), so it is swept.
+# that is spent on the full socket, before the timewait socket exists).  A timewait followed
+# (in a slot or in tws) armed, re-armed or cancelled longer ago than twice that will never
+# see its timer again: its end went unseen (a skipped program run), so it is swept.
 TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
