@@ -497,6 +497,40 @@ def table(rows: list[dict], rate: float) -> Table:
     return out
 
 
+def save_row(path: Path, row: dict) -> None:
+    """Append one run's row to a --rows file as a JSON line, as soon as the run ends: an
+    interrupted bench keeps the runs that ended, and several benches can be pooled later."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")  # NaN is written as NaN, which json.loads reads back
+
+
+def load_rows(paths: list[Path]) -> dict[float, list[dict]]:
+    """The rows of one or more --rows files, by target rate.  Each row's repeat is made
+    that of its own bench ("bench" names the invocation), so that every ratio stays paired
+    within the repeat it was measured in, whatever files are pooled."""
+    by_rate: dict[float, list[dict]] = {}
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise SystemExit(f"bench: cannot read {path}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                row["repeat"] = f"{row['bench']}/{row['repeat']}"
+                by_rate.setdefault(float(row.pop("target_rate")), []).append(row)
+            except (ValueError, KeyError) as exc:
+                raise SystemExit(f"bench: {path}:{number} is not a row a bench saved with --rows ({exc})") from None
+    return by_rate
+
+
+def bench_id() -> str:
+    """What names one invocation in its saved rows: when it began and the commit it ran."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "?"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {commit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="length of each run (the targets: 60)")
@@ -510,7 +544,21 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated, of: {', '.join(MODES)}; e.g. a 10 minute RSS soak: "
                              "--seconds 600 --modes 'tcpclose --aggregates'")
+    parser.add_argument("--rows", type=Path, metavar="FILE",
+                        help="append each run's figures to FILE as a JSON line as it ends, e.g. "
+                             "--rows bench.jsonl")
+    parser.add_argument("--from", dest="from_files", type=Path, nargs="+", metavar="FILE",
+                        help="run nothing: print the tables of the runs saved in these --rows files, "
+                             "their repeats pooled (every ratio still paired within its own repeat)")
     args = parser.parse_args()
+    console = Console(width=160)
+    if args.from_files:
+        for rate, rows in load_rows(args.from_files).items():
+            benches = sorted({row["bench"] for row in rows})
+            machines = sorted({row.get("machine", "?") for row in rows})
+            console.print(f"{len(benches)} bench run(s): {', '.join(benches)}; machine: {'; '.join(machines)}")
+            console.print(table(rows, rate))
+        return
     stop_on_sigterm()
     sys.stdout.reconfigure(line_buffering=True)  # each run's line as it ends, also into a file
     if os.geteuid() != 0:
@@ -520,7 +568,6 @@ def main() -> None:
         raise SystemExit(f"bench: --modes takes any of {', '.join(MODES)} (without untraced: no ratios)")
     if "tcpstates" in modes and not Path(TCPSTATES).exists():
         modes.remove("tcpstates")
-    console = Console(width=160)
     probe = enable_bpf_stats()  # can the kernel time BPF programs? (on in each run's window only)
     if probe is None:
         console.print("BPF stats: the kernel refused BPF_ENABLE_STATS, so the BPF columns stay empty")
@@ -528,8 +575,15 @@ def main() -> None:
         os.close(probe)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    console.print(f"machine: {os.cpu_count()} cores ({cpu}), Linux {os.uname().release}; "
+    machine = f"{os.cpu_count()} cores ({cpu}), Linux {os.uname().release}"
+    console.print(f"machine: {machine}; "
                   f"{args.clients} churn clients (closing first: {args.closer}), {args.seconds:g} s per run")
+    if args.rows:  # a path that cannot be written fails now, not after the first run
+        try:
+            args.rows.open("a").close()
+        except OSError as exc:
+            raise SystemExit(f"bench: cannot write --rows {args.rows}: {exc.strerror}") from None
+    invocation = bench_id()
     for rate in (float(r) for r in args.rates.split(",")):
         rows = []
         try:
@@ -539,6 +593,8 @@ def main() -> None:
                     console.print(f"  [{repeat + 1}/{args.repeats}] {mode}: {row['rate']:,.0f} conn/s, "
                                   f"workload's user CPU {row['workload_user']:.2%}", highlight=False)
                     rows.append(row)
+                    if args.rows:
+                        save_row(args.rows, row | {"bench": invocation, "machine": machine, "target_rate": rate})
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs that ended are not lost
             if rows:
                 console.print(table(rows, rate))

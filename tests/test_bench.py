@@ -127,3 +127,47 @@ def test_peak_rss_with_report_is_the_tracer_s_own_not_the_high_water_mark_it_inh
     assert child.returncode == 0
     assert 150 <= peak < 300  # its 150 MiB and the interpreter's, not the 400 MiB this process holds
     del held
+
+
+def test_saved_rows_of_two_benches_pool_with_each_ratio_paired_within_its_own_repeat(tmp_path):
+    saved = tmp_path / "rows.jsonl"
+    # two benches, both numbering their repeats 0 and 1, on hosts of different speeds
+    for name, runs in (("a", rows([100, 200], [90, 160])), ("b", rows([50, 300], [40, 285]))):
+        for row in runs:
+            bench.save_row(saved, row | {"bench": name, "machine": "m", "target_rate": 0.0})
+    bench.save_row(saved, {"mode": "untraced", "repeat": 0, "rate": 20.0, "rss_mib": float("nan"),
+                           "bench": "c", "machine": "m", "target_rate": 6000.0})
+    by_rate = bench.load_rows([saved])
+    assert sorted(by_rate) == [0.0, 6000.0] and len(by_rate[0.0]) == 8
+    # paired within (bench, repeat): 0.90, 0.80, 0.80, 0.95 -> median 0.85.  Pairing by the
+    # repeat number alone would mix the benches' runs.
+    table = bench.table(by_rate[0.0], rate=0)
+    assert cells(table, "ratio") == ["1.00", "0.85"]
+    assert cells(table, "ratio, middle half") == ["1.00-1.00", "0.80-0.91"]
+
+
+def test_a_rows_file_that_a_bench_did_not_write_is_refused_with_where(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bench.save_row(bad, {"mode": "untraced", "repeat": 0, "rate": 1.0, "bench": "a", "target_rate": 0.0})
+    with open(bad, "a") as f:
+        f.write('{"mode": "untraced", "rate": 1.0}\n')
+    with pytest.raises(SystemExit, match=r"rows.jsonl:2 is not a row a bench saved"):
+        bench.load_rows([bad])
+    with pytest.raises(SystemExit, match="cannot read"):
+        bench.load_rows([tmp_path / "missing.jsonl"])
+
+
+def test_bench_from_saved_rows_prints_the_pooled_table_without_root_or_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    saved = tmp_path / "rows.jsonl"
+    for row in rows([100, 100, 100, 100], [90, 80, 90, 80]):
+        bench.save_row(saved, row | {"bench": "2026-11-22T10:00:00 abc1234", "machine": "2 cores", "target_rate": 0.0})
+    done = subprocess.run([sys.executable, "-m", "agent.bench", "--from", str(saved)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 bench run(s): 2026-11-22T10:00:00 abc1234; machine: 2 cores" in done.stdout
+    assert "4 repeat(s)" in done.stdout
+    ratio = next(line for line in done.stdout.splitlines() if line.strip("│ ").startswith("ratio "))
+    assert "0.85" in ratio
