@@ -102,3 +102,13 @@ def test_a_limited_read_takes_the_oldest_and_leaves_the_rest_for_the_next():
     assert list(reader.read(limit=2)["pid"]) == [1, 2]
     assert ring.cons == 2 * REC
     assert list(ring.reader().read(limit=2)["pid"]) == [3]
+
+
+def test_records_read_are_out_of_the_ring_before_its_space_is_given_back():
+    ring = FakeRing()
+    for pid in (5, 6):
+        ring.submit(raw(pid=pid))
+    producer = ring.producer()
+    events = ringbuf.RingReader(ring.consumer, producer, DATA, PAGE).read()
+    producer[PAGE:] = bytes(len(producer) - PAGE)  # the kernel writes new records over the space given back
+    assert list(events["pid"]) == [5, 6]
