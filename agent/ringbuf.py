@@ -17,8 +17,6 @@ ring has the same size and a batch is a plain strided array.
 """
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 from . import layout
@@ -51,8 +49,14 @@ class RingReader:
 
     def read(self, limit: int | None = None) -> np.ndarray:
         """The committed records since the last read (copied; at most `limit`), and give their space back."""
-        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
-        prod = struct.unpack_from("<Q", self._producer, 0)[0]
+        # The two positions as whole u64s: numpy reads and writes an aligned u64 with one
+        # load or store, which x86-64 and arm64 make atomic.  struct.pack_into may write
+        # a u64 a byte at a time (CPython 3.11 does, lowest first): a reservation on
+        # another CPU could then read a half-written consumer_pos, smaller than the real
+        # one, and find no room that is there.  (Views made per read: a view kept would
+        # hold the maps open, and mmap.close() refuses while one exists.)
+        consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)
+        cons, prod = int(consumer_pos[0]), int(np.frombuffer(self._producer, np.uint64, 1)[0])
         count = (prod - cons) // self._record.itemsize
         if limit is not None:
             count = min(count, limit)
@@ -69,5 +73,5 @@ class RingReader:
                              "of the struct this ring carries")
         # a boolean index copies: the records are out of the ring before its space is given back
         events = batch["event"][(lengths & DISCARD_BIT) == 0]
-        struct.pack_into("<Q", self._consumer, 0, cons + len(batch) * self._record.itemsize)
+        consumer_pos[0] = cons + len(batch) * self._record.itemsize
         return events
