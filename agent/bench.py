@@ -2,6 +2,8 @@
 
   sudo .venv/bin/python -m agent.bench [--seconds S] [--repeats R] [--clients C] [--rates 0,6000]
                                        [--closer both|client|server] [--modes untraced,...]
+                                       [--rows FILE]
+  .venv/bin/python -m agent.bench --from FILE [FILE ...]   (the table again, from saved rows)
 
 Each measurement runs the churn generator (agent.churn) in a network namespace
 of its own, with one client process per 127.0.0.x destination and a rate of 0
@@ -526,8 +528,11 @@ def load_rows(paths: list[Path]) -> dict[float, list[dict]]:
 
 def bench_id() -> str:
     """What names one invocation in its saved rows: when it began and the commit it ran."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "?"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or "?"
+    except OSError:  # no git: a copy of the tree, not a checkout
+        commit = "?"
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {commit}"
 
 
