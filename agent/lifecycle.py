@@ -131,11 +131,21 @@ def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: f
     if not len(rows):
         return reused
     tuple_cols = ["family", "laddr", "lport", "raddr", "rport"]
-    ended = lives.iloc[rows][tuple_cols].assign(i=np.arange(len(rows)), end_at=end_at)
-    clients = lives[_entered(lives["states_raw"], "SYN_SENT")][tuple_cols + ["opened_at"]]
-    pairs = ended.merge(clients, on=tuple_cols)
-    near = (pairs["opened_at"].astype(float) - pairs["end_at"]).abs() <= window
-    reused[pairs.loc[near, "i"].to_numpy(int)] = True
+    clients = lives[_entered(lives["states_raw"], "SYN_SENT")]
+    # A 4-tuple recurs many times in a churn (ports are recycled), so a plain merge of
+    # the ended timewaits with the clients on the 4-tuple grows as the square of its
+    # uses: 5 GiB more for a minute at 46 000 connections/s.  Instead, one integer
+    # per 4-tuple, and for each timewait only the client opened nearest to its end.
+    tuples = pd.concat([lives.iloc[rows][tuple_cols], clients[tuple_cols]], ignore_index=True)
+    key = tuples.groupby(tuple_cols, sort=False, dropna=False).ngroup().to_numpy()
+    ended = pd.DataFrame({"at": end_at, "key": key[:len(rows)], "i": np.arange(len(rows))}).dropna(subset=["at"])
+    opened = pd.DataFrame({"at": clients["opened_at"].astype(float).to_numpy(), "key": key[len(rows):],
+                           "client": True}).dropna(subset=["at"])
+    if not len(ended) or not len(opened):
+        return reused
+    pairs = pd.merge_asof(ended.sort_values("at"), opened.sort_values("at"), on="at", by="key",
+                          direction="nearest", tolerance=window)
+    reused[pairs.loc[pairs["client"].notna(), "i"].to_numpy(int)] = True
     return reused
 
 
