@@ -19,15 +19,17 @@ from .progress import Progress
 
 POLL_INTERVAL_S = 0.1
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
-# What analysing a run costs at its end, per BPF record in the spool: the decoded events,
-# the connections and the figures made from them.  Measured: 2.15 GiB at the peak for
-# 2.39 M records (60 s at 13 300 connections/s on the development VM), 0.97 kB a record;
-# 1.2 kB leaves a margin.
-ANALYSIS_BYTES_PER_RECORD = 1200
+# What analysing a run costs at its end, per row to analyse (a BPF record in the spool,
+# or a row already decoded: the timewaits and lives still open, the snapshots): the
+# decoded events, the connections and the figures made from them.  Measured on the
+# development VM (Intel host) at 46 000 connections/s: a peak of 5.4 GiB for 8.1 M rows
+# (60 s), 11.0 GiB for 17.0 M (120 s), 0.70 kB a row either way; 0.9 kB leaves a margin.
+ANALYSIS_BYTES_PER_RECORD = 900
 ANALYSIS_SHARE_OF_MEMORY = 0.8  # of MemAvailable, for a run analysed whole
 SPOOL_BATCH = 1_000_000  # records decoded at a time when the run is only counted
 # From this many records, the end of a run is announced: its analysis and files take
-# about 33 us a record on the development VM (10.2 s for 308 334), some 7 s here.
+# about 33 us a record on the development VM's AMD host (10.2 s for 308 334) and 13 us
+# on its Intel host (108 s for 8.1 M), some 3 to 7 s here.
 LONG_END_RECORDS = 200_000
 
 
@@ -222,11 +224,12 @@ class Tracer:
         batch at a time (run["aggregates"], as --aggregates makes them, with
         run["analysis_skipped"] saying why), and the events are the rest: the lives still
         open, the sockets of the snapshots, the TIME_WAIT ends of sock_diag."""
-        need, available = self._spool.count * ANALYSIS_BYTES_PER_RECORD, kernel.mem_available()
+        rows = self._spool.count + sum(len(part) for part in self._parts if isinstance(part, pd.DataFrame))
+        need, available = rows * ANALYSIS_BYTES_PER_RECORD, kernel.mem_available()
         if available is None or need < available * ANALYSIS_SHARE_OF_MEMORY:
             return self._events()
         run["aggregates"] = aggregate.counts_of_lives(self._decoded(b) for b in self._spool.batches(SPOOL_BATCH))
-        run["analysis_skipped"] = {"records": self._spool.count, "needed_bytes": need, "available_bytes": available}
+        run["analysis_skipped"] = {"records": rows, "needed_bytes": need, "available_bytes": available}
         frames = [part for part in self._parts if isinstance(part, pd.DataFrame)]
         self._parts = []
         self._spool.close()

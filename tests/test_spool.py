@@ -74,3 +74,34 @@ def test_without_a_writable_var_tmp_it_goes_to_tempfiles_choice(tmp_path, monkey
 def test_a_spool_that_cannot_be_made_is_one_line_naming_the_fix(tmp_path):
     with pytest.raises(CannotWrite, match=r"cannot make the spool file in .*missing: .*set TMPDIR"):
         spool.Spool(layout.EVENT_DTYPE, str(tmp_path / "missing"))
+
+
+def tracer_holding(tmp_path, spooled: int, decoded: int):
+    """A Tracer's end-of-run state without a probe: `spooled` records in the spool and a
+    frame of `decoded` rows decoded already (as the timewaits still open are)."""
+    from agent import session
+
+    tracer = object.__new__(session.Tracer)
+    tracer._offset_ns, tracer.hz, tracer._netns_of = OFFSET_NS, 250, {}
+    tracer._spool = spool.Spool(layout.EVENT_DTYPE, str(tmp_path))
+    tracer._parts = [tracer._spool.append(batch(*range(1, spooled + 1))),
+                     records.decode(batch(*range(100, 100 + decoded)), OFFSET_NS)]
+    return tracer
+
+
+@pytest.mark.parametrize("available, skipped", [(12_000, False), (8_000, True)])
+def test_the_memory_guard_counts_the_rows_decoded_already_too(tmp_path, monkeypatch, available, skipped):
+    """4 spooled + 6 decoded rows at 900 bytes need 9 000: more than 80 % of 8 000, less than of 12 000."""
+    from agent import kernel, session
+
+    monkeypatch.setattr(session, "ANALYSIS_BYTES_PER_RECORD", 900)
+    monkeypatch.setattr(kernel, "mem_available", lambda: available)
+    run = {}
+    events = tracer_holding(tmp_path, 4, 6)._analysable(run)
+    assert ("analysis_skipped" in run) == skipped
+    if skipped:
+        assert run["analysis_skipped"]["records"] == 10 and run["analysis_skipped"]["needed_bytes"] == 9_000
+        assert sum(c["lives"] for c in run["aggregates"]) == 4  # the spool's lives, counted per owner
+        assert len(events) == 6  # the decoded rows stay events
+    else:
+        assert sorted(events["pid"]) == [1, 2, 3, 4, *range(100, 106)]
