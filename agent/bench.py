@@ -31,7 +31,7 @@ the hypervisor gave to other guests, "steal", left out) per connection, tracer
 and BPF included; "ratio by CPU/conn" is the untraced figure over it, paired
 like the ratio: what the rate's ratio would be if CPU per connection alone set
 the rate. At maximum churn the machine is saturated and it nearly does: on the
-development VM the two ratios agreed to within 0.01, so the rate's noise is in
+development VM (its AMD host) the two ratios agreed to within 0.01, so the rate's noise is in
 the CPU a connection costs, not in steal (0.1-1 %). At a fixed rate it is the
 only ratio that says anything. "workload's user CPU" is the share of the
 machine's CPU that the workload's own code got (the machine's user time, less the
@@ -59,10 +59,11 @@ mode's analysis at its end takes gigabytes), weigh on every mode alike.
 "untraced again" runs the untraced workload a second time in each repeat, at
 the other end of its order: its ratio is a difference no tracer made (an A/A
 comparison), the bench's own noise to hold the other ratios against.  On
-the 2-core development VM the untraced rate swings between 12 000 and 21 000
-conn/s from one half second to the next and differs by about 6 % (standard
-deviation) between 15 s runs: as much as the cost being measured, so one run
-against one run says little.  The table gives the median of the paired ratios and, from 4
+the 2-core development VM's AMD host the untraced rate swung between 12 000 and
+21 000 conn/s from one half second to the next and differed by about 6 % (standard
+deviation) between 15 s runs; on its Intel host, at about 48 000 conn/s, the A/A
+ratio's middle half spanned 1.01-1.04 over 8 repeats of 60 s: as much as
+the cost being measured, so one run against one run says little.  The table gives the median of the paired ratios and, from 4
 repeats up, the middle half of them (first to third quartile): many short
 repeats (--seconds 15 --repeats 16) pin a ratio down better than a few long ones.
 """

@@ -14,7 +14,7 @@ busy host (make bench's "untraced again": up to 9 % between two untraced runs, a
 times far more), so it cannot tell two variants 5 % apart, while the
 kernel's timing of the program can.  Two tracers attached at once cannot either: the
 second one in the tracepoint's chain always finds code and data in cache, about 150 ns
-a run cheaper on the development VM.  Turns on one churn avoid both; alternating the
+a run cheaper on the development VM's AMD host.  Turns on one churn avoid both; alternating the
 order spreads a drift of the machine's speed over every variant.
 
 Besides the state-change program's ns a run, each turn shows all the variant's programs
