@@ -1,5 +1,8 @@
 """The ring-buffer reader on memory laid out as the kernel lays it out (no BPF needed)."""
+import mmap
+import os
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +115,42 @@ def test_records_read_are_out_of_the_ring_before_its_space_is_given_back():
     events = ringbuf.RingReader(ring.consumer, producer, DATA, PAGE).read()
     producer[PAGE:] = bytes(len(producer) - PAGE)  # the kernel writes new records over the space given back
     assert list(events["pid"]) == [5, 6]
+
+
+def test_the_kernel_never_reads_a_consumer_position_the_reader_did_not_write():
+    """A reservation on another CPU reads consumer_pos while the reader stores it.  It must
+    see the old value or the new one: struct.pack_into zeroes the eight bytes before it
+    packs them, and a reservation that read that 0 found the ring full (the drops at full
+    churn until the reader stored the position whole).  Here a child process reads the
+    ring in a loop while this one watches the position from another CPU."""
+    ring = FakeRing()
+    ring.consumer = mmap.mmap(-1, PAGE)  # shared with the child
+    start = 1 << 36  # far past the first lap, as on a host that has traced for a while
+    ring.prod = start
+    for pid in range(1, 25):
+        ring.submit(raw(pid=pid))
+    position = np.frombuffer(ring.consumer, np.uint64, 1)
+    position[0] = start
+    written = {start + k * REC for k in range(25)}
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            reader = ring.reader()
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                if not len(reader.read(limit=1)):
+                    position[0] = start  # read to the end: round again
+            status = 0
+        finally:
+            os._exit(status)
+    seen = set()
+    while True:
+        for _ in range(10_000):
+            seen.add(int(position[0]))
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(seen & written) > 10  # the child did read, record by record
+    assert seen <= written, f"positions never written were read: {sorted(seen - written)[:5]}"
