@@ -166,7 +166,7 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
     Every connection is credited to the process that owns it, with who closed
     first (active, passive, simultaneous, reset, never established, open).
     The records wait on disk ($TMPDIR, else /var/tmp) until the end, whose
-    analysis takes about 1 kB of memory a record; a run past 80 % of
+    analysis takes up to 0.9 kB of memory a record; a run past 80 % of
     MemAvailable is counted per process only.  For hours at high churn, use
     --aggregates.  A Ctrl-C or SIGTERM while the files are written only warns;
     the next one abandons them.

@@ -52,8 +52,8 @@ class RingReader:
         # The two positions as whole u64s: numpy reads and writes an aligned u64 with one
         # load or store, which x86-64 and arm64 make atomic.  struct.pack_into zeroes its
         # bytes before it packs the value into them: a reservation on another CPU that
-        # read consumer_pos in between found the ring full (0 is a lap or more behind
-        # the producer) and failed, some 50-160 times a minute at full churn.  (Views
+        # read consumer_pos in between found the ring full (0 is a whole ring behind the
+        # producer once it has gone round) and failed, 50-160 times a minute at full churn.  (Views
         # made per read: a view kept would hold the maps open, and mmap.close() refuses
         # while one exists.)
         consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)

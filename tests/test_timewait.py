@@ -4,7 +4,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 import pandas as pd
 import pytest
 
