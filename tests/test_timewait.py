@@ -56,6 +56,13 @@ def test_a_cancel_as_a_connect_takes_the_same_four_tuple_is_a_reuse(tmp_path):
     assert conn.tw_s == pytest.approx(3.00002)
 
 
+def test_a_short_client_whose_timewait_is_killed_within_the_window_did_not_reuse_itself(tmp_path):
+    """Its own connect() opened within the reuse window of the kill, on the same 4-tuple;
+    that is not a new connect() taking the TIME_WAIT over."""
+    conns, _ = conns_of(tmp_path, closer(opened=1.9, tw_start=2.0), timewait("cancelled", timer=T1, start=2.0, end=2.5))
+    assert conns.iloc[0].tw_end_reason == "killed"
+
+
 def reuse_lives(uses: int) -> pd.DataFrame:
     """`uses` client lives on one 4-tuple, opened 10 s apart (a churn recycling its ports)."""
     syn_sent = 1 << layout.DEFINES["TCP_SYN_SENT"]
@@ -80,7 +87,8 @@ def test_a_recycled_four_tuple_costs_memory_linear_in_its_uses():
     lives = reuse_lives(uses)
     tracemalloc.start()
     try:
-        reused = lifecycle._reused(lives, np.arange(uses), lives["opened_at"].to_numpy() + 0.5, window=1.0)
+        # each timewait ends as the next connect() opens, 0.5 s after it
+        reused = lifecycle._reused(lives, np.arange(uses - 1), lives["opened_at"].to_numpy()[1:] + 0.5, window=1.0)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
