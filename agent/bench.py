@@ -31,9 +31,9 @@ the hypervisor gave to other guests, "steal", left out) per connection, tracer
 and BPF included; "ratio by CPU/conn" is the untraced figure over it, paired
 like the ratio: what the rate's ratio would be if CPU per connection alone set
 the rate. At maximum churn the machine is saturated and it nearly does: on the
-development VM (its AMD host) the two ratios agreed to within 0.01, so the rate's noise is in
-the CPU a connection costs, not in steal (0.1-1 %). At a fixed rate it is the
-only ratio that says anything. "workload's user CPU" is the share of the
+development VM (its AMD host) the two ratios agreed to within 0.01, so the rate's
+noise is in the CPU a connection costs, not in steal (0.1-1 %). At a fixed rate it
+is the only ratio that says anything. "workload's user CPU" is the share of the
 machine's CPU that the workload's own code got (the machine's user time, less the
 tracer's); "ratio by workload's user CPU" pairs it like the rate. A tracer's BPF
 programs run in kernel mode, so at a saturated machine they take their time from
@@ -62,10 +62,11 @@ comparison), the bench's own noise to hold the other ratios against.  On
 the 2-core development VM's AMD host the untraced rate swung between 12 000 and
 21 000 conn/s from one half second to the next and differed by about 6 % (standard
 deviation) between 15 s runs; on its Intel host, at about 48 000 conn/s, the A/A
-ratio's middle half spanned 1.01-1.04 over 8 repeats of 60 s: as much as
-the cost being measured, so one run against one run says little.  The table gives the median of the paired ratios and, from 4
-repeats up, the middle half of them (first to third quartile): many short
-repeats (--seconds 15 --repeats 16) pin a ratio down better than a few long ones.
+ratio's middle half spanned 1.01-1.04 over 8 repeats of 60 s (0.97-1.10 in
+another): as much as the cost being measured, so one run against one run says
+little.  The table gives the median of the paired ratios and, from 4 repeats up,
+the middle half of them (first to third quartile): many short repeats (--seconds
+15 --repeats 16) pin a ratio down better than a few long ones.
 """
 from __future__ import annotations
 

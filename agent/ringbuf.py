@@ -53,9 +53,9 @@ class RingReader:
         # load or store, which x86-64 and arm64 make atomic.  struct.pack_into zeroes its
         # bytes before it packs the value into them: a reservation on another CPU that
         # read consumer_pos in between found the ring full (0 is a whole ring behind the
-        # producer once it has gone round) and failed, 50-160 times a minute at full churn.  (Views
-        # made per read: a view kept would hold the maps open, and mmap.close() refuses
-        # while one exists.)
+        # producer once it has gone round) and failed, 50-160 times a minute at full
+        # churn.  (Views made per read: a view kept would hold the maps open, and
+        # mmap.close() refuses while one exists.)
         consumer_pos = np.frombuffer(self._consumer, np.uint64, 1)
         cons, prod = int(consumer_pos[0]), int(np.frombuffer(self._producer, np.uint64, 1)[0])
         count = (prod - cons) // self._record.itemsize
