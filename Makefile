@@ -20,13 +20,13 @@ test: setup-test
 	TCPCLOSE_REQUIRE_BPF=1 TCPCLOSE_REQUIRE_BROWSER=1 $(PY) -m pytest -ra
 
 unit: setup
-	$(PY) -m pytest -ra -m "not live"
+	$(PY) -m pytest -ra -m "not live and not browser and not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out
 
-# A quick look by default.  The README's OVERHEAD table is BENCH_ARGS="--seconds 60 --repeats 8
-# --rates 0 --modes 'untraced,empty program,tcpclose,tcpclose --aggregates,tcpstates,untraced again'".
+# A quick look by default (bench/README.md).  The README's OVERHEAD table is BENCH_ARGS="--seconds 60
+# --repeats 8 --rates 0 --modes 'untraced,empty program,tcpclose,tcpclose --aggregates,tcpstates,untraced again'".
 BENCH_ARGS ?= --seconds 10 --repeats 1 --rates 0,6000
 bench: setup
-	$(PY) -m agent.bench $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)

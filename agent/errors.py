@@ -9,33 +9,18 @@ class TcpcloseError(Exception):
         self.message = message
 
 
-class NotRoot(TcpcloseError):
-    exit_code = 3
-
-
-class BccMissing(TcpcloseError):
-    exit_code = 4
-
-
-class HeadersMissing(TcpcloseError):
-    exit_code = 5
-
-
-class TracepointMissing(TcpcloseError):
-    exit_code = 6
-
-
-class BadRecording(TcpcloseError):
-    exit_code = 7
-
-
-class CannotWrite(TcpcloseError):
-    exit_code = 8
+# one class per exit code (the README's table)
+class NotRoot(TcpcloseError): exit_code = 3  # noqa: E701
+class BccMissing(TcpcloseError): exit_code = 4  # noqa: E701
+class HeadersMissing(TcpcloseError): exit_code = 5  # noqa: E701
+class TracepointMissing(TcpcloseError): exit_code = 6  # noqa: E701
+class BadRecording(TcpcloseError): exit_code = 7  # noqa: E701
+class CannotWrite(TcpcloseError): exit_code = 8  # noqa: E701
 
 
 class Abandoned(KeyboardInterrupt):
     """A further Ctrl-C or SIGTERM after the warning that the files are still being
-    written (session.Stop).  A KeyboardInterrupt, not an Exception, so that no
+    written (run.control.Stop).  A KeyboardInterrupt, not an Exception, so that no
     library's `except Exception` on the way swallows it."""
     exit_code = 130
     message = "abandoned: the files were not all written"

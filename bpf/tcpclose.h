@@ -1,7 +1,7 @@
 /* tcpclose: the one event layout shared by the BPF program and user space.
  *
- * agent/layout.py mirrors this struct as a numpy dtype and reads the
- * #defines below from this file; tests/test_layout.py compiles this header
+ * agent/record/layout.py mirrors this struct as a numpy dtype and reads the
+ * #defines below from this file; tests/unit/test_layout.py compiles this header
  * with the host C compiler and checks every offset and the size.
  *
  * One record describes one socket *life*: from its first state transition to
@@ -19,7 +19,7 @@
 #define EV_OPEN        2 /* a life still open when tracing ended */
 #define EV_RESET_SENT  3 /* tcp_send_reset on a socket that had just gone ->CLOSE */
 #define EV_TW_END      4 /* a timewait socket's timer expired or was cancelled (tw_* fields only) */
-#define EV_TW_OPEN     5 /* a timewait socket alive when tracing ended (made by user space from tws) */
+#define EV_TW_OPEN     5 /* never emitted: the kind of a timewait alive when tracing ended, read from its map */
 
 /* how a timewait socket ended, as its timer tells (EV_TW_END, tw_end) */
 #define TW_EXPIRED     1 /* timer_expire_entry: the natural end, TIME_WAIT or tcp_fin_timeout */

@@ -1,0 +1,13 @@
+"""What the events of a run mean: pure pandas, no kernel, no clock.
+
+  rules      how a socket life ended, and what that leaves (one place for each rule)
+  lives      socket lives -> connection rows (role, initiator, CLOSE_WAIT, TIME_WAIT)
+  timewait   how each TIME_WAIT ended and how long it lived
+  processes  per-process counts and TIME_WAIT figures
+  churn      rates, durations, peers and the timeline
+  ports      ephemeral-port pressure per destination
+  reconcile  the kernel's TcpExt counters beside tcpclose's own counts
+  accounting what a run could not see, from its counters
+  findings   what it all means, in plain words
+  pipeline   analyse(): events and run -> everything the outputs show
+"""

@@ -1,0 +1,114 @@
+"""What a run means, in plain words: who made the TIME_WAITs and what would remove them,
+whether ports are running out, who leaks CLOSE_WAIT.  The same findings open
+report.html, fill summary.json and close `tcpclose doctor` given a recording.
+
+Each finding is {"topic", "severity" (problem | warning | info), "text", "evidence"}:
+text says what to do, evidence the numbers it rests on.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..labels import close_wait_age, duration_text, owner, who
+from .accounting import unseen
+from ..record.runinfo import RunInfo
+from . import churn, ports
+from .processes import open_close_waits
+
+TOP = 3  # processes and peers named per finding
+SHORT_SHARE_CHURN = 0.5  # a process whose connections mostly close within 1 s is churning
+
+
+def finding(topic: str, severity: str, text: str, evidence: str) -> dict:
+    return {"topic": topic, "severity": severity, "text": text, "evidence": evidence}
+
+
+def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
+    """The processes holding the TIME_WAITs, and what on their side would remove them."""
+    out = []
+    makers = procs[procs["timewait_count"] > 0].sort_values("timewait_count", ascending=False, kind="stable")
+    for row in makers.head(TOP).itertuples(index=False):
+        mine = conns[(conns["pid"] == row.pid) & (conns["comm"] == row.comm) & conns["tw_made"]]
+        as_server = int((mine["role"] == "server").sum())
+        evidence = (f"closed first on {row.active_closes} of {row.connections} connections "
+                    f"({row.simultaneous_closes} simultaneous); {row.timewait_count} TIME_WAITs, "
+                    f"{as_server} of them as the server")
+        if as_server * 2 > len(mine):
+            advice = ("it is a server that closes first, so the TIME_WAITs pile up on the server. Let clients close "
+                      "first (keep-alive with idle timeouts on the client side, or wait for the client's FIN before "
+                      "close()); tcp_tw_reuse cannot help here, it only helps the connecting side")
+        else:
+            top_peer = mine.groupby(["raddr", "rport"]).size().sort_values(ascending=False)
+            peer = f"{top_peer.index[0][0]}:{top_peer.index[0][1]}" if len(top_peer) else "its peers"
+            advice = (f"it is the client and closes first: keep its connections to {peer} open and reuse them "
+                      "(HTTP keep-alive, a connection pool) and the TIME_WAITs go with the churn")
+        out.append(finding("timewait", "warning" if row.timewait_count >= 1000 else "info",
+                            f"{who(row)} made {row.timewait_count} TIME_WAITs: {advice}.", evidence))
+    return out
+
+
+def _churn(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
+    out = []
+    churners = procs[(procs["short_share"] >= SHORT_SHARE_CHURN) & (procs["opened"] > 0)]
+    for row in churners.sort_values("opened_per_s", ascending=False, kind="stable").head(TOP).itertuples(index=False):
+        roles = conns.loc[(conns["pid"] == row.pid) & (conns["comm"] == row.comm), "role"]
+        verb = "accepts" if (roles == "server").sum() * 2 > len(roles) else "opens"
+        out.append(finding(
+            "churn", "info",
+            f"{who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
+            f"(busiest second {row.peak_opened_per_s:.0f}/s), {row.short_share:.0%} closed within "
+            f"{churn.SHORT_S:.0f} s. Each costs a handshake, a close and, on the side that closes first, "
+            "a TIME_WAIT; reusing connections removes all three.",
+            f"{row.opened} opened while tracing; duration p50 {duration_text(row.duration_p50_s)}, "
+            f"p95 {duration_text(row.duration_p95_s)}, p99 {duration_text(row.duration_p99_s)}"))
+    return out
+
+
+def _port_pressure(pressure: pd.DataFrame) -> list[dict]:
+    out = []
+    for row in pressure[pressure["warning"]].itertuples(index=False):
+        severity = "problem" if not row.tw_reuse and not pd.isna(row.seconds_left) else "warning"
+        out.append(finding("ports", severity, ports.describe(row),
+                            f"{row.timewait_peak} TIME_WAITs at peak toward {row.raddr}:{row.rport}; "
+                            f"range {row.port_range}; rate in the last {ports.RATE_WINDOW_S:.0f} s "
+                            f"{row.rate_now_per_s:.0f}/s"))
+    return out
+
+
+def _close_wait(conns: pd.DataFrame, run: RunInfo) -> list[dict]:
+    out = []
+    cw = open_close_waits(conns, run.ended_at)
+    for (pid, comm), group in cw.groupby(["pid", "comm"], dropna=False, sort=False):
+        oldest = group.iloc[0]
+        fds = ", ".join(str(fd) for fd in group["fd"].dropna().head(5))
+        out.append(finding(
+            "close_wait", "problem",
+            f"{owner(pid, comm)} leaks CLOSE_WAIT: {len(group)} sockets whose peer closed and that it never closed. "
+            "Find where it reads EOF (recv() returning 0) or an error and add close(); no sysctl fixes this.",
+            f"oldest {close_wait_age(oldest)}" + (f"; fds {fds}" if fds else "")))
+    return out
+
+
+def _overflow(procs: pd.DataFrame) -> list[dict]:
+    lost = int(procs["timewait_overflow"].sum()) if len(procs) else 0
+    if not lost:
+        return []
+    return [finding(
+        "overflow", "problem",
+        f"{lost} TIME_WAITs were never created because tcp_max_tw_buckets was full: those connections lost "
+        "TIME_WAIT's protection (a late segment of the old connection can corrupt a new one on the same ports). "
+        "Raise tcp_max_tw_buckets, or make fewer TIME_WAITs.",
+        "active closes whose timewait timer was never armed (TcpExt TCPTimeWaitOverflow counts the same)")]
+
+
+def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo) -> list[dict]:
+    out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs)
+           + _timewait_makers(conns, procs) + _churn(conns, procs))
+    if not out:
+        out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
+                            f"{len(conns)} socket lives traced"))
+    missed = {what: n for what, n in unseen(run).items() if n}
+    if missed:
+        out.append(finding("unseen", "info", "Some of the run could not be seen; the numbers above leave it out.",
+                            ", ".join(f"{n} {what}" for what, n in missed.items())))
+    return out

@@ -1,0 +1,158 @@
+"""Socket lives -> connections: one row per life, with its role, who closed first
+(analysis.rules), its CLOSE_WAIT and the TIME_WAIT it left (analysis.timewait).
+
+A life begun before tracing is completed from the snapshot taken at its start;
+a CLOSE_WAIT still open at the end gets its owner's file descriptor from the
+snapshot taken then.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..record import layout
+from . import rules
+from .rules import FOUR_TUPLE
+from .timewait import TIMEWAIT_COLUMNS, timewaits
+
+CONNECTION_COLUMNS = [
+    "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "role", "initiator",
+    "opened_at", "closed_at", "duration_s", "tw_start", "tw_end", "tw_s", "tw_end_reason",
+]
+# kept beside the contract's columns for the summary and the per-process figures; the
+# rules every figure reads (tw_made, tw_ended, close_wait_open) are computed here, once
+EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
+                 "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd",
+                 "tw_made", "tw_ended", "close_wait_open"]
+_STATE_CODES = {name: code for code, name in layout.TCP_STATE_NAMES.items()}
+
+
+def _rst_sent_after_close(lives: pd.DataFrame, resets: pd.DataFrame) -> np.ndarray:
+    """Join each EV_RESET_SENT record to the life that ended last on its socket address.
+
+    An abort moves the socket to CLOSE before the RST goes out, so the reset
+    record follows its life; socket addresses are recycled, hence the join on
+    the latest life that ended at or before the reset.
+    """
+    hit = np.zeros(len(lives), dtype=bool)
+    if not len(resets) or not len(lives):
+        return hit
+    left = pd.DataFrame({"at": resets["event_at"].astype(float), "skaddr": resets["skaddr"].astype(np.uint64)})
+    right = pd.DataFrame({
+        "at": lives["event_at"].astype(float), "skaddr": lives["skaddr"].astype(np.uint64),
+        "row": np.arange(len(lives)),
+    }).dropna(subset=["at"])
+    joined = pd.merge_asof(left.sort_values("at"), right.sort_values("at"), on="at", by="skaddr",
+                           direction="backward")
+    rows = joined["row"].dropna().astype(int).to_numpy()
+    hit[rows] = True
+    return hit
+
+
+def initiators(lives: pd.DataFrame) -> np.ndarray:
+    """rules.initiators of decoded lives (kind "life" ended, "open" not yet)."""
+    last = lives["last_state"].map(_STATE_CODES).fillna(0).to_numpy(np.int64)
+    return rules.initiators(lives["kind"].to_numpy(object) == "open", lives["states_raw"].to_numpy(np.int64),
+                            last, lives["flags_raw"].to_numpy(np.int64))
+
+
+def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    """Lives begun before tracing, completed from the snapshot taken at its start.
+
+    A socket the snapshot found and that then changed state is a partial life
+    on the BPF side: the snapshot names its owner if the BPF side never could,
+    and the start of its CLOSE_WAIT.  One that never changed state is only in
+    the snapshot: it is a life still open in the state it was found in.
+    """
+    if not len(existing):
+        return lives
+    existing = existing.drop_duplicates(FOUR_TUPLE)
+    existing_key = pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))
+    rows = np.flatnonzero((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
+    key = pd.MultiIndex.from_frame(lives.iloc[rows][FOUR_TUPLE].astype(str))  # only lives begun before
+    found = existing.set_index(existing_key).reindex(key)
+    hit = found["kind"].notna().to_numpy()
+    lives = lives.copy()
+    unowned = hit & (lives["owner_src"].to_numpy(object)[rows] == "none")
+    for column in ("pid", "tid", "comm", "cgroup_id", "owner_src", "netns"):
+        lives.loc[rows[unowned], column] = found[column].to_numpy()[unowned]
+    no_cw_start = hit & lives["close_wait_at"].isna().to_numpy()[rows]
+    lives.loc[rows[no_cw_start], "close_wait_at"] = found["close_wait_at"].to_numpy()[no_cw_start]
+    untouched = existing[~existing_key.isin(key[hit])]
+    return pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
+
+
+def _fds(conns: pd.DataFrame, seen_at_end: pd.DataFrame) -> np.ndarray:
+    """The owner's file descriptor of each CLOSE_WAIT still open, from the snapshot at the end."""
+    fds = np.full(len(conns), np.nan)
+    if not len(seen_at_end) or not len(conns):
+        return fds
+    seen = seen_at_end.drop_duplicates(FOUR_TUPLE)
+    by_tuple = seen.set_index(pd.MultiIndex.from_frame(seen[FOUR_TUPLE].astype(str)))["fd"]
+    rows = np.flatnonzero(conns["close_wait_open"].to_numpy(bool))
+    if len(rows):
+        key = pd.MultiIndex.from_frame(conns.iloc[rows][FOUR_TUPLE].astype(str))
+        fds[rows] = by_tuple.reindex(key).to_numpy(float)
+    return fds
+
+
+def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
+    """One row per socket life, contract columns first (DESIGN.md section 3).
+
+    ended_at: when tracing stopped, the age reference for lives still open.
+    timewait_method: how the run followed TIME_WAIT ends: "timers", "diag" or None (see timewait.timewaits).
+    """
+    lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
+    lives = _with_existing(lives, events[events["kind"] == "existing"])
+    # the columns the joins read only: on a long run each copy of every column is gigabytes
+    resets = events.loc[events["kind"] == "reset_sent", ["event_at", "skaddr"]]
+    ends = events.loc[events["kind"].isin(["tw_end", "tw_open"]), TIMEWAIT_COLUMNS]
+    if not len(lives):  # (the rule columns boolean even when empty: they index rows)
+        return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS).astype(
+            {"tw_made": bool, "tw_ended": bool, "close_wait_open": bool})
+    initiator = initiators(lives)
+    states = lives["states_raw"]
+    role = rules.choose([rules.entered(states, "SYN_SENT"), rules.entered(states, "SYN_RECV")],
+                        ["client", "server"], "unknown")
+    closed = lives["kind"].to_numpy(object) == "life"
+    closed_at = np.where(closed, lives["event_at"].astype(float), np.nan)
+    # the full socket handed over to a timewait socket at this ->CLOSE
+    made_tw = closed & rules.timewait_due(initiator)
+    owner_known = lives["owner_src"].to_numpy(object) != "none"
+    flags = lives["flags_raw"].to_numpy(np.int64)
+    end = np.where(closed, closed_at, ended_at)
+    tw = timewaits(lives, ends, made_tw, closed_at, ended_at, timewait_method)
+    out = pd.DataFrame({
+        "pid": pd.array(np.where(owner_known, lives["pid"], None), dtype="Int64"),
+        "comm": np.where(owner_known, lives["comm"], ""),
+        "family": lives["family"],
+        "laddr": lives["laddr"],
+        "lport": lives["lport"].astype(int),
+        "raddr": lives["raddr"],
+        "rport": lives["rport"].astype(int),
+        "role": role,
+        "initiator": initiator,
+        "opened_at": lives["opened_at"].astype(float),
+        "closed_at": closed_at,
+        "duration_s": end - lives["opened_at"].astype(float),
+        "tw_start": tw["tw_start"],
+        "tw_end": tw["tw_end"],
+        "tw_s": tw["tw_s"],
+        "tw_end_reason": tw["tw_end_reason"],
+        "close_wait_at": lives["close_wait_at"].astype(float),
+        "last_state": lives["last_state"],
+        "owner_src": lives["owner_src"],
+        "rst_sent": ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0) | _rst_sent_after_close(lives, resets),
+        "partial": (flags & layout.DEFINES["FLAG_PARTIAL"]) != 0,
+        "skaddr": lives["skaddr"],
+        "tw_fin_wait2_s": tw["tw_fin_wait2_s"],
+        "tw_overflow": tw["tw_overflow"],
+        "tw_timeout_s": lives["tw_timeout_s"].astype(float),
+        "netns": lives["netns"] if "netns" in lives else None,
+    })
+    out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
+    out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)
+    out["tw_ended"] = out["tw_end_reason"].isin(rules.ENDED_TIMEWAIT)  # and its end was seen
+    out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])
+    out["fd"] = pd.array(_fds(out, events[events["kind"] == "seen_at_end"]), dtype="Int64")
+    return out

@@ -1,0 +1,102 @@
+"""Ephemeral-port pressure: how near each destination this host connects to is to running out of local ports.
+
+connect() needs a local port no other socket uses towards the same remote
+address and port, and a TIME_WAIT keeps its port for 60 s (DESIGN.md section 1).
+So each (local address, remote address, remote port) has the ephemeral range
+(net.ipv4.ip_local_port_range) to itself, and a client can open at most
+range / TIME_WAIT length connections a second to it without reusing a port in
+TIME_WAIT: 28 232 / 60 s = 470/s with the default range.  Past that connect()
+fails with EADDRNOTAVAIL, unless tcp_tw_reuse lets it take over a TIME_WAIT
+older than 1 s (it needs TCP timestamps; 2, the default, allows it on loopback only).
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pandas as pd
+
+from ..kernel.procfs import port_range_size
+from ..record.runinfo import RunInfo
+from . import churn
+from .timewait import TIME_WAIT_LEN_S
+
+RATE_WINDOW_S = 10.0  # the "current" rate: connections opened in the last this many seconds of the trace
+WARN_SHARE = 0.5  # warn once a destination's TIME_WAITs hold this share of the range
+DEFAULT_RANGE = "32768 60999"  # the kernel's default, for recordings without the sysctls
+PRESSURE_COLUMNS = [
+    "laddr", "raddr", "rport", "processes", "connections", "timewait_peak", "timewait_now", "port_range",
+    "peak_share", "now_share", "rate_now_per_s", "max_rate_per_s", "timewait_len_s", "tw_reuse",
+    "seconds_left", "warning",
+]
+DESTINATION = ["laddr", "raddr", "rport"]
+
+
+def timewait_length(conns: pd.DataFrame) -> float:
+    """The TIME_WAIT length this run saw: the median of those that expired, else the kernel's 60 s."""
+    expired = conns.loc[conns["tw_end_reason"] == "expired", "tw_s"].dropna()
+    return float(expired.median()) if len(expired) else TIME_WAIT_LEN_S
+
+
+def tw_reuse_applies(value: str | None, raddr: str, timestamps: str | None) -> bool:
+    """Would tcp_tw_reuse let connect() take over a TIME_WAIT towards raddr?
+    1: any destination, 2: loopback only, 0: never; all need tcp_timestamps."""
+    if value not in ("1", "2") or timestamps == "0":
+        return False
+    try:
+        return value == "1" or ipaddress.ip_address(raddr).is_loopback
+    except ValueError:
+        return False
+
+
+def pressure(conns: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
+    """One row per destination this host connected to, the most pressed first."""
+    clients = conns[conns["role"] == "client"]
+    if not len(clients):
+        return pd.DataFrame(columns=PRESSURE_COLUMNS)
+    sysctls = run.sysctls or {}
+    size = port_range_size(sysctls.get("ip_local_port_range") or DEFAULT_RANGE)
+    followed = run.timewait_followed
+    started, ended = run.started_at, run.ended_at
+    length = timewait_length(conns)
+    window = min(RATE_WINDOW_S, max(ended - started, 1e-9))
+    rows = []
+    for (laddr, raddr, rport), group in clients.groupby(DESTINATION, sort=False):
+        start, stop = churn.timewait_intervals(group, followed)
+        peak = int(churn.alive_at(start, start, stop).max()) if len(start) else 0
+        now = int(churn.alive_at(np.array([ended]), start, stop)[0])
+        opened = group["opened_at"].to_numpy(float)
+        rate = float(((opened > ended - window) & ~group["partial"].to_numpy(bool)).sum() / window)
+        reuse = tw_reuse_applies(sysctls.get("tcp_tw_reuse"), raddr, sysctls.get("tcp_timestamps"))
+        warn = max(peak, now) > WARN_SHARE * size
+        # the range fills at the opening rate less the rate TIME_WAITs end, about now / length
+        growth = rate - now / length
+        left = (size - now) / growth if warn and growth > 0 else np.nan
+        rows.append({
+            "laddr": laddr, "raddr": raddr, "rport": int(rport),
+            "processes": " ".join(sorted(set(group["comm"].replace("", "?")))),
+            "connections": len(group), "timewait_peak": peak, "timewait_now": now, "port_range": size,
+            "peak_share": peak / size, "now_share": now / size, "rate_now_per_s": rate,
+            "max_rate_per_s": size / length, "timewait_len_s": length, "tw_reuse": reuse,
+            "seconds_left": max(left, 0.0), "warning": warn,
+        })
+    out = pd.DataFrame(rows, columns=PRESSURE_COLUMNS)
+    return out.sort_values(["peak_share", "connections"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def describe(row) -> str:
+    """One destination's pressure in plain words."""
+    dest = f"{row.laddr} -> {row.raddr}:{row.rport} ({row.processes})"
+    held = (f"{row.timewait_peak} TIME_WAITs at peak, {row.timewait_now} at the end, of {row.port_range} "
+            f"ephemeral ports ({row.peak_share:.0%} at peak)")
+    rate = (f"opening {row.rate_now_per_s:.0f}/s; without reuse it can sustain {row.max_rate_per_s:.0f}/s "
+            f"({row.port_range} ports / {row.timewait_len_s:.0f} s TIME_WAIT)")
+    text = f"{dest}: {held}; {rate}"
+    if row.warning:
+        if not pd.isna(row.seconds_left):
+            text += f". At this rate the ports run out in about {row.seconds_left:.0f} s"
+        else:
+            text += ". Over half the range is held, though not growing at the current rate"
+        text += (": connect() will take over TIME_WAITs older than 1 s (tcp_tw_reuse applies to this destination)"
+                 if row.tw_reuse else ": then connect() fails with EADDRNOTAVAIL")
+    return text

@@ -1,0 +1,106 @@
+"""Per-process figures from the connection rows (processes.csv), and from per-process counts."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .lives import initiators
+from .rules import INITIATORS, TIMEWAIT_CLOSES
+
+PROCESS_COLUMNS = [
+    "pid", "comm", "connections", "active_closes", "passive_closes", "simultaneous_closes",
+    "resets_local", "resets_remote", "timewait_count", "timewait_p50_s", "timewait_p95_s",
+    "timewait_max_s", "close_wait_open", "close_wait_max_age_s",
+]
+# after the contract's columns: how the TIME_WAITs ended, and those never made
+TIMEWAIT_REASON_COLUMNS = {
+    "timewait_expired": "expired", "timewait_reused": "reused", "timewait_killed": "killed",
+    "timewait_open": "open", "timewait_unknown": "unknown",
+}
+EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow"]
+_CLOSE_COUNTS = {
+    "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
+    "resets_local": "reset_local", "resets_remote": "reset_remote",
+}
+
+
+def open_close_waits(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+    """Sockets still in CLOSE_WAIT when tracing ended: the peer closed, the owner has not."""
+    cw = conns[conns["close_wait_open"].to_numpy(bool)].copy()
+    cw["close_wait_age_s"] = ended_at - cw["close_wait_at"]
+    return cw.sort_values("close_wait_age_s", ascending=False)
+
+
+def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+    """One row per owning process, sorted by connections; unknown owners have no pid."""
+    if not len(conns):
+        return pd.DataFrame(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS)
+    reason = conns["tw_end_reason"]
+    frame = conns.assign(
+        **{column: conns["initiator"] == initiator for column, initiator in _CLOSE_COUNTS.items()},
+        **{column: reason == value for column, value in TIMEWAIT_REASON_COLUMNS.items()},
+        # percentiles over the TIME_WAITs whose end was seen, not the ages of open ones
+        tw_ended_s=conns["tw_s"].where(conns["tw_ended"]),
+    )
+    frame["close_wait_age_s"] = np.where(frame["close_wait_open"], ended_at - frame["close_wait_at"], np.nan)
+    grouped = frame.groupby(["pid", "comm"], dropna=False, sort=False)
+    out = grouped.agg(
+        connections=("initiator", "size"),
+        **{column: (column, "sum") for column in _CLOSE_COUNTS},
+        timewait_count=("tw_made", "sum"),
+        timewait_p50_s=("tw_ended_s", lambda s: s.quantile(0.5)),
+        timewait_p95_s=("tw_ended_s", lambda s: s.quantile(0.95)),
+        timewait_max_s=("tw_ended_s", "max"),
+        close_wait_open=("close_wait_open", "sum"),
+        close_wait_max_age_s=("close_wait_age_s", "max"),
+        **{column: (column, "sum") for column in TIMEWAIT_REASON_COLUMNS},
+        timewait_overflow=("tw_overflow", "sum"),
+    ).reset_index()
+    out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
+    return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].reset_index(drop=True)
+
+
+def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:
+    """The ended lives' counts per owner, as the procs map of --aggregates holds them (one
+    dict per owner: pid, None when never learnt, comm, lives and one count per close kind),
+    made from decoded events one frame at a time: for a run too big to analyse whole."""
+    kinds = [kind for kind in INITIATORS if kind != "open"]
+    total = None
+    for frame in frames:
+        lives = frame[frame["kind"] == "life"]
+        if not len(lives):
+            continue
+        known = lives["owner_src"].to_numpy(object) != "none"
+        part = pd.crosstab([np.where(known, lives["pid"], 0), np.where(known, lives["comm"], "")],
+                           initiators(lives)).reindex(columns=kinds, fill_value=0)
+        total = part if total is None else total.add(part, fill_value=0)
+    if total is None:
+        return []
+    total = total.astype(int)
+    return [{"pid": int(pid) or None, "comm": comm, "lives": int(row.sum()), **row.to_dict(),
+             "timewait": int(sum(row[kind] for kind in TIMEWAIT_CLOSES))}  # each hands over to a timewait socket
+            for (pid, comm), row in total.iterrows()]
+
+
+# --aggregates: the procs map's counts (bpf/tcpclose.h A_x) and the columns they fill
+_FROM_COUNTS = {"active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
+                "resets_local": "reset_local", "resets_remote": "reset_remote", "timewait_count": "timewait"}
+
+
+def from_counts(counts: list[dict], open_conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+    """processes.csv for a run that counted in BPF (--aggregates): the ended lives' counts
+    per owner, plus the lives still open at the end (open_conns, from analysis.lives), which
+    give the CLOSE_WAIT columns.  TIME_WAITs are counted, not timed: no percentiles."""
+    ended = pd.DataFrame(counts, columns=["pid", "comm", "lives", *_FROM_COUNTS.values(), "never_established"])
+    ended = ended.rename(columns={v: k for k, v in _FROM_COUNTS.items()}).rename(columns={"lives": "connections"})
+    ended["pid"] = ended["pid"].astype("Int64")
+    still_open = processes(open_conns, ended_at)
+    merged = pd.concat([ended, still_open], ignore_index=True)
+    numeric = ["connections", *_FROM_COUNTS, "close_wait_open"]
+    out = merged.groupby(["pid", "comm"], dropna=False, sort=False).agg(
+        **{c: (c, "sum") for c in numeric}, close_wait_max_age_s=("close_wait_max_age_s", "max")).reset_index()
+    out[numeric] = out[numeric].astype(int)
+    out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
+    return out.reindex(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS).reset_index(drop=True)

@@ -1,0 +1,30 @@
+"""The command line: one click group, a module per family of commands.
+
+  options    what the commands share (filters, -o, --netns, one-line errors)
+  tracing    trace, demo (root: they load the BPF program)
+  reporting  report (a recording, no root)
+  host       states, doctor (the host now)
+  results    a finished run shown as a summary or written as files
+"""
+from __future__ import annotations
+
+import click
+
+from .host import doctor, states
+from .options import CONTEXT
+from .reporting import report_command
+from .tracing import demo, trace
+
+
+@click.group(context_settings=CONTEXT)
+def main():
+    """Which process closes TCP connections first, and what it leaves behind.
+
+    \b
+    Start with:  sudo tcpclose demo
+    Then:        sudo tcpclose trace -d 60 -o out/
+    """
+
+
+for command in (trace, report_command, states, doctor, demo):
+    main.add_command(command)

@@ -1,0 +1,98 @@
+"""What the commands share: click settings, the filter options (bcc's letters where they
+overlap), -o, --netns, and one-line errors for expected failures."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import Abandoned, NotRoot, TcpcloseError
+from ..filters import AF_INET, AF_INET6, Filters
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class PortList(click.ParamType):
+    name = "PORTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, frozenset):
+            return value
+        if not str(value).strip():
+            return frozenset()
+        ports = set()
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part.isdigit() or not 1 <= int(part) <= 65535:
+                self.fail(f"{part!r} is not a port (1-65535); give a list like 80,443", param, ctx)
+            ports.add(int(part))
+        return frozenset(ports)
+
+
+def expected_errors(func):
+    """Expected failures end in one line naming the fix and their own exit code."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (TcpcloseError, Abandoned) as exc:
+            click.echo(f"tcpclose: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper
+
+
+def announce(text: str) -> None:
+    click.echo(f"tcpclose: {text}", err=True)
+
+
+def out_option(func):
+    return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+                        help="Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, "
+                             "summary.json, report.html and run.json into this directory.")(func)
+
+
+def filter_options(func):
+    """-p, -c, -L, -D, -4, -6, handed to the command as one Filters (trace and states)."""
+    options = [
+        click.option("-p", "--pid", type=click.IntRange(min=1), help="Only connections owned by this process."),
+        click.option("-c", "--comm", help="Only connections owned by processes of this name (as in /proc/PID/comm)."),
+        click.option("-L", "local_ports", type=PortList(), default="", help="Only these local ports, e.g. -L 80,443."),
+        click.option("-D", "remote_ports", type=PortList(), default="", help="Only these remote ports, e.g. -D 5432."),
+        click.option("-4", "--ipv4", "ipv4", is_flag=True, help="Only IPv4."),
+        click.option("-6", "--ipv6", "ipv6", is_flag=True, help="Only IPv6."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, pid, comm, local_ports, remote_ports, ipv4, ipv6, **kwargs):
+        if ipv4 and ipv6:
+            raise click.UsageError("-4 and -6 exclude each other; give one, or neither for both")
+        if comm is not None and not 1 <= len(comm.encode()) <= 15:
+            raise click.BadParameter("a comm is 1 to 15 bytes (the kernel truncates longer names)",
+                                     param_hint="--comm")
+        filters = Filters(pid=pid, comm=comm, local_ports=local_ports, remote_ports=remote_ports,
+                          family=AF_INET if ipv4 else AF_INET6 if ipv6 else None)
+        return func(*args, filters=filters, **kwargs)
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def netns_option(func):
+    return click.option("--netns", metavar="NAME", help="Read sockets (sock_diag) and TcpExt counters in this "
+                        "namespace made by 'ip netns add' instead of tcpclose's own; tracing sees every "
+                        "namespace anyway.")(func)
+
+
+def netns_option_path(name: str | None) -> Path | None:
+    from ..kernel.netns import named_netns
+
+    path = named_netns(name) if name else None
+    if name and path is None:
+        raise click.BadParameter(f"no network namespace {name!r}: see 'ip netns list'", param_hint="--netns")
+    if path is not None and os.geteuid() != 0:
+        raise NotRoot(f"entering network namespace {name!r} needs root: run 'sudo tcpclose ... --netns {name}', "
+                      f"or 'sudo ip netns exec {name} tcpclose ...' without --netns")
+    return path

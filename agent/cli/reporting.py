@@ -1,0 +1,30 @@
+"""tcpclose report: the same reports from a recording, without root."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import results
+from .options import CONTEXT, announce, expected_errors, out_option
+
+
+@click.command("report", context_settings=CONTEXT)
+@click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@out_option
+@expected_errors
+def report_command(recording, out):
+    """The same reports from a --record file; needs no root.
+
+    \b
+    Example:
+      tcpclose report pg.jsonl -o out/
+    """
+    from ..record.recording import read_recording
+    from ..run.control import announce_long_end, stop_on_signals
+
+    with stop_on_signals() as stop:
+        stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
+        events, run_info = read_recording(recording)
+        announce_long_end(len(events), announce)
+        results.show(events, run_info, out)

@@ -1,0 +1,114 @@
+"""tcpclose trace and tcpclose demo: the commands that load the BPF program (root)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..filters import Filters
+from . import results
+from .options import CONTEXT, announce, expected_errors, filter_options, netns_option, netns_option_path, out_option
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds (default: Ctrl-C).")
+@out_option
+@filter_options
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
+@click.option("--timewait", type=click.Choice(["auto", "timers", "diag", "none"]), default="auto", show_default=True,
+              help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), diag (poll sock_diag "
+                   "every second; this network namespace only), none (their start only), auto (timers where "
+                   "the kernel allows, else diag).")
+@netns_option
+@click.option("--aggregates", is_flag=True,
+              help="Count closes per process in BPF and keep no per-connection rows: the cheapest mode, "
+                   "for leaving it running on a busy host. TIME_WAITs are counted, not timed.")
+@click.option("--transitions", "transitions_to", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="Also write every state transition to FILE as CSV ('-': stdout), as it happens, with the "
+                   "owner tcpclose credits and the task it ran in; what the stream lost is counted in the summary.")
+@click.option("--max-sockets", type=click.IntRange(min=64, max=1 << 24), metavar="N",
+              help="Socket lives followed at once in BPF [default: 131072, about 200 bytes each]: half in slots "
+                   "picked by socket address, the rest in an LRU map for sockets whose slot is taken. When that "
+                   "map is full, its least recently active is evicted; evictions are counted in the summary.")
+@click.option("--progress/--no-progress", default=None,
+              help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
+                   "--progress elsewhere writes one every 10 s].")
+@click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
+@expected_errors
+def trace(duration, out, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
+          print_bpf):
+    """Trace TCP closes on this host (root) until Ctrl-C or --duration.
+
+    Every connection is credited to the process that owns it, with who closed
+    first (active, passive, simultaneous, reset, never established, open).
+    The records wait on disk ($TMPDIR, else /var/tmp) until the end, whose
+    analysis takes up to 0.9 kB of memory a record; a run past 80 % of
+    MemAvailable is counted per process only.  For hours at high churn, use
+    --aggregates.  A Ctrl-C or SIGTERM while the files are written only warns;
+    the next one abandons them.
+
+    \b
+    Examples:
+      sudo tcpclose trace                      # summary on Ctrl-C
+      sudo tcpclose trace -d 30 -o out/        # CSVs and summary.txt in out/
+      sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
+      sudo tcpclose trace -D 5432 --record pg.jsonl
+      sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
+      sudo tcpclose trace --timewait none      # cheaper: TIME_WAITs counted, not timed
+      sudo tcpclose trace --aggregates -o out/ # cheapest: per-process counts only, made in BPF
+      sudo tcpclose trace --transitions - -L 80 # every transition on port 80, as CSV on stdout
+    """
+    netns_path = netns_option_path(netns)
+    if print_bpf:
+        from ..kernel import probe
+        from ..record import layout
+
+        click.echo(" ".join(probe.compile_flags(filters, aggregates=aggregates, transitions=transitions_to is not None,
+                                                max_socks=max_sockets or probe.MAX_SOCKS)))
+        click.echo(layout.PROGRAM.read_text(), nl=False)
+        return
+    from ..run.control import run, stop_on_signals
+    from ..run.progress import Progress
+    from ..run.tracer import Tracer
+    with stop_on_signals() as stop:
+        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates,
+                        transitions_to=transitions_to, max_socks=max_sockets)
+        click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
+        events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
+        results.show(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions
+
+
+@click.command(context_settings=CONTEXT)
+@out_option
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
+@expected_errors
+def demo(out, record):
+    """Trace a built-in loopback workload and show the summary (root, a few seconds);
+    with -o, write every file and the incident report too.
+
+    \b
+    The workload is three pairs of processes:
+      demo-client closes first on its connections to demo-echo,
+      demo-web closes first on its connections from demo-poller,
+      demo-leaky never closes the connections demo-caller made (CLOSE_WAIT).
+    Example:
+      sudo tcpclose demo -o demo-out/
+    """
+    from ..demo import pairs as workload
+    from ..run.control import stop_on_signals
+    from ..run.tracer import Tracer
+
+    with stop_on_signals() as stop:
+        tracer = Tracer(Filters(), record)
+        click.echo("Tracing TCP closes while the demo workload runs...", err=True)
+        procs = []
+        try:
+            for pair in workload.PAIRS:
+                click.echo(f"  {pair.client_comm} -> {pair.server_comm}: {pair.story}", err=True)
+            procs = workload.start()
+            stop.wait(0.3)  # let the last FINs and ACKs land
+            stop.finishing()
+            events, run_info = tracer.finish()
+        finally:
+            workload.release(procs)
+        results.show(events, run_info, out, summary=True)

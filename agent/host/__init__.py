@@ -1,0 +1,1 @@
+"""The host now, without tracing: `tcpclose states` and `tcpclose doctor`."""

@@ -1,0 +1,162 @@
+"""The TCP sockets that exist right now (sock_diag, as `ss -tan` reads them) and who holds them (/proc/*/fd).
+
+Tracing sees only what happens after it starts.  A snapshot at start shows the
+sockets opened before, above all the CLOSE_WAITs a leaking process already
+holds; one at the end names the file descriptor of every CLOSE_WAIT still
+open.  Both see one network namespace: tcpclose's own, or the one --netns names.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..filters import Filters
+from ..record import layout
+from .netns import in_netns
+
+SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
+                    "pid", "comm", "fd", "cgroup_id"]
+# sockets that are connections with a file: a timewait socket, a request socket
+# (SYN_RECV) or a listener is none of these
+CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
+INET_DIAG_INFO = 2  # the tcp_info attribute; asked for with bit (INET_DIAG_INFO - 1)
+WANT_TCP_INFO = 1 << (INET_DIAG_INFO - 1)
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# idiag_timer of a timewait socket (inet_twsk_diag_fill).  Its idiag_state is the
+# substate: TIME_WAIT, or FIN_WAIT2 while it still waits for the peer's FIN.
+TIMEWAIT_TIMER = 3
+
+
+def _attr(msg: dict, name: str):
+    for key, value in msg.get("attrs", []):
+        if key == name:
+            return value
+    return None
+
+
+def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES, netns: Path | None = None) -> list[dict]:
+    """One dict per TCP socket in these states, both families (pyroute2's DiagSocket),
+    in the namespace tcpclose runs in or the one `netns` opens (the whole dump runs
+    in one thread: pyroute2 wants its socket used where it was made)."""
+    return in_netns(netns, lambda: _dump(states))
+
+
+def _dump(states: tuple[str, ...]) -> list[dict]:
+    from pyroute2 import DiagSocket
+
+    mask = sum(1 << layout.DEFINES["TCP_" + state] for state in states)
+    rows = []
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in diag.get_sock_stats(family=family, states=mask, extensions=WANT_TCP_INFO):
+                info = _attr(msg, "INET_DIAG_INFO") or {}
+                last_ack = info.get("tcpi_last_ack_recv")
+                rows.append({
+                    "family": _FAMILY_NAMES[family],
+                    "laddr": msg["idiag_src"], "lport": msg["idiag_sport"],
+                    "raddr": msg["idiag_dst"], "rport": msg["idiag_dport"],
+                    "state": layout.TCP_STATE_NAMES.get(msg["idiag_state"], str(msg["idiag_state"])),
+                    "inode": msg["idiag_inode"],
+                    "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
+                    "expires_s": msg["idiag_expires"] / 1000,  # the socket's pending timer, as ss -o shows
+                    "timer": msg["idiag_timer"],  # which timer: TIMEWAIT_TIMER for a timewait socket
+                    "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
+                })
+    return rows
+
+
+def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]:
+    """Socket inode -> (pid, comm, fd) of a process holding it, from /proc/PID/fd links."""
+    owners: dict[int, tuple[int, str, int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+            comm = (entry / "comm").read_text().strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners.setdefault(int(target[8:-1]), (int(entry.name), comm, int(fd.name)))
+    return owners
+
+
+def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
+             netns: Path | None = None) -> pd.DataFrame:
+    """The sockets in these states that the filters keep, each with its owner where one holds it."""
+    rows = diag_sockets(states, netns)
+    owners = socket_owners() if rows else {}
+    for row in rows:
+        pid, comm, fd = owners.get(row["inode"], (None, "", None)) if row["inode"] else (None, "", None)
+        row.update(pid=pid, comm=comm, fd=fd)
+    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
+    if not len(frame):
+        return frame
+    keep = [filters.keeps_socket(f, lp, rp) and filters.keeps_owner(pid, comm)
+            for f, lp, rp, pid, comm in zip(frame["family"], frame["lport"], frame["rport"], frame["pid"],
+                                             frame["comm"])]
+    return frame[keep].reset_index(drop=True)
+
+
+class TimewaitWatch:
+    """TIME_WAIT ends without the timer tracepoints: poll sock_diag and see timewait sockets go.
+
+    A timewait socket seen with its timer due within the poll interval and
+    gone at the next poll expired at last sight + timer; one gone earlier was
+    killed or reused somewhere between the two polls.  Sees only the network
+    namespace tcpclose runs in, and a timewait that lives less than one
+    interval not at all.  Dumping tens of thousands of sockets takes a while,
+    so the interval stretches to three times the last dump's duration.
+    """
+
+    def __init__(self, netns: Path | None = None, interval_s: float = 1.0):
+        self.netns = netns
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._seen: dict[tuple, dict] = {}  # 4-tuple -> first_seen, last_seen, expires_s
+
+    def poll(self, now: float, force: bool = False) -> list[dict]:
+        """The timewait sockets that ended since the last poll, as tw_end rows (epoch seconds)."""
+        if not force and now < self._next:
+            return []
+        began = time.monotonic()
+        rows = diag_sockets(("TIME_WAIT",), self.netns)
+        took = time.monotonic() - began
+        # A socket in the dump existed by the time the dump was done, not by `now`:
+        # entering the namespace and the dump itself take milliseconds (the first
+        # poll, importing pyroute2, far more), and a connection that closes in that
+        # time is in it.  Sightings are dated at the dump's end, so that none comes
+        # before the close that made it (analysis.timewait._diag_ends links them forward).
+        seen_at = now + took
+        current = {}
+        for row in rows:
+            key = (row["family"], row["laddr"], row["lport"], row["raddr"], row["rport"])
+            known = self._seen.get(key)
+            current[key] = {"first_seen": known["first_seen"] if known else seen_at, "last_seen": seen_at,
+                            "expires_s": row["expires_s"]}
+        self._next = now + max(self.interval_s, 3 * took)
+        ended = []
+        for key, seen in self._seen.items():
+            if key in current:
+                continue
+            due = seen["last_seen"] + seen["expires_s"]
+            expired = due <= seen_at + 0.5  # its timer was due by this poll
+            ended.append(dict(zip(("family", "laddr", "lport", "raddr", "rport"), key),
+                              first_seen=seen["first_seen"], end=due if expired else seen_at,
+                              how="expired" if expired else "cancelled"))
+        self._seen = current
+        return ended
+
+    def still_open(self) -> list[dict]:
+        return [dict(zip(("family", "laddr", "lport", "raddr", "rport"), key), first_seen=seen["first_seen"])
+                for key, seen in self._seen.items()]

@@ -1,0 +1,29 @@
+"""How a process, a duration and a CLOSE_WAIT's age are written, everywhere they are shown."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def close_wait_age(row) -> str:
+    """A CLOSE_WAIT's age; for one begun before tracing, the snapshot gives only a lower bound."""
+    if pd.isna(row.close_wait_age_s):
+        return "age unknown (begun before tracing)"
+    return (f"at least {row.close_wait_age_s:.1f} s (begun before tracing)" if row.partial
+            else f"{row.close_wait_age_s:.1f} s")
+
+
+def owner(pid, comm: str) -> str:
+    """A process as every output names it: "comm (pid N)"; with no pid, the name given
+    in its place (states: "(no process found)") or "unknown owner"."""
+    if pid is None or pd.isna(pid):
+        return comm or "unknown owner"
+    return f"{comm} (pid {pid})"
+
+
+def who(row) -> str:
+    """owner() of a row with pid and comm."""
+    return owner(row.pid, row.comm)
+
+
+def duration_text(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -1,0 +1,9 @@
+"""Records: the one event layout and the boundary where kernel encodings become typed columns.
+
+  layout       the Python mirror of bpf/tcpclose.h (dtypes and constants)
+  decode       raw ring-buffer records and sock_diag snapshots -> one frame of events
+  recording    the decoded stream as JSONL (--record) and read back (tcpclose report)
+  spool        raw records kept on disk while tracing
+  runinfo      RunInfo: the run's facts, what run.json and a recording's last line hold
+  transitions  --transitions: every state transition, written as CSV as it arrives
+"""

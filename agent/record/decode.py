@@ -1,0 +1,193 @@
+"""Decoding: raw ring-buffer records and sock_diag snapshots -> one frame of decoded events.
+
+This is the one boundary between kernel encodings and the rest of tcpclose.
+Records arrive in batches and are decoded vectorised (a numpy structured view
+of the bytes straight into pandas): there is no Python object per record.
+Column names follow bpf/tcpclose.h; monotonic `_ns` times become epoch
+seconds in `_at` columns, raw bitmasks keep a `_raw` suffix.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import layout
+
+# every recording has these; columns added later are read as empty from older recordings
+REQUIRED_COLUMNS = [
+    "kind", "skaddr", "pid", "tid", "comm", "cgroup_id", "owner_src",
+    "family", "laddr", "lport", "raddr", "rport",
+    "states_raw", "last_state", "flags_raw",
+    "opened_at", "estab_at", "close_wait_at", "fin_at", "event_at",
+]
+EVENT_COLUMNS = [
+    *REQUIRED_COLUMNS,
+    "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s", "tw_end",
+    "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
+    "fd", "inode",  # sock_diag snapshots only: the owner's file descriptor and the socket's inode
+]
+# rows made from sock_diag snapshots (agent/kernel/diag.py), not from BPF records:
+#   existing     a connection that was there when tracing started (a life begun before it)
+#   seen_at_end  a CLOSE_WAIT still there when tracing ended, with its owner's fd
+SNAPSHOT_KINDS = ("existing", "seen_at_end")
+_TIMES = {"opened_ns": "opened_at", "estab_ns": "estab_at", "close_wait_ns": "close_wait_at",
+          "fin_ns": "fin_at", "ts_ns": "event_at", "tw_start_ns": "tw_start_at", "tw_rearm_ns": "tw_rearm_at"}
+# records that describe a timewait socket, not a socket life: only their tw_* fields and time mean anything
+_TIMEWAIT_KINDS = ("tw_end", "tw_open")
+FAMILY_NAMES = {2: "ipv4", 10: "ipv6"}
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in EVENT_COLUMNS})
+
+
+def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
+    """16-byte address fields -> text, converting each distinct address once.
+
+    The bytes are viewed as two u64 and factorized by hashing: a batch holds
+    thousands of records but only a handful of distinct addresses.
+    """
+    halves = np.ascontiguousarray(raw).view("<u8")
+    keys = pd.MultiIndex.from_arrays([family, halves[:, 0], halves[:, 1]])
+    codes, uniques = keys.factorize()
+    text = []
+    for fam, first, second in uniques:
+        packed = struct.pack("<QQ", first, second)
+        text.append(str(ipaddress.IPv6Address(packed)) if fam == 10 else str(ipaddress.IPv4Address(packed[:4])))
+    return np.array(text, dtype=object)[codes]
+
+
+def _comms(raw: np.ndarray) -> np.ndarray:
+    """Task names -> text, decoding each distinct name once (and sharing its str between rows)."""
+    codes, uniques = pd.factorize(raw)
+    return np.array([name.decode("utf-8", "replace") for name in uniques], dtype=object)[codes]
+
+
+def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None = None) -> pd.DataFrame:
+    """Decode struct tcpclose_event records: concatenated bytes, or an array of EVENT_DTYPE.
+
+    monotonic_to_epoch_ns: epoch ns minus CLOCK_MONOTONIC ns (what bpf_ktime_get_ns reads).
+    hz: the kernel's jiffies per second, for the timewait timeout (None: unknown).
+    """
+    if isinstance(raw, np.ndarray):
+        rec = raw
+    else:
+        size = layout.EVENT_DTYPE.itemsize
+        if len(raw) % size:
+            raise ValueError(f"{len(raw)} bytes is not a whole number of {size}-byte records")
+        rec = np.frombuffer(raw, dtype=layout.EVENT_DTYPE)
+    if len(rec) == 0:
+        return empty_events()
+    out = {
+        "kind": pd.Series(rec["kind"]).map(layout.KIND_NAMES).to_numpy(object),
+        "skaddr": rec["skaddr"].astype(np.uint64),
+        "pid": rec["pid"].astype(np.int64),
+        "tid": rec["tid"].astype(np.int64),
+        "comm": _comms(rec["comm"]),
+        "cgroup_id": rec["cgroup_id"].astype(np.uint64),
+        "owner_src": pd.Series(rec["owner_src"]).map(layout.OWNER_SRC_NAMES).to_numpy(object),
+        "family": pd.Series(rec["family"]).map(FAMILY_NAMES).to_numpy(object),
+        "laddr": addresses(rec["saddr"], rec["family"]),
+        "lport": rec["sport"].astype(np.int64),
+        "raddr": addresses(rec["daddr"], rec["family"]),
+        "rport": rec["dport"].astype(np.int64),
+        "states_raw": rec["states"].astype(np.int64),
+        "last_state": pd.Series(rec["last_state"]).map(layout.TCP_STATE_NAMES).to_numpy(object),
+        "flags_raw": rec["flags"].astype(np.int64),
+        "tw_timer": rec["tw_timer"].astype(np.uint64),
+        "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
+        "tw_end": pd.Series(rec["tw_end"]).map(layout.TW_END_NAMES).to_numpy(object),
+        "netns": None,
+        "fd": np.nan,
+        "inode": np.nan,
+    }
+    for field, column in _TIMES.items():
+        ns = rec[field].astype(np.int64)
+        out[column] = np.where(ns > 0, (ns + monotonic_to_epoch_ns) / 1e9, np.nan)
+    frame = pd.DataFrame(out, columns=EVENT_COLUMNS)
+    # a reset record carries only its socket and time, a timewait record only its tw_* fields
+    bare = frame["kind"].isin(("reset_sent", *_TIMEWAIT_KINDS)).to_numpy()
+    frame.loc[bare, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
+    return frame
+
+
+def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -> pd.DataFrame:
+    """Event rows for the sockets of a snapshot taken at `at` (epoch seconds).
+
+    A CLOSE_WAIT's age since the peer's FIN is not in sock_diag; the last ACK
+    received is: the FIN came at or before it, so close_wait_at is a bound the
+    real start is earlier than or equal to (flagged partial, like any life
+    begun before tracing)."""
+    if not len(snap):
+        return empty_events()
+    owned = snap["pid"].notna().to_numpy()
+    state = snap["state"].to_numpy(object)
+    codes = np.array([layout.DEFINES["TCP_" + s] for s in state], dtype=np.int64)
+    frame = pd.DataFrame({
+        "kind": kind, "skaddr": np.uint64(0),
+        "pid": snap["pid"].fillna(0).astype(np.int64), "tid": snap["pid"].fillna(0).astype(np.int64),
+        "comm": snap["comm"], "cgroup_id": snap["cgroup_id"].astype(np.uint64),
+        "owner_src": np.where(owned, "snapshot", "none"),
+        "family": snap["family"], "laddr": snap["laddr"], "lport": snap["lport"].astype(np.int64),
+        "raddr": snap["raddr"], "rport": snap["rport"].astype(np.int64),
+        "states_raw": np.left_shift(1, codes), "last_state": state,
+        "flags_raw": layout.DEFINES["FLAG_PARTIAL"],
+        "opened_at": np.nan, "estab_at": np.nan,
+        "close_wait_at": np.where(state == "CLOSE_WAIT", at - snap["since_ack_s"].astype(float), np.nan),
+        "fin_at": np.nan, "event_at": at,
+        "tw_timer": np.uint64(0), "tw_start_at": np.nan, "tw_rearm_at": np.nan, "tw_timeout_s": np.nan,
+        "tw_end": None, "netns": netns, "fd": snap["fd"].astype(float), "inode": snap["inode"].astype(float),
+    }, columns=EVENT_COLUMNS)
+    return frame
+
+
+def _timewait_rows(n: int, kind, at, tw_end) -> pd.DataFrame:
+    """Rows that describe timewait sockets, not lives: only kind, event_at and the tw_* and
+    address columns are filled (the end joins read those, analysis.timewait)."""
+    frame = pd.DataFrame({column: [None] * n for column in EVENT_COLUMNS})
+    frame["kind"], frame["event_at"], frame["tw_end"] = kind, at, tw_end
+    frame["tw_timer"] = np.uint64(0)
+    return frame
+
+
+def from_timewait_watch(rows: list[dict], kind: str, at: float) -> pd.DataFrame:
+    """tw_end rows (kind "tw_end": end, how) or tw_open rows from sock_diag sightings
+    (kernel.diag.TimewaitWatch): named by their 4-tuple, with no timer address."""
+    if not rows:
+        return empty_events()
+    snap = pd.DataFrame(rows)
+    ended = kind == "tw_end"
+    frame = _timewait_rows(len(snap), kind, snap["end"].astype(float).to_numpy() if ended else at,
+                           snap["how"].to_numpy() if ended else None)
+    for column in ("family", "laddr", "lport", "raddr", "rport"):
+        frame[column] = snap[column].to_numpy()
+    frame["tw_start_at"] = snap["first_seen"].astype(float).to_numpy()
+    return frame
+
+
+def from_followed_timewaits(states: np.ndarray, monotonic_to_epoch_ns: int, hz: int | None,
+                            at: float) -> pd.DataFrame:
+    """The timewait sockets the BPF side still followed when tracing ended (struct tw_state
+    entries of tw_slots and tws): a tw_open row each, or a tw_end row (cancelled) for one
+    whose cancel nothing explained before the end: it was killed then."""
+    if not len(states):
+        return empty_events()
+    epoch = lambda ns: np.where(ns > 0, (ns.astype(np.int64) + monotonic_to_epoch_ns) / 1e9, np.nan)  # noqa: E731
+    cancelled = states["cancel_ns"] != 0
+    frame = _timewait_rows(len(states), np.where(cancelled, "tw_end", "tw_open").astype(object),
+                           np.where(cancelled, epoch(states["cancel_ns"]), at),
+                           np.where(cancelled, layout.TW_END_NAMES[layout.DEFINES["TW_CANCELLED"]], None))
+    frame["tw_timer"] = states["timer"].astype(np.uint64)
+    frame["tw_start_at"] = epoch(states["start_ns"])
+    frame["tw_rearm_at"] = epoch(states["rearm_ns"])
+    frame["tw_timeout_s"] = states["timeout"] / hz if hz else np.nan
+    return frame
+
+
+def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else empty_events()

@@ -1,0 +1,8 @@
+"""A tracing run: the tracer, its end and its signals.
+
+  tracer    loads the probe, drains it, keeps what arrives, finishes the run (a RunInfo)
+  kept      what a run keeps until its end (the spool and the decoded frames)
+  memory    how much of a run can be analysed in memory (the end-of-run guard)
+  control   Ctrl-C and SIGTERM, and the loop that polls the tracer
+  progress  the live line while tracing
+"""

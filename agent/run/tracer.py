@@ -1,0 +1,202 @@
+"""The tracer: loads the probe, drains it in batches, keeps what arrives, and finishes the run."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import rules
+from ..errors import TracepointMissing
+from ..filters import Filters
+from ..kernel import diag, procfs
+from ..kernel import netns as namespaces
+from ..record import decode, layout, transitions
+from ..record.recording import Recorder
+from ..record.runinfo import RunInfo
+from . import memory
+from .kept import Kept
+
+TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
+
+
+class Tracer:
+    """The live side of a run.  drain() hands back what arrived; finish() ends the run."""
+
+    def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
+                 netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
+                 max_socks: int | None = None):
+        """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
+        tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
+        "auto" (timers where the kernel allows, else diag).
+        netns: the network namespace whose sockets and counters are read (sock_diag,
+        TcpExt); None: tcpclose's own.  The tracepoints see every namespace.
+        aggregates: count each life for its owner in BPF, with no record per life
+        (RunInfo.aggregates); TIME_WAITs are then counted, not timed.
+        transitions_to: write every transition there as CSV ("-": stdout), with
+        what was lost in RunInfo.transitions.
+        max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS)."""
+        from ..kernel import preflight, probe  # bcc is imported there, when a run starts
+
+        preflight.check_privileges()  # before any output file is made
+        self.filters = filters
+        if aggregates:  # nothing per life reaches user space, so there is no life to join an end to
+            timewait, tw_fn, why = "none", None, "--aggregates: per-process counts only"
+        elif timewait in ("none", "diag"):
+            tw_fn, why = None, f"--timewait {timewait}"
+        else:
+            tw_fn, why = preflight.tw_timer_address()
+        if tw_fn is None and timewait == "timers":
+            raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
+        method = "timers" if tw_fn is not None else "none" if timewait == "none" else "diag"
+        self.timewait_method, self.timewait_method_why = method, why
+        self.netns = netns
+        self.netns_id = namespaces.netns_id_of(netns) if netns else namespaces.netns_id()
+        self._watch = diag.TimewaitWatch(netns) if method == "diag" else None
+        self.hz = procfs.hz()
+        self._tcpext_start = procfs.all_timewait_counters()
+        # the port range and TIME_WAIT sysctls, for port pressure and the findings
+        self._sysctls = procfs.sysctls(netns)
+        self._netns_of: dict[int, str | None] = {}
+        # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+        # the output files first: a path that cannot be written fails before the compile
+        self._recorder = Recorder(record_path) if record_path else None
+        self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
+        self._kept = Kept()  # the BPF records until the end, on disk
+        self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
+                                  transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
+        self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
+        self.timewaits_swept = 0
+        self._swept_at = time.monotonic()
+        self.started_at = time.time()
+        self._snapshot_at_start()
+
+    def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
+        """Keep what arrived.  BPF records go to the spool raw, and finish() decodes them
+        all at once: the tracer's memory stays flat however long it runs, and nothing is
+        decoded while the traced workload runs.  A recording is written as it goes, so
+        with one the batch is also decoded now for the recording."""
+        if not len(part):
+            return
+        if self._recorder:
+            self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
+        self._kept.add(part)
+
+    def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
+        frame = decode.decode(raw, self._offset_ns, self.hz)
+        frame["netns"] = frame["pid"].map(self._netns_of).to_numpy(object)
+        return frame
+
+    def _snapshot_at_start(self) -> None:
+        """What tracing cannot see: the sockets that were there before it began.
+
+        Taken once the probe is attached, so that a socket closing meanwhile shows
+        in both (and is merged), not in neither.  Listeners go into the BPF side,
+        so that their new children start with their owner."""
+        listening = diag.snapshot(Filters(), ("LISTEN",), self.netns)
+        self._probe.seed_listeners((int(r.lport), int(r.pid), r.comm, int(r.cgroup_id))
+                                   for r in listening.itertuples() if not pd.isna(r.pid))
+        existing = diag.snapshot(self.filters, netns=self.netns)
+        self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
+
+    def _learn_owners_netns(self, raw: np.ndarray) -> None:
+        """Learn the network namespace of each new owner from its /proc entry, while it is alive.
+
+        One readlink per new pid; a process gone before this drain stays unknown."""
+        owned = raw["pid"][raw["owner_src"] != layout.DEFINES["OWNER_NONE"]]
+        for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
+            self._netns_of[pid] = namespaces.netns_id(pid)
+
+    def drain(self) -> np.ndarray:
+        """Take the records that arrived (returned raw: decode.decode() reads them)."""
+        raw = self._probe.poll()
+        if len(raw):
+            self._learn_owners_netns(raw)
+            self._keep(raw)
+            closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
+            self.tally["lives"] += int(closed.sum())
+            self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
+        if self._watch:
+            self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
+        if time.monotonic() - self._swept_at >= TW_SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            self.timewaits_swept += self._probe.sweep_timewaits(time.monotonic_ns())
+        if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
+            self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
+        return raw
+
+    @property
+    def records_kept(self) -> int:
+        """BPF records waiting in the spool for the end of the run."""
+        return self._kept.spooled
+
+    def progress(self) -> tuple[int, int, int]:
+        """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
+        counters = self._probe.counters()
+        if self._probe.aggregates:  # no records arrive: ask the procs map
+            counts = self._probe.process_counts()
+            return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), counters["ringbuf_drops"]
+        return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
+
+    def finish(self) -> tuple[pd.DataFrame, RunInfo]:
+        """Last drain, the lives still open, the counters; unloads the probe.  Returns the
+        events and the run; a run too big to analyse in memory comes back counted per
+        process instead (RunInfo.aggregates and .analysis_skipped: see _analysable)."""
+        self.drain()
+        if self._transitions:  # what is left of the stream, whole: the run is over
+            self._transitions.write(self._probe.poll_transitions())
+        ended_at = time.time()
+        open_raw = self._probe.open_lives()
+        self._learn_owners_netns(open_raw)
+        still_open = self._decoded(open_raw)
+        timewaits = decode.from_followed_timewaits(self._probe.open_timewaits(), self._offset_ns, self.hz, ended_at)
+        if self._watch:
+            self._keep(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
+            timewaits = decode.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
+        programs = self._probe.program_stats()
+        counters = self._probe.counters() | {
+            "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
+        aggregates = self._probe.process_counts() if self._probe.aggregates else None
+        tcpext_end = procfs.all_timewait_counters()
+        close_waits = diag.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
+        self._probe.close()
+        if self._transitions:
+            self._transitions.close()
+        open_count = len(still_open)
+        keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
+        still_open = still_open[keep].assign(event_at=ended_at)
+        for frame in (still_open, timewaits,
+                      decode.from_snapshot(close_waits, "seen_at_end", ended_at, self.netns_id)):
+            self._keep(frame)
+        run = RunInfo(
+            started_at=self.started_at, ended_at=ended_at, counters=counters, open_lives=open_count,
+            open_timewaits=len(timewaits), timewaits_swept=self.timewaits_swept, hz=self.hz,
+            timewait_method=self.timewait_method, timewait_method_why=self.timewait_method_why,
+            programs=programs,  # what each BPF program cost, when BPF stats were on
+            # the kernel's own counts, per network namespace: see analysis.reconcile
+            netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": tcpext_end},
+            sysctls=self._sysctls, kernel_release=os.uname().release, aggregates=aggregates,
+            transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path)
+                         if self._transitions else None),
+        )
+        if self._recorder:
+            self._recorder.finish(run)
+        return self._analysable(run), run
+
+    def _analysable(self, run: RunInfo) -> pd.DataFrame:
+        """The events of the run, decoded whole.  Unless that would not fit in memory (a long
+        run at a high churn, see run.memory): then the ended lives are counted per owner from
+        the spool, a batch at a time (RunInfo.aggregates, as --aggregates makes them, with
+        .analysis_skipped saying why), and the events are the rest: the lives still open,
+        the sockets of the snapshots, the TIME_WAIT ends of sock_diag."""
+        skipped = memory.too_big(self._kept.rows, procfs.mem_available())
+        if skipped is None:
+            return self._kept.events(self._decoded)
+        run.aggregates, events = self._kept.counted(self._decoded)
+        run.analysis_skipped = skipped
+        return events
+
+

@@ -1,0 +1,224 @@
+"""The installed command, end to end: `tcpclose trace` in its own process, ended by SIGTERM."""
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.demo.workload import start_client, start_server
+
+pytestmark = pytest.mark.live
+N = 23
+TCPCLOSE = [sys.executable, "-m", "agent"]
+
+
+def start_trace(*args) -> subprocess.Popen:
+    proc = subprocess.Popen([*TCPCLOSE, "trace", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert line.startswith("Tracing"), line + proc.stderr.read()
+    return proc
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-o", str(tmp_path / "live"), "--record", str(tmp_path / "rec.jsonl"))
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    trace.send_signal(signal.SIGTERM)
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    assert "Traceback" not in err
+
+    procs = {(r["pid"], r["comm"]): r for r in read_csv(tmp_path / "live" / "processes.csv")}
+    client_row = procs[(str(client.pid), "tc-client")]
+    server_row = procs[(str(server.pid), "tc-server")]
+    assert (client_row["connections"], client_row["active_closes"], client_row["timewait_count"]) == (str(N),) * 3
+    assert (server_row["connections"], server_row["passive_closes"], server_row["timewait_count"]) == (str(N), str(N), "0")
+    assert "tc-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "live" / "summary.txt").read_text()
+
+    # the recording gives the same files without root
+    report = subprocess.run([*TCPCLOSE, "report", str(tmp_path / "rec.jsonl"), "-o", str(tmp_path / "replayed")],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    for name in ("connections.csv", "processes.csv"):
+        assert read_csv(tmp_path / "replayed" / name) == read_csv(tmp_path / "live" / name)
+
+
+def test_remote_port_filter_and_duration(tmp_path):
+    """-D PORT keeps only lives whose remote port is PORT: the client's side of the connections."""
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-D", str(port), "-d", "3", "-o", str(tmp_path))
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    rows = read_csv(tmp_path / "connections.csv")
+    assert len(rows) == N
+    assert {(r["pid"], r["comm"], r["rport"], r["initiator"]) for r in rows} == {(str(client.pid), "tc-client", str(port), "active")}
+
+
+def test_demo_reports_its_workload(tmp_path):
+    result = subprocess.run([*TCPCLOSE, "demo", "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    procs = {r["comm"]: r for r in read_csv(tmp_path / "processes.csv")}
+    assert procs["demo-client"]["active_closes"] == "23" and procs["demo-echo"]["passive_closes"] == "23"
+    assert procs["demo-web"]["active_closes"] == "23" and procs["demo-poller"]["passive_closes"] == "23"
+    assert procs["demo-leaky"]["close_wait_open"] == "5" and procs["demo-caller"]["active_closes"] == "5"
+    assert not any(comm.startswith(("swapper", "ksoftirqd")) for comm in procs)
+
+
+def test_a_terminal_sees_a_live_progress_line(tmp_path):
+    """On a terminal the line is rewritten in place while tracing and ends with the run's totals."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = subprocess.Popen([*TCPCLOSE, "trace", "-d", "3", "-o", str(tmp_path)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while b"Tracing" not in seen:  # attached: now the workload is seen whole
+        seen += os.read(master, 65536)
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the trace closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert trace.wait(timeout=30) == 0
+    os.close(master)
+    text = seen.decode()
+    updates = [part for part in text.split("\r") if "traced:" in part]
+    assert len(updates) >= 3  # twice a second over 3 s, rewritten in place
+    # every life of the workload's connections, both ends, and the client's TIME_WAITs
+    assert f"{2 * N} socket lives closed, {N} TIME_WAITs made, 0 drops" in updates[-1]
+
+
+def test_aggregates_count_the_same_closes_per_process_with_no_rows(tmp_path):
+    """--aggregates counts in BPF: the same per-process figures, no per-connection file."""
+    trace = start_trace("--aggregates", "-o", str(tmp_path))
+    server, port = start_server("wait_close", N, "ag-server")
+    client = start_client("close_first", port, N, "ag-client")
+    leaky, leaky_port = start_server("leak", 3, "ag-leaky")
+    caller = start_client("close_first", leaky_port, 3, "ag-caller")
+    procs = [server, client, leaky, caller]
+    try:
+        for proc in procs:
+            proc.done()
+        time.sleep(0.3)  # the last FINs and ACKs land, as in the demo
+        trace.send_signal(signal.SIGTERM)  # while ag-leaky still holds its CLOSE_WAITs
+        _, err = trace.communicate(timeout=60)
+    finally:
+        for proc in procs:
+            proc.release()
+    assert trace.returncode == 0, err
+    rows = {r["comm"]: r for r in read_csv(tmp_path / "processes.csv")}
+    assert rows["ag-client"]["pid"] == str(client.pid)
+    assert (rows["ag-client"]["connections"], rows["ag-client"]["active_closes"],
+            rows["ag-client"]["timewait_count"]) == (str(N),) * 3
+    assert (rows["ag-server"]["connections"], rows["ag-server"]["passive_closes"]) == (str(N), str(N))
+    assert (rows["ag-leaky"]["connections"], rows["ag-leaky"]["close_wait_open"]) == ("3", "3")
+    # the clock is read at ->CLOSE_WAIT even in this mode: the CLOSE_WAITs have an age
+    assert 0 < float(rows["ag-leaky"]["close_wait_max_age_s"]) < 30
+    assert rows["ag-caller"]["active_closes"] == "3"
+    assert not (tmp_path / "connections.csv").exists()
+    assert "ag-client (pid %d) closed first on %d of %d" % (client.pid, N, N) in (tmp_path / "summary.txt").read_text()
+
+
+def test_transitions_stream_every_transition_with_its_owner(tmp_path):
+    """--transitions -: CSV on stdout, five transitions per socket life in order, each
+    credited to the socket's owner, and the summary (on stderr) accounts for them all."""
+    server, port = start_server("wait_close", N, "tr-server")
+    trace = start_trace("-d", "3", "--transitions", "-")
+    client = start_client("close_first", port, N, "tr-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    out, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    listener = [r for r in rows if r["oldstate"] == "LISTEN" and r["newstate"] == "CLOSE" and r["lport"] == str(port)]
+    assert [(r["pid"], r["task_pid"]) for r in listener] == [(str(server.pid),) * 2]  # released: it closed its listener
+    lives, current = [], {}  # socket addresses are recycled: a life ends at its ->CLOSE
+    for row in rows:
+        if str(port) in (row["lport"], row["rport"]) and row not in listener:
+            current.setdefault(row["skaddr"], []).append(row)
+            if row["newstate"] == "CLOSE":
+                lives.append(current.pop(row["skaddr"]))
+
+    def path(life):
+        return [f"{r['oldstate']}->{r['newstate']}" for r in life]
+
+    assert not current  # every life ended
+    client_lives = [life for life in lives if life[-1]["rport"] == str(port)]
+    server_lives = [life for life in lives if life[-1]["lport"] == str(port)]
+    assert len(client_lives) == len(server_lives) == N
+    for life in client_lives:
+        assert path(life) == ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+                              "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        assert {(r["pid"], r["comm"]) for r in life} == {(str(client.pid), "tr-client")}
+    for life in server_lives:
+        assert path(life) == ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT",
+                              "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        assert {(r["pid"], r["comm"]) for r in life} == {(str(server.pid), "tr-server")}
+        assert life[3]["task_pid"] == str(server.pid)  # its own close()
+    # packet-driven transitions run in another task: the owner column is not the running task
+    assert any(r["task_pid"] != str(server.pid) for life in server_lives for r in life)
+    assert f"Transitions: {len(rows)} of {len(rows)} written to stdout" in err
+    assert "lost" not in err.split("Transitions:")[1]
+
+
+def test_an_unwritable_transitions_file_is_one_line_before_tracing(tmp_path):
+    result = subprocess.run([*TCPCLOSE, "trace", "-d", "1", "--transitions", str(tmp_path / "no" / "such.csv")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 8
+    assert result.stderr.startswith("tcpclose: cannot write the transitions to ") and "Tracing" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_socket_map_evicts_counts_and_still_credits_every_close(tmp_path):
+    """--max-sockets 256 with 400 CLOSE_WAITs held at once: the map evicts the oldest.
+    Each evicted life comes back as one partial life at its owner's close(), so every
+    close is still credited, and the summary counts the evictions: exactly the partial lives."""
+    count, max_socks = 400, 256
+    server, port = start_server("leak", count, "ev-server")
+    trace = start_trace("-L", str(port), "--max-sockets", str(max_socks), "-o", str(tmp_path),
+                        "--record", str(tmp_path / "rec.jsonl"))
+    client = start_client("close_first", port, count, "ev-client")
+    try:
+        client.done(), server.done()  # the server holds 400 CLOSE_WAITs: more than the map
+    finally:
+        server.release(), client.release()  # its exit closes them: CLOSE_WAIT->LAST_ACK->CLOSE
+    time.sleep(0.3)
+    trace.send_signal(signal.SIGTERM)
+    _, err = trace.communicate(timeout=60)
+    assert trace.returncode == 0, err
+    from agent.analysis.accounting import evicted
+    from agent.record import layout, recording
+
+    events, run = recording.read_recording(tmp_path / "rec.jsonl")
+    gone = evicted(run)
+    assert count - max_socks <= gone <= count
+    rows = [r for r in read_csv(tmp_path / "connections.csv") if r["comm"] == "ev-server"]
+    assert len(rows) == count and {r["initiator"] for r in rows} == {"passive"}
+    assert {r["pid"] for r in rows} == {str(server.pid)}
+    lives = events[(events["kind"] == "life") & (events["comm"] == "ev-server")]
+    assert ((lives["flags_raw"].astype(int) & layout.DEFINES["FLAG_PARTIAL"]) != 0).sum() == gone
+    assert f"{gone} lives evicted" in (tmp_path / "summary.txt").read_text()

@@ -1,0 +1,103 @@
+"""--aggregates: per-process counts made in BPF, merged with the lives still open at the end."""
+import csv
+import json
+
+from click.testing import CliRunner
+
+from agent.analysis import processes
+from agent.cli import main
+from support.streams import raw, replay
+
+COUNTS = [  # as Probe.process_counts reads the procs map
+    {"pid": 10, "comm": "client", "lives": 40, "active": 38, "passive": 0, "simultaneous": 1, "reset_local": 0,
+     "reset_remote": 1, "never_established": 0, "timewait": 39},
+    {"pid": 20, "comm": "server", "lives": 39, "active": 0, "passive": 39, "simultaneous": 0, "reset_local": 0,
+     "reset_remote": 0, "never_established": 0, "timewait": 0},
+    {"pid": None, "comm": "", "lives": 2, "active": 0, "passive": 0, "simultaneous": 0, "reset_local": 0,
+     "reset_remote": 0, "never_established": 2, "timewait": 0},
+]
+
+
+def test_report_of_an_aggregates_run_writes_per_process_rows_only(tmp_path):
+    leak = raw("open", skaddr=3, pid=20, comm="server", states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"),
+               last="CLOSE_WAIT", close_wait=2.0, ts=0, owner="listener")
+    replay(tmp_path, leak, ended=10.0, aggregates=COUNTS)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+    with open(out / "processes.csv") as f:
+        rows = {r["comm"]: r for r in csv.DictReader(f)}
+    client, server, unknown = rows["client"], rows["server"], rows[""]
+    assert (client["connections"], client["active_closes"], client["simultaneous_closes"],
+            client["resets_remote"], client["timewait_count"]) == ("40", "38", "1", "1", "39")
+    assert client["timewait_p50_s"] == ""  # counted, not timed
+    # the server's 39 ended lives and its one CLOSE_WAIT still open
+    assert (server["connections"], server["passive_closes"], server["close_wait_open"]) == ("40", "39", "1")
+    assert float(server["close_wait_max_age_s"]) == 8.0
+    assert (unknown["pid"], unknown["connections"]) == ("", "2")
+    text = (out / "summary.txt").read_text()
+    assert text.startswith("tcpclose: 82 socket lives of 3 processes")
+    assert "client (pid 10) closed first on 38 of 39 closes" in text
+
+
+def test_doctor_given_an_aggregates_run_says_what_it_cannot_tell(tmp_path):
+    replay(tmp_path, raw(), ended=10.0, aggregates=COUNTS)
+    out = tmp_path / "out"
+    CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    for run in (tmp_path / "stream.jsonl", out):
+        result = CliRunner().invoke(main, ["doctor", str(run), "--json"])
+        assert result.exit_code == 0, result.output
+        assert [f["topic"] for f in json.loads(result.output)["recording"]] == ["aggregates"]
+
+
+def test_counts_of_lives_in_batches_match_the_full_analysis(tmp_path):
+    """A run too big to analyse whole is counted batch by batch: the same counts per owner
+    as the connections of the whole run give, whatever the batches."""
+    from agent.analysis import lives as life_rows
+    from agent.record import decode
+    from support.streams import HZ, OFFSET_NS
+
+    lives = [
+        raw(skaddr=1, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")),
+        raw(skaddr=2, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING"),
+            last="CLOSING"),
+        raw(skaddr=3, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED", flags=1),
+        raw(skaddr=4, pid=10, comm="client", states=("SYN_SENT",), last="SYN_SENT"),
+        raw(skaddr=5, pid=20, comm="server", owner="listener",
+            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
+        raw(skaddr=6, pid=20, comm="server", owner="listener",
+            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
+        raw(skaddr=7, pid=20, comm="server", states=("ESTABLISHED",), last="ESTABLISHED"),
+        raw(skaddr=8, pid=0, comm="", owner="none", states=("FIN_WAIT2",), flags=4),
+        raw("open", skaddr=9, pid=20, comm="server", states=("SYN_RECV", "ESTABLISHED"), last="ESTABLISHED"),
+    ]
+    events = decode.decode(b"".join(lives), OFFSET_NS, HZ)
+    whole = processes.processes(life_rows.connections(events, 10.0 + OFFSET_NS / 1e9), 10.0 + OFFSET_NS / 1e9)
+    whole = whole.set_index("comm")
+    for size in (1, 2, 4, len(lives)):
+        frames = (events.iloc[i:i + size] for i in range(0, len(events), size))
+        counts = {c["comm"]: c for c in processes.counts_of_lives(frames)}
+        assert sorted(counts) == sorted(whole.index)
+        for comm, c in counts.items():
+            row = whole.loc[comm]
+            still_open = int(((events["kind"] == "open") & (events["comm"] == comm)).sum())
+            assert c["pid"] == (None if comm == "" else row["pid"])
+            assert c["lives"] == row["connections"] - still_open
+            assert (c["active"], c["passive"], c["simultaneous"], c["reset_local"], c["reset_remote"]) == (
+                row["active_closes"], row["passive_closes"], row["simultaneous_closes"],
+                row["resets_local"], row["resets_remote"])
+            assert c["timewait"] == row["active_closes"] + row["simultaneous_closes"]
+    assert counts["client"]["never_established"] == 1 and counts[""]["active"] == 1
+
+
+def test_a_run_counted_only_says_why_and_what_to_do(tmp_path):
+    skipped = {"records": 16_000_000, "needed_bytes": 19_200_000_000, "available_bytes": 20 * 2 ** 30}
+    replay(tmp_path, raw(), ended=10.0, aggregates=COUNTS, analysis_skipped=skipped)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "stream.jsonl"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+    for text in (result.output, (out / "summary.txt").read_text()):
+        assert "16,000,000 records would need about 17.9 GiB, with 20.0 GiB available" in text
+        assert "use --aggregates" in text

@@ -1,0 +1,76 @@
+"""Decoding raw records: golden bytes in, decoded fields out; recordings in and out."""
+import pytest
+
+import json
+
+from agent.analysis import lives
+from agent.record import decode, recording
+from agent.errors import BadRecording
+from support.streams import OFFSET_NS, RAW, epoch, raw, replay, states_mask
+
+
+def test_record_size_matches_the_packed_layout():
+    assert RAW.size == 160
+
+
+def test_ipv4_record_decodes_every_field():
+    data = raw(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2",
+               pid=4242, tid=4243, comm="curl", laddr="10.1.2.3", lport=51000, raddr="127.0.0.53",
+               rport=443, opened=1.5, estab=1.6, fin=1.7, ts=1.9, cgroup_id=77, flags=4)
+    row = decode.decode(data, OFFSET_NS).iloc[0]
+    assert (row.kind, row.pid, row.tid, row.comm, row.cgroup_id) == ("life", 4242, 4243, "curl", 77)
+    assert (row.family, row.laddr, row.lport, row.raddr, row.rport) == ("ipv4", "10.1.2.3", 51000, "127.0.0.53", 443)
+    assert row.states_raw == states_mask("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
+    assert (row.last_state, row.flags_raw, row.owner_src) == ("FIN_WAIT2", 4, "syscall")
+    assert row.opened_at == pytest.approx(epoch(1.5))
+    assert row.estab_at == pytest.approx(epoch(1.6))
+    assert row.fin_at == pytest.approx(epoch(1.7))
+    assert row.event_at == pytest.approx(epoch(1.9))
+    assert row.close_wait_at != row.close_wait_at  # unset -> NaN
+
+
+def test_ipv6_addresses_decode_in_full():
+    row = decode.decode(raw(family=6, laddr="::1", raddr="2001:db8::7"), OFFSET_NS).iloc[0]
+    assert (row.family, row.laddr, row.raddr) == ("ipv6", "::1", "2001:db8::7")
+
+
+def test_a_partial_record_is_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        decode.decode(raw()[:100], OFFSET_NS)
+
+
+def test_a_recording_reads_back_what_was_written(tmp_path):
+    data = raw(comm="a", skaddr=1) + raw("open", comm="b", skaddr=2, last="CLOSE_WAIT")
+    events, run = replay(tmp_path, data)
+    assert list(events["comm"]) == ["a", "b"]
+    assert list(events["kind"]) == ["life", "open"]
+    assert run.ended_at == pytest.approx(epoch(10.0))
+
+
+def test_a_recording_from_before_the_timewait_columns_still_reports(tmp_path):
+    """Recordings made before TIME_WAIT ends were followed lack the tw_*, netns and fd columns."""
+    replay(tmp_path, raw(comm="old", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")))
+    path = tmp_path / "stream.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in lines[:-1]:
+        for column in set(decode.EVENT_COLUMNS) - set(decode.REQUIRED_COLUMNS):
+            del row[column]
+    del lines[-1]["timewait_method"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    events, run = recording.read_recording(path)
+    conn = lives.connections(events, run.ended_at, run.timewait_method).iloc[0]
+    assert (conn.comm, conn.initiator, conn.tw_end_reason) == ("old", "active", "open")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", r"stream.jsonl:2: not JSON"),
+    ('{"comm": "x"}', r"stream.jsonl:2: not a tcpclose event"),
+    ('{"kind": "life"}', r"stream.jsonl:2: not a tcpclose event \(missing skaddr"),
+])
+def test_a_corrupt_recording_names_its_line(tmp_path, line, message):
+    replay(tmp_path, raw())
+    path = tmp_path / "stream.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    with pytest.raises(BadRecording, match=message):
+        recording.read_recording(path)
