@@ -1,9 +1,13 @@
 /* tcpclose: follow every TCP socket life and hand user space one record per life.
  *
- * Compiled by bcc at start-up (agent/loader.py).  It reads tracepoint
+ * Compiled by bcc at start-up (agent/kernel/probe.py).  It reads tracepoint
  * arguments only, never kernel struct fields: the headers bcc compiles
  * against may belong to another kernel, so struct offsets may be wrong,
  * while tracepoint formats are read from the running kernel's tracefs.
+ *
+ * The file is in the order of the flow: limits and maps, filters, the owner,
+ * lives, TIME_WAIT, aggregates, transitions, then the entry points.  It stays
+ * one file: bcc rewrites map calls only in the main file it compiles.
  *
  * Filters arrive as -D defines (single values) and the port_filter map (lists):
  *   FILTER_FAMILY  AF_INET or AF_INET6       FILTER_LPORTS/FILTER_RPORTS  use port_filter
@@ -29,6 +33,8 @@ enum tcpclose_sk_rst_reason { TCPCLOSE_RST_REASON_UNUSED };
 #define AF_INET 2
 #define AF_INET6 10
 
+/* ==== Limits and maps ======================================================================= */
+
 /* The life of every TCP socket being followed: the record that will be handed
  * over, filled in as the life goes on, from the first transition seen for a
  * socket address to its ->CLOSE (cleared after the record is copied out).
@@ -44,9 +50,7 @@ enum tcpclose_sk_rst_reason { TCPCLOSE_RST_REASON_UNUSED };
  * costs an insert and a delete, each of which the LRU map pays with its LRU
  * lists' lock and its bucket lock.  The array's lookup is inlined by the
  * verifier, a slot is taken with one compare-and-swap and freed with one
- * store: the state-change program went from about 570 to 360 ns a run with
- * --aggregates, 640 to 460 ns in the default mode (side by side on the same
- * churn, both orders).
+ * store (what that saved: docs/overhead.md, "What keeps the cost low").
  * A missed ->CLOSE: the next life on the same socket address (slab memory is
  * reused at once under churn) ends it, counted (C_MISSED_CLOSE); the LRU map
  * also evicts its least recently used entry when full.  User space counts
@@ -55,6 +59,231 @@ enum tcpclose_sk_rst_reason { TCPCLOSE_RST_REASON_UNUSED };
 #define SOCK_SLOTS (1 << SOCK_SLOT_BITS)
 BPF_ARRAY(sock_slots, struct tcpclose_event, SOCK_SLOTS);
 BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
+
+/* listeners: the owner of each listening socket, for its children.
+ *   key    local port; value  the listener's owner and its skaddr
+ *   filled at CLOSE->LISTEN (the owner's listen()), and at start by user space
+ *   for the listeners that already exist (skaddr 0: not known); cleared at
+ *   LISTEN->CLOSE of that same socket.  A child socket appears as LISTEN->SYN_RECV in softirq,
+ *   with no trustworthy task, so it starts with its listener's owner.
+ */
+struct listener {
+	u64 skaddr;
+	u64 cgroup_id;
+	u32 pid;
+	u32 tid;
+	char comm[COMM_LEN];
+};
+BPF_HASH(listeners, u16, struct listener, MAX_LISTENERS);
+
+/* port_filter: bit 0 = local port listed (-L), bit 1 = remote port listed (-D). */
+BPF_ARRAY(port_filter, u8, 65536);
+
+BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+#ifdef TW_TIMER_FN
+#define TW_LINK_WINDOW_NS 1000000 /* timer_start to ->CLOSE: microseconds; 1 ms is generous */
+
+/* Every timewait socket being followed, by the address of its timer_list, kept
+ * in one of two places as the lives are (see sock_slots):
+ *   tw_slots  an array of TW_SLOTS entries, a direct-mapped table: a timer's
+ *             slot is picked by its address (tw_slot_of); free while its timer
+ *             is 0, taken with a compare-and-swap of timer;
+ *   tws       a plain hash (MAX_TWS entries) for the timers whose slot was taken.
+ *   filled when a life that is handed over claims a timewait timer (end_life);
+ *          both full: that timewait is not followed, counted in C_TW_FULL
+ *   cleared when its end is handed over (end_timewait)
+ *   a missed end: a new timewait arming the same timer ends the old entry
+ *   (TW_REPLACED); an entry no timer event ever comes for again is swept by
+ *   user space once its timer must have fired (Probe.sweep_timewaits).  User
+ *   space counts both as C_TW_LINKED - C_TW_ENDED - entries left at the end.
+ * Why two: at full churn tens of thousands are followed at once, and a hash
+ * insert and delete for each cost more than a slot's one compare-and-swap and
+ * one store (docs/overhead.md, "What keeps the cost low").  A plain hash, not
+ * an LRU one, for the rest: the LRU's inserts and deletes cost more, and its
+ * eviction is not needed, since an entry's staleness is known from its timer.
+ * Entries are changed in place without a lock, in a slot as in the hash: one
+ * timer's events follow one another (the kernel detaches a timer under its
+ * base's lock, so a kill on one CPU and an expiry on another do not both
+ * cancel it), and a timewait is stored by the ->CLOSE that follows its arming.
+ */
+struct tw_state {
+	u64 timer;     /* its timer_list's address (in tw_slots, 0: the slot is free) */
+	u64 start_ns;  /* timer_start that created it */
+	u64 rearm_ns;  /* the last re-arm, 0 if none */
+	u64 cancel_ns; /* timer_cancel seen and not yet explained, 0 if none */
+	u32 timeout;   /* jiffies of the first arming */
+	u32 pad;
+};
+#define TW_SLOTS (1 << TW_SLOT_BITS)
+BPF_ARRAY(tw_slots, struct tw_state, TW_SLOTS);
+BPF_HASH(tws, u64, struct tw_state, MAX_TWS);
+
+/* tw_pages: the memory pages that have held a timewait timer, one bit each.
+ *   index  the timer's page number (address >> 12), modulo TW_PAGE_BITS
+ *   set    at every timewait timer_start; never cleared
+ * timer_cancel runs for every kernel timer, about 7 times a connection at
+ * full churn, and timer_expire_entry for every expiry; looking each timer up
+ * in tws costs a cache miss on most lookups (the map's buckets are megabytes),
+ * and a timer not followed misses its slot in tw_slots, then looks in tws.
+ * A timer whose page bit is clear was never a timewait timer, so it is not
+ * followed: its lookup is skipped.  A set bit only means "look": pages are
+ * reused, and bits alias (page numbers wrap), so a few other timers are
+ * looked up for nothing.  Timewait sockets come from a slab cache of their
+ * own, so they fill few pages: about 16 000 for 262 144 of them (16
+ * tw_sock_TCP objects a page).  2^18 bits (32 KiB) stay in cache. */
+#define TW_PAGE_BITS (1 << 18)
+BPF_ARRAY(tw_pages, u64, TW_PAGE_BITS / 64);
+
+/* tw_cpu: what the last timer events on this CPU left to decide. */
+struct tw_cpu {
+	u64 armed_timer;  /* a timewait timer just armed here, not yet claimed by a ->CLOSE */
+	u64 armed_ns;
+	u64 last_cancel;  /* the timer of this CPU's latest timer_cancel */
+	u64 pending_kill; /* a followed timewait cancelled here: killed, unless expiry or re-arm follows */
+	u64 undo_rearm_ns;   /* armed_rearm: the followed timewait's rearm_ns and cancel_ns */
+	u64 undo_cancel_ns;  /* before it was taken as re-armed (0: none was followed) */
+	u32 armed_timeout;
+	u32 armed_rearm;  /* armed_timer was cancelled just before: a re-arm unless a ->CLOSE claims it */
+};
+BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
+#endif /* TW_TIMER_FN */
+
+#ifdef AGGREGATES
+/* procs (--aggregates): per-process counts instead of one record per life.
+ *   key    owner's tgid and comm (0 and "" when the owner was never learnt)
+ *   value  struct tcpclose_proc_counts, indexed by A_x
+ *   filled at each life's end; never cleared: user space reads it at the end.
+ *   Full (MAX_PROCS owners): the life is counted in C_PROCS_FULL instead.
+ */
+BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS);
+#endif
+
+#ifdef TRANSITIONS
+/* transitions (--transitions): every transition of a followed socket.  A ring
+ * buffer of its own: it is ten times the rate of life records, and a reader
+ * that cannot keep up with it must not make the life records drop. */
+BPF_RINGBUF_OUTPUT(transitions, TRANSITION_PAGES);
+#endif
+
+static __always_inline void count(int idx)
+{
+	u64 *c = counters.lookup(&idx);
+	if (c)
+		(*c)++;
+}
+
+/* Hand a record to user space without waking it: the reader polls the ring
+ * buffer in batches.  A wakeup per record costs the traced workload several
+ * microseconds (DESIGN.md section 4); polling costs it nothing. */
+static __always_inline void emit(struct tcpclose_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP) != 0)
+		count(C_RINGBUF_DROPS);
+}
+
+/* ==== Filters =============================================================================== */
+
+/* Does the socket fall outside the address filters?  Cheapest tests first. */
+static __always_inline bool filtered_out(u16 family, int lport, int rport)
+{
+#ifdef FILTER_FAMILY
+	if (family != FILTER_FAMILY)
+		return true;
+#endif
+#if defined(FILTER_LPORTS) || defined(FILTER_RPORTS)
+	u8 *lp = port_filter.lookup(&lport);
+	u8 *rp = port_filter.lookup(&rport);
+#ifdef FILTER_LPORTS
+	if (!lp || !(*lp & 1))
+		return true;
+#endif
+#ifdef FILTER_RPORTS
+	if (!rp || !(*rp & 2))
+		return true;
+#endif
+#endif
+	return false;
+}
+
+/* Is the life's owner one the user did not ask for?  Applied when it ends,
+ * because the owner is only known by then. */
+static __always_inline bool owner_filtered_out(struct tcpclose_event *e)
+{
+#ifdef FILTER_TGID
+	if (e->pid != FILTER_TGID)
+		return true;
+#endif
+#ifdef FILTER_COMM
+	char want[COMM_LEN] = FILTER_COMM;
+#pragma unroll
+	for (int i = 0; i < COMM_LEN; i++) {
+		if (e->comm[i] != want[i])
+			return true;
+		if (want[i] == 0)
+			break;
+	}
+#endif
+	return false;
+}
+
+/* ==== The owner ============================================================================= */
+
+/* Is the current task the socket's owner for this transition?  Only when the
+ * transition is made by the owner's own syscall (connect, listen, close,
+ * shutdown, or the exit path closing its files).  Packet-driven transitions
+ * run in softirq, in timers, in the *peer's* syscall (loopback delivers the
+ * peer's FIN inside the peer's close()), or in the owner's task replaying its
+ * backlog; crediting the current task there names swapper, ksoftirqd or the
+ * peer.  See DESIGN.md section 1. */
+static __always_inline bool current_is_owner(int old, int new)
+{
+	if (old == TCP_CLOSE)                        /* listen(), connect() */
+		return new == TCP_LISTEN || new == TCP_SYN_SENT;
+	if (new == TCP_FIN_WAIT1)                    /* close()/shutdown(): active closer */
+		return old == TCP_ESTABLISHED || old == TCP_SYN_RECV;
+	if (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) /* close(): passive closer */
+		return true;
+	if (old == TCP_FIN_WAIT2 && new == TCP_FIN_WAIT2) /* close() after shutdown() */
+		return true;
+	return false;
+}
+
+static __always_inline void take_owner(struct tcpclose_event *e)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+#ifndef AGGREGATES /* the procs map is keyed by pid and comm only */
+	e->cgroup_id = bpf_get_current_cgroup_id();
+#endif
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->owner_src = OWNER_SYSCALL;
+}
+
+/* Listening sockets are followed in the listeners map only: they are not
+ * connections, and their children need their owner. */
+static __always_inline void track_listener(u64 sk, u16 port, int old, int new)
+{
+	if (new == TCP_LISTEN) {
+		struct listener l = {};
+		u64 id = bpf_get_current_pid_tgid();
+		l.skaddr = sk;
+		l.pid = id >> 32;
+		l.tid = (u32)id;
+		l.cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(l.comm, sizeof(l.comm));
+		listeners.update(&port, &l);
+	} else {
+		struct listener *l = listeners.lookup(&port);
+		if (l && (l->skaddr == sk || l->skaddr == 0))
+			listeners.delete(&port);
+	}
+}
+
+/* ==== Lives ================================================================================= */
 
 /* A socket's slot is its address in 2 KiB units, modulo SOCK_SLOTS.  TCP
  * sockets are slab objects of more than 2 KiB (/proc/slabinfo on 6.18: TCP
@@ -105,52 +334,30 @@ static __always_inline void forget_life(u64 sk)
 		socks.delete(&sk);
 }
 
-/* listeners: the owner of each listening socket, for its children.
- *   key    local port; value  the listener's owner and its skaddr
- *   filled at CLOSE->LISTEN (the owner's listen()), and at start by user space
- *   for the listeners that already exist (skaddr 0: not known); cleared at
- *   LISTEN->CLOSE of that same socket.  A child socket appears as LISTEN->SYN_RECV in softirq,
- *   with no trustworthy task, so it starts with its listener's owner.
- */
-struct listener {
-	u64 skaddr;
-	u64 cgroup_id;
-	u32 pid;
-	u32 tid;
-	char comm[COMM_LEN];
-};
-BPF_HASH(listeners, u16, struct listener, MAX_LISTENERS);
-
-/* port_filter: bit 0 = local port listed (-L), bit 1 = remote port listed (-D). */
-BPF_ARRAY(port_filter, u8, 65536);
-
-BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
-
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-
-static __always_inline void count(int idx)
+/* The owner a new life starts with; the addresses are filled in by the caller. */
+static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now, u16 port,
+				       int old, int new)
 {
-	u64 *c = counters.lookup(&idx);
-	if (c)
-		(*c)++;
+	e->skaddr = sk;
+	e->opened_ns = now;
+	e->kind = EV_OPEN;
+	if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
+		struct listener *l = listeners.lookup(&port);
+		if (l) {
+			e->pid = l->pid;
+			e->tid = l->tid;
+			e->cgroup_id = l->cgroup_id;
+			__builtin_memcpy(e->comm, l->comm, COMM_LEN);
+			e->owner_src = OWNER_LISTENER;
+		}
+	} else if (old != TCP_CLOSE) {
+		e->flags |= FLAG_PARTIAL;
+		count(C_PARTIAL);
+	}
 }
 
-/* Hand a record to user space without waking it: the reader polls the ring
- * buffer in batches.  A wakeup per record costs the traced workload several
- * microseconds (DESIGN.md section 4); polling costs it nothing. */
-static __always_inline void emit(struct tcpclose_event *e)
-{
-	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP) != 0)
-		count(C_RINGBUF_DROPS);
-}
+/* ==== TIME_WAIT ============================================================================= */
 
-/* Is the current task the socket's owner for this transition?  Only when the
- * transition is made by the owner's own syscall (connect, listen, close,
- * shutdown, or the exit path closing its files).  Packet-driven transitions
- * run in softirq, in timers, in the *peer's* syscall (loopback delivers the
- * peer's FIN inside the peer's close()), or in the owner's task replaying its
- * backlog; crediting the current task there names swapper, ksoftirqd or the
- * peer.  See DESIGN.md section 1. */
 /* ---- TIME_WAIT ----------------------------------------------------------
  *
  * TIME_WAIT never shows on inet_sock_set_state: at FIN_WAIT2/CLOSING->CLOSE
@@ -189,48 +396,6 @@ static __always_inline void emit(struct tcpclose_event *e)
  * when it interrupts itself.
  */
 #ifdef TW_TIMER_FN
-#define TW_LINK_WINDOW_NS 1000000 /* timer_start to ->CLOSE: microseconds; 1 ms is generous */
-
-/* Every timewait socket being followed, by the address of its timer_list, kept
- * in one of two places as the lives are (see sock_slots):
- *   tw_slots  an array of TW_SLOTS entries, a direct-mapped table: a timer's
- *             slot is picked by its address (tw_slot_of); free while its timer
- *             is 0, taken with a compare-and-swap of timer;
- *   tws       a plain hash (MAX_TWS entries) for the timers whose slot was taken.
- *   filled when a life that is handed over claims a timewait timer (end_life);
- *          both full: that timewait is not followed, counted in C_TW_FULL
- *   cleared when its end is handed over (end_timewait)
- *   a missed end: a new timewait arming the same timer ends the old entry
- *   (TW_REPLACED); an entry no timer event ever comes for again is swept by
- *   user space once its timer must have fired (Probe.sweep_timewaits).  User
- *   space counts both as C_TW_LINKED - C_TW_ENDED - entries left at the end.
- * Why two: at full churn tens of thousands are followed at once.  With the
- * hash alone, following them cost 177 ns a transition (all programs, against
- * a variant that followed none, in turns on one churn: 841 against 664), 68 of
- * them the hash insert in the state-change program.  A slot is 40 bytes at a
- * known place, taken with one compare-and-swap and freed with one store: all programs went
- * from 759 to 705 ns a transition (agent.turns, 5 rounds, every pair lower);
- * the rest is the end records and the cache misses of the lookups, which a
- * slot still pays.  A plain hash, not an LRU one, for the rest: there
- * an LRU insert cost 1.3 us and a delete 0.9 us, against 0.6 and 0.3 us; the
- * LRU's eviction is not needed, since an entry's staleness is known from its
- * timer (see above).
- * Entries are changed in place without a lock, in a slot as in the hash: one
- * timer's events follow one another (the kernel detaches a timer under its
- * base's lock, so a kill on one CPU and an expiry on another do not both
- * cancel it), and a timewait is stored by the ->CLOSE that follows its arming.
- */
-struct tw_state {
-	u64 timer;     /* its timer_list's address (in tw_slots, 0: the slot is free) */
-	u64 start_ns;  /* timer_start that created it */
-	u64 rearm_ns;  /* the last re-arm, 0 if none */
-	u64 cancel_ns; /* timer_cancel seen and not yet explained, 0 if none */
-	u32 timeout;   /* jiffies of the first arming */
-	u32 pad;
-};
-#define TW_SLOTS (1 << TW_SLOT_BITS)
-BPF_ARRAY(tw_slots, struct tw_state, TW_SLOTS);
-BPF_HASH(tws, u64, struct tw_state, MAX_TWS);
 
 /* A timer's slot is its address in 256-byte units, modulo TW_SLOTS: timewait
  * sockets are slab objects of 256 bytes (/proc/slabinfo on 6.18: tw_sock_TCP
@@ -277,23 +442,6 @@ static __always_inline void forget_timewait(u64 timer)
 		tws.delete(&timer);
 }
 
-/* tw_pages: the memory pages that have held a timewait timer, one bit each.
- *   index  the timer's page number (address >> 12), modulo TW_PAGE_BITS
- *   set    at every timewait timer_start; never cleared
- * timer_cancel runs for every kernel timer, about 7 times a connection at
- * full churn, and timer_expire_entry for every expiry; looking each timer up
- * in tws cost timer_cancel 70-90 ns a run (the map's buckets are megabytes,
- * so most lookups miss the cache), and a timer not followed misses its slot
- * in tw_slots, then looks in tws.  A timer whose page bit is clear was never
- * a timewait timer, so it is not followed: its lookup is skipped.  A set
- * bit only means "look": pages are reused, and bits alias (page numbers
- * wrap), so a few other timers are looked up for nothing.  Timewait sockets
- * come from a slab cache of their own, so they fill few pages: about 16 000
- * for 262 144 of them (16 tw_sock_TCP objects a page).
- * 2^18 bits (32 KiB) stay in cache. */
-#define TW_PAGE_BITS (1 << 18)
-BPF_ARRAY(tw_pages, u64, TW_PAGE_BITS / 64);
-
 static __always_inline u64 *tw_page_word(u64 timer, u64 *bit)
 {
 	u32 page = (timer >> 12) & (TW_PAGE_BITS - 1);
@@ -317,19 +465,6 @@ static __always_inline bool maybe_timewait(u64 timer)
 	u64 *w = tw_page_word(timer, &bit);
 	return w && (*w & bit);
 }
-
-/* tw_cpu: what the last timer events on this CPU left to decide. */
-struct tw_cpu {
-	u64 armed_timer;  /* a timewait timer just armed here, not yet claimed by a ->CLOSE */
-	u64 armed_ns;
-	u64 last_cancel;  /* the timer of this CPU's latest timer_cancel */
-	u64 pending_kill; /* a followed timewait cancelled here: killed, unless expiry or re-arm follows */
-	u64 undo_rearm_ns;   /* armed_rearm: the followed timewait's rearm_ns and cancel_ns */
-	u64 undo_cancel_ns;  /* before it was taken as re-armed (0: none was followed) */
-	u32 armed_timeout;
-	u32 armed_rearm;  /* armed_timer was cancelled just before: a re-arm unless a ->CLOSE claims it */
-};
-BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
 
 static __always_inline struct tw_cpu *this_cpu_tw(void)
 {
@@ -363,91 +498,6 @@ static __always_inline void settle_cancel(struct tw_cpu *c, u64 timer)
 	struct tw_state *t = find_timewait(p);
 	if (t && t->cancel_ns)
 		end_timewait(p, t, t->cancel_ns, TW_CANCELLED);
-}
-
-TRACEPOINT_PROBE(timer, timer_start)
-{
-	if ((u64)args->function != TW_TIMER_FN) /* every kernel timer passes here */
-		return 0;
-	u64 timer = (u64)args->timer;
-	u64 now = bpf_ktime_get_ns();
-	struct tw_cpu *c = this_cpu_tw();
-	if (!c)
-		return 0;
-	mark_tw_page(timer);
-	struct tw_state *t = find_timewait(timer);
-	u32 rearm = c->last_cancel == timer;
-	if (rearm) {
-		/* Cancelled just before on this CPU: a re-arm, or T's timewait was
-		 * killed at that cancel and T is a new one's.  Taken as a re-arm
-		 * here; claim_timewait() undoes that if a ->CLOSE claims T. */
-		c->last_cancel = 0;
-		c->pending_kill = 0; /* it was T, or nothing: a cancel settles the one before */
-		c->undo_rearm_ns = t ? t->rearm_ns : 0;
-		c->undo_cancel_ns = t ? t->cancel_ns : 0;
-		if (t) {
-			t->rearm_ns = now;
-			t->cancel_ns = 0;
-		}
-	} else {
-		settle_cancel(c, timer);
-		if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
-			end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
-				     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
-	}
-	if (c->armed_timer && !c->armed_rearm)
-		count(C_TW_UNLINKED);
-	c->armed_timer = timer;
-	c->armed_ns = now;
-	c->armed_timeout = args->expires - args->now;
-	c->armed_rearm = rearm;
-	return 0;
-}
-
-/* Raw, like timer_cancel: it runs in the timer softirq, which interrupts classic
- * programs, and as a classic one it was skipped thousands of times a minute at
- * full churn, each skip a TIME_WAIT expiry taken for a kill.  Its arguments are
- * the timer's address and the wheel's clock; the callback would have to be read
- * from struct timer_list, so a timewait timer is told by being followed
- * instead (tw sockets come from a slab cache of their own, so a followed
- * address holds a timewait timer until that entry ends).  Any other timer's expiry is still
- * "this CPU's next timer event" for a pending kill. */
-RAW_TRACEPOINT_PROBE(timer_expire_entry)
-{
-	u64 timer = ctx->args[0]; /* struct timer_list * */
-	struct tw_cpu *c = this_cpu_tw();
-	if (c) {
-		if (c->last_cancel == timer)
-			c->last_cancel = 0;
-		if (c->pending_kill == timer)
-			c->pending_kill = 0;
-		else if (c->pending_kill)
-			settle_cancel(c, timer);
-	}
-	if (!maybe_timewait(timer))
-		return 0;
-	struct tw_state *t = find_timewait(timer);
-	if (t)
-		end_timewait(timer, t, bpf_ktime_get_ns(), TW_EXPIRED);
-	return 0;
-}
-
-RAW_TRACEPOINT_PROBE(timer_cancel)
-{
-	u64 timer = ctx->args[0]; /* struct timer_list * */
-	struct tw_cpu *c = this_cpu_tw();
-	if (!c)
-		return 0;
-	settle_cancel(c, timer);
-	c->last_cancel = timer;
-	if (!maybe_timewait(timer))
-		return 0;
-	struct tw_state *t = find_timewait(timer);
-	if (t) {
-		t->cancel_ns = bpf_ktime_get_ns();
-		c->pending_kill = timer;
-	}
-	return 0;
 }
 #endif /* TW_TIMER_FN */
 
@@ -508,163 +558,13 @@ static __always_inline void follow_timewait(struct tcpclose_event *e)
 #endif
 }
 
-static __always_inline bool current_is_owner(int old, int new)
-{
-	if (old == TCP_CLOSE)                        /* listen(), connect() */
-		return new == TCP_LISTEN || new == TCP_SYN_SENT;
-	if (new == TCP_FIN_WAIT1)                    /* close()/shutdown(): active closer */
-		return old == TCP_ESTABLISHED || old == TCP_SYN_RECV;
-	if (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) /* close(): passive closer */
-		return true;
-	if (old == TCP_FIN_WAIT2 && new == TCP_FIN_WAIT2) /* close() after shutdown() */
-		return true;
-	return false;
-}
-
-/* Does the socket fall outside the address filters?  Cheapest tests first. */
-static __always_inline bool filtered_out(u16 family, int lport, int rport)
-{
-#ifdef FILTER_FAMILY
-	if (family != FILTER_FAMILY)
-		return true;
-#endif
-#if defined(FILTER_LPORTS) || defined(FILTER_RPORTS)
-	u8 *lp = port_filter.lookup(&lport);
-	u8 *rp = port_filter.lookup(&rport);
-#ifdef FILTER_LPORTS
-	if (!lp || !(*lp & 1))
-		return true;
-#endif
-#ifdef FILTER_RPORTS
-	if (!rp || !(*rp & 2))
-		return true;
-#endif
-#endif
-	return false;
-}
-
-/* Is the life's owner one the user did not ask for?  Applied when it ends,
- * because the owner is only known by then. */
-static __always_inline bool owner_filtered_out(struct tcpclose_event *e)
-{
-#ifdef FILTER_TGID
-	if (e->pid != FILTER_TGID)
-		return true;
-#endif
-#ifdef FILTER_COMM
-	char want[COMM_LEN] = FILTER_COMM;
-#pragma unroll
-	for (int i = 0; i < COMM_LEN; i++) {
-		if (e->comm[i] != want[i])
-			return true;
-		if (want[i] == 0)
-			break;
-	}
-#endif
-	return false;
-}
-
-#ifdef TRANSITIONS
-/* transitions (--transitions): every transition of a followed socket.  A ring
- * buffer of its own: it is ten times the rate of life records, and a reader
- * that cannot keep up with it must not make the life records drop. */
-BPF_RINGBUF_OUTPUT(transitions, TRANSITION_PAGES);
-#endif
-
-/* Hand over one transition of the life in e (its owner and addresses as known
- * after the transition), unless the owner filters say no. */
-static __always_inline void emit_transition(struct tcpclose_event *e, int old, int new, u64 now)
-{
-#ifdef TRANSITIONS
-	if (owner_filtered_out(e))
-		return;
-	count(C_TRANSITIONS);
-	struct tcpclose_transition t = {};
-	t.ts_ns = now;
-	t.skaddr = e->skaddr;
-	t.pid = e->pid;
-	t.task_pid = bpf_get_current_pid_tgid() >> 32;
-	__builtin_memcpy(t.comm, e->comm, COMM_LEN);
-	__builtin_memcpy(t.saddr, e->saddr, 16);
-	__builtin_memcpy(t.daddr, e->daddr, 16);
-	t.sport = e->sport;
-	t.dport = e->dport;
-	t.family = e->family;
-	t.oldstate = old;
-	t.newstate = new;
-	t.owner_src = e->owner_src;
-	if (transitions.ringbuf_output(&t, sizeof(t), BPF_RB_NO_WAKEUP) != 0)
-		count(C_TRANSITION_DROPS);
-#endif
-}
-
-static __always_inline void take_owner(struct tcpclose_event *e)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	e->pid = id >> 32;
-	e->tid = (u32)id;
-#ifndef AGGREGATES /* the procs map is keyed by pid and comm only */
-	e->cgroup_id = bpf_get_current_cgroup_id();
-#endif
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->owner_src = OWNER_SYSCALL;
-}
-
-/* Listening sockets are followed in the listeners map only: they are not
- * connections, and their children need their owner. */
-static __always_inline void track_listener(u64 sk, u16 port, int old, int new)
-{
-	if (new == TCP_LISTEN) {
-		struct listener l = {};
-		u64 id = bpf_get_current_pid_tgid();
-		l.skaddr = sk;
-		l.pid = id >> 32;
-		l.tid = (u32)id;
-		l.cgroup_id = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(l.comm, sizeof(l.comm));
-		listeners.update(&port, &l);
-	} else {
-		struct listener *l = listeners.lookup(&port);
-		if (l && (l->skaddr == sk || l->skaddr == 0))
-			listeners.delete(&port);
-	}
-}
-
-/* The owner a new life starts with; the addresses are filled in by the caller. */
-static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now, u16 port,
-				       int old, int new)
-{
-	e->skaddr = sk;
-	e->opened_ns = now;
-	e->kind = EV_OPEN;
-	if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
-		struct listener *l = listeners.lookup(&port);
-		if (l) {
-			e->pid = l->pid;
-			e->tid = l->tid;
-			e->cgroup_id = l->cgroup_id;
-			__builtin_memcpy(e->comm, l->comm, COMM_LEN);
-			e->owner_src = OWNER_LISTENER;
-		}
-	} else if (old != TCP_CLOSE) {
-		e->flags |= FLAG_PARTIAL;
-		count(C_PARTIAL);
-	}
-}
+/* ==== Aggregates (--aggregates) ============================================================= */
 
 #ifdef AGGREGATES
-/* procs (--aggregates): per-process counts instead of one record per life.
- *   key    owner's tgid and comm (0 and "" when the owner was never learnt)
- *   value  struct tcpclose_proc_counts, indexed by A_x
- *   filled at each life's end; never cleared: user space reads it at the end.
- *   Full (MAX_PROCS owners): the life is counted in C_PROCS_FULL instead.
- */
-BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS);
-
 #define ESTABLISHED_STATES ((1 << TCP_ESTABLISHED) | (1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) | \
 			    (1 << TCP_CLOSE_WAIT) | (1 << TCP_LAST_ACK) | (1 << TCP_CLOSING))
 
-/* How a life ended: the rules of agent/lifecycle.initiators, for lives that reached ->CLOSE. */
+/* How a life ended: the rules of agent/analysis/rules.py, for lives that reached ->CLOSE. */
 static __always_inline int close_kind(struct tcpclose_event *e)
 {
 	if (!(e->states & ESTABLISHED_STATES) && !((1 << e->last_state) & ESTABLISHED_STATES))
@@ -703,6 +603,37 @@ static __always_inline void aggregate(struct tcpclose_event *e)
 		__sync_fetch_and_add(&c->n[A_TIMEWAIT], 1);
 }
 #endif
+
+/* ==== Transitions (--transitions) =========================================================== */
+
+/* Hand over one transition of the life in e (its owner and addresses as known
+ * after the transition), unless the owner filters say no. */
+static __always_inline void emit_transition(struct tcpclose_event *e, int old, int new, u64 now)
+{
+#ifdef TRANSITIONS
+	if (owner_filtered_out(e))
+		return;
+	count(C_TRANSITIONS);
+	struct tcpclose_transition t = {};
+	t.ts_ns = now;
+	t.skaddr = e->skaddr;
+	t.pid = e->pid;
+	t.task_pid = bpf_get_current_pid_tgid() >> 32;
+	__builtin_memcpy(t.comm, e->comm, COMM_LEN);
+	__builtin_memcpy(t.saddr, e->saddr, 16);
+	__builtin_memcpy(t.daddr, e->daddr, 16);
+	t.sport = e->sport;
+	t.dport = e->dport;
+	t.family = e->family;
+	t.oldstate = old;
+	t.newstate = new;
+	t.owner_src = e->owner_src;
+	if (transitions.ringbuf_output(&t, sizeof(t), BPF_RB_NO_WAKEUP) != 0)
+		count(C_TRANSITION_DROPS);
+#endif
+}
+
+/* ==== A life's transitions ================================================================== */
 
 /* Hand over a life that has ended, unless the owner filters say no; with
  * --aggregates, count it for its owner instead. */
@@ -766,6 +697,8 @@ static __always_inline void follow(struct tcpclose_event *e, int old, int new, u
 		claim_timewait(e, now);
 	end_life(e);
 }
+
+/* ==== Entry points ========================================================================== */
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
@@ -885,3 +818,90 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 	emit(&r);
 	return 0;
 }
+
+#ifdef TW_TIMER_FN
+TRACEPOINT_PROBE(timer, timer_start)
+{
+	if ((u64)args->function != TW_TIMER_FN) /* every kernel timer passes here */
+		return 0;
+	u64 timer = (u64)args->timer;
+	u64 now = bpf_ktime_get_ns();
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return 0;
+	mark_tw_page(timer);
+	struct tw_state *t = find_timewait(timer);
+	u32 rearm = c->last_cancel == timer;
+	if (rearm) {
+		/* Cancelled just before on this CPU: a re-arm, or T's timewait was
+		 * killed at that cancel and T is a new one's.  Taken as a re-arm
+		 * here; claim_timewait() undoes that if a ->CLOSE claims T. */
+		c->last_cancel = 0;
+		c->pending_kill = 0; /* it was T, or nothing: a cancel settles the one before */
+		c->undo_rearm_ns = t ? t->rearm_ns : 0;
+		c->undo_cancel_ns = t ? t->cancel_ns : 0;
+		if (t) {
+			t->rearm_ns = now;
+			t->cancel_ns = 0;
+		}
+	} else {
+		settle_cancel(c, timer);
+		if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
+			end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
+				     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
+	}
+	if (c->armed_timer && !c->armed_rearm)
+		count(C_TW_UNLINKED);
+	c->armed_timer = timer;
+	c->armed_ns = now;
+	c->armed_timeout = args->expires - args->now;
+	c->armed_rearm = rearm;
+	return 0;
+}
+
+/* Raw, like timer_cancel: it runs in the timer softirq, which interrupts classic
+ * programs, and as a classic one it was skipped thousands of times a minute at
+ * full churn, each skip a TIME_WAIT expiry taken for a kill.  Its arguments are
+ * the timer's address and the wheel's clock; the callback would have to be read
+ * from struct timer_list, so a timewait timer is told by being followed
+ * instead (tw sockets come from a slab cache of their own, so a followed
+ * address holds a timewait timer until that entry ends).  Any other timer's expiry is still
+ * "this CPU's next timer event" for a pending kill. */
+RAW_TRACEPOINT_PROBE(timer_expire_entry)
+{
+	u64 timer = ctx->args[0]; /* struct timer_list * */
+	struct tw_cpu *c = this_cpu_tw();
+	if (c) {
+		if (c->last_cancel == timer)
+			c->last_cancel = 0;
+		if (c->pending_kill == timer)
+			c->pending_kill = 0;
+		else if (c->pending_kill)
+			settle_cancel(c, timer);
+	}
+	if (!maybe_timewait(timer))
+		return 0;
+	struct tw_state *t = find_timewait(timer);
+	if (t)
+		end_timewait(timer, t, bpf_ktime_get_ns(), TW_EXPIRED);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(timer_cancel)
+{
+	u64 timer = ctx->args[0]; /* struct timer_list * */
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return 0;
+	settle_cancel(c, timer);
+	c->last_cancel = timer;
+	if (!maybe_timewait(timer))
+		return 0;
+	struct tw_state *t = find_timewait(timer);
+	if (t) {
+		t->cancel_ns = bpf_ktime_get_ns();
+		c->pending_kill = timer;
+	}
+	return 0;
+}
+#endif /* TW_TIMER_FN */
