@@ -8,7 +8,7 @@ setup:
 	./scripts/provision.sh
 
 setup-test:
-	./scripts/provision.sh --browser
+	./scripts/provision.sh --test
 
 demo: setup
 	$(VENV)/bin/tcpclose demo -o demo-out

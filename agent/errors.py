@@ -24,11 +24,3 @@ class Abandoned(KeyboardInterrupt):
     library's `except Exception` on the way swallows it."""
     exit_code = 130
     message = "abandoned: the files were not all written"
-
-
-def open_for_writing(path, what: str):
-    """open(path, "w"), or CannotWrite naming the path and why, before any tracing starts."""
-    try:
-        return open(path, "w", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise CannotWrite(f"cannot write the {what} to {path}: {exc.strerror}; give a writable path") from None

@@ -15,7 +15,8 @@ class Filters:
     family: int | None = None  # AF_INET or AF_INET6
 
     def cflags(self) -> list[str]:
-        """-D defines for the single values; the port lists go into port_filter."""
+        """-D defines: integers for the single numbers; the port lists go into port_filter and the
+        comm into comm_filter (Probe fills both), so no text the user gave is ever C source."""
         flags = []
         if self.family is not None:
             flags.append(f"-DFILTER_FAMILY={self.family}")
@@ -26,7 +27,7 @@ class Filters:
         if self.pid is not None:
             flags.append(f"-DFILTER_TGID={self.pid}")
         if self.comm is not None:
-            flags.append(f'-DFILTER_COMM="{self.comm}"')
+            flags.append("-DFILTER_COMM")
         return flags
 
     def port_filter(self) -> dict[int, int]:

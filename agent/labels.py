@@ -12,12 +12,22 @@ def close_wait_age(row) -> str:
             else f"{row.close_wait_age_s:.1f} s")
 
 
+def printable(name) -> str:
+    """A name as a terminal may show it.  Any process names itself (prctl, exec of any
+    file name), so a newline or an escape sequence in it would print a fake row or move the
+    cursor: every character that is not printable is shown escaped, as Python writes it."""
+    name = "" if name is None or (not isinstance(name, str) and pd.isna(name)) else str(name)
+    if name.isprintable():
+        return name
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
+
+
 def owner(pid, comm: str) -> str:
     """A process as every output names it: "comm (pid N)"; with no pid, the name given
     in its place (states: "(no process found)") or "unknown owner"."""
     if pid is None or pd.isna(pid):
-        return comm or "unknown owner"
-    return f"{comm} (pid {pid})"
+        return printable(comm) or "unknown owner"
+    return f"{printable(comm)} (pid {pid})"
 
 
 def who(row) -> str:

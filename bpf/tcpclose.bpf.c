@@ -11,7 +11,7 @@
  *
  * Filters arrive as -D defines (single values) and the port_filter map (lists):
  *   FILTER_FAMILY  AF_INET or AF_INET6       FILTER_LPORTS/FILTER_RPORTS  use port_filter
- *   FILTER_TGID    owner's tgid              FILTER_COMM  owner's comm, a string literal
+ *   FILTER_TGID    owner's tgid              FILTER_COMM  use comm_filter (the owner's comm)
  * and sizes as SOCK_SLOT_BITS, MAX_SOCKS, MAX_LISTENERS, TW_SLOT_BITS, MAX_TWS, RINGBUF_PAGES
  * (MAX_PROCS with AGGREGATES).
  * AGGREGATES (trace --aggregates) counts each life for its owner in the procs
@@ -61,23 +61,50 @@ BPF_ARRAY(sock_slots, struct tcpclose_event, SOCK_SLOTS);
 BPF_TABLE("lru_hash", u64, struct tcpclose_event, socks, MAX_SOCKS);
 
 /* listeners: the owner of each listening socket, for its children.
- *   key    local port; value  the listener's owner and its skaddr
- *   filled at CLOSE->LISTEN (the owner's listen()), and at start by user space
- *   for the listeners that already exist (skaddr 0: not known); cleared at
- *   LISTEN->CLOSE of that same socket.  A child socket appears as LISTEN->SYN_RECV in softirq,
- *   with no trustworthy task, so it starts with its listener's owner.
+ *   key    family, local address (all 0: any address) and port
+ *   value  the first listener's owner and skaddr, how many listening sockets share
+ *          the key, and whether more than one process does
+ *   filled at CLOSE->LISTEN (the owner's listen()), and at start by user space for the
+ *   listeners that already exist (skaddr 0: not known); a listen() on a key another
+ *   process holds marks it shared; cleared when the last listener on it closes.
+ * A child socket appears as LISTEN->SYN_RECV in softirq, with no trustworthy task, so
+ * it starts with the owner of the listener on its local address, else on any address.
+ * The tracepoint carries no network namespace and no pointer to the listener, so a key
+ * shared by several processes (an SO_REUSEPORT group, or the same address and port in
+ * several network namespaces, loopback above all) names no one: such a child starts
+ * OWNER_AMBIGUOUS, and is credited at its owner's first transition of its own, or from
+ * the kernel's fd tables at the end (agent/analysis/lives.py).  A pre-forking server's
+ * workers inherit the master's listener without a listen() of their own: their children
+ * start with the master (OWNER_LISTENER) until a worker acts on them, and the fd tables
+ * name the worker for those still open at the end.
  */
+struct listener_key {
+	u8 addr[16];         /* first 4 bytes for AF_INET */
+	u16 port;
+	u16 family;
+};
 struct listener {
 	u64 skaddr;
 	u64 cgroup_id;
 	u32 pid;
 	u32 tid;
 	char comm[COMM_LEN];
+	u32 members;         /* listening sockets on this key */
+	u32 shared;          /* 1: more than one process listens on this key */
 };
-BPF_HASH(listeners, u16, struct listener, MAX_LISTENERS);
+BPF_HASH(listeners, struct listener_key, struct listener, MAX_LISTENERS);
 
 /* port_filter: bit 0 = local port listed (-L), bit 1 = remote port listed (-D). */
 BPF_ARRAY(port_filter, u8, 65536);
+
+#ifdef FILTER_COMM
+/* comm_filter: the one owner name -c asks for, NUL-padded, filled by user space before
+ * attaching.  A name is data, never C source: any 15 bytes, quotes and backslashes too. */
+struct comm_name {
+	char comm[COMM_LEN];
+};
+BPF_ARRAY(comm_filter, struct comm_name, 1);
+#endif
 
 BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
 
@@ -217,12 +244,15 @@ static __always_inline bool owner_filtered_out(struct tcpclose_event *e)
 		return true;
 #endif
 #ifdef FILTER_COMM
-	char want[COMM_LEN] = FILTER_COMM;
+	u32 zero = 0;
+	struct comm_name *want = comm_filter.lookup(&zero);
+	if (!want)
+		return true;
 #pragma unroll
 	for (int i = 0; i < COMM_LEN; i++) {
-		if (e->comm[i] != want[i])
+		if (e->comm[i] != want->comm[i])
 			return true;
-		if (want[i] == 0)
+		if (want->comm[i] == 0)
 			break;
 	}
 #endif
@@ -263,24 +293,58 @@ static __always_inline void take_owner(struct tcpclose_event *e)
 	e->owner_src = OWNER_SYSCALL;
 }
 
-/* Listening sockets are followed in the listeners map only: they are not
- * connections, and their children need their owner. */
-static __always_inline void track_listener(u64 sk, u16 port, int old, int new)
+/* The listeners map's key for a socket's local end. */
+static __always_inline void listener_key(struct listener_key *k, u16 family, u16 port, const void *saddr,
+					 const void *saddr_v6)
 {
+	__builtin_memset(k, 0, sizeof(*k));
+	k->family = family;
+	k->port = port;
+	if (family == AF_INET6)
+		bpf_probe_read_kernel(k->addr, 16, saddr_v6);
+	else
+		bpf_probe_read_kernel(k->addr, 4, saddr);
+}
+
+/* Listening sockets are followed in the listeners map only: they are not
+ * connections, and their children need their owner.  listen() is the owner's
+ * own syscall; a listener's close() too. */
+static __always_inline void track_listener(u64 sk, struct listener_key *k, int old, int new)
+{
+	struct listener *l = listeners.lookup(k);
+	u64 id = bpf_get_current_pid_tgid();
 	if (new == TCP_LISTEN) {
-		struct listener l = {};
-		u64 id = bpf_get_current_pid_tgid();
-		l.skaddr = sk;
-		l.pid = id >> 32;
-		l.tid = (u32)id;
-		l.cgroup_id = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(l.comm, sizeof(l.comm));
-		listeners.update(&port, &l);
-	} else {
-		struct listener *l = listeners.lookup(&port);
-		if (l && (l->skaddr == sk || l->skaddr == 0))
-			listeners.delete(&port);
+		if (l) {  /* another listening socket on the key: whose children are whose is unknown */
+			__sync_fetch_and_add(&l->members, 1);
+			if (l->pid != id >> 32)
+				l->shared = 1;
+			return;
+		}
+		struct listener n = {};
+		n.skaddr = sk;
+		n.pid = id >> 32;
+		n.tid = (u32)id;
+		n.cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(n.comm, sizeof(n.comm));
+		n.members = 1;
+		listeners.update(k, &n);
+	} else if (l) {
+		if (l->members <= 1)
+			listeners.delete(k);
+		else
+			__sync_fetch_and_add(&l->members, -1); /* (BPF has no atomic sub) */
 	}
+}
+
+/* The listener a new child socket came through: the one on its local address, else the
+ * one on any address (the key is changed to that one's). */
+static __always_inline struct listener *listener_of(struct listener_key *k)
+{
+	struct listener *l = listeners.lookup(k);
+	if (l)
+		return l;
+	__builtin_memset(k->addr, 0, sizeof(k->addr));
+	return listeners.lookup(k);
 }
 
 /* ==== Lives ================================================================================= */
@@ -334,16 +398,19 @@ static __always_inline void forget_life(u64 sk)
 		socks.delete(&sk);
 }
 
-/* The owner a new life starts with; the addresses are filled in by the caller. */
-static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now, u16 port,
+/* The owner a new life starts with (its listener's, for a server-side child); the
+ * addresses are filled in by the caller, and `local` is the child's local end. */
+static __always_inline void start_life(struct tcpclose_event *e, u64 sk, u64 now, struct listener_key *local,
 				       int old, int new)
 {
 	e->skaddr = sk;
 	e->opened_ns = now;
 	e->kind = EV_OPEN;
 	if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
-		struct listener *l = listeners.lookup(&port);
-		if (l) {
+		struct listener *l = listener_of(local);
+		if (l && l->shared) {
+			e->owner_src = OWNER_AMBIGUOUS;
+		} else if (l) {
 			e->pid = l->pid;
 			e->tid = l->tid;
 			e->cgroup_id = l->cgroup_id;
@@ -707,8 +774,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	u64 sk = (u64)args->skaddr;
 	int old = args->oldstate, new = args->newstate;
 
+	struct listener_key local;
 	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) {
-		track_listener(sk, args->sport, old, new);
+		listener_key(&local, args->family, args->sport, args->saddr, args->saddr_v6);
+		track_listener(sk, &local, old, new);
 #ifdef TRANSITIONS
 		/* listen() and a listener's close() are its owner's own syscalls */
 		if (!filtered_out(args->family, args->sport, args->dport)) {
@@ -752,7 +821,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	}
 	if (!e) {
 		struct tcpclose_event fresh = {};
-		start_life(&fresh, sk, now, args->sport, old, new);
+		if (old == TCP_LISTEN)
+			listener_key(&local, args->family, args->sport, args->saddr, args->saddr_v6);
+		start_life(&fresh, sk, now, &local, old, new);
 		fresh.family = args->family;
 		fresh.dport = args->dport;
 		if (args->family == AF_INET6)

@@ -30,6 +30,7 @@
 #define OWNER_NONE     0 /* never seen in a trustworthy context */
 #define OWNER_SYSCALL  1 /* taken at a transition made by the owner's own syscall */
 #define OWNER_LISTENER 2 /* a server-side child: the owner of its listener */
+#define OWNER_AMBIGUOUS 3 /* a server-side child of a listener several processes share: not credited */
 
 /* flags */
 #define FLAG_RST_RECEIVED 0x01 /* tcp_receive_reset on this life */

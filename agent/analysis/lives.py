@@ -19,6 +19,9 @@ CONNECTION_COLUMNS = [
     "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "role", "initiator",
     "opened_at", "closed_at", "duration_s", "tw_start", "tw_end", "tw_s", "tw_end_reason",
 ]
+# written after the contract's columns in connections.csv: the owner's network namespace and
+# how the owner was learnt (rules.OWNERS_KNOWN, "ambiguous", "none")
+CSV_EXTRA_COLUMNS = ["netns", "owner_src"]
 # kept beside the contract's columns for the summary and the per-process figures; the
 # rules every figure reads (tw_made, tw_ended, close_wait_open) are computed here, once
 EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
@@ -73,7 +76,7 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     found = existing.set_index(existing_key).reindex(key)
     hit = found["kind"].notna().to_numpy()
     lives = lives.copy()
-    unowned = hit & (lives["owner_src"].to_numpy(object)[rows] == "none")
+    unowned = hit & ~rules.owner_known(lives["owner_src"].to_numpy(object)[rows])
     for column in ("pid", "tid", "comm", "cgroup_id", "owner_src", "netns"):
         lives.loc[rows[unowned], column] = found[column].to_numpy()[unowned]
     no_cw_start = hit & lives["close_wait_at"].isna().to_numpy()[rows]
@@ -82,18 +85,32 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
 
 
-def _fds(conns: pd.DataFrame, seen_at_end: pd.DataFrame) -> np.ndarray:
-    """The owner's file descriptor of each CLOSE_WAIT still open, from the snapshot at the end."""
-    fds = np.full(len(conns), np.nan)
-    if not len(seen_at_end) or not len(conns):
-        return fds
-    seen = seen_at_end.drop_duplicates(FOUR_TUPLE)
-    by_tuple = seen.set_index(pd.MultiIndex.from_frame(seen[FOUR_TUPLE].astype(str)))["fd"]
-    rows = np.flatnonzero(conns["close_wait_open"].to_numpy(bool))
-    if len(rows):
-        key = pd.MultiIndex.from_frame(conns.iloc[rows][FOUR_TUPLE].astype(str))
-        fds[rows] = by_tuple.reindex(key).to_numpy(float)
-    return fds
+def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
+    """What the kernel's fd tables said of the sockets still open when tracing ended (the
+    snapshot at the end, every network namespace): each CLOSE_WAIT's file descriptor, and
+    the owner of each open life whose owner the BPF side only had from its listener (a
+    child of a pre-forking server starts with the master) or could not name (a listener
+    shared by several processes): the one process that holds the socket, owner_src
+    "fd_table".  A 4-tuple seen in two namespaces, or a socket no process or several
+    processes hold, names no one and changes nothing."""
+    if not len(seen_at_end) or not len(out):
+        return
+    seen = seen_at_end[~seen_at_end.duplicated(FOUR_TUPLE, keep=False)]
+    held = seen.set_index(pd.MultiIndex.from_frame(seen[FOUR_TUPLE].astype(str)))
+    rows = np.flatnonzero((out["initiator"] == "open").to_numpy())
+    if not len(rows):
+        return
+    found = held.reindex(pd.MultiIndex.from_frame(out.iloc[rows][FOUR_TUPLE].astype(str)))
+    close_wait = out["close_wait_open"].to_numpy(bool)[rows]
+    out.loc[rows[close_wait], "fd"] = found["fd"].to_numpy(float)[close_wait]
+    holder = found["pid"].fillna(0).to_numpy(np.int64) > 0
+    guessed = np.isin(out["owner_src"].to_numpy(object)[rows], rules.OWNERS_GUESSED) & holder
+    if guessed.any():
+        fixed = rows[guessed]
+        out.loc[fixed, "pid"] = found["pid"].to_numpy(np.int64)[guessed]
+        out.loc[fixed, "comm"] = found["comm"].to_numpy(object)[guessed]
+        out.loc[fixed, "netns"] = found["netns"].to_numpy(object)[guessed]
+        out.loc[fixed, "owner_src"] = "fd_table"
 
 
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
@@ -118,7 +135,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     closed_at = np.where(closed, lives["event_at"].astype(float), np.nan)
     # the full socket handed over to a timewait socket at this ->CLOSE
     made_tw = closed & rules.timewait_due(initiator)
-    owner_known = lives["owner_src"].to_numpy(object) != "none"
+    owner_known = rules.owner_known(lives["owner_src"])
     flags = lives["flags_raw"].to_numpy(np.int64)
     end = np.where(closed, closed_at, ended_at)
     tw = timewaits(lives, ends, made_tw, closed_at, ended_at, timewait_method)
@@ -154,5 +171,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)
     out["tw_ended"] = out["tw_end_reason"].isin(rules.ENDED_TIMEWAIT)  # and its end was seen
     out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])
-    out["fd"] = pd.array(_fds(out, events[events["kind"] == "seen_at_end"]), dtype="Int64")
+    out["fd"] = pd.array(np.full(len(out), np.nan), dtype="Int64")
+    out["netns"] = out["netns"].astype(object)
+    _from_fd_tables(out, events[events["kind"] == "seen_at_end"])
     return out

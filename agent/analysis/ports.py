@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..kernel.procfs import port_range_size
+from ..labels import printable
 from ..record.runinfo import RunInfo
 from . import churn
 from .timewait import TIME_WAIT_LEN_S
@@ -86,7 +87,7 @@ def pressure(conns: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
 
 def describe(row) -> str:
     """One destination's pressure in plain words."""
-    dest = f"{row.laddr} -> {row.raddr}:{row.rport} ({row.processes})"
+    dest = f"{row.laddr} -> {row.raddr}:{row.rport} ({printable(row.processes)})"
     held = (f"{row.timewait_peak} TIME_WAITs at peak, {row.timewait_now} at the end, of {row.port_range} "
             f"ephemeral ports ({row.peak_share:.0%} at peak)")
     rate = (f"opening {row.rate_now_per_s:.0f}/s; without reuse it can sustain {row.max_rate_per_s:.0f}/s "

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .lives import initiators
-from .rules import INITIATORS, TIMEWAIT_CLOSES
+from .rules import INITIATORS, TIMEWAIT_CLOSES, owner_known
 
 PROCESS_COLUMNS = [
     "pid", "comm", "connections", "active_closes", "passive_closes", "simultaneous_closes",
@@ -19,7 +19,7 @@ TIMEWAIT_REASON_COLUMNS = {
     "timewait_expired": "expired", "timewait_reused": "reused", "timewait_killed": "killed",
     "timewait_open": "open", "timewait_unknown": "unknown",
 }
-EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow"]
+EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns"]
 _CLOSE_COUNTS = {
     "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
     "resets_local": "reset_local", "resets_remote": "reset_remote",
@@ -57,6 +57,7 @@ def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
         close_wait_max_age_s=("close_wait_age_s", "max"),
         **{column: (column, "sum") for column in TIMEWAIT_REASON_COLUMNS},
         timewait_overflow=("tw_overflow", "sum"),
+        netns=("netns", "first"),  # the owner's network namespace (first known; None: not known)
     ).reset_index()
     out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
     return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].reset_index(drop=True)
@@ -72,7 +73,7 @@ def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:
         lives = frame[frame["kind"] == "life"]
         if not len(lives):
             continue
-        known = lives["owner_src"].to_numpy(object) != "none"
+        known = owner_known(lives["owner_src"])
         part = pd.crosstab([np.where(known, lives["pid"], 0), np.where(known, lives["comm"], "")],
                            initiators(lives)).reindex(columns=kinds, fill_value=0)
         total = part if total is None else total.add(part, fill_value=0)

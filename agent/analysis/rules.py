@@ -72,6 +72,18 @@ def timewait_due(initiator) -> np.ndarray:
     return np.isin(np.asarray(initiator, dtype=object), TIMEWAIT_CLOSES)
 
 
+# how a life's owner was learnt (bpf/tcpclose.h OWNER_x, and the fd tables): the ones that name a process
+OWNERS_KNOWN = ("syscall", "listener", "snapshot", "fd_table")
+# the ones the fd tables at the end may correct: the listener's owner is a guess for a child
+# of a pre-forking server (its master), and an ambiguous or missing owner names no one
+OWNERS_GUESSED = ("listener", "ambiguous", "none")
+
+
+def owner_known(owner_src) -> np.ndarray:
+    """Does each life's owner_src name a process?"""
+    return np.isin(np.asarray(owner_src, dtype=object), OWNERS_KNOWN)
+
+
 def close_wait_open(initiator, last_state_name) -> np.ndarray:
     """Is each life still open in CLOSE_WAIT: the peer closed, the owner has not?"""
     return (np.asarray(initiator, dtype=object) == "open") & (np.asarray(last_state_name, dtype=object) == "CLOSE_WAIT")

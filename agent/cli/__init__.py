@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from .. import __version__
 from .host import doctor, states
 from .options import CONTEXT
 from .reporting import report_command
@@ -17,6 +18,7 @@ from .tracing import demo, trace
 
 
 @click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="tcpclose", message="%(prog)s %(version)s")
 def main():
     """Which process closes TCP connections first, and what it leaves behind.
 

@@ -13,6 +13,7 @@ from ..errors import Abandoned, NotRoot, TcpcloseError
 from ..filters import AF_INET, AF_INET6, Filters
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+PID_MAX_LIMIT = 4194304  # the largest pid a 64-bit kernel hands out (kernel.pid_max's ceiling)
 
 
 class PortList(click.ParamType):
@@ -44,20 +45,43 @@ def expected_errors(func):
     return wrapper
 
 
+MAX_DURATION_S = 10 * 365 * 86400.0  # -d: ten years is "until stopped"; use no -d for that
+
+
+def finite(value: float | None, param) -> float | None:
+    """A number option that must be a number: click's ranges let nan through."""
+    if value is not None and value != value:
+        raise click.BadParameter("give a number of seconds", param=param)
+    return value
+
+
 def announce(text: str) -> None:
     click.echo(f"tcpclose: {text}", err=True)
 
 
 def out_option(func):
+    """-o DIR and --force (the command opens the directory with output_dir())."""
+    func = click.option("--force", is_flag=True,
+                        help="Write into a directory that belongs to another user and that others can write in "
+                             "(refused by default: a file there could be a planted link).")(func)
     return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
                         help="Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, "
                              "summary.json, report.html and run.json into this directory.")(func)
 
 
+def output_dir(out: Path | None, force: bool):
+    """The directory of -o opened (and made) now, so that one that cannot be written fails
+    before anything is traced (safefiles.OutputDir); None without -o."""
+    from ..safefiles import OutputDir
+
+    return OutputDir(out, force) if out else None
+
+
 def filter_options(func):
     """-p, -c, -L, -D, -4, -6, handed to the command as one Filters (trace and states)."""
     options = [
-        click.option("-p", "--pid", type=click.IntRange(min=1), help="Only connections owned by this process."),
+        click.option("-p", "--pid", type=click.IntRange(min=1, max=PID_MAX_LIMIT),
+                     help="Only connections owned by this process."),
         click.option("-c", "--comm", help="Only connections owned by processes of this name (as in /proc/PID/comm)."),
         click.option("-L", "local_ports", type=PortList(), default="", help="Only these local ports, e.g. -L 80,443."),
         click.option("-D", "remote_ports", type=PortList(), default="", help="Only these remote ports, e.g. -D 5432."),
@@ -89,6 +113,9 @@ def netns_option(func):
 def netns_option_path(name: str | None) -> Path | None:
     from ..kernel.netns import named_netns
 
+    if name is not None and (not name or "/" in name or name in (".", "..") or "\0" in name):
+        raise click.BadParameter(f"{name!r} is not a namespace name: give one 'ip netns list' shows",
+                                 param_hint="--netns")
     path = named_netns(name) if name else None
     if name and path is None:
         raise click.BadParameter(f"no network namespace {name!r}: see 'ip netns list'", param_hint="--netns")

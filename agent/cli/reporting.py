@@ -6,14 +6,14 @@ from pathlib import Path
 import click
 
 from . import results
-from .options import CONTEXT, announce, expected_errors, out_option
+from .options import CONTEXT, announce, expected_errors, out_option, output_dir
 
 
 @click.command("report", context_settings=CONTEXT)
 @click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @out_option
 @expected_errors
-def report_command(recording, out):
+def report_command(recording, out, force):
     """The same reports from a --record file; needs no root.
 
     \b
@@ -23,6 +23,7 @@ def report_command(recording, out):
     from ..record.recording import read_recording
     from ..run.control import announce_long_end, stop_on_signals
 
+    out = output_dir(out, force)
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         events, run_info = read_recording(recording)

@@ -1,16 +1,16 @@
 """A finished run shown: the terminal summary, or the files of -o (and the summary too where asked)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import pandas as pd
 
+from ..errors import CannotWrite
 from ..output import files, text
 from ..record.runinfo import RunInfo
+from ..safefiles import OutputDir
 
 
-def show(events: pd.DataFrame, run: RunInfo, out: Path | None, summary: bool = False, err: bool = False) -> None:
+def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False) -> None:
     """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `summary`)."""
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
         from ..analysis import lives, processes
@@ -25,14 +25,30 @@ def show(events: pd.DataFrame, run: RunInfo, out: Path | None, summary: bool = F
         a = analyse(events, run)
         summary_text = text.render(a.conns, a.procs, run, pressure=a.pressure)
         write = lambda: files.write(out, a, summary_text)  # noqa: E731
-    if not out or summary:
-        click.echo(summary_text, nl=False, err=err)
     if out:
-        paths = write()
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+        try:
+            paths = write()
+        except CannotWrite:  # a disk that filled up at the end: the summary at least is not lost
+            _echo(summary_text, err=True)
+            raise
+        finally:
+            out.close()
+    if not out or summary:
+        _echo(summary_text, err=err)
+    if out:
+        _echo(f"wrote {', '.join(str(p) for p in paths)}", err=True, nl=True)
         if run.analysis_skipped:
-            click.echo(text.analysis_skipped_line(run.analysis_skipped), err=True)
+            _echo(text.analysis_skipped_line(run.analysis_skipped), err=True, nl=True)
         elif run.counted_only:
-            click.echo("--aggregates keeps per-process counts only: no connections.csv and no report.html", err=True)
+            _echo("--aggregates keeps per-process counts only: no connections.csv and no report.html", err=True, nl=True)
         else:
-            click.echo(f"the incident report: {out / 'report.html'}", err=True)
+            _echo(f"the incident report: {out.path / 'report.html'}", err=True, nl=True)
+
+
+def _echo(message: str, err: bool, nl: bool = False) -> None:
+    """To a terminal that may be gone (SIGHUP: the ssh session dropped): the files are written
+    first, and a summary that cannot be shown does not fail the run."""
+    try:
+        click.echo(message, nl=nl, err=err)
+    except OSError:
+        pass

@@ -7,11 +7,13 @@ import click
 
 from ..filters import Filters
 from . import results
-from .options import CONTEXT, announce, expected_errors, filter_options, netns_option, netns_option_path, out_option
+from .options import (CONTEXT, MAX_DURATION_S, finite, announce, expected_errors, filter_options, netns_option, netns_option_path, out_option,
+                      output_dir)
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True, max=MAX_DURATION_S), metavar="SECONDS",
+              callback=lambda ctx, param, value: finite(value, param), help="Stop after this many seconds (default: Ctrl-C).")
 @out_option
 @filter_options
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
@@ -35,7 +37,7 @@ from .options import CONTEXT, announce, expected_errors, filter_options, netns_o
                    "--progress elsewhere writes one every 10 s].")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
+def trace(duration, out, force, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
           print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
@@ -67,11 +69,15 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
                                                 max_socks=max_sockets or probe.MAX_SOCKS)))
         click.echo(layout.PROGRAM.read_text(), nl=False)
         return
+    from ..kernel.preflight import check_privileges
     from ..run.control import run, stop_on_signals
     from ..run.progress import Progress
     from ..run.tracer import Tracer
+
+    check_privileges()  # before any file is made
+    out = output_dir(out, force)
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates,
+        tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
                         transitions_to=transitions_to, max_socks=max_sockets)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
@@ -82,7 +88,7 @@ def trace(duration, out, filters, record, timewait, netns, aggregates, transitio
 @out_option
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
 @expected_errors
-def demo(out, record):
+def demo(out, force, record):
     """Trace a built-in loopback workload and show the summary (root, a few seconds);
     with -o, write every file and the incident report too.
 
@@ -95,11 +101,14 @@ def demo(out, record):
       sudo tcpclose demo -o demo-out/
     """
     from ..demo import pairs as workload
+    from ..kernel.preflight import check_privileges
     from ..run.control import stop_on_signals
     from ..run.tracer import Tracer
 
+    check_privileges()  # before any file is made
+    out = output_dir(out, force)
     with stop_on_signals() as stop:
-        tracer = Tracer(Filters(), record)
+        tracer = Tracer(Filters(), record, force=force)
         click.echo("Tracing TCP closes while the demo workload runs...", err=True)
         procs = []
         try:

@@ -6,7 +6,8 @@ on stdout: {"event": "ready", ...} once listening, and {"event": "done",
 until its stdin closes (Process.release), so that a test
 can compare what tcpclose reports with what the workload really did.
 
-  python -m agent.demo.workload server MODE --count N --comm NAME [--host H]
+  python -m agent.demo.workload server MODE --count N --comm NAME [--host H] [--port P]
+                                [--reuseport] [--workers W] [--idle S]
   python -m agent.demo.workload client MODE --port P --count N --comm NAME [--host H] [--rebind]
 
 Server modes: wait_close (read to EOF, then close), close_first (read the
@@ -14,7 +15,12 @@ request, close), linger0 (read the request, close with SO_LINGER 0), leak
 (read to EOF and never close, until stdin closes), send_wait (send data, read
 to EOF, close), reply_close (read to EOF, answer, close), hold (read to EOF,
 wait --hold seconds, close).  --keep-listening keeps the listener open until
-released (it closes when the work is done otherwise).
+released (it closes when the work is done otherwise).  The shapes of real servers:
+--port P with --reuseport (several processes listening on one port, SO_REUSEPORT),
+--workers W (pre-forking: the process listens, then W forked workers accept; each
+worker says "done" with its own pid, the master accepts nothing) and --idle S
+(accept until S seconds pass with no new connection, however many that makes).
+Every "done" names the peer ports it accepted (peer_ports).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
 linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
 half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
@@ -83,20 +89,42 @@ def serve_one(conn: socket.socket, mode: str, held: list, hold_s: float = 0.0) -
     conn.close()
 
 
-def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening: bool = False) -> None:
+def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening: bool = False, port: int = 0,
+           reuseport: bool = False, workers: int = 0, idle_s: float | None = None) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.bind((host, 0))
+    if reuseport:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host, port))
     listener.listen(128)
     port = listener.getsockname()[1]
     _say(event="ready", pid=os.getpid(), port=port)
+    forked = []
+    for _ in range(workers):  # pre-forking: the workers inherit the listener and accept
+        child = os.fork()
+        if child == 0:
+            forked = None
+            break
+        forked.append(child)
+    if forked:  # the master: accepts nothing, holds the listener until released
+        sys.stdin.read()
+        for child in forked:
+            os.waitpid(child, 0)
+        return
     held: list[socket.socket] = []
-    for _ in range(count):
-        conn, _ = listener.accept()
+    peers = []
+    listener.settimeout(idle_s)
+    while idle_s is not None or len(peers) < count:
+        try:
+            conn, peer = listener.accept()
+        except socket.timeout:
+            break
+        conn.settimeout(None)
+        peers.append(peer[1])
         serve_one(conn, mode, held, hold_s)
     if not keep_listening:
         listener.close()
-    _say(event="done", pid=os.getpid(), connections=count, local_ports=[port])
+    _say(event="done", pid=os.getpid(), connections=len(peers), local_ports=[port], peer_ports=peers)
     sys.stdin.read()  # stay until released; a leaking server keeps its CLOSE_WAIT sockets till then
 
 
@@ -211,10 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rebind", action="store_true")
     parser.add_argument("--hold", type=float, default=0.0)
     parser.add_argument("--keep-listening", action="store_true")
+    parser.add_argument("--reuseport", action="store_true")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--idle", type=float)
     args = parser.parse_args(argv)
     set_comm(args.comm)
     if args.side == "server":
-        server(args.mode, args.count, args.host, args.hold, args.keep_listening)
+        server(args.mode, args.count, args.host, args.hold, args.keep_listening, args.port, args.reuseport,
+               args.workers, args.idle)
     else:
         client(args.mode, args.count, args.host, args.port, args.rebind, args.hold)
 

@@ -38,13 +38,21 @@ def sockets_now(filters: Filters, netns: Path | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["family", "laddr", "lport", "raddr", "rport", "state", "inode", "timer"])
     timewait = frame["timer"] == diag.TIMEWAIT_TIMER
     frame.loc[timewait & (frame["state"] == "FIN_WAIT2"), "state"] = TW_FIN_WAIT2
-    owners = diag.socket_owners()
-    held = [owners.get(inode) if inode else None for inode in frame["inode"]]
+    # the same holders as a trace's fd tables: a socket several processes hold (inherited
+    # across fork, a pre-forking server's listener) names them all, none of them alone
+    holders = diag.socket_holders()
+    held = [diag.holders_label((pid, comm) for pid, comm, _ in holders[inode]) if holders.get(inode) else None
+            for inode in frame["inode"]]
     frame["pid"] = pd.array([h[0] if h else None for h in held], dtype="Int64")
     frame["comm"] = [h[1] if h else "" for h in held]
     frame["owner"] = ["fd" if h else "" for h in held]
-    listeners = frame[(frame["state"] == "LISTEN") & frame["pid"].notna()].drop_duplicates("lport")
-    by_port = listeners.set_index("lport")[["pid", "comm"]]
+    # a port several processes listen on (SO_REUSEPORT) names them all, as one does
+    listening = frame[(frame["state"] == "LISTEN") & (frame["owner"] == "fd")]
+    by_port = pd.DataFrame(
+        [(port, *diag.holders_label(zip(group["pid"].fillna(-1), group["comm"])))
+         for port, group in listening.groupby("lport")], columns=["lport", "pid", "comm"]).set_index("lport")
+    by_port["pid"] = by_port["pid"].where(by_port["pid"] >= 0).astype("Int64")
+    listeners = listening
     orphan = (frame["owner"] == "") & frame["lport"].isin(by_port.index)
     frame.loc[orphan, "pid"] = by_port["pid"].reindex(frame.loc[orphan, "lport"]).to_numpy()
     frame.loc[orphan, "comm"] = by_port["comm"].reindex(frame.loc[orphan, "lport"]).to_numpy()

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..filters import Filters
 from ..record import layout
-from .netns import in_netns
+from .netns import in_netns, namespaces
 
 SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
                     "pid", "comm", "fd", "cgroup_id"]
@@ -70,9 +70,10 @@ def _dump(states: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]:
-    """Socket inode -> (pid, comm, fd) of a process holding it, from /proc/PID/fd links."""
-    owners: dict[int, tuple[int, str, int]] = {}
+def socket_holders(proc: Path = Path("/proc")) -> dict[int, list[tuple[int, str, int]]]:
+    """Socket inode -> (pid, comm, fd) of every process holding it, from /proc/PID/fd links
+    (/proc lists processes, not threads: a pid here is a tgid)."""
+    holders: dict[int, list[tuple[int, str, int]]] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -87,19 +88,60 @@ def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]
             except OSError:
                 continue
             if target.startswith("socket:["):
-                owners.setdefault(int(target[8:-1]), (int(entry.name), comm, int(fd.name)))
-    return owners
+                holders.setdefault(int(target[8:-1]), []).append((int(entry.name), comm, int(fd.name)))
+    return holders
+
+
+def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]:
+    """Socket inode -> (pid, comm, fd) of the first process found holding it."""
+    return {inode: held[0] for inode, held in socket_holders(proc).items()}
+
+
+def holders_label(pids_comms) -> tuple[int | None, str]:
+    """(pid, comm) for people: the one process that holds a socket (or listens on a port),
+    else no pid and what the holders are: "nginx (3 processes)", "2 processes"."""
+    held = {(int(pid), comm) for pid, comm in pids_comms}
+    if len(held) <= 1:
+        return next(iter(held), (None, ""))
+    comms = {comm for _, comm in held}
+    return None, (f"{comms.pop()} ({len(held)} processes)" if len(comms) == 1 else f"{len(held)} processes")
+
+
+def sole_holder(held: list[tuple[int, str, int]] | None) -> tuple[int | None, str, int | None]:
+    """(pid, comm, fd) of the one process that holds a socket; (None, "", None) when none
+    does, or when several do (a socket inherited across fork, or passed over a Unix socket:
+    the fd tables do not say which one uses it)."""
+    if not held or len({pid for pid, _, _ in held}) > 1:
+        return None, "", None
+    return held[0]
 
 
 def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
              netns: Path | None = None) -> pd.DataFrame:
     """The sockets in these states that the filters keep, each with its owner where one holds it."""
-    rows = diag_sockets(states, netns)
-    owners = socket_owners() if rows else {}
+    return _with_holders(diag_sockets(states, netns), filters)
+
+
+def snapshot_everywhere(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> pd.DataFrame:
+    """snapshot() of every network namespace on the host, with each socket's netns: the
+    tracepoints see every namespace, so the fd tables must be read in every one too."""
+    rows = []
+    for ns, (path, _) in namespaces().items():
+        try:
+            found = diag_sockets(states, path)
+        except OSError:  # gone meanwhile
+            continue
+        rows += [row | {"netns": ns} for row in found]
+    return _with_holders(rows, filters)
+
+
+def _with_holders(rows: list[dict], filters: Filters) -> pd.DataFrame:
+    """The rows with the one process that holds each socket (sole_holder), as the filters keep them."""
+    holders = socket_holders() if rows else {}
     for row in rows:
-        pid, comm, fd = owners.get(row["inode"], (None, "", None)) if row["inode"] else (None, "", None)
+        pid, comm, fd = sole_holder(holders.get(row["inode"]) if row["inode"] else None)
         row.update(pid=pid, comm=comm, fd=fd)
-    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
+    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS + (["netns"] if rows and "netns" in rows[0] else []))
     if not len(frame):
         return frame
     keep = [filters.keeps_socket(f, lp, rp) and filters.keeps_owner(pid, comm)

@@ -3,6 +3,7 @@ the only module that imports bcc: everything else runs without it."""
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import mmap
 import os
 from pathlib import Path
@@ -140,6 +141,11 @@ class Probe:
         port_map = self._bpf[b"port_filter"]
         for port, bits in filters.port_filter().items():
             port_map[ctypes.c_int(port)] = ctypes.c_uint8(bits)
+        if filters.comm is not None:  # before the programs see a life end
+            comms = self._bpf[b"comm_filter"]
+            name = comms.Leaf()
+            name.comm = filters.comm.encode()[: layout.DEFINES["COMM_LEN"] - 1]
+            comms[comms.Key(0)] = name
         self._maps: list[mmap.mmap] = []
         self._reader = self._ring(b"events", RINGBUF_PAGES, layout.EVENT_DTYPE)
         self._transitions = self._ring(b"transitions", TRANSITION_PAGES, layout.TRANSITION_DTYPE) if transitions else None
@@ -185,14 +191,21 @@ class Probe:
                 for key, value in self._bpf[b"procs"].items()]
 
     def seed_listeners(self, listeners) -> None:
-        """Enter listeners that existed before tracing: (port, pid, comm, cgroup_id) each,
-        so that their new children start with their owner."""
+        """Enter listeners that existed before tracing, so that their new children start with
+        their owner: (family "ipv4"/"ipv6", local address, port, pid, comm, cgroup_id, members,
+        shared) each (run.tracer.listener_seeds)."""
         table = self._bpf[b"listeners"]
-        for port, pid, comm, cgroup_id in listeners:
+        for family, laddr, port, pid, comm, cgroup_id, members, shared in listeners:
+            key = table.Key()
+            key.family = 10 if family == "ipv6" else 2
+            key.port = port
+            packed = ipaddress.ip_address(laddr).packed
+            ctypes.memmove(key.addr, packed, len(packed))
             leaf = table.Leaf()
             leaf.skaddr, leaf.pid, leaf.tid, leaf.cgroup_id = 0, pid, pid, cgroup_id
             leaf.comm = comm.encode()[: layout.DEFINES["COMM_LEN"] - 1]
-            table[table.Key(port)] = leaf
+            leaf.members, leaf.shared = members, int(shared)
+            table[key] = leaf
 
     def _timewaits(self) -> tuple[np.ndarray, np.ndarray]:
         """Every timewait socket followed (struct tw_state each: the taken tw_slots, then the

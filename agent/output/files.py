@@ -14,46 +14,66 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+import pandas as pd
 
 from ..analysis.churn import CHURN_COLUMNS, PEER_COLUMNS
-from ..analysis.lives import CONNECTION_COLUMNS
+from ..analysis.lives import CONNECTION_COLUMNS, CSV_EXTRA_COLUMNS
 from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
 from ..record.runinfo import RunInfo
+from ..safefiles import OutputDir
 from . import summary_json
 
 FILES = ("connections.csv", "processes.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
+AGGREGATE_FILES = ("processes.csv", "summary.txt", "run.json")
+# A cell a spreadsheet would run as a formula starts with one of these: a process name is
+# anyone's to choose, so those cells are written with a leading ' that makes them plain text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FREE_TEXT = ("comm", "processes")  # the columns whose text comes from processes, not from tcpclose
 
 
-def write(out_dir: Path, a: Analysis, text: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in FILES}
-    a.conns[CONNECTION_COLUMNS].to_csv(paths["connections.csv"], index=False, float_format="%.6f")
-    a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS].to_csv(
-        paths["processes.csv"], index=False, float_format="%.3f")
-    a.peers[PEER_COLUMNS].to_csv(paths["peers.csv"], index=False, float_format="%.4f")
-    a.pressure[PRESSURE_COLUMNS].to_csv(paths["ports.csv"], index=False, float_format="%.4f")
-    a.timeline.to_csv(paths["timeline.csv"], index=False, float_format="%.3f")
-    paths["summary.txt"].write_text(text, encoding="utf-8")
-    paths["summary.json"].write_text(json.dumps(summary_json.build(a), indent=1) + "\n", encoding="utf-8")
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every free-text cell that would start a formula quoted."""
+    columns = [c for c in FREE_TEXT if c in frame.columns]
+    risky = {c: frame[c].astype(str).str.startswith(FORMULA_STARTS) for c in columns}
+    if not any(mask.any() for mask in risky.values()):
+        return frame
+    out = frame.copy()
+    for column, mask in risky.items():
+        out.loc[mask, column] = "'" + out.loc[mask, column].astype(str)
+    return out
+
+
+def _csv(out: OutputDir, name: str, frame: pd.DataFrame, float_format: str) -> None:
+    with out.replacing(name) as f:
+        spreadsheet_safe(frame).to_csv(f, index=False, float_format=float_format)
+
+
+def write(out: OutputDir, a: Analysis, text: str) -> list:
+    """Every file of -o, each written whole under a temporary name and renamed into place; the
+    small ones that say what the run was first."""
+    out.write_text("run.json", a.run.to_json())
+    out.write_text("summary.txt", text)
+    out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
+    _csv(out, "processes.csv", a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS], "%.3f")
+    _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
+    _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
+    _csv(out, "timeline.csv", a.timeline, "%.3f")
+    _csv(out, "connections.csv", a.conns[CONNECTION_COLUMNS + CSV_EXTRA_COLUMNS], "%.6f")
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 
-    paths["report.html"].write_text(report_html.render(a, text), encoding="utf-8")
-    paths["run.json"].write_text(a.run.to_json(), encoding="utf-8")
-    return list(paths.values())
+    out.write_text("report.html", report_html.render(a, text))
+    return [out.path / name for name in FILES]
 
 
-AGGREGATE_FILES = ("processes.csv", "summary.txt", "run.json")
-
-
-def write_aggregates(out_dir: Path, procs, text: str, run: RunInfo) -> list[Path]:
-    """What a --aggregates run has: per-process rows, the summary and run.json (no per-connection files)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in AGGREGATE_FILES}
-    procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].to_csv(paths["processes.csv"], index=False, float_format="%.3f")
-    paths["summary.txt"].write_text(text, encoding="utf-8")
-    paths["run.json"].write_text(run.to_json(), encoding="utf-8")
-    return list(paths.values())
+def write_aggregates(out: OutputDir, procs: pd.DataFrame, text: str, run: RunInfo) -> list:
+    """What a --aggregates run has: per-process rows, the summary and run.json.  The
+    per-connection files an earlier run left in the directory are removed: they are not this run's."""
+    out.write_text("run.json", run.to_json())
+    out.write_text("summary.txt", text)
+    _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
+    out.remove(name for name in FILES if name not in AGGREGATE_FILES)
+    return [out.path / name for name in AGGREGATE_FILES]

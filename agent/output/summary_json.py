@@ -50,4 +50,5 @@ def build(a: Analysis) -> dict:
                                          "close_wait_age_s", "partial"]),
         "kernel_counters": reconcile(a.conns, run),
         "not_seen": unseen(run),
+        "owner_src": {k: int(v) for k, v in a.conns["owner_src"].value_counts().items()},  # how owners were learnt
     }

@@ -14,7 +14,7 @@ from ..analysis.processes import open_close_waits
 from ..analysis.reconcile import RECONCILED, reconcile
 from ..analysis.accounting import unseen
 from ..record.runinfo import RunInfo
-from ..labels import close_wait_age, duration_text, owner, who
+from ..labels import close_wait_age, duration_text, owner, printable, who
 
 _TABLE_COLUMNS = [
     ("PID", "pid"), ("COMM", "comm"), ("CONNS", "connections"), ("ACTIVE", "active_closes"),
@@ -154,10 +154,14 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
         f"{time.strftime('%H:%M:%S', time.gmtime(ended))} UTC)"
     )
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for title, _ in _TABLE_COLUMNS:
-        table.add_column(title, justify="left" if title == "COMM" else "right", no_wrap=True)
+    columns = _TABLE_COLUMNS
+    if "netns" in procs and procs["netns"].dropna().nunique() > 1:  # two containers may share pids and names
+        columns = [*_TABLE_COLUMNS[:2], ("NETNS", "netns"), *_TABLE_COLUMNS[2:]]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title in ("COMM", "NETNS") else "right", no_wrap=True)
     for row in procs.itertuples(index=False):
-        table.add_row(*(_cell(getattr(row, column)) for _, column in _TABLE_COLUMNS))
+        table.add_row(*(printable(row.comm) if column == "comm" else _cell(getattr(row, column))
+                        for _, column in columns))
     console.print(table)
 
     console.print("\nWho closes first")
@@ -196,10 +200,18 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
         _ports_section(console, pressure)
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
+    owners = conns["owner_src"].value_counts() if "owner_src" in conns else {}
+    if owners.get("ambiguous", 0) or owners.get("fd_table", 0):
+        console.print(f"Owners: {owners.get('fd_table', 0)} lives credited from the fd tables at the end; "
+                      f"{owners.get('ambiguous', 0)} ambiguous (a listener several processes share, and "
+                      "nothing of their owner's settled it: credited to no one)")
     if run.transitions:
         console.print(transitions_line(run.transitions))
     if run.analysis_skipped:
         console.print(analysis_skipped_line(run.analysis_skipped))
+    if run.recording_stopped:
+        console.print(f"The recording stopped early ({run.recording_stopped}): what it holds is readable, "
+                      "up to where it stopped.")
     if run.cut_short:
         console.print("The recording was cut short: the tracer did not finish it.")
     return out.getvalue()

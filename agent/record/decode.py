@@ -32,7 +32,7 @@ EVENT_COLUMNS = [
 ]
 # rows made from sock_diag snapshots (agent/kernel/diag.py), not from BPF records:
 #   existing     a connection that was there when tracing started (a life begun before it)
-#   seen_at_end  a CLOSE_WAIT still there when tracing ended, with its owner's fd
+#   seen_at_end  a socket still there when tracing ended (any namespace), with the process holding it and its fd
 SNAPSHOT_KINDS = ("existing", "seen_at_end")
 _TIMES = {"opened_ns": "opened_at", "estab_ns": "estab_at", "close_wait_ns": "close_wait_at",
           "fin_ns": "fin_at", "ts_ns": "event_at", "tw_start_ns": "tw_start_at", "tw_rearm_ns": "tw_rearm_at"}
@@ -116,7 +116,8 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
 
 
 def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -> pd.DataFrame:
-    """Event rows for the sockets of a snapshot taken at `at` (epoch seconds).
+    """Event rows for the sockets of a snapshot taken at `at` (epoch seconds), in network
+    namespace `netns` unless the snapshot has a netns column (kernel.diag.snapshot_everywhere).
 
     A CLOSE_WAIT's age since the peer's FIN is not in sock_diag; the last ACK
     received is: the FIN came at or before it, so close_wait_at is a bound the
@@ -140,7 +141,8 @@ def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -
         "close_wait_at": np.where(state == "CLOSE_WAIT", at - snap["since_ack_s"].astype(float), np.nan),
         "fin_at": np.nan, "event_at": at,
         "tw_timer": np.uint64(0), "tw_start_at": np.nan, "tw_rearm_at": np.nan, "tw_timeout_s": np.nan,
-        "tw_end": None, "netns": netns, "fd": snap["fd"].astype(float), "inode": snap["inode"].astype(float),
+        "tw_end": None, "netns": snap["netns"] if "netns" in snap else netns, "fd": snap["fd"].astype(float),
+        "inode": snap["inode"].astype(float),
     }, columns=EVENT_COLUMNS)
     return frame
 

@@ -86,7 +86,9 @@ OWNER_SRC_NAMES = {
     DEFINES["OWNER_NONE"]: "none",
     DEFINES["OWNER_SYSCALL"]: "syscall",
     DEFINES["OWNER_LISTENER"]: "listener",
-}  # and "snapshot": found holding the socket in /proc/PID/fd (kernel/diag.py)
+    DEFINES["OWNER_AMBIGUOUS"]: "ambiguous",
+}  # and, from the fd tables (/proc/PID/fd, kernel/diag.py): "snapshot" for a socket found at the
+#    start of tracing, "fd_table" for one still open at its end
 COUNTER_NAMES = {
     value: name[len("C_"):].lower() for name, value in DEFINES.items() if name.startswith("C_")
 }

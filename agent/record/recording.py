@@ -3,40 +3,67 @@ the run's line; and reading one back for `tcpclose report`."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
 
-from ..errors import BadRecording, open_for_writing
+from ..errors import BadRecording
+from ..safefiles import open_stream
 from . import layout
 from .decode import EVENT_COLUMNS, REQUIRED_COLUMNS, SNAPSHOT_KINDS, empty_events
 from .runinfo import RunInfo
 
 
 class Recorder:
-    """Writes the decoded event stream as JSONL, one event a line, then one `run` line."""
+    """Writes the decoded event stream as JSONL, one event a line, then one `run` line.
 
-    def __init__(self, path: Path):
-        self._file: TextIO = open_for_writing(path, "recording")
+    A disk that fills up (or fails) stops the recording, not the run: what was written
+    stays readable (read_recording takes a last line cut off mid-write), and `stopped`
+    says why (RunInfo.recording_stopped, in the summary)."""
+
+    def __init__(self, path: Path, force: bool = False):
+        self.path = Path(path)
+        self._file: TextIO | None = open_stream(path, "recording", force)
+        self.stopped: str | None = None
+
+    def _written(self, text: str) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as exc:
+            self.stopped = f"{self.path}: {exc.strerror}"
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def write(self, events: pd.DataFrame) -> None:
         if len(events):
-            self._file.write(events.to_json(orient="records", lines=True, double_precision=15))
-            self._file.flush()
+            self._written(events.to_json(orient="records", lines=True, double_precision=15))
 
     def finish(self, run: RunInfo) -> None:
-        self._file.write(json.dumps({"kind": "run", **run.to_dict()}) + "\n")
-        self._file.close()
+        self._written(json.dumps({"kind": "run", **run.to_dict()}) + "\n")
+        if self._file is not None:
+            self._file.close()
 
 
 def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
     """Events and the run line of a recording; BadRecording names the first bad line.
-    A recording cut short (no run line) is bounded by the times of its events."""
+    A recording cut short (no run line, its last line perhaps cut off mid-write) is bounded
+    by the times of its events."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero never ends, a FIFO may never start
+            raise BadRecording(f"{path} is not a regular file: give a file 'tcpclose trace --record' wrote")
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BadRecording(f"cannot read recording {path}: {exc}") from None
+    lines = text.splitlines()
     rows, run = [], None
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -44,6 +71,8 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # a last line cut off mid-write: the normal end of an interrupted recording
             raise BadRecording(f"{path}:{number}: not JSON ({exc.msg}); is this a tcpclose --record file?") from None
         if not isinstance(row, dict) or "kind" not in row:
             raise BadRecording(f"{path}:{number}: not a tcpclose event (no 'kind'); is this a tcpclose --record file?")

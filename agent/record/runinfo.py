@@ -34,9 +34,10 @@ class RunInfo:
     aggregates: list[dict] | None = None  # per-process counts: --aggregates, or a run too big to analyse whole
     analysis_skipped: dict | None = None  # why a run was counted per process only (run.memory)
     transitions: dict | None = None  # --transitions: what the stream offered, lost and wrote
+    recording_stopped: str | None = None  # --record stopped early: where and why (a full disk)
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
 
-    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions")
+    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped")
 
     @property
     def traced_s(self) -> float:

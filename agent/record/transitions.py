@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import open_for_writing
+from ..safefiles import open_stream
 from . import layout
 from .decode import FAMILY_NAMES, addresses
 
@@ -55,9 +55,9 @@ def decode(rec: np.ndarray, monotonic_to_epoch_ns: int) -> pd.DataFrame:
 class Writer:
     """Appends decoded transitions to a CSV file, or to stdout for "-", header first."""
 
-    def __init__(self, path: Path | str, monotonic_to_epoch_ns: int):
+    def __init__(self, path: Path | str, monotonic_to_epoch_ns: int, force: bool = False):
         self.path = str(path)
-        self._file = sys.stdout if self.path == "-" else open_for_writing(path, "transitions")
+        self._file = sys.stdout if self.path == "-" else open_stream(path, "transitions", force)
         self._offset_ns = monotonic_to_epoch_ns
         self._file.write(",".join(COLUMNS) + "\n")
         self.written = 0

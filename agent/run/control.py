@@ -1,4 +1,4 @@
-"""Run control: Ctrl-C and SIGTERM end a run cleanly, and the loop that polls the tracer until then."""
+"""Run control: Ctrl-C, SIGTERM, SIGHUP and SIGQUIT end a run cleanly, and the loop that polls the tracer until then."""
 from __future__ import annotations
 
 import signal
@@ -11,6 +11,9 @@ from ..errors import Abandoned
 from .progress import Progress
 
 POLL_INTERVAL_S = 0.1
+# Each ends a run as Ctrl-C does, the files still written: SIGHUP is an ssh session that
+# dropped, SIGQUIT a Ctrl-\ (their default actions end the process with nothing written).
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # From this many records, the end of a run is announced: its analysis and files take
 # about 33 us a record on the development VM's AMD host and 13 us on its Intel host
 # (docs/overhead.md), some 3 to 7 s here.
@@ -68,10 +71,10 @@ class Stop:
 
 @contextmanager
 def stop_on_signals():
-    """A Stop set by Ctrl-C or SIGTERM, so that a run ends cleanly and still writes
+    """A Stop set by Ctrl-C, SIGTERM, SIGHUP or SIGQUIT, so that a run ends cleanly and still writes
     everything: keep the files' writing inside it too (see Stop)."""
     stop = Stop()
-    previous = {sig: signal.signal(sig, lambda *_: stop.signalled()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: stop.signalled()) for sig in ENDING_SIGNALS}
     try:
         yield stop
     finally:

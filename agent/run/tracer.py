@@ -20,6 +20,24 @@ from . import memory
 from .kept import Kept
 
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
+OWNED = [layout.DEFINES["OWNER_SYSCALL"], layout.DEFINES["OWNER_LISTENER"]]  # records that name a process
+GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
+
+
+def listener_seeds(listening: pd.DataFrame) -> list[tuple]:
+    """The listeners' map entries for the listening sockets there before tracing, one per
+    (family, local address, port): the first holder's owner, how many sockets share the key,
+    and whether more than one process does, or a socket several processes hold (a
+    pre-forking server's listener) names none: as the BPF side marks them at listen()."""
+    seeds = []
+    for (family, laddr, lport), group in listening.groupby(["family", "laddr", "lport"], sort=False):
+        owners = set(group["pid"].fillna(-1).astype(int))
+        first = group.iloc[0]
+        shared = len(owners) > 1 or -1 in owners
+        pid = 0 if shared else int(first["pid"])
+        seeds.append((family, laddr, int(lport), pid, first["comm"] if pid else "", int(first["cgroup_id"]),
+                      len(group), shared))
+    return seeds
 
 
 class Tracer:
@@ -27,7 +45,7 @@ class Tracer:
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
-                 max_socks: int | None = None):
+                 max_socks: int | None = None, force: bool = False):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -37,7 +55,8 @@ class Tracer:
         (RunInfo.aggregates); TIME_WAITs are then counted, not timed.
         transitions_to: write every transition there as CSV ("-": stdout), with
         what was lost in RunInfo.transitions.
-        max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS)."""
+        max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS).
+        force: write --record and --transitions into a directory of another user's too (safefiles)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
 
         preflight.check_privileges()  # before any output file is made
@@ -63,8 +82,8 @@ class Tracer:
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         # the output files first: a path that cannot be written fails before the compile
-        self._recorder = Recorder(record_path) if record_path else None
-        self._transitions = transitions.Writer(transitions_to, self._offset_ns) if transitions_to else None
+        self._recorder = Recorder(record_path, force) if record_path else None
+        self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
         self._kept = Kept()  # the BPF records until the end, on disk
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
@@ -94,11 +113,9 @@ class Tracer:
         """What tracing cannot see: the sockets that were there before it began.
 
         Taken once the probe is attached, so that a socket closing meanwhile shows
-        in both (and is merged), not in neither.  Listeners go into the BPF side,
-        so that their new children start with their owner."""
-        listening = diag.snapshot(Filters(), ("LISTEN",), self.netns)
-        self._probe.seed_listeners((int(r.lport), int(r.pid), r.comm, int(r.cgroup_id))
-                                   for r in listening.itertuples() if not pd.isna(r.pid))
+        in both (and is merged), not in neither.  Listeners, of every namespace, go
+        into the BPF side, so that their new children start with their owner."""
+        self._probe.seed_listeners(listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",))))
         existing = diag.snapshot(self.filters, netns=self.netns)
         self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
@@ -106,7 +123,7 @@ class Tracer:
         """Learn the network namespace of each new owner from its /proc entry, while it is alive.
 
         One readlink per new pid; a process gone before this drain stays unknown."""
-        owned = raw["pid"][raw["owner_src"] != layout.DEFINES["OWNER_NONE"]]
+        owned = raw["pid"][np.isin(raw["owner_src"], OWNED)]
         for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
             self._netns_of[pid] = namespaces.netns_id(pid)
 
@@ -161,7 +178,10 @@ class Tracer:
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
         tcpext_end = procfs.all_timewait_counters()
-        close_waits = diag.snapshot(self.filters, ("CLOSE_WAIT",), self.netns)
+        # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives
+        # whose owner the BPF side had from a listener or not at all (analysis.lives._from_fd_tables)
+        guessed = np.isin(open_raw["owner_src"], GUESSED).any()
+        held = diag.snapshot_everywhere(self.filters, diag.CONNECTION_STATES if guessed else ("CLOSE_WAIT",))
         self._probe.close()
         if self._transitions:
             self._transitions.close()
@@ -169,7 +189,7 @@ class Tracer:
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
         for frame in (still_open, timewaits,
-                      decode.from_snapshot(close_waits, "seen_at_end", ended_at, self.netns_id)):
+                      decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id)):
             self._keep(frame)
         run = RunInfo(
             started_at=self.started_at, ended_at=ended_at, counters=counters, open_lives=open_count,
@@ -184,6 +204,7 @@ class Tracer:
         )
         if self._recorder:
             self._recorder.finish(run)
+            run.recording_stopped = self._recorder.stopped
         return self._analysable(run), run
 
     def _analysable(self, run: RunInfo) -> pd.DataFrame:

@@ -179,6 +179,7 @@ def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, 
     """When decoding every life would not fit in memory, the lives are counted per owner from
     the spool, a few records at a time, and the report says so."""
     from agent.cli import results
+    from agent.safefiles import OutputDir
     from agent.run import kept, memory
 
     monkeypatch.setattr(memory, "ANALYSIS_BYTES_PER_RECORD", 2 ** 50)  # nothing fits
@@ -201,8 +202,28 @@ def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, 
     assert [counts["tc-server"][k] for k in ("lives", "active", "passive", "timewait")] == [N, 0, N, 0]
     assert run.analysis_skipped["records"] >= 2 * N
     out = tmp_path / "out"
-    results.show(events, run, out)
+    results.show(events, run, OutputDir(out))
     assert not (out / "connections.csv").exists()
     procs = pd.read_csv(out / "processes.csv").set_index("comm")
     assert procs.loc["tc-client", ["connections", "active_closes", "timewait_count"]].tolist() == [N, N, N]
     assert "Too many socket lives to analyse in memory" in (out / "summary.txt").read_text()
+
+
+def test_a_comm_filter_is_data_any_15_bytes_quotes_and_backslashes_included():
+    """-c goes to BPF in a map, never into the C source: the longest name the kernel keeps,
+    with the characters that broke C string literals, compiles, loads and filters."""
+    name = 'q"uo\\te-15bytes'
+    assert len(name.encode()) == 15
+    server, port = start_server("wait_close", N, "tc-server")
+    try:
+        tracer = Tracer(Filters(comm=name))
+        client = start_client("close_first", port, N, name)
+        client.done(), server.done()
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        server.release()
+    client.release()
+    conns = lives.connections(events, run.ended_at)
+    assert set(conns["comm"]) == {name} and (conns["pid"] == client.pid).sum() == N
+    assert run.counters["lives_filtered"] >= N  # the server's, left out in BPF

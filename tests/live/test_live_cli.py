@@ -55,6 +55,22 @@ def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
         assert read_csv(tmp_path / "replayed" / name) == read_csv(tmp_path / "live" / name)
 
 
+@pytest.mark.parametrize("ending", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_a_dropped_session_or_a_quit_still_writes_every_file(tmp_path, ending):
+    """SIGHUP (the ssh session dropped) and SIGQUIT end a trace as Ctrl-C does: files written."""
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-o", str(tmp_path / "out"))
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    trace.send_signal(ending)
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    procs = {(r["pid"], r["comm"]): r for r in read_csv(tmp_path / "out" / "processes.csv")}
+    assert procs[(str(client.pid), "tc-client")]["active_closes"] == str(N)
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
 def test_remote_port_filter_and_duration(tmp_path):
     """-D PORT keeps only lives whose remote port is PORT: the client's side of the connections."""
     server, port = start_server("wait_close", N, "tc-server")
@@ -189,7 +205,8 @@ def test_an_unwritable_transitions_file_is_one_line_before_tracing(tmp_path):
     result = subprocess.run([*TCPCLOSE, "trace", "-d", "1", "--transitions", str(tmp_path / "no" / "such.csv")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 8
-    assert result.stderr.startswith("tcpclose: cannot write the transitions to ") and "Tracing" not in result.stderr
+    assert result.stderr.startswith("tcpclose: cannot write the transitions (into such.csv) to ") and (
+        "No such file or directory" in result.stderr and "Tracing" not in result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1
 
 

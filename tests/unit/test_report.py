@@ -138,3 +138,14 @@ def test_doctor_given_a_run_adds_its_findings(tmp_path, given):
     topics = [f["topic"] for f in report["recording"]]
     assert topics[:2] == ["ports", "close_wait"]
     assert "run out in about 8 s" in report["recording"][0]["text"]
+
+
+def test_the_summary_shows_the_namespace_beside_the_process_where_there_are_several(tmp_path):
+    """Two containers: the same pid and comm in each, told apart by their namespace."""
+    from agent.output import text
+
+    a = analysis_of(tmp_path, raw(skaddr=1, pid=7, comm="web", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1")))
+    assert "NETNS" not in text.render(a.conns, a.procs, a.run)
+    two_containers = a.procs.iloc[[0, 0]].assign(netns=["net:[4026532001]", "net:[4026532002]"])
+    shown = text.render(a.conns, two_containers, a.run)
+    assert "NETNS" in shown and "net:[4026532001]" in shown and "net:[4026532002]" in shown

@@ -1,0 +1,170 @@
+"""The right owner on the shapes real servers take: an SO_REUSEPORT group, a pre-forking
+server, the same address and port in two network namespaces.  Each server process says
+which peer ports it accepted; every CLOSE_WAIT it leaks must be credited to it, and none
+to a process that never held the socket (the master, the other member, the other
+namespace's server)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from agent.analysis import lives, processes
+from agent.filters import Filters
+from agent.kernel.netns import named_netns, netns_id_of
+from agent.demo.workload import Process, start_client
+from agent.output import text
+from agent.run.tracer import Tracer
+from support.namespaces import netns, two_hosts
+
+pytestmark = pytest.mark.live
+N = 23
+IDLE = "2"  # a server stops accepting once this many seconds pass with no connection
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def leaking_server(comm: str, *extra: str, ns: str | None = None) -> Process:
+    server = Process("server", "leak", "--count", "0", "--comm", comm, "--idle", IDLE, *extra, netns=ns)
+    server.ready()
+    return server
+
+
+def assert_credited(conns, port: int, done: dict) -> None:
+    """The server-side lives of the peers this process accepted: all its, all open in CLOSE_WAIT."""
+    mine = conns[(conns["lport"] == port) & (conns["role"] == "server") & conns["rport"].isin(done["peer_ports"])]
+    assert len(mine) == done["connections"] > 0, (done, mine[["pid", "comm", "rport", "owner_src"]])
+    assert set(mine["pid"]) == {done["pid"]}, mine[["pid", "comm", "owner_src"]]
+    assert mine["close_wait_open"].all() and set(mine["owner_src"]) == {"fd_table"}
+
+
+def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits():
+    """Two processes listen on one port (listen() while tracing: the key is marked shared, so
+    the children start ambiguous); the fd tables at the end name each leak's holder."""
+    port = free_port()
+    tracer = Tracer(Filters())
+    servers = [leaking_server(f"tc-reuse{i}", "--port", str(port), "--reuseport") for i in (0, 1)]
+    client = start_client("close_first", port, N, "tc-rpclient")
+    try:
+        client.done()
+        dones = [s.done() for s in servers]
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        for proc in (*servers, client):
+            proc.release()
+    conns = lives.connections(events, run.ended_at)
+    assert sum(d["connections"] for d in dones) == N
+    for done in dones:
+        assert_credited(conns, port, done)
+
+
+def test_a_pre_forking_servers_workers_not_its_master_hold_the_close_waits():
+    """The master listens (while tracing: its children start with the master as owner) and
+    two forked workers accept and leak: the leaks are the workers', the master holds none."""
+    tracer = Tracer(Filters())
+    master = Process("server", "leak", "--count", "0", "--comm", "tc-prefork", "--workers", "2", "--idle", IDLE)
+    port = master.ready()["port"]
+    client = start_client("close_first", port, N, "tc-pfclient")
+    try:
+        client.done()
+        dones = [master.done(), master.done()]  # one line from each worker
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        master.release(), client.release()
+    conns = lives.connections(events, run.ended_at)
+    assert {d["pid"] for d in dones}.isdisjoint({master.pid}) and sum(d["connections"] for d in dones) == N
+    for done in dones:
+        if done["connections"]:
+            assert_credited(conns, port, done)
+    assert master.pid not in set(conns["pid"].dropna())
+
+
+def test_the_same_address_and_port_in_two_namespaces_is_told_apart():
+    """Two containers' servers on 127.0.0.1:PORT each, both leaking (listening before tracing:
+    the key is seeded shared); each namespace's leaks are its server's, with its netns."""
+    port = free_port()
+    with netns(ip_local_port_range="20000 29999") as one, netns(ip_local_port_range="40000 49999") as two:
+        servers = {ns: leaking_server(f"tc-ns{i}", "--port", str(port), ns=ns) for i, ns in enumerate((one, two))}
+        tracer = Tracer(Filters())
+        clients = [start_client("close_first", port, N, "tc-nsclient", netns=ns) for ns in (one, two)]
+        try:
+            for client in clients:
+                client.done()
+            dones = {ns: server.done() for ns, server in servers.items()}
+            time.sleep(0.3)
+            events, run = tracer.finish()
+        finally:
+            for proc in (*servers.values(), *clients):
+                proc.release()
+        conns = lives.connections(events, run.ended_at)
+        for ns, done in dones.items():
+            assert done["connections"] == N
+            assert_credited(conns, port, done)
+            mine = conns[conns["rport"].isin(done["peer_ports"]) & (conns["lport"] == port)]
+            assert set(mine["netns"]) == {netns_id_of(named_netns(ns))}
+
+
+def test_a_child_of_a_shared_listener_that_no_owner_touches_is_ambiguous_never_guessed():
+    """The client aborts each connection (RST): the server-side lives end in softirq, with no
+    syscall of their owner and nothing left for the fd tables.  Which member of the group
+    held each one, the kernel does not say: they are "ambiguous", credited to no one."""
+    port = free_port()
+    tracer = Tracer(Filters())
+    servers = [Process("server", "wait_close", "--count", "0", "--comm", f"tc-abort{i}", "--idle", IDLE,
+                       "--port", str(port), "--reuseport") for i in (0, 1)]
+    for server in servers:
+        server.ready()
+    client = start_client("linger0", port, N, "tc-aborter")
+    try:
+        client.done()
+        dones = [s.done() for s in servers]
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        for proc in (*servers, client):
+            proc.release()
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    assert len(served) == N == sum(d["connections"] for d in dones)
+    assert set(served["initiator"]) == {"reset_remote"}
+    assert set(served["owner_src"]) == {"ambiguous"} and served["pid"].isna().all()
+    summary = text.render(conns, processes.processes(conns, run.ended_at), run)
+    assert f"{N} ambiguous" in summary  # counted where the user reads the run
+
+
+@pytest.mark.parametrize("server_mode, client_mode, server_closes, client_closes", [
+    ("wait_close", "close_first", "passive", "active"),
+    ("close_first", "wait_close", "active", "passive"),
+    ("leak", "close_first", "open", "active"),
+], ids=["client-closes-first", "server-closes-first", "server-leaks"])
+def test_two_hosts_joined_by_veth(server_mode, client_mode, server_closes, client_closes):
+    """Client and server on two hosts: each side's packets arrive through a device, in softirq,
+    never in the other side's syscall as on loopback.  Each life is its own process's, each
+    TIME_WAIT on the side that closed first, each in its own namespace."""
+    with two_hosts() as (server_ns, client_ns):
+        tracer = Tracer(Filters())
+        server = Process("server", server_mode, "--count", str(N), "--comm", "tc-vserver", "--host", "10.231.0.1",
+                         netns=server_ns)
+        port = server.ready()["port"]
+        client = start_client(client_mode, port, N, "tc-vclient", host="10.231.0.1", netns=client_ns)
+        try:
+            client.done(), server.done()
+            time.sleep(0.3)
+            events, run = tracer.finish()
+        finally:
+            server.release(), client.release()
+        conns = lives.connections(events, run.ended_at)
+        served = conns[(conns["laddr"] == "10.231.0.1") & (conns["lport"] == port)]
+        made = conns[(conns["raddr"] == "10.231.0.1") & (conns["rport"] == port)]
+        for side, proc, closes, ns in ((served, server, server_closes, server_ns), (made, client, client_closes, client_ns)):
+            assert len(side) == N and set(side["pid"]) == {proc.pid}, side[["pid", "comm", "owner_src"]]
+            assert set(side["initiator"]) == {closes}
+            assert int(side["tw_made"].sum()) == (N if closes == "active" else 0)
+            assert set(side["netns"]) == {netns_id_of(named_netns(ns))}

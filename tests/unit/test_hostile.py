@@ -1,0 +1,207 @@
+"""tcpclose as root on someone else's host: planted links, other users' directories, full and
+read-only file systems, names that carry terminal escapes or spreadsheet formulas, bad
+option values.  Each case once did harm or printed a traceback (issue: hostile input)."""
+import csv
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from agent.errors import CannotWrite
+from agent.record.recording import Recorder
+from support.streams import raw, replay
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mount need root (make test runs as root)")
+NOBODY = 65534
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code, *words):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("tcpclose: ") and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def recording(tmp_path):
+    replay(tmp_path, raw(skaddr=1, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1")))
+    return tmp_path / "stream.jsonl"
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file of root's that a planted link points at: it must never change."""
+    path = tmp_path / "victim"
+    path.write_text("root's own\n")
+    return path
+
+
+def test_a_link_planted_at_an_output_file_is_replaced_never_followed(tmp_path, recording, victim):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "connections.csv").symlink_to(victim)
+    (out / "run.json").symlink_to(tmp_path / "made-through-a-link")
+    assert run("report", recording, "-o", out).exit_code == 0
+    assert victim.read_text() == "root's own\n" and not (tmp_path / "made-through-a-link").exists()
+    assert not (out / "connections.csv").is_symlink() and "initiator" in (out / "connections.csv").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_an_output_directory_that_is_a_link_is_refused(tmp_path, recording):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    one_line_error(run("report", recording, "-o", tmp_path / "out"), 8, "symbolic link")
+    assert not list((tmp_path / "real").iterdir())
+
+
+@as_root
+def test_another_users_directory_that_others_can_write_in_is_refused_unless_forced(tmp_path, recording, victim):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    os.chown(shared, NOBODY, NOBODY)
+    (shared / "summary.txt").symlink_to(victim)
+    one_line_error(run("report", recording, "-o", shared), 8, f"uid {NOBODY}", "--force")
+    assert run("report", recording, "-o", shared, "--force").exit_code == 0
+    assert victim.read_text() == "root's own\n" and not (shared / "summary.txt").is_symlink()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_a_stream_is_never_written_through_a_planted_link_or_into_a_fifo(tmp_path, victim, plant):
+    path = tmp_path / "rec.jsonl"
+    {"symlink": lambda: path.symlink_to(victim), "hardlink": lambda: os.link(victim, path),
+     "fifo": lambda: os.mkfifo(path)}[plant]()
+    with pytest.raises(CannotWrite, match="rec.jsonl"):
+        Recorder(path)
+    assert victim.read_text() == "root's own\n"
+
+
+@contextmanager
+def tmpfs(where: Path, options: str):
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tcpclose-test", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@as_root
+def test_a_read_only_directory_fails_before_anything_is_done(tmp_path, recording):
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        one_line_error(run("report", recording, "-o", ro / "out"), 8, "Read-only file system")
+
+
+@as_root
+def test_a_disk_that_fills_up_keeps_the_earlier_files_whole_and_the_summary_on_stderr(tmp_path, recording):
+    with tmpfs(tmp_path / "small", "size=256k") as small:
+        out = small / "out"
+        assert run("report", recording, "-o", out).exit_code == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        filler = small / "filler"
+        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        result = run("report", recording, "-o", out)
+        one_line_error(result, 8, "No space left on device")
+        assert "Who closes first" in result.output  # the summary, on stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written
+
+
+def test_a_counted_only_run_into_a_directory_of_a_full_run_removes_the_files_that_are_not_its(tmp_path, recording):
+    out = tmp_path / "out"
+    assert run("report", recording, "-o", out).exit_code == 0
+    assert (out / "connections.csv").exists()
+    counts = [{"pid": 10, "comm": "client", "lives": 1, "active": 1, "passive": 0, "simultaneous": 0,
+               "reset_local": 0, "reset_remote": 0, "never_established": 0, "timewait": 1}]
+    replay(tmp_path, raw(), aggregates=counts)
+    assert run("report", recording, "-o", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+
+
+def test_a_name_with_a_newline_and_an_escape_cannot_forge_rows_on_the_terminal(tmp_path):
+    forged = "x\n10864  FAKE\x1b["
+    replay(tmp_path, raw(skaddr=1, pid=10, comm=forged[:15], states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1")))
+    result = run("report", tmp_path / "stream.jsonl")
+    assert result.exit_code == 0
+    assert "\x1b" not in result.output and "\n10864  FAKE" not in result.output
+    assert "x\\n10864  FAKE\\x1b[" in result.output
+
+
+def test_a_name_that_a_spreadsheet_would_run_is_written_as_text(tmp_path):
+    replay(tmp_path, raw(skaddr=1, pid=10, comm="=cmd|' /C calc'", states=("SYN_SENT", "ESTABLISHED")))
+    assert run("report", tmp_path / "stream.jsonl", "-o", tmp_path / "out").exit_code == 0
+    for name in ("connections.csv", "processes.csv"):
+        with open(tmp_path / "out" / name) as f:
+            assert {row["comm"] for row in csv.DictReader(f)} == {"'=cmd|' /C calc'"}
+
+
+@pytest.mark.parametrize("args, text", [
+    (["trace", "--netns", "../../etc"], "not a namespace name"),
+    (["states", "--netns", "a/b"], "not a namespace name"),
+    (["trace", "-p", "4294967297"], "4294967297"),
+    (["trace", "-d", "nan"], "give a number of seconds"),
+    (["trace", "-d", "inf"], "inf"),
+])
+def test_bad_values_are_usage_errors_not_tracebacks(args, text):
+    result = run(*args)
+    assert result.exit_code == 2 and text in result.output and "Traceback" not in result.output, result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith("tcpclose ")
+
+
+def test_a_recording_whose_last_line_was_cut_off_mid_write_is_reported_up_to_it(tmp_path, recording):
+    text = recording.read_text()
+    recording.write_text(text[: len(text) - 40])  # the run line cut off, no newline after it
+    result = run("report", recording)
+    assert result.exit_code == 0, result.output
+    assert "client (pid 10)" in result.output and "cut short" in result.output
+
+
+def test_the_comm_filter_is_never_in_the_c_source():
+    result = run("trace", "--print-bpf", "-c", 'a"b\\c')
+    assert result.exit_code == 0
+    assert "-DFILTER_COMM" in result.output.splitlines()[0] and 'a"b' not in result.output
+
+
+@pytest.mark.parametrize("command", ["report", "doctor"])
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_device_or_a_fifo_is_not_a_recording(tmp_path, command, special):
+    if special == "fifo":
+        special = tmp_path / "fifo"
+        os.mkfifo(special)
+    one_line_error(run(command, special), 7, "not a regular file")
+
+
+@as_root
+def test_a_disk_that_fills_up_under_record_stops_the_recording_not_the_run(tmp_path):
+    """The recording keeps what it could write, readable, and says why it stopped."""
+    from agent.record import decode
+    from agent.record.recording import read_recording
+    from agent.record.runinfo import RunInfo
+    from support.streams import HZ, OFFSET_NS, churn
+
+    events = decode.decode(churn(400), OFFSET_NS, HZ)
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        recorder = Recorder(small / "rec.jsonl")
+        for start in range(0, len(events), 50):
+            recorder.write(events.iloc[start:start + 50])
+        recorder.finish(RunInfo(started_at=0.0, ended_at=1.0))
+        assert recorder.stopped and "No space left on device" in recorder.stopped
+        kept, run = read_recording(small / "rec.jsonl")
+        assert 0 < len(kept) < len(events) and run.cut_short
