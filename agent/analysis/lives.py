@@ -88,11 +88,13 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
 def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
     """What the kernel's fd tables said of the sockets still open when tracing ended (the
     snapshot at the end, every network namespace): each CLOSE_WAIT's file descriptor, and
-    the owner of each open life whose owner the BPF side only had from its listener (a
-    child of a pre-forking server starts with the master) or could not name (a listener
-    shared by several processes): the one process that holds the socket, owner_src
-    "fd_table".  A 4-tuple seen in two namespaces, or a socket no process or several
-    processes hold, names no one and changes nothing."""
+    the owner of each open life, where the one process that holds the socket is not the
+    one credited: the BPF side only had it from its listener (a child of a pre-forking
+    server starts with the master), could not name it (a listener shared by several
+    processes), or named the process that made it, which has since passed it on (fd
+    passing, or a parent that exited after fork).  owner_src "fd_table".  A 4-tuple seen
+    in two namespaces, or a socket no process or several processes hold, names no one
+    and changes nothing."""
     if not len(seen_at_end) or not len(out):
         return
     seen = seen_at_end[~seen_at_end.duplicated(FOUR_TUPLE, keep=False)]
@@ -103,11 +105,13 @@ def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
     found = held.reindex(pd.MultiIndex.from_frame(out.iloc[rows][FOUR_TUPLE].astype(str)))
     close_wait = out["close_wait_open"].to_numpy(bool)[rows]
     out.loc[rows[close_wait], "fd"] = found["fd"].to_numpy(float)[close_wait]
-    holder = found["pid"].fillna(0).to_numpy(np.int64) > 0
-    guessed = np.isin(out["owner_src"].to_numpy(object)[rows], rules.OWNERS_GUESSED) & holder
+    held_by = found["pid"].fillna(0).to_numpy(np.int64)
+    credited = out["pid"].fillna(0).to_numpy(np.int64)[rows]
+    guessed = (held_by > 0) & (np.isin(out["owner_src"].to_numpy(object)[rows], rules.OWNERS_GUESSED)
+                               | (credited != held_by))
     if guessed.any():
         fixed = rows[guessed]
-        out.loc[fixed, "pid"] = found["pid"].to_numpy(np.int64)[guessed]
+        out.loc[fixed, "pid"] = held_by[guessed]
         out.loc[fixed, "comm"] = found["comm"].to_numpy(object)[guessed]
         out.loc[fixed, "netns"] = found["netns"].to_numpy(object)[guessed]
         out.loc[fixed, "owner_src"] = "fd_table"

@@ -13,7 +13,7 @@ import pytest
 from agent.analysis import lives, processes
 from agent.filters import Filters
 from agent.kernel.netns import named_netns, netns_id_of
-from agent.demo.workload import Process, start_client
+from agent.demo.workload import Process, start_client, start_server
 from agent.output import text
 from agent.run.tracer import Tracer
 from support.namespaces import netns, two_hosts
@@ -43,13 +43,14 @@ def assert_credited(conns, port: int, done: dict) -> None:
     assert mine["close_wait_open"].all() and set(mine["owner_src"]) == {"fd_table"}
 
 
-def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits():
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits(host):
     """Two processes listen on one port (listen() while tracing: the key is marked shared, so
     the children start ambiguous); the fd tables at the end name each leak's holder."""
     port = free_port()
     tracer = Tracer(Filters())
-    servers = [leaking_server(f"tc-reuse{i}", "--port", str(port), "--reuseport") for i in (0, 1)]
-    client = start_client("close_first", port, N, "tc-rpclient")
+    servers = [leaking_server(f"tc-reuse{i}", "--port", str(port), "--reuseport", "--host", host) for i in (0, 1)]
+    client = start_client("close_first", port, N, "tc-rpclient", host=host)
     try:
         client.done()
         dones = [s.done() for s in servers]
@@ -168,3 +169,42 @@ def test_two_hosts_joined_by_veth(server_mode, client_mode, server_closes, clien
             assert set(side["initiator"]) == {closes}
             assert int(side["tw_made"].sum()) == (N if closes == "active" else 0)
             assert set(side["netns"]) == {netns_id_of(named_netns(ns))}
+
+
+HEIR = """
+import ctypes, os, socket, sys
+name = lambda n: ctypes.CDLL(None).prctl(15, n, 0, 0, 0)
+name(b"tc-parent")
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.sendall(b"x")
+if os.fork() == 0:
+    name(b"tc-heir")
+    print(os.getpid(), flush=True)
+    sys.stdin.read()  # hold the socket until released
+else:
+    os._exit(0)  # the process that connect()ed is gone; its child holds the socket
+"""
+
+
+def test_a_socket_whose_maker_is_gone_is_credited_to_the_process_that_holds_it():
+    """connect() credits the parent (its own syscall); it forks and exits, and the child keeps
+    the socket, left in CLOSE_WAIT by the server's close: the fd tables name the child."""
+    import subprocess
+    import sys
+
+    server, port = start_server("close_first", 1, "tc-closer")
+    tracer = Tracer(Filters())
+    heir = subprocess.Popen([sys.executable, "-c", HEIR, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        heir_pid = int(heir.stdout.readline())
+        server.done()
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        heir.stdin.close()
+        server.release()
+    conns = lives.connections(events, run.ended_at)
+    mine = conns[(conns["rport"] == port) & (conns["role"] == "client")]
+    assert len(mine) == 1 and mine["close_wait_open"].all()
+    assert (mine["pid"].iloc[0], mine["comm"].iloc[0], mine["owner_src"].iloc[0]) == (heir_pid, "tc-heir", "fd_table")

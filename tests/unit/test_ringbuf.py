@@ -118,6 +118,7 @@ def test_records_read_are_out_of_the_ring_before_its_space_is_given_back():
     assert list(events["pid"]) == [5, 6]
 
 
+@pytest.mark.slow  # millions of reads from a second process
 def test_the_kernel_never_reads_a_consumer_position_the_reader_did_not_write():
     """A reservation on another CPU reads consumer_pos while the reader stores it.  It must
     see the old value or the new one: struct.pack_into zeroes the eight bytes before it

@@ -52,6 +52,7 @@ def start_report(recording, out) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # a recording of 200 000 records, written and reported in a child
 def test_sigterm_while_writing_the_files_still_writes_them_all(tmp_path, big_recording):
     recording, connections = big_recording
     proc = start_report(recording, tmp_path / "out")
@@ -64,6 +65,7 @@ def test_sigterm_while_writing_the_files_still_writes_them_all(tmp_path, big_rec
         assert sum(1 for _ in f) == 1 + 2 * connections  # the header, then both ends of each
 
 
+@pytest.mark.slow  # a recording of 200 000 records, written and reported in a child
 def test_ctrl_c_twice_while_writing_the_files_abandons_them_in_one_line(tmp_path, big_recording):
     recording, _ = big_recording
     proc = start_report(recording, tmp_path / "out")
