@@ -27,7 +27,7 @@ def owner(pid, comm: str) -> str:
     in its place (states: "(no process found)") or "unknown owner"."""
     if pid is None or pd.isna(pid):
         return printable(comm) or "unknown owner"
-    return f"{printable(comm)} (pid {pid})"
+    return f"{printable(comm)} (pid {int(pid)})"
 
 
 def who(row) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 from ..labels import close_wait_age, duration_text, owner, who
 from .accounting import unseen
 from ..record.runinfo import RunInfo
-from . import churn, ports
+from . import churn, ports, queues
 from .processes import open_close_waits
 
 TOP = 3  # processes and peers named per finding
@@ -101,8 +101,27 @@ def _overflow(procs: pd.DataFrame) -> list[dict]:
         "active closes whose timewait timer was never armed (TcpExt TCPTimeWaitOverflow counts the same)")]
 
 
+def listen_queues(run: RunInfo) -> list[dict]:
+    """Listen queues that overflowed while tracing, per network namespace (TcpExt over the
+    run), with the listeners near full at the end named."""
+    out = []
+    start, end = run.tcpext.get("start", {}), run.tcpext.get("end", {})
+    pressed = pd.DataFrame(run.listen_queues or [], columns=["netns", "laddr", "lport", "pid", "comm",
+                                                             "accept_queue", "backlog", "syn_recv"])
+    for ns in sorted(set(start) & set(end)):
+        moved = queues.moved(start[ns].get("counters", {}), end[ns].get("counters", {}))
+        if not moved:
+            continue
+        name = start[ns].get("name") or ""
+        rows = list(pressed[pressed["netns"] == ns].itertuples(index=False))
+        text, evidence = queues.overflow_finding(moved, rows, f"in {ns}" + (f" ({name})" if name else ""))
+        overflowed = any(moved.get(c) for c in ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop"))
+        out.append(finding("listen_queue", "problem" if overflowed else "info", text, evidence))
+    return out
+
+
 def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo) -> list[dict]:
-    out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs)
+    out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs) + listen_queues(run)
            + _timewait_makers(conns, procs) + _churn(conns, procs))
     if not out:
         out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",

@@ -19,14 +19,15 @@ CONNECTION_COLUMNS = [
     "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "role", "initiator",
     "opened_at", "closed_at", "duration_s", "tw_start", "tw_end", "tw_s", "tw_end_reason",
 ]
-# written after the contract's columns in connections.csv: the owner's network namespace and
-# how the owner was learnt (rules.OWNERS_KNOWN, "ambiguous", "none")
-CSV_EXTRA_COLUMNS = ["netns", "owner_src"]
+# written after the contract's columns in connections.csv: the owner's network namespace, how
+# the owner was learnt (rules.OWNERS_KNOWN, "ambiguous", "none"), and the name of its thread
+# that acted where that is not the process's (comm is the process's: a threaded server is one row)
+CSV_EXTRA_COLUMNS = ["netns", "owner_src", "thread_comm"]
 # kept beside the contract's columns for the summary and the per-process figures; the
 # rules every figure reads (tw_made, tw_ended, close_wait_open) are computed here, once
 EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
                  "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd",
-                 "tw_made", "tw_ended", "close_wait_open"]
+                 "tw_made", "tw_ended", "close_wait_open", "thread_comm"]
 _STATE_CODES = {name: code for code, name in layout.TCP_STATE_NAMES.items()}
 
 
@@ -115,6 +116,7 @@ def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
         out.loc[fixed, "comm"] = found["comm"].to_numpy(object)[guessed]
         out.loc[fixed, "netns"] = found["netns"].to_numpy(object)[guessed]
         out.loc[fixed, "owner_src"] = "fd_table"
+        out.loc[fixed, "thread_comm"] = None  # the fd tables name processes, not threads
 
 
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
@@ -170,6 +172,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
         "tw_overflow": tw["tw_overflow"],
         "tw_timeout_s": lives["tw_timeout_s"].astype(float),
         "netns": lives["netns"] if "netns" in lives else None,
+        "thread_comm": np.where(owner_known, lives["thread_comm"], None) if "thread_comm" in lives else None,
     })
     out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
     out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)

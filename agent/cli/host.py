@@ -35,13 +35,16 @@ def states(filters, netns, watch, as_json, top):
     import json as json_lib
     import time
 
+    from ..analysis.queues import describe, pressed
     from ..host import states as socket_states
+    from ..kernel.diag import listeners
     from ..run.control import stop_on_signals
 
     netns_path = netns_option_path(netns)
     with stop_on_signals() as stop:
         while True:
             counts = socket_states.counts(socket_states.sockets_now(filters, netns_path))
+            counts["listen_queues"] = [describe(r) for r in pressed(listeners(netns_path)).itertuples(index=False)]
             if as_json:
                 click.echo(json_lib.dumps({"at": time.time()} | counts))
             else:
@@ -61,23 +64,42 @@ def states(filters, netns, watch, as_json, top):
 @click.argument("run", required=False, type=click.Path(exists=True, path_type=Path))
 @netns_option
 @click.option("--json", "as_json", is_flag=True, help="The findings as one JSON object.")
+@click.option("--sysctl", "block", type=click.File("r"), metavar="FILE",
+              help="Review this sysctl.conf or pasted block ('-': stdin) line by line against this host "
+                   "instead: a verdict each (helps here, no effect, harmful, unknown key); exit code 9 if "
+                   "any line is harmful or unknown.")
 @expected_errors
-def doctor(run, netns, as_json):
+def doctor(run, netns, as_json, block):
     """Say what applies to this host about TIME_WAIT and CLOSE_WAIT, with the evidence.
 
-    Reads the kernel release, the TCP sysctls, the TcpExt counters and the
-    sockets there now; RUN, a --record file or an --out directory, adds what
-    that trace found.  It never changes a setting.
+    Reads the kernel release, the TCP sysctls, the TcpExt counters, the
+    sockets and listen queues there now; RUN, a --record file or an --out
+    directory, adds what that trace found.  With --sysctl it reviews the
+    settings you are about to apply instead.  It never changes a setting.
 
     \b
     Examples:
       tcpclose doctor
       tcpclose doctor out/                 # with a trace's findings
       sudo tcpclose doctor --netns web1 --json
+      tcpclose doctor --sysctl /etc/sysctl.d/99-tuning.conf
+      pbpaste | tcpclose doctor --sysctl - out/   # a blog's block, with a trace's rates
     """
     import json as json_lib
 
     from ..host import doctor as checks
 
-    result = checks.examine(netns_option_path(netns), run)
+    netns_path = netns_option_path(netns)
+    if block is not None:
+        from dataclasses import asdict
+
+        from ..host import sysctl_review
+
+        verdicts = checks.review_sysctls(block.read(), netns_path, run)
+        click.echo(json_lib.dumps([asdict(v) for v in verdicts], indent=1) if as_json
+                   else sysctl_review.render(verdicts), nl=False)
+        if any(v.verdict in sysctl_review.FAILING for v in verdicts):
+            sys.exit(9)
+        return
+    result = checks.examine(netns_path, run)
     click.echo(json_lib.dumps(result, indent=1) if as_json else checks.render(result))

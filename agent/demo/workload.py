@@ -7,7 +7,7 @@ until its stdin closes (Process.release), so that a test
 can compare what tcpclose reports with what the workload really did.
 
   python -m agent.demo.workload server MODE --count N --comm NAME [--host H] [--port P]
-                                [--reuseport] [--workers W] [--idle S]
+                                [--reuseport] [--workers W] [--threads T] [--idle S] [--backlog B]
   python -m agent.demo.workload client MODE --port P --count N --comm NAME [--host H] [--rebind]
 
 Server modes: wait_close (read to EOF, then close), close_first (read the
@@ -18,7 +18,8 @@ wait --hold seconds, close).  --keep-listening keeps the listener open until
 released (it closes when the work is done otherwise).  The shapes of real servers:
 --port P with --reuseport (several processes listening on one port, SO_REUSEPORT),
 --workers W (pre-forking: the process listens, then W forked workers accept; each
-worker says "done" with its own pid, the master accepts nothing) and --idle S
+worker says "done" with its own pid, the master accepts nothing), --threads T (T threads
+of this one process accept, each named COMM-tN, the process keeps COMM) and --idle S
 (accept until S seconds pass with no new connection, however many that makes).
 Every "done" names the peer ports it accepted (peer_ports).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
@@ -39,6 +40,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 PR_SET_NAME = 15
@@ -90,13 +92,14 @@ def serve_one(conn: socket.socket, mode: str, held: list, hold_s: float = 0.0) -
 
 
 def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening: bool = False, port: int = 0,
-           reuseport: bool = False, workers: int = 0, idle_s: float | None = None) -> None:
+           reuseport: bool = False, workers: int = 0, idle_s: float | None = None, threads: int = 0,
+           backlog: int = 128) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     if reuseport:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((host, port))
-    listener.listen(128)
+    listener.listen(backlog)
     port = listener.getsockname()[1]
     _say(event="ready", pid=os.getpid(), port=port)
     forked = []
@@ -112,16 +115,30 @@ def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening
             os.waitpid(child, 0)
         return
     held: list[socket.socket] = []
-    peers = []
+    peers: list[int] = []
     listener.settimeout(idle_s)
-    while idle_s is not None or len(peers) < count:
-        try:
-            conn, peer = listener.accept()
-        except socket.timeout:
-            break
-        conn.settimeout(None)
-        peers.append(peer[1])
-        serve_one(conn, mode, held, hold_s)
+
+    def accept_loop(thread_name: str | None = None) -> None:
+        if thread_name:
+            set_comm(thread_name)  # this thread's name only
+        while idle_s is not None or len(peers) < count:
+            try:
+                conn, peer = listener.accept()
+            except socket.timeout:
+                break
+            conn.settimeout(None)
+            peers.append(peer[1])
+            serve_one(conn, mode, held, hold_s)
+
+    if threads:
+        comm = open("/proc/self/comm").read().strip()
+        pool = [threading.Thread(target=accept_loop, args=(f"{comm}-t{i}"[:15],)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    else:
+        accept_loop()
     if not keep_listening:
         listener.close()
     _say(event="done", pid=os.getpid(), connections=len(peers), local_ports=[port], peer_ports=peers)
@@ -242,11 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuseport", action="store_true")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--idle", type=float)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--backlog", type=int, default=128)
     args = parser.parse_args(argv)
     set_comm(args.comm)
     if args.side == "server":
         server(args.mode, args.count, args.host, args.hold, args.keep_listening, args.port, args.reuseport,
-               args.workers, args.idle)
+               args.workers, args.idle, args.threads, args.backlog)
     else:
         client(args.mode, args.count, args.host, args.port, args.rebind, args.hold)
 

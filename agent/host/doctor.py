@@ -18,7 +18,9 @@ from ..analysis.pipeline import analyse
 from ..analysis.timewait import TIME_WAIT_LEN_S
 from ..errors import BadRecording
 from ..filters import Filters
-from ..kernel import procfs
+from ..analysis import queues
+from ..kernel import diag, procfs
+from ..kernel.netns import in_netns
 from ..labels import owner
 from ..record.recording import read_recording
 from ..record.runinfo import RunInfo
@@ -157,6 +159,42 @@ def from_run(path: Path) -> list[dict]:
     return [AGGREGATES_ONLY] if run.counted_only else analyse(events, run).findings
 
 
+def listen_queues(tcpext: dict, netns: Path | None) -> list[dict]:
+    """The listeners near full now, and the queue counters since the namespace began."""
+    pressed = queues.pressed(diag.listeners(netns))
+    counted = {c: tcpext.get(c, 0) for c in procfs.QUEUE_COUNTERS if tcpext.get(c)}
+    if not len(pressed) and not counted:
+        return []
+    text, evidence = queues.overflow_finding(counted, list(pressed.itertuples(index=False)),
+                                             "since this network namespace began")
+    return [finding("listen_queue", "warning" if len(pressed) else "info", text, evidence or "no counter moved")]
+
+
+def run_rate(path: Path | None) -> float | None:
+    """A trace's busiest opening rate to one destination (its port pressure), for --sysctl."""
+    if path is None:
+        return None
+    if path.is_dir():
+        ports_csv = path / "ports.csv"
+        if not ports_csv.is_file():
+            return None
+        import pandas as pd
+
+        rates = pd.read_csv(ports_csv)["rate_now_per_s"]
+        return float(rates.max()) if len(rates) else None
+    events, run = read_recording(path)
+    pressure = analyse(events, run).pressure if not run.counted_only else None
+    return float(pressure["rate_now_per_s"].max()) if pressure is not None and len(pressure) else None
+
+
+def review_sysctls(text: str, netns: Path | None = None, run_path: Path | None = None) -> list:
+    """doctor --sysctl: the block judged line by line (host/sysctl_review.py)."""
+    from . import sysctl_review
+
+    evidence = sysctl_review.gather(netns, run_rate(run_path))
+    return sysctl_review.review(text, evidence, lambda key: in_netns(netns, lambda: sysctl_review.read_sysctl(key)))
+
+
 def examine(netns: Path | None = None, run_path: Path | None = None) -> dict:
     from . import states  # sock_diag
 
@@ -170,7 +208,7 @@ def examine(netns: Path | None = None, run_path: Path | None = None) -> dict:
         "kernel_release": release, "sysctls": sysctls,
         "tcpext": {k: tcpext.get(k) for k in procfs.TIMEWAIT_COUNTERS},
         "states": counts["states"],
-        "host": host, "sockets_now": sockets_now(counts),
+        "host": host, "sockets_now": sockets_now(counts), "listen_queues": listen_queues(tcpext, netns),
         "recording": from_run(run_path) if run_path else None,
     }
 
@@ -178,7 +216,8 @@ def examine(netns: Path | None = None, run_path: Path | None = None) -> dict:
 def render(report: dict, width: int = 100) -> str:
     lines = [f"tcpclose doctor: Linux {report['kernel_release']}; sockets now: "
              + (", ".join(f"{n} {s}" for s, n in report["states"].items()) or "none")]
-    sections = [("Kernel settings", report["host"]), ("Sockets now", report["sockets_now"])]
+    sections = [("Kernel settings", report["host"]), ("Sockets now", report["sockets_now"]),
+                ("Listen queues", report["listen_queues"])]
     if report["recording"] is not None:
         sections.append(("From the recording", report["recording"]))
     for title, found in sections:

@@ -124,6 +124,10 @@ def render(c: dict, top: int = 15, width: int = 120) -> str:
             table.add_row(name, *(str(row["states"].get(s, "")) for s in columns))
         console.print(f"\n{title.capitalize()}" + (f" (the {top} busiest of {len(rows)})" if len(rows) > top else ""))
         console.print(table if rows else "  none (listening sockets only)")
+    if c.get("listen_queues"):
+        console.print("\nListen queues near full, or with half-open connections:")
+        for line in c["listen_queues"]:
+            console.print(f"  {line}")
     if c["unowned"]:
         console.print(f"\n{c['unowned']} sockets have no process: timewait sockets and orphans (closed, still "
                       "finishing) not on a listening port" + ("" if c["root"] else ", and the sockets of other "

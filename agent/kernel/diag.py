@@ -19,7 +19,7 @@ from ..record import layout
 from .netns import in_netns, namespaces
 
 SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
-                    "pid", "comm", "fd", "cgroup_id"]
+                    "pid", "comm", "fd", "cgroup_id", "rqueue", "wqueue"]
 # sockets that are connections with a file: a timewait socket, a request socket
 # (SYN_RECV) or a listener is none of these
 CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
@@ -65,6 +65,8 @@ def _dump(states: tuple[str, ...]) -> list[dict]:
                     "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
                     "expires_s": msg["idiag_expires"] / 1000,  # the socket's pending timer, as ss -o shows
                     "timer": msg["idiag_timer"],  # which timer: TIMEWAIT_TIMER for a timewait socket
+                    # a listener's accept queue now and its backlog (for a connection: bytes queued)
+                    "rqueue": msg["idiag_rqueue"], "wqueue": msg["idiag_wqueue"],
                     "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
                 })
     return rows
@@ -119,7 +121,7 @@ def sole_holder(held: list[tuple[int, str, int]] | None) -> tuple[int | None, st
 def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
              netns: Path | None = None) -> pd.DataFrame:
     """The sockets in these states that the filters keep, each with its owner where one holds it."""
-    return _with_holders(diag_sockets(states, netns), filters)
+    return snapshot_rows(diag_sockets(states, netns), filters)
 
 
 def snapshot_everywhere(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> pd.DataFrame:
@@ -132,10 +134,10 @@ def snapshot_everywhere(filters: Filters, states: tuple[str, ...] = CONNECTION_S
         except OSError:  # gone meanwhile
             continue
         rows += [row | {"netns": ns} for row in found]
-    return _with_holders(rows, filters)
+    return snapshot_rows(rows, filters)
 
 
-def _with_holders(rows: list[dict], filters: Filters) -> pd.DataFrame:
+def snapshot_rows(rows: list[dict], filters: Filters) -> pd.DataFrame:
     """The rows with the one process that holds each socket (sole_holder), as the filters keep them."""
     holders = socket_holders() if rows else {}
     for row in rows:
@@ -202,3 +204,33 @@ class TimewaitWatch:
     def still_open(self) -> list[dict]:
         return [dict(zip(("family", "laddr", "lport", "raddr", "rport"), key), first_seen=seen["first_seen"])
                 for key, seen in self._seen.items()]
+
+
+# Listening sockets and their queues (analysis/queues.py says what they mean): sock_diag
+# reports a listener's accept queue now as its rqueue and its backlog as its wqueue.
+LISTENER_COLUMNS = ["family", "laddr", "lport", "pid", "comm", "accept_queue", "backlog", "syn_recv"]
+
+
+def listeners(netns: Path | None = None) -> pd.DataFrame:
+    """One row per listening socket of this namespace (or the one netns opens)."""
+    return _listeners_of(snapshot_rows(diag_sockets(("LISTEN", "SYN_RECV"), netns), Filters()))
+
+
+def listeners_everywhere() -> pd.DataFrame:
+    """listeners() of every network namespace, with a netns column."""
+    return _listeners_of(snapshot_everywhere(Filters(), ("LISTEN", "SYN_RECV")))
+
+
+def _listeners_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """Listening and SYN_RECV sockets (kernel.diag rows) -> one row per listener: its holder,
+    accept queue now, backlog, and the SYN_RECV sockets on its port (a request socket names no
+    listener, so they are counted by namespace and port)."""
+    columns = LISTENER_COLUMNS + (["netns"] if "netns" in frame else [])
+    if not len(frame):
+        return pd.DataFrame(columns=columns)
+    keys = ["netns", "lport"] if "netns" in frame else ["lport"]
+    syn_recv = frame[frame["state"] == "SYN_RECV"].groupby(keys).size()
+    out = frame[frame["state"] == "LISTEN"].rename(columns={"rqueue": "accept_queue", "wqueue": "backlog"})
+    index = pd.MultiIndex.from_frame(out[keys]) if len(keys) > 1 else pd.Index(out["lport"])
+    out = out.assign(syn_recv=syn_recv.reindex(index).fillna(0).astype(int).to_numpy())
+    return out[columns].reset_index(drop=True)

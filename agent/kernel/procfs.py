@@ -14,6 +14,11 @@ from .netns import PROC, in_netns, namespaces
 # TWRecycled a connect() that took over a TIME_WAIT's 4-tuple, TCPTimeWaitOverflow
 # the timewait sockets never created because tcp_max_tw_buckets was reached.
 TIMEWAIT_COUNTERS = ("TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow")
+# TcpExt counters of the listen queues (host/queues.py): a full accept queue (ListenOverflows,
+# ListenDrops), a full SYN queue (TCPReqQFullDrop, or with syncookies TCPReqQFullDoCookies),
+# and the SYN cookies sent, validated and refused.
+QUEUE_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent",
+                  "SyncookiesRecv", "SyncookiesFailed")
 
 
 def hz() -> int | None:
@@ -29,6 +34,14 @@ def hz() -> int | None:
         except OSError:
             continue
     return None
+
+
+def process_comm(pid: int) -> str | None:
+    """A process's name (its main thread's comm, /proc/PID/comm); None once it is gone."""
+    try:
+        return (PROC / str(pid) / "comm").read_text().rstrip("\n")
+    except OSError:
+        return None
 
 
 def mem_available() -> int | None:
@@ -55,9 +68,10 @@ def netstat(text: str) -> dict[str, dict[str, int]]:
     return tables
 
 
-def timewait_counters(text: str) -> dict[str, int]:
+def tcp_counters(text: str) -> dict[str, int]:
+    """The TcpExt counters a run accounts for: its timewait sockets' and its listen queues'."""
     tcpext = netstat(text).get("TcpExt", {})
-    return {name: tcpext[name] for name in TIMEWAIT_COUNTERS if name in tcpext}
+    return {name: tcpext[name] for name in (*TIMEWAIT_COUNTERS, *QUEUE_COUNTERS) if name in tcpext}
 
 
 def _read_in_netns(ns_path: Path, path: str) -> str | None:
@@ -67,13 +81,14 @@ def _read_in_netns(ns_path: Path, path: str) -> str | None:
         return None
 
 
-def all_timewait_counters() -> dict[str, dict]:
-    """{netns id: {"name": ..., "counters": {TW: ...}}} for every network namespace that can be read."""
+def all_tcp_counters() -> dict[str, dict]:
+    """{netns id: {"name": ..., "counters": {TW: ..., ListenOverflows: ...}}} for every network
+    namespace that can be read (tcp_counters)."""
     out = {}
     for ns, (path, name) in namespaces().items():
         text = _read_in_netns(path, "/proc/thread-self/net/netstat")
         if text is not None:
-            out[ns] = {"name": name, "counters": timewait_counters(text)}
+            out[ns] = {"name": name, "counters": tcp_counters(text)}
     return out
 
 

@@ -198,9 +198,10 @@ def render(a: Analysis, text_summary: str) -> str:
     parts += [_timewait_over_time(a), _timewait_lifetimes(a), _closes_per_process(a), _churn_per_process(a),
               _port_pressure(a), _close_wait_ages(a)]
     parts.append('<h2 id="processes">Processes</h2>')
-    parts.append(_table(a.procs.head(30), ["pid", "comm", "connections", "active_closes", "passive_closes",
-                                           "timewait_count", "close_wait_open", "opened_per_s", "duration_p50_s",
-                                           "short_share"], left=("comm",)))
+    several = "netns" in a.procs and a.procs["netns"].dropna().nunique() > 1  # containers: pids and names may repeat
+    parts.append(_table(a.procs.head(30), ["pid", "comm", *(["netns"] if several else []), "connections",
+                                           "active_closes", "passive_closes", "timewait_count", "close_wait_open",
+                                           "opened_per_s", "duration_p50_s", "short_share"], left=("comm", "netns")))
     parts.append('<h2 id="unseen">What this run could not see</h2><ul>')
     parts += [f"<li>{n} {html.escape(what)}</li>" for what, n in unseen(run).items()]
     parts.append("<li>TIME_WAITs and connections begun before tracing: only those found in the snapshot at "

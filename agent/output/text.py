@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..analysis.churn import SHORT_S
+from ..analysis.findings import listen_queues
 from ..analysis.ports import describe
 from ..analysis.processes import open_close_waits
 from ..analysis.reconcile import RECONCILED, reconcile
@@ -198,6 +199,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
         _churn_section(console, procs)
     if pressure is not None:
         _ports_section(console, pressure)
+    for found in listen_queues(run):  # (only where a queue overflowed while tracing)
+        console.print(f"\nListen queues\n  {found['text']}\n  evidence: {found['evidence']}")
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
     owners = conns["owner_src"].value_counts() if "owner_src" in conns else {}

@@ -28,6 +28,7 @@ EVENT_COLUMNS = [
     *REQUIRED_COLUMNS,
     "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s", "tw_end",
     "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
+    "thread_comm",  # the name of the owner's thread that made the transition, where it is not the process's
     "fd", "inode",  # sock_diag snapshots only: the owner's file descriptor and the socket's inode
 ]
 # rows made from sock_diag snapshots (agent/kernel/diag.py), not from BPF records:
@@ -102,6 +103,7 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
         "tw_end": pd.Series(rec["tw_end"]).map(layout.TW_END_NAMES).to_numpy(object),
         "netns": None,
+        "thread_comm": None,
         "fd": np.nan,
         "inode": np.nan,
     }
@@ -141,7 +143,8 @@ def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -
         "close_wait_at": np.where(state == "CLOSE_WAIT", at - snap["since_ack_s"].astype(float), np.nan),
         "fin_at": np.nan, "event_at": at,
         "tw_timer": np.uint64(0), "tw_start_at": np.nan, "tw_rearm_at": np.nan, "tw_timeout_s": np.nan,
-        "tw_end": None, "netns": snap["netns"] if "netns" in snap else netns, "fd": snap["fd"].astype(float),
+        "tw_end": None, "netns": snap["netns"] if "netns" in snap else netns, "thread_comm": None,
+        "fd": snap["fd"].astype(float),
         "inode": snap["inode"].astype(float),
     }, columns=EVENT_COLUMNS)
     return frame

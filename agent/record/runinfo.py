@@ -35,9 +35,10 @@ class RunInfo:
     analysis_skipped: dict | None = None  # why a run was counted per process only (run.memory)
     transitions: dict | None = None  # --transitions: what the stream offered, lost and wrote
     recording_stopped: str | None = None  # --record stopped early: where and why (a full disk)
+    listen_queues: list[dict] | None = None  # listeners near full at the end (analysis.queues.pressed)
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
 
-    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped")
+    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues")
 
     @property
     def traced_s(self) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis import rules
+from ..analysis import queues, rules
 from ..errors import TracepointMissing
 from ..filters import Filters
 from ..kernel import diag, procfs
@@ -75,10 +75,14 @@ class Tracer:
         self.netns_id = namespaces.netns_id_of(netns) if netns else namespaces.netns_id()
         self._watch = diag.TimewaitWatch(netns) if method == "diag" else None
         self.hz = procfs.hz()
-        self._tcpext_start = procfs.all_timewait_counters()
+        self._tcpext_start = procfs.all_tcp_counters()
         # the port range and TIME_WAIT sysctls, for port pressure and the findings
         self._sysctls = procfs.sysctls(netns)
+        # of each owner (a tgid), read from /proc while it is alive: its network namespace, and
+        # its process name (the BPF side has the name of the thread that acted: a threaded
+        # server's worker threads are one process, whatever they call themselves)
         self._netns_of: dict[int, str | None] = {}
+        self._process_comm: dict[int, str | None] = {}
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         # the output files first: a path that cannot be written fails before the compile
@@ -107,6 +111,10 @@ class Tracer:
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = decode.decode(raw, self._offset_ns, self.hz)
         frame["netns"] = frame["pid"].map(self._netns_of).to_numpy(object)
+        process = frame["pid"].map(self._process_comm)
+        other = process.notna() & (process != frame["comm"])
+        frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
+        frame.loc[other, "comm"] = process[other]
         return frame
 
     def _snapshot_at_start(self) -> None:
@@ -120,12 +128,14 @@ class Tracer:
         self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
     def _learn_owners_netns(self, raw: np.ndarray) -> None:
-        """Learn the network namespace of each new owner from its /proc entry, while it is alive.
+        """Learn the network namespace and the process name of each new owner from its /proc
+        entry, while it is alive.
 
         One readlink per new pid; a process gone before this drain stays unknown."""
         owned = raw["pid"][np.isin(raw["owner_src"], OWNED)]
         for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
             self._netns_of[pid] = namespaces.netns_id(pid)
+            self._process_comm[pid] = procfs.process_comm(pid)
 
     def drain(self) -> np.ndarray:
         """Take the records that arrived (returned raw: decode.decode() reads them)."""
@@ -177,7 +187,8 @@ class Tracer:
         counters = self._probe.counters() | {
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
-        tcpext_end = procfs.all_timewait_counters()
+        tcpext_end = procfs.all_tcp_counters()
+        pressed = queues.pressed(diag.listeners_everywhere())  # whose queue, if the counters moved
         # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives
         # whose owner the BPF side had from a listener or not at all (analysis.lives._from_fd_tables)
         guessed = np.isin(open_raw["owner_src"], GUESSED).any()
@@ -199,6 +210,7 @@ class Tracer:
             # the kernel's own counts, per network namespace: see analysis.reconcile
             netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": tcpext_end},
             sysctls=self._sysctls, kernel_release=os.uname().release, aggregates=aggregates,
+            listen_queues=pressed.astype(object).where(pressed.notna(), None).to_dict("records"),
             transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path)
                          if self._transitions else None),
         )

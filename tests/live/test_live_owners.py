@@ -208,3 +208,27 @@ def test_a_socket_whose_maker_is_gone_is_credited_to_the_process_that_holds_it()
     mine = conns[(conns["rport"] == port) & (conns["role"] == "client")]
     assert len(mine) == 1 and mine["close_wait_open"].all()
     assert (mine["pid"].iloc[0], mine["comm"].iloc[0], mine["owner_src"].iloc[0]) == (heir_pid, "tc-heir", "fd_table")
+
+
+def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
+    """Three threads of one process accept and close: every life is the process's (its tgid
+    and its name), the name of the thread that closed it kept beside (thread_comm)."""
+    tracer = Tracer(Filters())
+    server = Process("server", "wait_close", "--count", "0", "--comm", "tc-threaded", "--threads", "3",
+                     "--idle", IDLE)
+    port = server.ready()["port"]
+    client = start_client("close_first", port, N, "tc-thclient")
+    try:
+        client.done()
+        done = server.done()
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        server.release(), client.release()
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    assert len(served) == N == done["connections"]
+    assert set(served["pid"]) == {server.pid} and set(served["comm"]) == {"tc-threaded"}
+    assert set(served["thread_comm"]) <= {f"tc-threaded-t{i}" for i in range(3)} and served["thread_comm"].notna().all()
+    procs = processes.processes(conns, run.ended_at)
+    assert (procs["pid"] == server.pid).sum() == 1  # one row for the process, not one per thread
