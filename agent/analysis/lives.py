@@ -119,6 +119,29 @@ def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
         out.loc[fixed, "thread_comm"] = None  # the fd tables name processes, not threads
 
 
+def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
+    """A life credited to its listener's owner only (it ended with no syscall of its owner:
+    a reset, a handshake never completed) is ambiguous where that listener is held by several
+    processes at the end (a pre-forking server's master and workers): which one had the
+    socket, the kernel does not say, and the master that listened is the likeliest wrong."""
+    listening = seen_at_end[seen_at_end["last_state"] == "LISTEN"]
+    rows = np.flatnonzero((out["owner_src"] == "listener").to_numpy())
+    if not len(listening) or not len(rows):
+        return
+    shared = set()
+    for family, laddr, lport, pid in zip(listening["family"], listening["laddr"], listening["lport"],
+                                         listening["pid"].fillna(0)):
+        if int(pid) == 0:  # no one process holds it
+            shared.add((family, laddr, int(lport)))
+    if not shared:
+        return
+    wildcard = {"ipv4": "0.0.0.0", "ipv6": "::"}
+    hit = [i for i in rows if (out.at[i, "family"], out.at[i, "laddr"], int(out.at[i, "lport"])) in shared
+           or (out.at[i, "family"], wildcard.get(out.at[i, "family"]), int(out.at[i, "lport"])) in shared]
+    out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
+    out.loc[hit, "owner_src"] = "ambiguous"
+
+
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
@@ -180,5 +203,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])
     out["fd"] = pd.array(np.full(len(out), np.nan), dtype="Int64")
     out["netns"] = out["netns"].astype(object)
-    _from_fd_tables(out, events[events["kind"] == "seen_at_end"])
+    seen_at_end = events[events["kind"] == "seen_at_end"]
+    _from_fd_tables(out, seen_at_end)
+    _shared_listeners(out, seen_at_end)
     return out

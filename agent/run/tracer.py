@@ -127,7 +127,7 @@ class Tracer:
         existing = diag.snapshot(self.filters, netns=self.netns)
         self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
-    def _learn_owners_netns(self, raw: np.ndarray) -> None:
+    def _learn_owners(self, raw: np.ndarray) -> None:
         """Learn the network namespace and the process name of each new owner from its /proc
         entry, while it is alive.
 
@@ -141,7 +141,7 @@ class Tracer:
         """Take the records that arrived (returned raw: decode.decode() reads them)."""
         raw = self._probe.poll()
         if len(raw):
-            self._learn_owners_netns(raw)
+            self._learn_owners(raw)
             self._keep(raw)
             closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
@@ -177,7 +177,7 @@ class Tracer:
             self._transitions.write(self._probe.poll_transitions())
         ended_at = time.time()
         open_raw = self._probe.open_lives()
-        self._learn_owners_netns(open_raw)
+        self._learn_owners(open_raw)
         still_open = self._decoded(open_raw)
         timewaits = decode.from_followed_timewaits(self._probe.open_timewaits(), self._offset_ns, self.hz, ended_at)
         if self._watch:
@@ -191,8 +191,10 @@ class Tracer:
         pressed = queues.pressed(diag.listeners_everywhere())  # whose queue, if the counters moved
         # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives
         # whose owner the BPF side had from a listener or not at all (analysis.lives._from_fd_tables)
+        # (and the listeners, whose holders say whether "the listener's owner" names one process)
         guessed = np.isin(open_raw["owner_src"], GUESSED).any()
-        held = diag.snapshot_everywhere(self.filters, diag.CONNECTION_STATES if guessed else ("CLOSE_WAIT",))
+        held = diag.snapshot_everywhere(self.filters, (*(diag.CONNECTION_STATES if guessed else ("CLOSE_WAIT",)),
+                                                       "LISTEN"))
         self._probe.close()
         if self._transitions:
             self._transitions.close()

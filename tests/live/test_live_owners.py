@@ -232,3 +232,26 @@ def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
     assert set(served["thread_comm"]) <= {f"tc-threaded-t{i}" for i in range(3)} and served["thread_comm"].notna().all()
     procs = processes.processes(conns, run.ended_at)
     assert (procs["pid"] == server.pid).sum() == 1  # one row for the process, not one per thread
+
+
+def test_a_pre_forking_servers_aborted_connections_are_ambiguous_not_the_masters():
+    """Workers accept, the client aborts (RST): the lives end in softirq with no syscall of
+    their owner.  The listener is held by the master and both workers, so "the listener's
+    owner" names no one of them: ambiguous, and the master is never credited."""
+    tracer = Tracer(Filters())
+    master = Process("server", "wait_close", "--count", "0", "--comm", "tc-pfabort", "--workers", "2", "--idle", IDLE,
+                     "--keep-listening")  # the workers hold the listener as long as they run, as nginx's do
+    port = master.ready()["port"]
+    client = start_client("linger0", port, N, "tc-pfaborter")
+    try:
+        client.done()
+        dones = [master.done(), master.done()]
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        master.release(), client.release()
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    assert len(served) == N == sum(d["connections"] for d in dones)
+    assert set(served["initiator"]) == {"reset_remote"}
+    assert set(served["owner_src"]) == {"ambiguous"} and master.pid not in set(conns["pid"].dropna())
