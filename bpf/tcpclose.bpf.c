@@ -646,6 +646,8 @@ static __always_inline int close_kind(struct tcpclose_event *e)
 	case TCP_LAST_ACK:
 		return A_PASSIVE;
 	}
+	if (e->flags & FLAG_MISSED_CLOSE) /* no ->CLOSE seen: not a reset we know of */
+		return A_CLOSE_UNSEEN;
 	return A_RESET_LOCAL;
 }
 

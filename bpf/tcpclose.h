@@ -79,7 +79,8 @@
 #define A_RESET_REMOTE      5
 #define A_NEVER_ESTABLISHED 6
 #define A_TIMEWAIT          7 /* active and simultaneous closes: each hands over to a timewait socket */
-#define NR_AGGREGATES       8
+#define A_CLOSE_UNSEEN      8 /* ended with no FIN seen and its ->CLOSE skipped: how it ended is not known */
+#define NR_AGGREGATES       9
 
 #define COMM_LEN 16
 

@@ -198,6 +198,12 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
         "thread_comm": np.where(owner_known, lives["thread_comm"], None) if "thread_comm" in lives else None,
     })
     out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
+    # A TIME_WAIT due whose timer nothing linked is an overflow only where the close was seen
+    # whole; a life first seen mid-way or whose ->CLOSE the kernel skipped says nothing of it:
+    # its TIME_WAIT's fate is unknown, not a tcp_max_tw_buckets overflow
+    unsure = out["tw_overflow"] & (out["partial"] | ((flags & layout.DEFINES["FLAG_MISSED_CLOSE"]) != 0))
+    out.loc[unsure, "tw_overflow"] = False
+    out.loc[unsure, "tw_end_reason"] = "unknown"
     out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)
     out["tw_ended"] = out["tw_end_reason"].isin(rules.ENDED_TIMEWAIT)  # and its end was seen
     out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])

@@ -19,10 +19,10 @@ TIMEWAIT_REASON_COLUMNS = {
     "timewait_expired": "expired", "timewait_reused": "reused", "timewait_killed": "killed",
     "timewait_open": "open", "timewait_unknown": "unknown",
 }
-EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns"]
+EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns", "closes_unseen"]
 _CLOSE_COUNTS = {
     "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
-    "resets_local": "reset_local", "resets_remote": "reset_remote",
+    "resets_local": "reset_local", "resets_remote": "reset_remote", "closes_unseen": "close_unseen",
 }
 
 
@@ -87,7 +87,8 @@ def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:
 
 # --aggregates: the procs map's counts (bpf/tcpclose.h A_x) and the columns they fill
 _FROM_COUNTS = {"active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
-                "resets_local": "reset_local", "resets_remote": "reset_remote", "timewait_count": "timewait"}
+                "resets_local": "reset_local", "resets_remote": "reset_remote", "timewait_count": "timewait",
+                "closes_unseen": "close_unseen"}
 
 
 def from_counts(counts: list[dict], open_conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:

@@ -9,6 +9,8 @@ the life ended follows from those (DESIGN.md section 1):
   ESTABLISHED->FIN_WAIT1->CLOSING->CLOSE        simultaneous: the FINs crossed
   ...->CLOSE from ESTABLISHED, CLOSE_WAIT, ...  reset: remote if an RST was received,
                                                 else local (RST sent, or the kernel gave up)
+  ... and its ->CLOSE never seen                close_unseen: the kernel skipped the program
+                                                (FLAG_MISSED_CLOSE); how it ended is not known
   CLOSE->SYN_SENT->CLOSE, SYN_RECV->CLOSE       never established
   no ->CLOSE yet                                open (CLOSE_WAIT open: the owner has not closed)
 
@@ -23,7 +25,8 @@ import numpy as np
 from ..record import layout
 
 FOUR_TUPLE = ["family", "laddr", "lport", "raddr", "rport"]  # the columns that name a connection
-INITIATORS = ("active", "passive", "simultaneous", "reset_local", "reset_remote", "never_established", "open")
+INITIATORS = ("active", "passive", "simultaneous", "reset_local", "reset_remote", "never_established", "close_unseen",
+              "open")
 # the closes that hand the connection over to a timewait socket at their ->CLOSE
 # (FIN_WAIT2->CLOSE, CLOSING->CLOSE), unless tcp_max_tw_buckets is full
 TIMEWAIT_CLOSES = ("active", "simultaneous")
@@ -52,11 +55,13 @@ def initiators(is_open, states_raw, last_state, flags_raw) -> np.ndarray:
     established = np.isin(last, [_STATE[s] for s in _ESTABLISHED_STATES])
     for state in _ESTABLISHED_STATES:
         established |= entered(states_raw, state)
-    rst_received = (np.asarray(flags_raw, dtype=np.int64) & layout.DEFINES["FLAG_RST_RECEIVED"]) != 0
+    flags = np.asarray(flags_raw, dtype=np.int64)
+    rst_received = (flags & layout.DEFINES["FLAG_RST_RECEIVED"]) != 0
+    close_unseen = (flags & layout.DEFINES["FLAG_MISSED_CLOSE"]) != 0
     return choose(
         [np.asarray(is_open, dtype=bool), ~established, rst_received, last == _STATE["CLOSING"],
-         last == _STATE["FIN_WAIT2"], last == _STATE["LAST_ACK"]],
-        ["open", "never_established", "reset_remote", "simultaneous", "active", "passive"],
+         last == _STATE["FIN_WAIT2"], last == _STATE["LAST_ACK"], close_unseen],
+        ["open", "never_established", "reset_remote", "simultaneous", "active", "passive", "close_unseen"],
         "reset_local",
     )
 

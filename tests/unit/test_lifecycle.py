@@ -35,6 +35,11 @@ CASES = {
                                    close_wait=3.0, ts=0), "open", "server", False),
     "opened before tracing, closed passively": (dict(states=("LAST_ACK",), last="LAST_ACK",
                                                      flags=D["FLAG_PARTIAL"]), "passive", "unknown", False),
+    # the kernel skipped the program at ->CLOSE (BPF recursion): the next life on the address ended it
+    "->CLOSE skipped, no FIN seen": (dict(states=CLIENT_OPEN, last="ESTABLISHED", flags=D["FLAG_MISSED_CLOSE"]),
+                                     "close_unseen", "client", False),
+    "->CLOSE skipped after our FIN": (dict(states=CLIENT_OPEN + ("FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2",
+                                           flags=D["FLAG_MISSED_CLOSE"]), "active", "client", True),
 }
 
 
@@ -110,3 +115,31 @@ def test_per_process_counts(tmp_path):
     assert procs.loc["server", "close_wait_max_age_s"] == pytest.approx(6.0)
     assert procs.loc["server", "timewait_count"] == 0
     assert list(processes.open_close_waits(conns, run.ended_at)["close_wait_age_s"]) == pytest.approx([6.0, 3.0])
+
+
+@pytest.mark.parametrize("flags", [D["FLAG_MISSED_CLOSE"], D["FLAG_PARTIAL"]], ids=["close-skipped", "begun-before"])
+def test_an_unlinked_timewait_is_an_overflow_only_for_a_close_seen_whole(tmp_path, flags):
+    """Timers followed, an active close with no timer linked: for a life seen whole that is a
+    tcp_max_tw_buckets overflow; for one whose ->CLOSE was skipped or that began before
+    tracing it is not known, and never shown as an overflow."""
+    seen = raw(skaddr=1, states=CLIENT_OPEN + ("FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
+    unsure = raw(skaddr=2, lport=40001, states=CLIENT_OPEN + ("FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2", flags=flags)
+    events, run = replay(tmp_path, seen, unsure, timewait="timers")
+    conns = lives.connections(events, run.ended_at, run.timewait_method).set_index("lport")
+    assert conns.loc[40000, "tw_overflow"] and conns.loc[40000, "tw_end_reason"] == "none"
+    assert not conns.loc[40001, "tw_overflow"] and conns.loc[40001, "tw_end_reason"] == "unknown"
+
+
+def test_no_overflow_is_claimed_where_the_kernel_counted_none(tmp_path):
+    """The kernel's TCPTimeWaitOverflow did not move: an unlinked timer is tcpclose's blind spot."""
+    from agent.analysis.pipeline import analyse
+
+    stream = raw(skaddr=1, states=CLIENT_OPEN + ("FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
+    counters = {"net:[1]": {"name": "", "counters": {"TCPTimeWaitOverflow": 7}}}
+    events, run = replay(tmp_path, stream, timewait="timers", tcpext={"start": counters, "end": counters})
+    (found,) = [f for f in analyse(events, run).findings if f["topic"] == "overflow"]
+    assert found["severity"] == "info" and "no tcp_max_tw_buckets overflow" in found["text"]
+    moved = {"net:[1]": {"name": "", "counters": {"TCPTimeWaitOverflow": 8}}}
+    events, run = replay(tmp_path, stream, timewait="timers", tcpext={"start": counters, "end": moved})
+    (found,) = [f for f in analyse(events, run).findings if f["topic"] == "overflow"]
+    assert found["severity"] == "problem"
