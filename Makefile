@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-test demo test unit bench clean
+.PHONY: setup setup-test demo test unit fuzz bench clean
 
 setup:
 	./scripts/provision.sh
@@ -21,6 +21,12 @@ test: setup-test
 
 unit: setup
 	$(PY) -m pytest -ra -m "not live and not browser and not slow"
+
+# The recording reader and the whole report path under hypothesis for longer than make test
+# does (60 examples there); failing examples are kept in tests/fuzz-corpus/ and replayed first.
+FUZZ_EXAMPLES ?= 90000  # about 30 minutes on the development VM (some 50 examples a second)
+fuzz: setup-test
+	TCPCLOSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -ra -p no:cacheprovider tests/unit/test_fuzz_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out

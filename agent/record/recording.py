@@ -15,6 +15,7 @@ from ..safefiles import open_stream
 from . import layout
 from .decode import EVENT_COLUMNS, REQUIRED_COLUMNS, SNAPSHOT_KINDS, empty_events
 from .runinfo import RunInfo
+from .schema import event_problem, run_problem
 
 
 class Recorder:
@@ -77,13 +78,18 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
         if not isinstance(row, dict) or "kind" not in row:
             raise BadRecording(f"{path}:{number}: not a tcpclose event (no 'kind'); is this a tcpclose --record file?")
         if row["kind"] == "run":
+            if (why := run_problem(row)):
+                raise BadRecording(f"{path}:{number}: not a tcpclose run line ({why})")
             run = row
             continue
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing or row["kind"] not in (*layout.KIND_NAMES.values(), *SNAPSHOT_KINDS):
             raise BadRecording(f"{path}:{number}: not a tcpclose event (missing {', '.join(missing) or 'a known kind'})")
+        if (why := event_problem(row)):
+            raise BadRecording(f"{path}:{number}: not a tcpclose event ({why})")
         rows.append(row)
     events = pd.DataFrame(rows, columns=EVENT_COLUMNS) if rows else empty_events()
+    events["tw_timer"] = events["tw_timer"].fillna(0)  # a column older recordings lack: no timer linked
     if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
         if not rows:
             raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")

@@ -205,3 +205,21 @@ def test_a_disk_that_fills_up_under_record_stops_the_recording_not_the_run(tmp_p
         assert recorder.stopped and "No space left on device" in recorder.stopped
         kept, run = read_recording(small / "rec.jsonl")
         assert 0 < len(kept) < len(events) and run.cut_short
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("pid", "x", "pid is str, not a number"),
+    ("lport", 70000, "lport is 70000, outside 0 to 65535"),
+    ("opened_at", float("inf"), "opened_at is not a finite number"),
+    ("comm", "c" * 100_000, "comm is not a name of at most 64 characters"),
+    ("comm", None, "comm not set in a life record"),
+    ("last_state", ["x"], "last_state"),
+])
+def test_a_field_of_the_wrong_type_or_size_is_one_line_naming_the_line(tmp_path, recording, field, value, says):
+    import json
+
+    lines = recording.read_text().splitlines()
+    row = json.loads(lines[0])
+    row[field] = value
+    recording.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    one_line_error(run("report", recording), 7, "stream.jsonl:1:", says)
