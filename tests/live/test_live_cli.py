@@ -239,3 +239,36 @@ def test_a_full_socket_map_evicts_counts_and_still_credits_every_close(tmp_path)
     lives = events[(events["kind"] == "life") & (events["comm"] == "ev-server")]
     assert ((lives["flags_raw"].astype(int) & layout.DEFINES["FLAG_PARTIAL"]) != 0).sum() == gone
     assert f"{gone} lives evicted" in (tmp_path / "summary.txt").read_text()
+
+
+def test_two_tracers_at_once_each_see_every_close(tmp_path):
+    """Two tcpclose processes, each with its own programs and maps, on the same workload."""
+    traces = [start_trace("-o", str(tmp_path / f"out{i}")) for i in (0, 1)]
+    server, port = start_server("wait_close", N, "tc-server")
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    for trace in traces:
+        trace.send_signal(signal.SIGTERM)
+    for i, trace in enumerate(traces):
+        _, err = trace.communicate(timeout=60)
+        assert trace.returncode == 0, err
+        procs = {(r["pid"], r["comm"]): r for r in read_csv(tmp_path / f"out{i}" / "processes.csv")}
+        assert procs[(str(client.pid), "tc-client")]["active_closes"] == str(N)
+
+
+def test_a_tracer_killed_with_sigkill_leaves_a_recording_that_report_reads(tmp_path):
+    """SIGKILL ends the tracer with no chance to finish its files: the recording, written as
+    it goes, holds what was flushed, and `tcpclose report` reads it as cut short."""
+    trace = start_trace("--record", str(tmp_path / "rec.jsonl"))
+    server, port = start_server("wait_close", N, "tc-server")
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    time.sleep(1.0)  # a few polls: the lives are in the recording
+    trace.kill()
+    trace.wait(timeout=30)
+    server.release(), client.release()
+    report = subprocess.run([*TCPCLOSE, "report", str(tmp_path / "rec.jsonl")], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    assert f"tc-client (pid {client.pid}) closed first on {N} of {N}" in report.stdout
+    assert "The recording was cut short" in report.stdout
