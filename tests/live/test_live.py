@@ -157,19 +157,25 @@ def test_refused_connect():
     assert procs.loc["tc-client", "connections"] == 5
 
 
-def test_pid_filter_keeps_only_that_process():
-    """-p applies in BPF at ->CLOSE, to the owner: the server's lives are not handed over."""
+def filtered_pair(filters_of, client_comm: str = "tc-client"):
+    """A server and a client traced with the filters filters_of(server) gives: (connections,
+    run, server, client, the server's port)."""
     server, port = start_server("wait_close", N, "tc-server")
     try:
-        tracer = Tracer(Filters(pid=server.pid))
-        client = start_client("close_first", port, N, "tc-client")
+        tracer = Tracer(filters_of(server))
+        client = start_client("close_first", port, N, client_comm)
         client.done(), server.done()
         time.sleep(0.3)
         events, run = tracer.finish()
     finally:
         server.release()
     client.release()
-    conns = lives.connections(events, run.ended_at)
+    return lives.connections(events, run.ended_at), run, server, client, port
+
+
+def test_pid_filter_keeps_only_that_process():
+    """-p applies in BPF at ->CLOSE, to the owner: the client's lives are not handed over."""
+    conns, run, server, _, port = filtered_pair(lambda server: Filters(pid=server.pid))
     assert set(conns["pid"]) == {server.pid}
     assert (conns["lport"] == port).sum() == N
     assert run.counters["lives_filtered"] >= N
@@ -214,16 +220,6 @@ def test_a_comm_filter_is_data_any_15_bytes_quotes_and_backslashes_included():
     with the characters that broke C string literals, compiles, loads and filters."""
     name = 'q"uo\\te-15bytes'
     assert len(name.encode()) == 15
-    server, port = start_server("wait_close", N, "tc-server")
-    try:
-        tracer = Tracer(Filters(comm=name))
-        client = start_client("close_first", port, N, name)
-        client.done(), server.done()
-        time.sleep(0.3)
-        events, run = tracer.finish()
-    finally:
-        server.release()
-    client.release()
-    conns = lives.connections(events, run.ended_at)
+    conns, run, _, client, _ = filtered_pair(lambda server: Filters(comm=name), client_comm=name)
     assert set(conns["comm"]) == {name} and (conns["pid"] == client.pid).sum() == N
     assert run.counters["lives_filtered"] >= N  # the server's, left out in BPF

@@ -120,3 +120,37 @@ def test_doctor_names_a_close_wait_leak_and_a_closing_server(arranged):
     leaky_pid, _ = servers["leaky"]
     assert any(t.startswith(f"st-leaky (pid {leaky_pid}) holds 3 sockets in CLOSE_WAIT") for t in texts)
     assert any(t.startswith("st-web") and "server and closes first: 4 TIME_WAITs" in t for t in texts)
+
+
+BLOG_BLOCK = """net.ipv4.tcp_syncookies = 1
+net.ipv4.tcp_tw_reuse = 1
+net.ipv4.tcp_tw_recycle = 1
+net.ipv4.tcp_fin_timeout = 30
+net.ipv4.tcp_keepalive_time = 1200
+net.ipv4.ip_local_port_range = 1024 65000
+net.ipv4.tcp_max_syn_backlog = 8192
+net.ipv4.tcp_max_tw_buckets = 5000
+"""
+
+
+def test_doctor_reviews_the_blog_block_against_the_sysctls_of_a_namespace():
+    """The namespace's own settings (set here, never the host's) are what each line is held
+    against; a server there that closes first puts its TIME_WAITs on its listening port."""
+    with netns(tcp_fin_timeout=45, tcp_max_tw_buckets=7000) as ns:
+        server, port = start_server("close_first", 7, "tc-web", extra=("--keep-listening",), netns=ns)
+        client = start_client("wait_close", port, 7, "tc-poller", netns=ns)
+        try:
+            client.done(), server.done()
+            review = subprocess.run([sys.executable, "-m", "agent", "doctor", "--netns", ns, "--sysctl", "-", "--json"],
+                                    input=BLOG_BLOCK, capture_output=True, text=True, timeout=60)
+        finally:
+            server.release(), client.release()
+    assert review.returncode == 9, review.stderr  # harmful and unknown lines
+    verdicts = {v["key"].rsplit(".", 1)[1]: v for v in json.loads(review.stdout)}
+    assert {k: v["verdict"] for k, v in verdicts.items()} == {
+        "tcp_syncookies": "no effect", "tcp_tw_reuse": "no effect", "tcp_tw_recycle": "unknown key",
+        "tcp_fin_timeout": "no effect", "tcp_keepalive_time": "no effect",
+        "ip_local_port_range": "harmful",  # the test's server listens on an ephemeral port inside 1024-65000
+        "tcp_max_syn_backlog": "no effect", "tcp_max_tw_buckets": "harmful"}
+    assert verdicts["tcp_fin_timeout"]["current"] == "45" and verdicts["tcp_max_tw_buckets"]["current"] == "7000"
+    assert "7 on its listening ports" in verdicts["tcp_tw_reuse"]["evidence"]  # the server closed first
