@@ -43,14 +43,17 @@ def assert_credited(conns, port: int, done: dict) -> None:
     assert mine["close_wait_open"].all() and set(mine["owner_src"]) == {"fd_table"}
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits(host):
-    """Two processes listen on one port (listen() while tracing: the key is marked shared, so
-    the children start ambiguous); the fd tables at the end name each leak's holder."""
+def reuseport_group(server_mode: str, client_mode: str, comm: str, host: str = "127.0.0.1"):
+    """Two processes listening on one port with SO_REUSEPORT (their listen() while tracing:
+    the key is marked shared), one client making N connections to it; (connections, run,
+    port, each server's "done" line)."""
     port = free_port()
     tracer = Tracer(Filters())
-    servers = [leaking_server(f"tc-reuse{i}", "--port", str(port), "--reuseport", "--host", host) for i in (0, 1)]
-    client = start_client("close_first", port, N, "tc-rpclient", host=host)
+    servers = [Process("server", server_mode, "--count", "0", "--comm", f"{comm}{i}", "--idle", IDLE, "--port",
+                       str(port), "--reuseport", "--host", host) for i in (0, 1)]
+    for server in servers:
+        server.ready()
+    client = start_client(client_mode, port, N, f"{comm}-client", host=host)
     try:
         client.done()
         dones = [s.done() for s in servers]
@@ -59,7 +62,14 @@ def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits(host):
     finally:
         for proc in (*servers, client):
             proc.release()
-    conns = lives.connections(events, run.ended_at)
+    return lives.connections(events, run.ended_at), run, port, dones
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_every_member_of_an_so_reuseport_group_gets_its_own_close_waits(host):
+    """Two processes listen on one port (listen() while tracing: the key is marked shared, so
+    the children start ambiguous); the fd tables at the end name each leak's holder."""
+    conns, run, port, dones = reuseport_group("leak", "close_first", "tc-reuse", host)
     assert sum(d["connections"] for d in dones) == N
     for done in dones:
         assert_credited(conns, port, done)
@@ -116,22 +126,7 @@ def test_a_child_of_a_shared_listener_that_no_owner_touches_is_ambiguous_never_g
     """The client aborts each connection (RST): the server-side lives end in softirq, with no
     syscall of their owner and nothing left for the fd tables.  Which member of the group
     held each one, the kernel does not say: they are "ambiguous", credited to no one."""
-    port = free_port()
-    tracer = Tracer(Filters())
-    servers = [Process("server", "wait_close", "--count", "0", "--comm", f"tc-abort{i}", "--idle", IDLE,
-                       "--port", str(port), "--reuseport") for i in (0, 1)]
-    for server in servers:
-        server.ready()
-    client = start_client("linger0", port, N, "tc-aborter")
-    try:
-        client.done()
-        dones = [s.done() for s in servers]
-        time.sleep(0.3)
-        events, run = tracer.finish()
-    finally:
-        for proc in (*servers, client):
-            proc.release()
-    conns = lives.connections(events, run.ended_at)
+    conns, run, port, dones = reuseport_group("wait_close", "linger0", "tc-abort")
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert len(served) == N == sum(d["connections"] for d in dones)
     assert set(served["initiator"]) == {"reset_remote"}

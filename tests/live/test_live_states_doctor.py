@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from agent.demo.workload import start_client, start_server
+from support.folklore import BLOG_BLOCK
 from support.namespaces import netns
 
 pytestmark = pytest.mark.live
@@ -120,17 +121,6 @@ def test_doctor_names_a_close_wait_leak_and_a_closing_server(arranged):
     leaky_pid, _ = servers["leaky"]
     assert any(t.startswith(f"st-leaky (pid {leaky_pid}) holds 3 sockets in CLOSE_WAIT") for t in texts)
     assert any(t.startswith("st-web") and "server and closes first: 4 TIME_WAITs" in t for t in texts)
-
-
-BLOG_BLOCK = """net.ipv4.tcp_syncookies = 1
-net.ipv4.tcp_tw_reuse = 1
-net.ipv4.tcp_tw_recycle = 1
-net.ipv4.tcp_fin_timeout = 30
-net.ipv4.tcp_keepalive_time = 1200
-net.ipv4.ip_local_port_range = 1024 65000
-net.ipv4.tcp_max_syn_backlog = 8192
-net.ipv4.tcp_max_tw_buckets = 5000
-"""
 
 
 def test_doctor_reviews_the_blog_block_against_the_sysctls_of_a_namespace():

@@ -5,17 +5,8 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.host import sysctl_review as review
 from agent.host.sysctl_review import HARMFUL, HELPS, NO_EFFECT, UNKNOWN
+from support.folklore import BLOG_BLOCK
 
-BLOG_BLOCK = """\
-net.ipv4.tcp_syncookies = 1
-net.ipv4.tcp_tw_reuse = 1
-net.ipv4.tcp_tw_recycle = 1
-net.ipv4.tcp_fin_timeout = 30
-net.ipv4.tcp_keepalive_time = 1200
-net.ipv4.ip_local_port_range = 1024 65000
-net.ipv4.tcp_max_syn_backlog = 8192
-net.ipv4.tcp_max_tw_buckets = 5000
-"""
 NOW = {"net.ipv4.tcp_syncookies": "1", "net.ipv4.tcp_tw_reuse": "2", "net.ipv4.tcp_fin_timeout": "60",
        "net.ipv4.tcp_keepalive_time": "7200", "net.ipv4.ip_local_port_range": "32768 60999",
        "net.ipv4.tcp_max_syn_backlog": "2048", "net.ipv4.tcp_max_tw_buckets": "262144",
