@@ -5,10 +5,16 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import Abandoned
 from .progress import Progress
+
+if TYPE_CHECKING:  # (the tracer imports bcc's loader lazily; this module stays light)
+    import pandas as pd
+
+    from ..record.runinfo import RunInfo
+    from .tracer import Tracer
 
 POLL_INTERVAL_S = 0.1
 # Each ends a run as Ctrl-C does, the files still written: SIGHUP is an ssh session that
@@ -83,7 +89,7 @@ def stop_on_signals():
 
 
 def run(tracer: Tracer, stop: Stop, duration: float | None = None, until: Callable[[], bool] | None = None,
-        progress: Progress | None = None, announce: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
+        progress: Progress | None = None, announce: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, RunInfo]:
     """Poll until stopped, the duration is over, or until() says so.  announce: told
     when the end of a big run will take a while."""
     deadline = None if duration is None else time.monotonic() + duration

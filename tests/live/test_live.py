@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from agent.analysis import lives, processes
-from agent.kernel import probe
 from agent.filters import Filters
 from agent.run.tracer import Tracer
 from agent.demo.workload import start_client, start_server

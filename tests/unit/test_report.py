@@ -7,9 +7,9 @@ import pytest
 from agent.analysis import pipeline, ports
 from agent.cli import main
 from click.testing import CliRunner
-from support.incidents import (ACTIVE_CLIENT, PASSIVE_SERVER, SMALL_RANGE, churn_stream, cli_report,
+from support.incidents import (SMALL_RANGE, churn_stream, cli_report,
                                incident_stream, pressed_stream)
-from support.streams import raw, replay, timewait
+from support.streams import raw, replay
 
 
 def analysis_of(tmp_path, *chunks, **replay_args):
