@@ -53,7 +53,9 @@ def transitions_line(t: dict) -> str:
     line = f"Transitions: {t['written']} of {t['offered']} written to {where}"
     if t["lost"]:
         line += f"; {t['lost']} lost (their ring buffer was full: the writer fell behind)"
-    if t["in_flight_at_end"]:
+    if t.get("stopped"):
+        line += f"; the file stopped early ({t['stopped']}): {t['in_flight_at_end']} not written after it"
+    elif t["in_flight_at_end"]:
         line += f"; {t['in_flight_at_end']} offered as tracing ended, after the last read"
     return line
 

@@ -53,29 +53,50 @@ def decode(rec: np.ndarray, monotonic_to_epoch_ns: int) -> pd.DataFrame:
 
 
 class Writer:
-    """Appends decoded transitions to a CSV file, or to stdout for "-", header first."""
+    """Appends decoded transitions to a CSV file, or to stdout for "-", header first.
+
+    A disk that fills up (or a reader of stdout that went away) stops the stream, not the
+    run: `stopped` says where and why, and what was offered after it is counted as not
+    written (accounting)."""
 
     def __init__(self, path: Path | str, monotonic_to_epoch_ns: int, force: bool = False):
         self.path = str(path)
         self._file = sys.stdout if self.path == "-" else open_stream(path, "transitions", force)
         self._offset_ns = monotonic_to_epoch_ns
-        self._file.write(",".join(COLUMNS) + "\n")
         self.written = 0
+        self.stopped: str | None = None
+        self._put(",".join(COLUMNS) + "\n")
+
+    def _put(self, text: str) -> bool:
+        if self.stopped:
+            return False
+        try:
+            self._file.write(text)
+            self._file.flush()
+            return True
+        except OSError as exc:
+            self.stopped = f"{self.path}: {exc.strerror}"
+            self.close()
+            return False
 
     def write(self, rec: np.ndarray) -> None:
-        if len(rec):
-            decode(rec, self._offset_ns).to_csv(self._file, header=False, index=False, float_format="%.6f")
-            self._file.flush()
+        if len(rec) and self._put(decode(rec, self._offset_ns).to_csv(header=False, index=False,
+                                                                       float_format="%.6f")):
             self.written += len(rec)
 
     def close(self) -> None:
         if self._file is not sys.stdout:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the last buffered bytes did not fit either
+                pass
 
 
-def accounting(written: int, counters: dict[str, int], path: str) -> dict:
-    """run.json's "transitions": what the BPF side offered, what the ring lost, what was written."""
+def accounting(written: int, counters: dict[str, int], path: str, stopped: str | None = None) -> dict:
+    """run.json's "transitions": what the BPF side offered, what the ring lost, what was
+    written, and where and why the file stopped early (None: it did not)."""
     offered, lost = counters.get("transitions", 0), counters.get("transition_drops", 0)
-    # offered - lost - written: offered after the last read of the ring, as tracing ended
-    return {"file": path, "offered": offered, "lost": lost, "written": written,
+    # offered - lost - written: offered after the last read of the ring as tracing ended, or
+    # after the file stopped
+    return {"file": path, "offered": offered, "lost": lost, "written": written, "stopped": stopped,
             "in_flight_at_end": offered - lost - written}

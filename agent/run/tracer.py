@@ -213,7 +213,8 @@ class Tracer:
             netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": tcpext_end},
             sysctls=self._sysctls, kernel_release=os.uname().release, aggregates=aggregates,
             listen_queues=pressed.astype(object).where(pressed.notna(), None).to_dict("records"),
-            transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path)
+            transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path,
+                                                self._transitions.stopped)
                          if self._transitions else None),
         )
         if self._recorder:

@@ -223,3 +223,25 @@ def test_a_field_of_the_wrong_type_or_size_is_one_line_naming_the_line(tmp_path,
     row[field] = value
     recording.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
     one_line_error(run("report", recording), 7, "stream.jsonl:1:", says)
+
+
+@as_root
+def test_a_disk_that_fills_up_under_transitions_stops_the_stream_not_the_run(tmp_path):
+    """The transitions written stay, the rest is counted as not written, and the summary says why."""
+    import numpy as np
+
+    from agent.output.text import transitions_line
+    from agent.record import layout, transitions
+
+    batch = np.zeros(500, layout.TRANSITION_DTYPE)
+    batch["family"], batch["comm"] = 2, b"tc-stream"
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        writer = transitions.Writer(small / "t.csv", 0)
+        for _ in range(20):  # about 10 000 rows of some 60 bytes: more than 64 KiB
+            writer.write(batch)
+        writer.close()
+        assert writer.stopped and "No space left on device" in writer.stopped
+        assert 0 < writer.written < 20 * len(batch)
+        line = transitions_line(transitions.accounting(writer.written, {"transitions": 20 * len(batch)},
+                                                       str(small / "t.csv"), writer.stopped))
+        assert f"{20 * len(batch) - writer.written} not written after it" in line
