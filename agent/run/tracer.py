@@ -187,6 +187,9 @@ class Tracer:
         counters = self._probe.counters() | {
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
+        for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
+            name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))
+            row["comm"] = name or row["comm"]
         tcpext_end = procfs.all_tcp_counters()
         pressed = queues.pressed(diag.listeners_everywhere())  # whose queue, if the counters moved
         # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives

@@ -250,3 +250,21 @@ def test_a_pre_forking_servers_aborted_connections_are_ambiguous_not_the_masters
     assert len(served) == N == sum(d["connections"] for d in dones)
     assert set(served["initiator"]) == {"reset_remote"}
     assert set(served["owner_src"]) == {"ambiguous"} and master.pid not in set(conns["pid"].dropna())
+
+
+def test_a_threaded_server_counted_in_bpf_is_one_process_too():
+    """--aggregates counts per (pid, thread name) in BPF; the run names each pid for its process."""
+    tracer = Tracer(Filters(), aggregates=True)
+    server = Process("server", "wait_close", "--count", "0", "--comm", "tc-threaded", "--threads", "3",
+                     "--idle", IDLE)
+    port = server.ready()["port"]
+    client = start_client("close_first", port, N, "tc-thclient")
+    try:
+        client.done(), server.done()
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        server.release(), client.release()
+    procs = processes.from_counts(run.aggregates, lives.connections(events, run.ended_at, None), run.ended_at)
+    mine = procs[procs["pid"] == server.pid]
+    assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
