@@ -94,11 +94,6 @@ def socket_holders(proc: Path = Path("/proc")) -> dict[int, list[tuple[int, str,
     return holders
 
 
-def socket_owners(proc: Path = Path("/proc")) -> dict[int, tuple[int, str, int]]:
-    """Socket inode -> (pid, comm, fd) of the first process found holding it."""
-    return {inode: held[0] for inode, held in socket_holders(proc).items()}
-
-
 def holders_label(pids_comms) -> tuple[int | None, str]:
     """(pid, comm) for people: the one process that holds a socket (or listens on a port),
     else no pid and what the holders are: "nginx (3 processes)", "2 processes"."""

@@ -43,6 +43,18 @@ def assert_credited(conns, port: int, done: dict) -> None:
     assert mine["close_wait_open"].all() and set(mine["owner_src"]) == {"fd_table"}
 
 
+def finished(tracer: Tracer, server: Process, client: Process) -> tuple:
+    """Client and server done, their last ACKs in, tracing ended, both released whatever
+    happens: (events, run, the server's "done" line)."""
+    try:
+        client.done()
+        done = server.done()
+        time.sleep(0.3)
+        return (*tracer.finish(), done)
+    finally:
+        server.release(), client.release()
+
+
 def reuseport_group(server_mode: str, client_mode: str, comm: str, host: str = "127.0.0.1"):
     """Two processes listening on one port with SO_REUSEPORT (their listen() while tracing:
     the key is marked shared), one client making N connections to it; (connections, run,
@@ -150,12 +162,7 @@ def test_two_hosts_joined_by_veth(server_mode, client_mode, server_closes, clien
                          netns=server_ns)
         port = server.ready()["port"]
         client = start_client(client_mode, port, N, "tc-vclient", host="10.231.0.1", netns=client_ns)
-        try:
-            client.done(), server.done()
-            time.sleep(0.3)
-            events, run = tracer.finish()
-        finally:
-            server.release(), client.release()
+        events, run, _ = finished(tracer, server, client)
         conns = lives.connections(events, run.ended_at)
         served = conns[(conns["laddr"] == "10.231.0.1") & (conns["lport"] == port)]
         made = conns[(conns["raddr"] == "10.231.0.1") & (conns["rport"] == port)]
@@ -213,13 +220,7 @@ def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
                      "--idle", IDLE)
     port = server.ready()["port"]
     client = start_client("close_first", port, N, "tc-thclient")
-    try:
-        client.done()
-        done = server.done()
-        time.sleep(0.3)
-        events, run = tracer.finish()
-    finally:
-        server.release(), client.release()
+    events, run, done = finished(tracer, server, client)
     conns = lives.connections(events, run.ended_at)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert len(served) == N == done["connections"]
@@ -259,12 +260,7 @@ def test_a_threaded_server_counted_in_bpf_is_one_process_too():
                      "--idle", IDLE)
     port = server.ready()["port"]
     client = start_client("close_first", port, N, "tc-thclient")
-    try:
-        client.done(), server.done()
-        time.sleep(0.3)
-        events, run = tracer.finish()
-    finally:
-        server.release(), client.release()
+    events, run, _ = finished(tracer, server, client)
     procs = processes.from_counts(run.aggregates, lives.connections(events, run.ended_at, None), run.ended_at)
     mine = procs[procs["pid"] == server.pid]
     assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
