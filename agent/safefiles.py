@@ -140,3 +140,13 @@ def open_stream(path, what: str, force: bool = False) -> TextIO:
     os.set_blocking(fd, True)
     os.ftruncate(fd, 0)
     return os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+
+# Where scratch files go unless TMPDIR says otherwise: /var/tmp is on disk by convention,
+# while /tmp is a tmpfs on many systems, where a large file would be memory again.
+SCRATCH_DIR = "/var/tmp"
+
+
+def scratch_directory() -> str | None:
+    """$TMPDIR, else /var/tmp, else None (tempfile's own choice) where /var/tmp cannot be written."""
+    return os.environ.get("TMPDIR") or (SCRATCH_DIR if os.access(SCRATCH_DIR, os.W_OK) else None)

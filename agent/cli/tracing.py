@@ -81,7 +81,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
                         transitions_to=transitions_to, max_socks=max_sockets)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
-        results.show(events, run_info, out, err=transitions_to == "-")  # stdout holds the transitions
+        results.show(events, run_info, out, err=transitions_to == "-", rescue=True)  # stdout holds the transitions
 
 
 @click.command(context_settings=CONTEXT)
@@ -120,4 +120,4 @@ def demo(out, force, record):
             events, run_info = tracer.finish()
         finally:
             workload.release(procs)
-        results.show(events, run_info, out, summary=True)
+        results.show(events, run_info, out, summary=True, rescue=True)

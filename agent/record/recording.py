@@ -93,6 +93,9 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
     if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
         if not rows:
             raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
-        times = events[["opened_at", "event_at"]].astype(float)
-        return events, RunInfo(started_at=times.min().min(), ended_at=times.max().max(), cut_short=True)
+        times = events[["opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at"]].astype(float)
+        started, ended = times.min().min(), times.max().max()
+        if pd.isna(started):
+            raise BadRecording(f"{path} has no run line and no event with a time: nothing bounds the run")
+        return events, RunInfo(started_at=started, ended_at=ended, cut_short=True)
     return events, RunInfo.from_dict(run)

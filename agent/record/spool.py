@@ -17,9 +17,7 @@ import pandas as pd
 
 from ..errors import CannotWrite
 
-# Where the spool goes unless TMPDIR says otherwise: /var/tmp is on disk by convention,
-# while /tmp is a tmpfs on many systems, where the spool would be memory again.
-DEFAULT_DIR = "/var/tmp"
+from ..safefiles import scratch_directory
 
 
 class Spool:
@@ -29,8 +27,8 @@ class Spool:
     with the process however the process ends."""
 
     def __init__(self, dtype: np.dtype, directory: str | None = None):
-        if directory is None:  # None: tempfile's own choice (/tmp) where /var/tmp cannot be written
-            directory = os.environ.get("TMPDIR") or (DEFAULT_DIR if os.access(DEFAULT_DIR, os.W_OK) else None)
+        if directory is None:
+            directory = scratch_directory()
         try:
             self._file = tempfile.TemporaryFile(prefix="tcpclose-spool-", dir=directory)
         except OSError as exc:

@@ -120,6 +120,42 @@ def test_a_disk_that_fills_up_keeps_the_earlier_files_whole_and_the_summary_on_s
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written
 
 
+@as_root
+def test_a_trace_whose_files_cannot_be_written_is_kept_as_a_recording_elsewhere(tmp_path, recording, monkeypatch,
+                                                                               capsys):
+    from agent.cli import results
+    from agent.record.recording import read_recording
+    from agent.safefiles import OutputDir
+
+    events, run_info = read_recording(recording)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        out = OutputDir(small / "out")
+        with open(small / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        with pytest.raises(CannotWrite, match="No space left"):
+            results.show(events, run_info, out, rescue=True)
+    kept = list(scratch.glob("tcpclose-rescue-*/recording.jsonl"))
+    assert len(kept) == 1 and f"the run is kept in {kept[0]}" in capsys.readouterr().err
+    assert (kept[0].parent.stat().st_mode & 0o777) == 0o700  # root's alone
+    again, run_again = read_recording(kept[0])
+    assert len(again) == len(events) and run_again.ended_at == run_info.ended_at
+    result = run("report", kept[0], "-o", tmp_path / "later")
+    assert result.exit_code == 0 and (tmp_path / "later" / "connections.csv").read_text() == (
+        _report_files(recording, tmp_path / "direct")["connections.csv"])
+
+
+def _report_files(recording: Path, out: Path) -> dict[str, str]:
+    assert run("report", recording, "-o", out).exit_code == 0
+    return {p.name: p.read_text() for p in out.iterdir() if p.suffix == ".csv"}
+
+
 def test_a_counted_only_run_into_a_directory_of_a_full_run_removes_the_files_that_are_not_its(tmp_path, recording):
     out = tmp_path / "out"
     assert run("report", recording, "-o", out).exit_code == 0

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from agent.record import decode, layout, spool
+from agent import safefiles
 from agent.errors import CannotWrite
 from support.streams import OFFSET_NS, raw
 
@@ -37,7 +38,7 @@ def test_the_file_has_no_name_and_stays_off_tmpfs_unless_tmpdir_says(tmp_path, m
     given = spool.Spool(layout.EVENT_DTYPE, str(tmp_path))
     assert _where(given).startswith(str(tmp_path)) and _where(given).endswith("(deleted)")
     monkeypatch.delenv("TMPDIR", raising=False)
-    assert _where(spool.Spool(layout.EVENT_DTYPE)).startswith(spool.DEFAULT_DIR + "/")
+    assert _where(spool.Spool(layout.EVENT_DTYPE)).startswith(safefiles.SCRATCH_DIR + "/")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     assert _where(spool.Spool(layout.EVENT_DTYPE)).startswith(str(tmp_path))
 
@@ -67,7 +68,7 @@ def test_in_order_refuses_spans_that_skip_records(tmp_path):
 
 def test_without_a_writable_var_tmp_it_goes_to_tempfiles_choice(tmp_path, monkeypatch):
     monkeypatch.delenv("TMPDIR", raising=False)
-    monkeypatch.setattr(spool, "DEFAULT_DIR", str(tmp_path / "missing"))
+    monkeypatch.setattr(safefiles, "SCRATCH_DIR", str(tmp_path / "missing"))
     assert _where(spool.Spool(layout.EVENT_DTYPE)).startswith(tempfile.gettempdir() + "/")
 
 
