@@ -142,6 +142,31 @@ def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
     out.loc[hit, "owner_src"] = "ambiguous"
 
 
+def _listeners_seen_shared(out: pd.DataFrame) -> None:
+    """A life credited to its listener's owner only is ambiguous where other lives of the same
+    listener (network namespace, local address and port) were closed by another process's
+    syscall: the listener's children went to several processes (a pre-forking server's
+    workers, a dispatcher passing them on), so the one that listened is not the one that had
+    this socket.  This holds after that listener is gone too, where _shared_listeners, which
+    reads the snapshot at the end, cannot tell."""
+    server = (out["role"] == "server").to_numpy()
+    src = out["owner_src"].to_numpy(object)
+    guessed = np.flatnonzero(server & (src == "listener"))
+    if not len(guessed):
+        return
+    key = ["netns", "laddr", "lport"]
+    keyed = out[[*key, "pid"]].assign(netns=out["netns"].fillna("").astype(str))  # no namespace learnt: ""
+    owners = keyed[server & (src == "syscall")].groupby(key, sort=False)["pid"].agg(lambda p: set(p.astype(int)))
+    if not len(owners):
+        return
+    listened = keyed.iloc[guessed]
+    others = owners.reindex(pd.MultiIndex.from_frame(listened[key]))
+    hit = [i for i, seen, pid in zip(guessed, others.to_numpy(object), listened["pid"])
+           if isinstance(seen, set) and seen - {int(pid)}]
+    out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
+    out.loc[hit, "owner_src"] = "ambiguous"
+
+
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
@@ -212,4 +237,5 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     seen_at_end = events[events["kind"] == "seen_at_end"]
     _from_fd_tables(out, seen_at_end)
     _shared_listeners(out, seen_at_end)
+    _listeners_seen_shared(out)
     return out

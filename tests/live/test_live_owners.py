@@ -212,6 +212,80 @@ def test_a_socket_whose_maker_is_gone_is_credited_to_the_process_that_holds_it()
     assert (mine["pid"].iloc[0], mine["comm"].iloc[0], mine["owner_src"].iloc[0]) == (heir_pid, "tc-heir", "fd_table")
 
 
+PASSER = """
+import ctypes, json, os, socket, sys
+name = lambda n: ctypes.CDLL(None).prctl(15, n, 0, 0, 0)
+count = int(sys.argv[1])
+listener = socket.create_server(("127.0.0.1", 0))
+print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
+here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+if os.fork() == 0:  # the handler: gets each connection's fd, never accepts one
+    name(b"tc-handler")
+    listener.close(), here.close()
+    got = []
+    for _ in range(count):
+        _, fds, _, _ = socket.recv_fds(there, 1, 1)
+        got.append(socket.socket(fileno=fds[0]))
+    closed, kept = got[: count // 2], got[count // 2:]
+    for conn in closed:  # the peer closes first: these end in the handler's close()
+        while conn.recv(64):
+            pass
+        conn.close()
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    sys.stdin.read()  # hold the rest, in CLOSE_WAIT, until released
+    os._exit(0)
+name(b"tc-dispatcher")
+there.close()
+ports = []
+for _ in range(count):  # accept, pass the fd on, close the dispatcher's copy
+    conn, peer = listener.accept()
+    ports.append(peer[1])
+    socket.send_fds(here, [b"x"], [conn.fileno()])
+    conn.close()
+print(json.dumps({"pid": os.getpid(), "peer_ports": ports}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_socket_passed_to_another_process_is_the_receivers_never_the_acceptors():
+    """A dispatcher accepts (no transition) and passes each connection's fd over a Unix socket
+    to a handler, closing its own copy: the handler closes half after the peer's FIN (its
+    syscall) and leaks the rest in CLOSE_WAIT (the fd tables at the end).  Every life is the
+    handler's; the dispatcher, whose listener made them, holds none of them."""
+    import json
+    import subprocess
+    import sys
+
+    tracer = Tracer(Filters())
+    passer = subprocess.Popen([sys.executable, "-c", PASSER, str(N)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    client = None
+    try:
+        port = json.loads(passer.stdout.readline())["port"]
+        client = start_client("close_first", port, N, "tc-passclient")
+        client.done()
+        lines = [json.loads(passer.stdout.readline()) for _ in range(2)]
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        passer.stdin.close()
+        passer.wait(timeout=10)
+        if client:
+            client.release()
+    dispatcher = next(line for line in lines if "peer_ports" in line)
+    handler = next(line for line in lines if "peer_ports" not in line)
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    assert sorted(served["rport"]) == sorted(dispatcher["peer_ports"]) and len(served) == N
+    assert set(served["pid"]) == {handler["pid"]} and set(served["comm"]) == {"tc-handler"}, \
+        served[["pid", "comm", "owner_src", "initiator"]]
+    assert dispatcher["pid"] not in set(conns["pid"].dropna())
+    passive = served[served["initiator"] == "passive"]
+    leaked = served[served["close_wait_open"]]
+    assert len(passive) == N // 2 and set(passive["owner_src"]) == {"syscall"}
+    assert len(leaked) == N - N // 2 and set(leaked["owner_src"]) == {"fd_table"}
+
+
 def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
     """Three threads of one process accept and close: every life is the process's (its tgid
     and its name), the name of the thread that closed it kept beside (thread_comm)."""
@@ -251,6 +325,37 @@ def test_a_pre_forking_servers_aborted_connections_are_ambiguous_not_the_masters
     assert len(served) == N == sum(d["connections"] for d in dones)
     assert set(served["initiator"]) == {"reset_remote"}
     assert set(served["owner_src"]) == {"ambiguous"} and master.pid not in set(conns["pid"].dropna())
+
+
+def test_a_pre_forking_servers_aborted_connections_stay_ambiguous_after_it_stopped_listening():
+    """As above, but the server is gone before tracing ends (no listener for the snapshot at the
+    end to find shared): the workers' own closes of the listener's other children show that
+    they, not the master, took its connections, so the aborted ones are still no one's."""
+    tracer = Tracer(Filters())
+    master = Process("server", "wait_close", "--count", "0", "--comm", "tc-pfgone", "--workers", "2", "--idle", IDLE)
+    port = master.ready()["port"]
+    closing = start_client("close_first", port, N, "tc-pfpolite")
+    client = None
+    try:
+        closing.done()
+        client = start_client("linger0", port, N, "tc-pfaborter")
+        client.done()
+        dones = [master.done(), master.done()]
+        assert master.release() == 0  # the master and its workers exited: no listener left
+        time.sleep(0.3)
+        events, run = tracer.finish()
+    finally:
+        master.release(), closing.release()
+        if client:
+            client.release()
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    assert len(served) == 2 * N == sum(d["connections"] for d in dones)
+    polite = served[served["initiator"] == "passive"]
+    aborted = served[served["initiator"] == "reset_remote"]
+    assert len(polite) == N and set(polite["pid"]) <= {d["pid"] for d in dones} and set(polite["owner_src"]) == {"syscall"}
+    assert len(aborted) == N and set(aborted["owner_src"]) == {"ambiguous"}, aborted[["pid", "owner_src"]]
+    assert master.pid not in set(conns["pid"].dropna())
 
 
 def test_a_threaded_server_counted_in_bpf_is_one_process_too():

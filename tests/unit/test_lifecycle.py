@@ -94,6 +94,27 @@ def test_an_owner_never_seen_is_left_blank_not_guessed(tmp_path):
     assert conn.comm == ""
 
 
+@pytest.mark.parametrize("workers, ambiguous", [((101, 102), True), ((100, 100), False)],
+                         ids=["children closed by other processes", "all closed by the listener's owner"])
+def test_a_listeners_child_credited_by_the_listener_alone_is_ambiguous_once_others_had_its_siblings(
+        tmp_path, workers, ambiguous):
+    """A pre-forking server: the master (100) listened, its workers accepted and closed; a child
+    reset before any worker touched it has only the listener's owner to go by, and that is
+    a guess once the listener's other children are seen in other processes' hands."""
+    served = dict(laddr="127.0.0.1", lport=8080, raddr="127.0.0.1")
+    stream = [raw(skaddr=1, pid=100, comm="master", owner="listener", states=SERVER_OPEN, last="ESTABLISHED",
+                  flags=D["FLAG_RST_RECEIVED"], rport=40001, **served)]
+    stream += [raw(skaddr=2 + i, pid=pid, comm=f"w{pid}", states=SERVER_OPEN + ("CLOSE_WAIT", "LAST_ACK"),
+                   last="LAST_ACK", rport=40002 + i, **served) for i, pid in enumerate(workers)]
+    stream.append(raw(skaddr=9, pid=101, comm="w101", owner="listener", states=SERVER_OPEN, last="ESTABLISHED",
+                      flags=D["FLAG_RST_RECEIVED"], lport=9090, rport=40009, laddr="127.0.0.1"))  # another listener
+    events, run = replay(tmp_path, *stream)
+    conns = lives.connections(events, run.ended_at).set_index("rport")
+    assert conns.loc[40001, "owner_src"] == ("ambiguous" if ambiguous else "listener")
+    assert pd.isna(conns.loc[40001, "pid"]) if ambiguous else conns.loc[40001, "pid"] == 100
+    assert conns.loc[40009, "owner_src"] == "listener" and conns.loc[40009, "pid"] == 101
+
+
 def test_per_process_counts(tmp_path):
     client = dict(pid=10, comm="client")
     server = dict(pid=20, comm="server")
