@@ -31,7 +31,11 @@ def owner(pid, comm: str) -> str:
 
 
 def who(row) -> str:
-    """owner() of a row with pid and comm."""
+    """owner() of a row with pid and comm; a row that folds several processes of one name
+    (analysis.workloads) is "comm (N processes)"."""
+    folded = getattr(row, "processes", 1)
+    if not pd.isna(folded) and folded > 1:
+        return f"{printable(row.comm)} ({int(folded):,} processes)"
     return owner(row.pid, row.comm)
 
 

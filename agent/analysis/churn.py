@@ -78,12 +78,14 @@ def churn(conns: pd.DataFrame, keys: list[str], started_at: float, ended_at: flo
     return out[CHURN_COLUMNS]
 
 
-def processes(conns: pd.DataFrame, procs: pd.DataFrame, started_at: float, ended_at: float) -> pd.DataFrame:
-    """processes.csv's churn columns, in the row order of `procs` (processes.processes)."""
+def processes(conns: pd.DataFrame, procs: pd.DataFrame, started_at: float, ended_at: float,
+              keys: list[str] = ("pid", "comm")) -> pd.DataFrame:
+    """The churn columns of processes.processes(conns, keys=keys), in the row order of `procs`."""
+    keys = list(keys)
     if not len(procs):
         return procs.reindex(columns=[*procs.columns, *CHURN_COLUMNS])
-    profile = churn(conns, ["pid", "comm"], started_at, ended_at)
-    key = pd.MultiIndex.from_frame(procs[["pid", "comm"]])
+    profile = churn(conns, keys, started_at, ended_at)
+    key = pd.MultiIndex.from_frame(procs[keys]) if len(keys) > 1 else pd.Index(procs[keys[0]])
     return pd.concat([procs, profile.reindex(key).reset_index(drop=True)], axis=1)
 
 

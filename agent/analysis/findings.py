@@ -13,7 +13,7 @@ from ..labels import close_wait_age, duration_text, owner, who
 from .accounting import unseen
 from ..record.runinfo import RunInfo
 from . import churn, ports, queues
-from .processes import open_close_waits
+from .processes import PER_PROCESS, open_close_waits
 
 TOP = 3  # processes and peers named per finding
 SHORT_SHARE_CHURN = 0.5  # a process whose connections mostly close within 1 s is churning
@@ -23,12 +23,30 @@ def finding(topic: str, severity: str, text: str, evidence: str) -> dict:
     return {"topic": topic, "severity": severity, "text": text, "evidence": evidence}
 
 
-def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
+def of(conns: pd.DataFrame, row, keys: list[str]) -> pd.Series:
+    """The connections of one row of a grouped table (keys: analysis.processes.PER_PROCESS or
+    PER_COMM); an unknown owner's row has no pid, and is the lives with none."""
+    mask = pd.Series(True, index=conns.index)
+    for key in keys:
+        value = getattr(row, key)
+        mask &= conns[key].isna() if pd.isna(value) else (conns[key] == value).fillna(False)
+    return mask
+
+
+def close_wait_owner(group: pd.DataFrame) -> str:
+    """Who holds a group of open CLOSE_WAITs: one process, or a name and how many share it."""
+    pids = group["pid"].dropna().unique()
+    if len(pids) > 1:
+        return owner(None, group["comm"].iloc[0]) + f" ({len(pids):,} processes)"
+    return owner(pids[0] if len(pids) else None, group["comm"].iloc[0])
+
+
+def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) -> list[dict]:
     """The processes holding the TIME_WAITs, and what on their side would remove them."""
     out = []
     makers = procs[procs["timewait_count"] > 0].sort_values("timewait_count", ascending=False, kind="stable")
     for row in makers.head(TOP).itertuples(index=False):
-        mine = conns[(conns["pid"] == row.pid) & (conns["comm"] == row.comm) & conns["tw_made"]]
+        mine = conns[of(conns, row, keys) & conns["tw_made"]]
         as_server = int((mine["role"] == "server").sum())
         evidence = (f"closed first on {row.active_closes} of {row.connections} connections "
                     f"({row.simultaneous_closes} simultaneous); {row.timewait_count} TIME_WAITs, "
@@ -47,11 +65,11 @@ def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _churn(conns: pd.DataFrame, procs: pd.DataFrame) -> list[dict]:
+def _churn(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) -> list[dict]:
     out = []
     churners = procs[(procs["short_share"] >= SHORT_SHARE_CHURN) & (procs["opened"] > 0)]
     for row in churners.sort_values("opened_per_s", ascending=False, kind="stable").head(TOP).itertuples(index=False):
-        roles = conns.loc[(conns["pid"] == row.pid) & (conns["comm"] == row.comm), "role"]
+        roles = conns.loc[of(conns, row, keys), "role"]
         verb = "accepts" if (roles == "server").sum() * 2 > len(roles) else "opens"
         out.append(finding(
             "churn", "info",
@@ -75,15 +93,15 @@ def _port_pressure(pressure: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _close_wait(conns: pd.DataFrame, run: RunInfo) -> list[dict]:
+def _close_wait(conns: pd.DataFrame, run: RunInfo, keys: list[str]) -> list[dict]:
     out = []
     cw = open_close_waits(conns, run.ended_at)
-    for (pid, comm), group in cw.groupby(["pid", "comm"], dropna=False, sort=False):
+    for _, group in cw.groupby(keys, dropna=False, sort=False):
         oldest = group.iloc[0]
         fds = ", ".join(str(fd) for fd in group["fd"].dropna().head(5))
         out.append(finding(
             "close_wait", "problem",
-            f"{owner(pid, comm)} leaks CLOSE_WAIT: {len(group)} sockets whose peer closed and that it never closed. "
+            f"{close_wait_owner(group)} leaks CLOSE_WAIT: {len(group)} sockets whose peer closed and that it never closed. "
             "Find where it reads EOF (recv() returning 0) or an error and add close(); no sysctl fixes this.",
             f"oldest {close_wait_age(oldest)}" + (f"; fds {fds}" if fds else "")))
     return out
@@ -137,9 +155,11 @@ def listen_queues(run: RunInfo) -> list[dict]:
     return out
 
 
-def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo) -> list[dict]:
-    out = (_port_pressure(pressure) + _close_wait(conns, run) + _overflow(procs, run) + listen_queues(run)
-           + _timewait_makers(conns, procs) + _churn(conns, procs))
+def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo,
+             keys: list[str] = PER_PROCESS) -> list[dict]:
+    """procs: the grouped rows (analysis.workloads.grouped) whose `keys` name them."""
+    out = (_port_pressure(pressure) + _close_wait(conns, run, keys) + _overflow(procs, run) + listen_queues(run)
+           + _timewait_makers(conns, procs, keys) + _churn(conns, procs, keys))
     if not out:
         out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
                             f"{len(conns)} socket lives traced"))

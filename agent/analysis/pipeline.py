@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..record.runinfo import RunInfo
-from . import churn, lives, ports, processes
+from . import churn, lives, ports, processes, workloads
 from .findings import findings
 
 
@@ -17,18 +17,25 @@ class Analysis:
     run: RunInfo
     conns: pd.DataFrame
     procs: pd.DataFrame  # processes.processes and the churn columns of churn.processes
+    groups: pd.DataFrame  # what the summary, findings and report show: procs, or per name (--by)
+    workloads: pd.DataFrame  # per process name, always (workloads.csv)
     peers: pd.DataFrame
     pressure: pd.DataFrame
     timeline: pd.DataFrame
     findings: list[dict]
+    by: str = "comm"  # --by: the grouping of `groups`
+    top: int | None = workloads.DEFAULT_TOP  # --top: rows shown per table
 
 
-def analyse(events: pd.DataFrame, run: RunInfo) -> Analysis:
+def analyse(events: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
     """events (record.decode's columns) and their run -> everything the outputs show."""
     started, ended = run.started_at, run.ended_at
     conns = lives.connections(events, ended, run.timewait_method)
     procs = churn.processes(conns, processes.processes(conns, ended), started, ended)
+    per_comm = workloads.grouped(conns, procs, started, ended, "comm")
+    groups = per_comm if by == "comm" else workloads.grouped(conns, procs, started, ended, by)
     peers = churn.peers(conns, started, ended)
     pressure = ports.pressure(conns, run)
     timeline = churn.timeline(conns, started, ended, run.timewait_followed)
-    return Analysis(run, conns, procs, peers, pressure, timeline, findings(conns, procs, pressure, run))
+    return Analysis(run, conns, procs, groups, per_comm, peers, pressure, timeline,
+                    findings(conns, groups, pressure, run, workloads.BY[by]), by, top)

@@ -33,10 +33,25 @@ def open_close_waits(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
     return cw.sort_values("close_wait_age_s", ascending=False)
 
 
-def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
-    """One row per owning process, sorted by connections; unknown owners have no pid."""
+PER_PROCESS = ["pid", "comm"]  # processes.csv: one row per process (a pid and its name)
+PER_COMM = ["comm"]  # workloads.csv and the summary: what people mean by "the application"
+# of a row grouped by name: how many processes it folds, and a few of their pids
+GROUP_COLUMNS = ["processes", "pids"]
+PIDS_SHOWN = 5
+
+
+def pid_examples(pids: pd.Series) -> str:
+    """A few pids of a group, in order, '...' where there are more."""
+    known = sorted(set(pids.dropna().astype(int)))
+    return " ".join(map(str, known[:PIDS_SHOWN])) + (" ..." if len(known) > PIDS_SHOWN else "")
+
+
+def processes(conns: pd.DataFrame, ended_at: float, keys: list[str] = PER_PROCESS) -> pd.DataFrame:
+    """One row per owning process (keys PER_PROCESS), or per process name (PER_COMM: the
+    pids folded in, with their count and a few of them; pid is set where the name is one
+    process's), sorted by connections; unknown owners have no pid."""
     if not len(conns):
-        return pd.DataFrame(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS)
+        return pd.DataFrame(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS)
     reason = conns["tw_end_reason"]
     frame = conns.assign(
         **{column: conns["initiator"] == initiator for column, initiator in _CLOSE_COUNTS.items()},
@@ -45,9 +60,12 @@ def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
         tw_ended_s=conns["tw_s"].where(conns["tw_ended"]),
     )
     frame["close_wait_age_s"] = np.where(frame["close_wait_open"], ended_at - frame["close_wait_at"], np.nan)
-    grouped = frame.groupby(["pid", "comm"], dropna=False, sort=False)
+    grouped = frame.groupby(keys, dropna=False, sort=False)
+    folded = {} if "pid" in keys else {"processes": ("pid", "nunique"), "pids": ("pid", pid_examples),
+                                       "pid": ("pid", lambda s: s.iloc[0] if s.nunique() == 1 else pd.NA)}
     out = grouped.agg(
         connections=("initiator", "size"),
+        **folded,
         **{column: (column, "sum") for column in _CLOSE_COUNTS},
         timewait_count=("tw_made", "sum"),
         timewait_p50_s=("tw_ended_s", lambda s: s.quantile(0.5)),
@@ -59,8 +77,12 @@ def processes(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
         timewait_overflow=("tw_overflow", "sum"),
         netns=("netns", "first"),  # the owner's network namespace (first known; None: not known)
     ).reset_index()
-    out = out.sort_values(["connections", "pid"], ascending=[False, True], kind="stable")
-    return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS].reset_index(drop=True)
+    if "pid" in keys:
+        out["processes"] = out["pid"].notna().astype(int)
+        out["pids"] = out["pid"].astype(str).where(out["pid"].notna(), "")
+    out["pid"] = out["pid"].astype("Int64")
+    out = out.sort_values(["connections", keys[0]], ascending=[False, True], kind="stable")
+    return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS].reset_index(drop=True)
 
 
 def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:

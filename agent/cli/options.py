@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -67,6 +68,29 @@ def out_option(func):
     return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
                         help="Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, "
                              "summary.json, report.html and run.json into this directory.")(func)
+
+
+@dataclass(frozen=True)
+class View:
+    """How a finished run is shown: rows grouped `by` process name or pid, `top` rows a table
+    (None: all).  The files keep every process (processes.csv) and every name (workloads.csv)."""
+    by: str = "comm"
+    top: int | None = 20
+
+
+def view_options(func):
+    """--by and --top, handed to the command as one View."""
+    from ..analysis.workloads import BY, DEFAULT_TOP
+
+    @functools.wraps(func)
+    def wrapper(*args, by, top, **kwargs):
+        return func(*args, view=View(by, top or None), **kwargs)
+    wrapper = click.option("--top", type=click.IntRange(min=0), default=DEFAULT_TOP, show_default=True,
+                           help="Rows per table on the terminal and in report.html, the rest summed in one "
+                                "'others' row (0: all).")(wrapper)
+    return click.option("--by", type=click.Choice(list(BY)), default="comm", show_default=True,
+                        help="Group the summary, findings and report by process name (a curl loop is one row: "
+                             "'curl (2,954 processes)') or show each pid.")(wrapper)
 
 
 def output_dir(out: Path | None, force: bool):

@@ -1,6 +1,8 @@
 """A finished run shown: the terminal summary, or the files of -o (and the summary too where asked)."""
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,26 +14,41 @@ from ..output import files, text
 from ..record.recording import Recorder
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir, scratch_directory
+from .options import View
+
+FILE_WIDTH = 120  # summary.txt, and a summary that does not go to a terminal
 
 
 def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
-         rescue: bool = False) -> None:
+         rescue: bool = False, view: View = View()) -> None:
     """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `summary`).
     rescue: the events exist nowhere else (a live trace): where `out` cannot be written, they
-    are kept as a recording in a new directory of our own, for `tcpclose report` later."""
+    are kept as a recording in a new directory of our own, for `tcpclose report` later.
+    view: the grouping and the rows per table of the summary (--by, --top)."""
+    from ..analysis import workloads
+
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
         from ..analysis import lives, processes
 
-        still_open = lives.connections(events, run.ended_at, None)
-        procs = processes.from_counts(run.aggregates, still_open, run.ended_at)
-        summary_text = text.render(still_open, procs, run)
-        write = lambda: files.write_aggregates(out, procs, summary_text, run)  # noqa: E731
+        conns = lives.connections(events, run.ended_at, None)  # the lives still open
+        procs = processes.from_counts(run.aggregates, conns, run.ended_at)
+        groups, pressure, a = workloads.folded(procs, view.by), None, None
     else:
         from ..analysis.pipeline import analyse
 
-        a = analyse(events, run)
-        summary_text = text.render(a.conns, a.procs, run, pressure=a.pressure)
-        write = lambda: files.write(out, a, summary_text)  # noqa: E731
+        a = analyse(events, run, view.by, view.top)
+        conns, groups, pressure = a.conns, a.groups, a.pressure
+
+    def render(width: int) -> str:
+        return text.render(conns, workloads.top(groups, view.top), run, width, pressure=pressure,
+                           keys=workloads.BY[view.by])
+
+    def write() -> list:
+        if a is None:
+            return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run)
+        return files.write(out, a, render(FILE_WIDTH))
+
+    summary_text = render(_width(err) if not out or summary else FILE_WIDTH)
     if out:
         try:
             paths = write()
@@ -68,6 +85,13 @@ def _rescued(events: pd.DataFrame, run: RunInfo) -> str:
         return f"the run could not be kept elsewhere either: {recorder.stopped}"
     return (f"the run is kept in {recorder.path}: "
             f"'tcpclose report {recorder.path} -o DIR' writes its files where there is room")
+
+
+def _width(err: bool) -> int:
+    """The terminal's width where the summary goes to one (rich wraps at word boundaries
+    there, not the terminal mid-phrase), else FILE_WIDTH."""
+    stream = sys.stderr if err else sys.stdout
+    return shutil.get_terminal_size((FILE_WIDTH, 24)).columns if stream.isatty() else FILE_WIDTH
 
 
 def _echo(message: str, err: bool, nl: bool = False) -> None:

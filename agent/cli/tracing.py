@@ -7,8 +7,8 @@ import click
 
 from ..filters import Filters
 from . import results
-from .options import (CONTEXT, MAX_DURATION_S, finite, announce, expected_errors, filter_options, netns_option, netns_option_path, out_option,
-                      output_dir)
+from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter_options, finite, netns_option,
+                      netns_option_path, out_option, output_dir, view_options)
 
 
 @click.command(context_settings=CONTEXT)
@@ -35,10 +35,12 @@ from .options import (CONTEXT, MAX_DURATION_S, finite, announce, expected_errors
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
+@view_options
+@click.option("-q", "--quiet", is_flag=True, help="With -o, write the files only: no summary on the terminal.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
 def trace(duration, out, force, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
-          print_bpf):
+          view, quiet, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
@@ -52,7 +54,8 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
     \b
     Examples:
       sudo tcpclose trace                      # summary on Ctrl-C
-      sudo tcpclose trace -d 30 -o out/        # CSVs and summary.txt in out/
+      sudo tcpclose trace -d 30 -o out/        # the summary, and CSVs, summary.txt, report.html in out/
+      sudo tcpclose trace --by pid --top 0     # a row per process, every process
       sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
       sudo tcpclose trace -D 5432 --record pg.jsonl
       sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
@@ -81,14 +84,16 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
                         transitions_to=transitions_to, max_socks=max_sockets)
         click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
         events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
-        results.show(events, run_info, out, err=transitions_to == "-", rescue=True)  # stdout holds the transitions
+        results.show(events, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
+                     rescue=True, view=view)
 
 
 @click.command(context_settings=CONTEXT)
 @out_option
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
+@view_options
 @expected_errors
-def demo(out, force, record):
+def demo(out, force, record, view):
     """Trace a built-in loopback workload and show the summary (root, a few seconds);
     with -o, write every file and the incident report too.
 
@@ -120,4 +125,4 @@ def demo(out, force, record):
             events, run_info = tracer.finish()
         finally:
             workload.release(procs)
-        results.show(events, run_info, out, summary=True, rescue=True)
+        results.show(events, run_info, out, summary=True, rescue=True, view=view)

@@ -3,6 +3,7 @@
   connections.csv  one row per socket life (the contract's columns)
   processes.csv    one row per process: the contract's columns, then TIME_WAIT end
                    reasons and the churn profile
+  workloads.csv    the same per process name, the pids folded in (analysis.workloads)
   peers.csv        one row per peer: churn and who closes first (analysis.churn.peers)
   ports.csv        ephemeral-port pressure per destination (analysis.ports.pressure)
   timeline.csv     per time bin: opened, closed, TIME_WAIT and CLOSE_WAIT alive
@@ -22,13 +23,14 @@ from ..analysis.lives import CONNECTION_COLUMNS, CSV_EXTRA_COLUMNS
 from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
+from ..analysis.workloads import WORKLOAD_COLUMNS
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
 from . import summary_json
 
-FILES = ("connections.csv", "processes.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
+FILES = ("connections.csv", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
-AGGREGATE_FILES = ("processes.csv", "summary.txt", "run.json")
+AGGREGATE_FILES = ("processes.csv", "workloads.csv", "summary.txt", "run.json")
 # A cell a spreadsheet would run as a formula starts with one of these: a process name is
 # anyone's to choose, so those cells are written with a leading ' that makes them plain text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -43,7 +45,8 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     out = frame.copy()
     for column, mask in risky.items():
-        out.loc[mask, column] = "'" + out.loc[mask, column].astype(str)
+        if mask.any():  # (a count column of that name, workloads.csv's processes, never is)
+            out.loc[mask, column] = "'" + out.loc[mask, column].astype(str)
     return out
 
 
@@ -59,6 +62,7 @@ def write(out: OutputDir, a: Analysis, text: str) -> list:
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
     _csv(out, "processes.csv", a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS], "%.3f")
+    _csv(out, "workloads.csv", a.workloads[WORKLOAD_COLUMNS], "%.3f")
     _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
     _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
     _csv(out, "timeline.csv", a.timeline, "%.3f")
@@ -69,11 +73,13 @@ def write(out: OutputDir, a: Analysis, text: str) -> list:
     return [out.path / name for name in FILES]
 
 
-def write_aggregates(out: OutputDir, procs: pd.DataFrame, text: str, run: RunInfo) -> list:
-    """What a --aggregates run has: per-process rows, the summary and run.json.  The
+def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo) -> list:
+    """What a --aggregates run has: per-process rows, the same per name (`names`:
+    analysis.workloads.folded), the summary and run.json.  The
     per-connection files an earlier run left in the directory are removed: they are not this run's."""
     out.write_text("run.json", run.to_json())
     out.write_text("summary.txt", text)
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
+    _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
     out.remove(name for name in FILES if name not in AGGREGATE_FILES)
     return [out.path / name for name in AGGREGATE_FILES]

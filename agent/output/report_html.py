@@ -17,9 +17,11 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display n
 
 from ..analysis import ports
 from ..analysis.accounting import unseen
+from ..analysis.findings import close_wait_owner, of
 from ..analysis.pipeline import Analysis
 from ..analysis.processes import open_close_waits
-from ..labels import owner, who
+from ..analysis.workloads import BY, top
+from ..labels import who
 
 TOP = 10  # processes and destinations per plot
 _SEVERITY = {"problem": "#b00020", "warning": "#b26a00", "info": "#305080"}
@@ -90,7 +92,7 @@ def _timewait_lifetimes(a: Analysis):
 
 
 def _closes_per_process(a: Analysis):
-    procs = a.procs[(a.procs["active_closes"] + a.procs["passive_closes"] + a.procs["simultaneous_closes"]) > 0]
+    procs = a.groups[(a.groups["active_closes"] + a.groups["passive_closes"] + a.groups["simultaneous_closes"]) > 0]
     procs = procs.head(TOP)
 
     def draw(fig):
@@ -111,14 +113,14 @@ def _closes_per_process(a: Analysis):
 
 
 def _churn_per_process(a: Analysis):
-    procs = a.procs[a.procs["opened"] > 0].sort_values("opened", ascending=False).head(5)
+    procs = a.groups[a.groups["opened"] > 0].sort_values("opened", ascending=False).head(5)
     width = float(a.timeline["since_start_s"].diff().max()) if len(a.timeline) > 1 else 1.0
 
     def draw(fig):
         ax = fig.add_subplot(1, 2, 1)
         edges = np.r_[0, a.timeline["since_start_s"].to_numpy()]
         for row in procs.itertuples(index=False):
-            mine = a.conns[(a.conns["pid"] == row.pid) & (a.conns["comm"] == row.comm)]
+            mine = a.conns[of(a.conns, row, BY[a.by])]
             since = mine["opened_at"].to_numpy(float) - a.run.started_at
             counts = np.histogram(since[since >= 0], bins=edges)[0]
             ax.plot(edges[1:], counts / max(width, 1e-9), label=who(row))
@@ -160,8 +162,8 @@ def _close_wait_ages(a: Analysis):
 
     def draw(fig):
         ax = fig.add_subplot(1, 1, 1)
-        for (pid, comm), group in list(cw.groupby(["pid", "comm"], dropna=False, sort=False))[:TOP]:
-            ax.hist(group["close_wait_age_s"], bins=30, alpha=0.7, label=owner(pid, comm))
+        for _, group in list(cw.groupby(BY[a.by], dropna=False, sort=False))[:TOP]:
+            ax.hist(group["close_wait_age_s"], bins=30, alpha=0.7, label=close_wait_owner(group))
         ax.set(xlabel="age at the end of tracing (s; for those begun before tracing, at least)",
                ylabel="sockets in CLOSE_WAIT")
         ax.legend(fontsize="small")
@@ -187,7 +189,7 @@ def render(a: Analysis, text_summary: str) -> str:
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>tcpclose report {html.escape(started)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>tcpclose: {len(a.conns)} socket lives of {len(a.procs)} processes, "
+        f"<h1>tcpclose: {len(a.conns)} socket lives of {a.procs['pid'].nunique():,} processes, "
         f"traced {run.traced_s:.1f} s from {html.escape(started)}</h1>",
         '<h2 id="findings">Findings</h2>',
     ]
@@ -197,11 +199,13 @@ def render(a: Analysis, text_summary: str) -> str:
                      f'<div class="evidence">{html.escape(f["evidence"])}</div></div>')
     parts += [_timewait_over_time(a), _timewait_lifetimes(a), _closes_per_process(a), _churn_per_process(a),
               _port_pressure(a), _close_wait_ages(a)]
-    parts.append('<h2 id="processes">Processes</h2>')
-    several = "netns" in a.procs and a.procs["netns"].dropna().nunique() > 1  # containers: pids and names may repeat
-    parts.append(_table(a.procs.head(30), ["pid", "comm", *(["netns"] if several else []), "connections",
-                                           "active_closes", "passive_closes", "timewait_count", "close_wait_open",
-                                           "opened_per_s", "duration_p50_s", "short_share"], left=("comm", "netns")))
+    parts.append('<h2 id="processes">Processes' + (" by name" if a.by == "comm" else "") + '</h2>')
+    rows = top(a.groups, a.top)
+    several = "netns" in rows and rows["netns"].dropna().nunique() > 1  # containers: pids and names may repeat
+    folded = ["processes", "pids"] if a.by == "comm" else []
+    parts.append(_table(rows, ["pid", "comm", *folded, *(["netns"] if several else []), "connections",
+                               "active_closes", "passive_closes", "timewait_count", "close_wait_open",
+                               "opened_per_s", "duration_p50_s", "short_share"], left=("comm", "pids", "netns")))
     parts.append('<h2 id="unseen">What this run could not see</h2><ul>')
     parts += [f"<li>{n} {html.escape(what)}</li>" for what, n in unseen(run).items()]
     parts.append("<li>TIME_WAITs and connections begun before tracing: only those found in the snapshot at "

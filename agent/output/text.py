@@ -9,13 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..analysis.churn import SHORT_S
-from ..analysis.findings import listen_queues
+from ..analysis.findings import close_wait_owner, listen_queues
 from ..analysis.ports import describe
-from ..analysis.processes import open_close_waits
+from ..analysis.processes import PER_PROCESS, open_close_waits
 from ..analysis.reconcile import RECONCILED, reconcile
 from ..analysis.accounting import unseen
 from ..record.runinfo import RunInfo
-from ..labels import close_wait_age, duration_text, owner, printable, who
+from ..labels import close_wait_age, duration_text, printable, who
 
 _TABLE_COLUMNS = [
     ("PID", "pid"), ("COMM", "comm"), ("CONNS", "connections"), ("ACTIVE", "active_closes"),
@@ -78,7 +78,7 @@ def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame
     for row in rows.itertuples(index=False):
         ended = row.timewait_expired + row.timewait_reused + row.timewait_killed
         parts = [f"{row.timewait_count} made"]
-        if ended:
+        if ended and not pd.isna(row.timewait_p50_s):
             parts.append(f"{ended} ended: p50 {row.timewait_p50_s:.1f} s, p95 {row.timewait_p95_s:.1f} s, "
                          f"max {row.timewait_max_s:.1f} s")
         reasons = [f"{getattr(row, 'timewait_' + r)} {r}" for r in ("expired", "reused", "killed", "open", "unknown")
@@ -131,8 +131,8 @@ def _churn_section(console: Console, procs: pd.DataFrame) -> None:
         durations = ("" if pd.isna(row.duration_p50_s) else
                      f"; lived p50 {duration_text(row.duration_p50_s)}, p95 {duration_text(row.duration_p95_s)}, "
                      f"p99 {duration_text(row.duration_p99_s)}, {row.short_share:.0%} under {SHORT_S:.0f} s")
-        console.print(f"  {who(row)}: {row.opened} opened, {row.opened_per_s:.1f}/s "
-                      f"(busiest {row.peak_opened_per_s:.0f}/s){durations}")
+        busiest = "" if pd.isna(row.peak_opened_per_s) else f" (busiest {row.peak_opened_per_s:.0f}/s)"
+        console.print(f"  {who(row)}: {row.opened} opened, {row.opened_per_s:.1f}/s{busiest}{durations}")
 
 
 def _ports_section(console: Console, pressure: pd.DataFrame) -> None:
@@ -144,20 +144,25 @@ def _ports_section(console: Console, pressure: pd.DataFrame) -> None:
 
 
 def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 120,
-           pressure: pd.DataFrame | None = None) -> str:
-    """The terminal summary.  procs with the churn columns (analysis.churn.processes) adds the churn section,
-    pressure (analysis.ports.pressure) the ephemeral-port one."""
+           pressure: pd.DataFrame | None = None, keys: list[str] = PER_PROCESS) -> str:
+    """The terminal summary.  procs: its rows, per process or grouped by name (keys, see
+    analysis.workloads), cut to the top ones or not; with the churn columns
+    (analysis.churn.processes) it adds the churn section, pressure (analysis.ports.pressure)
+    the ephemeral-port one."""
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)
     started, ended = run.started_at, run.ended_at
+    processes = int(procs["processes"].sum()) if "processes" in procs else len(procs)
     console.print(
-        f"tcpclose: {int(procs['connections'].sum())} socket lives of {len(procs)} processes, "
+        f"tcpclose: {int(procs['connections'].sum())} socket lives of {processes:,} processes, "
         f"traced {ended - started:.1f} s "
         f"({time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} to "
         f"{time.strftime('%H:%M:%S', time.gmtime(ended))} UTC)"
     )
     table = Table(box=None, pad_edge=False, show_edge=False)
     columns = _TABLE_COLUMNS
+    if "processes" in procs and (procs["processes"] > 1).any():  # rows that fold several processes of a name
+        columns = [*columns[:2], ("PROCS", "processes"), *columns[2:]]
     if "netns" in procs and procs["netns"].dropna().nunique() > 1:  # two containers may share pids and names
         columns = [*_TABLE_COLUMNS[:2], ("NETNS", "netns"), *_TABLE_COLUMNS[2:]]
     for title, _ in columns:
@@ -189,8 +194,8 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
     console.print("\nOpen CLOSE_WAIT (the peer closed; the owner has not called close())")
     if not len(cw):
         console.print("  none")
-    for (pid, comm), group in cw.groupby(["pid", "comm"], dropna=False, sort=False):
-        console.print(f"  {owner(pid, comm)}: {len(group)} sockets in CLOSE_WAIT, oldest {close_wait_age(group.iloc[0])}: "
+    for _, group in cw.groupby(keys, dropna=False, sort=False):
+        console.print(f"  {close_wait_owner(group)}: {len(group)} sockets in CLOSE_WAIT, oldest {close_wait_age(group.iloc[0])}: "
                       "it forgot to close them")
         for row in group.head(OLDEST_CLOSE_WAITS).itertuples(index=False):
             fd = "fd ?" if pd.isna(row.fd) else f"fd {row.fd}"

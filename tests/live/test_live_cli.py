@@ -272,3 +272,27 @@ def test_a_tracer_killed_with_sigkill_leaves_a_recording_that_report_reads(tmp_p
     assert report.returncode == 0, report.stderr
     assert f"tc-client (pid {client.pid}) closed first on {N} of {N}" in report.stdout
     assert "The recording was cut short" in report.stdout
+
+
+def test_a_loop_of_curl_runs_is_one_application_in_the_summary(tmp_path):
+    """Each curl run is a new process: the summary names curl once, with how many processes,
+    and keeps each pid in processes.csv."""
+    runs = 40
+    server, port = start_server("close_first", runs, "tc-web")
+    trace = start_trace("-c", "curl", "-o", str(tmp_path))
+    pids = []
+    for _ in range(runs):
+        curl = subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], capture_output=True)
+        assert curl.returncode in (52, 56), curl  # the server closes without a reply: empty reply or reset
+    server.done(), server.release()
+    trace.send_signal(signal.SIGTERM)
+    summary, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    assert summary == (tmp_path / "summary.txt").read_text()  # -o writes the files and still shows the summary
+    table = summary.split("\n\n")[0].splitlines()
+    assert table[1].split()[:3] == ["PID", "COMM", "PROCS"] and len(table) == 3, summary
+    assert table[2].split()[1:4] == ["curl", str(runs), str(runs)]  # COMM PROCS CONNS
+    assert "curl (pid" not in summary
+    per_process = read_csv(tmp_path / "processes.csv")
+    assert len(per_process) == runs and {r["comm"] for r in per_process} == {"curl"}
+    assert [(r["comm"], r["processes"]) for r in read_csv(tmp_path / "workloads.csv")] == [("curl", str(runs))]

@@ -10,6 +10,7 @@ from agent.analysis.churn import CHURN_COLUMNS, PEER_COLUMNS
 from agent.analysis.lives import CONNECTION_COLUMNS
 from agent.analysis.ports import PRESSURE_COLUMNS
 from agent.analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
+from agent.analysis.workloads import WORKLOAD_COLUMNS
 from agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,8 @@ def test_every_option_of_every_command_is_in_docs_commands(name, param):
 
 
 @pytest.mark.parametrize("column", sorted({*CONNECTION_COLUMNS, *PROCESS_COLUMNS, *EXTRA_PROCESS_COLUMNS,
-                                           *CHURN_COLUMNS, *PEER_COLUMNS, *PRESSURE_COLUMNS}))
+                                           *CHURN_COLUMNS, *PEER_COLUMNS, *PRESSURE_COLUMNS,
+                                           *WORKLOAD_COLUMNS}))
 def test_every_column_of_the_csv_files_is_in_docs_files(column):
     assert f"`{column}`" in FILES_DOC or column in FILES_DOC.replace("`", "")
 

@@ -164,7 +164,7 @@ def test_a_counted_only_run_into_a_directory_of_a_full_run_removes_the_files_tha
                "reset_local": 0, "reset_remote": 0, "never_established": 0, "timewait": 1}]
     replay(tmp_path, raw(), aggregates=counts)
     assert run("report", recording, "-o", out).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["processes.csv", "run.json", "summary.txt", "workloads.csv"]
 
 
 def test_a_name_with_a_newline_and_an_escape_cannot_forge_rows_on_the_terminal(tmp_path):
