@@ -14,6 +14,8 @@ NUMBERS = {  # column -> (lowest, highest) a value may be; None, null in JSON, i
     **{c: (0, 1e11) for c in ("opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at",
                               "tw_rearm_at")},  # epoch seconds: until the year 5138
 }
+# counts, ids and ports: whole numbers (written as 20.0 where pandas held the column as floats)
+WHOLE = {"skaddr", "pid", "tid", "cgroup_id", "lport", "rport", "states_raw", "flags_raw", "tw_timer", "fd", "inode"}
 TEXTS = {"comm": 64, "laddr": 64, "raddr": 64, "netns": 64, "thread_comm": 64}  # column -> longest
 CHOICES = {
     "family": {"ipv4", "ipv6"},
@@ -49,6 +51,8 @@ def event_problem(row: dict) -> str | None:
         value = row.get(column)
         if value is not None and (why := _number_problem(value, low, high)):
             return f"{column} {why}"
+        if column in WHOLE and isinstance(value, float) and not value.is_integer():
+            return f"{column} is {value}, not a whole number"
     for column, longest in TEXTS.items():
         value = row.get(column)
         if value is not None and (not isinstance(value, str) or len(value) > longest):

@@ -74,3 +74,14 @@ def test_a_corrupt_recording_names_its_line(tmp_path, line, message):
     path.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
     with pytest.raises(BadRecording, match=message):
         recording.read_recording(path)
+
+
+@pytest.mark.parametrize("column, value, ok", [("pid", 20.0, True), ("pid", 0.5, False), ("lport", 80.25, False),
+                                               ("opened_at", 1.5, True)])
+def test_ids_ports_and_counts_must_be_whole_numbers(column, value, ok):
+    from agent.record.schema import event_problem
+
+    row = {"kind": "life", "skaddr": 1, "pid": 20, "comm": "x", "owner_src": "syscall", "family": "ipv4",
+           "laddr": "127.0.0.1", "lport": 1, "raddr": "127.0.0.1", "rport": 2, "states_raw": 0,
+           "last_state": "CLOSE", "flags_raw": 0, "event_at": 2.0, column: value}
+    assert (event_problem(row) is None) == ok, event_problem(row)
