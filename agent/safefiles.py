@@ -22,7 +22,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
 from .errors import CannotWrite
 
@@ -118,7 +118,7 @@ class OutputDir:
         os.close(self._fd)
 
 
-def open_stream(path, what: str, force: bool = False) -> TextIO:
+def open_stream(path, what: str, force: bool = False, binary: bool = False) -> TextIO | BinaryIO:
     """A file written as it goes (--record, --transitions): made or emptied, never through a
     link, and only a regular file with one name; CannotWrite names the path and why."""
     path = Path(path)
@@ -139,7 +139,7 @@ def open_stream(path, what: str, force: bool = False) -> TextIO:
         raise CannotWrite(f"cannot write the {what} to {path}: {why}; give a path of your own")
     os.set_blocking(fd, True)
     os.ftruncate(fd, 0)
-    return os.fdopen(fd, "w", encoding="utf-8", newline="")
+    return os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
 # Where scratch files go unless TMPDIR says otherwise: /var/tmp is on disk by convention,

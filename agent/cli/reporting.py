@@ -19,8 +19,8 @@ def report_command(recording, out, force, view):
 
     \b
     Example:
-      tcpclose report pg.jsonl -o out/
-      tcpclose report pg.jsonl --by pid --top 5   # the five busiest processes, one row each
+      tcpclose report pg.jsonl.gz -o out/
+      tcpclose report pg.jsonl.gz --by pid --top 5   # the five busiest processes, one row each
     """
     from ..record.recording import read_recording
     from ..run.control import announce_long_end, stop_on_signals

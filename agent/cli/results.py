@@ -78,7 +78,7 @@ def _rescued(events: pd.DataFrame, run: RunInfo) -> str:
         directory = tempfile.mkdtemp(prefix="tcpclose-rescue-", dir=scratch_directory())
     except OSError as exc:
         return f"the run could not be kept elsewhere either: {exc.strerror}"
-    recorder = Recorder(Path(directory) / "recording.jsonl")
+    recorder = Recorder(Path(directory) / "recording.jsonl.gz")
     recorder.write(events)
     recorder.finish(run)
     if recorder.stopped:

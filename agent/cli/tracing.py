@@ -16,7 +16,7 @@ from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter
               callback=lambda ctx, param, value: finite(value, param), help="Stop after this many seconds (default: Ctrl-C).")
 @out_option
 @filter_options
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as JSONL, for 'tcpclose report'.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the decoded event stream as gzip-compressed JSONL, for 'tcpclose report'.")
 @click.option("--timewait", type=click.Choice(["auto", "timers", "diag", "none"]), default="auto", show_default=True,
               help="How TIME_WAIT ends are measured: timers (BPF on the timewait timers), diag (poll sock_diag "
                    "every second; this network namespace only), none (their start only), auto (timers where "
@@ -57,7 +57,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
       sudo tcpclose trace -d 30 -o out/        # the summary, and CSVs, summary.txt, report.html in out/
       sudo tcpclose trace --by pid --top 0     # a row per process, every process
       sudo tcpclose trace -L 8080 -c nginx     # one server port, one program
-      sudo tcpclose trace -D 5432 --record pg.jsonl
+      sudo tcpclose trace -D 5432 --record pg.jsonl.gz
       sudo tcpclose trace -d 90 --netns web1 -o out/   # sockets and counters of 'ip netns' web1
       sudo tcpclose trace --timewait none      # cheaper: TIME_WAITs counted, not timed
       sudo tcpclose trace --aggregates -o out/ # cheapest: per-process counts only, made in BPF
@@ -90,7 +90,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
 
 @click.command(context_settings=CONTEXT)
 @out_option
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as JSONL too.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as gzip-compressed JSONL too.")
 @view_options
 @expected_errors
 def demo(out, force, record, view):

@@ -1,48 +1,68 @@
-"""Recordings: the decoded event stream as JSONL (trace --record), one event a line, then
-the run's line; and reading one back for `tcpclose report`."""
+"""Recordings: the decoded event stream as gzip-compressed JSONL (trace --record), one event a
+line, then the run's line; and reading one back for `tcpclose report`.
+
+The compressed stream is flushed (a zlib sync flush) after every batch, so whatever was
+written before a kill -9, an OOM kill or a full disk decompresses; the reader takes such a
+stream, and a last line cut off mid-write, as the normal end of an interrupted recording.
+Plain JSONL (recordings of earlier versions, or one piped through zcat) reads the same."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import stat
+import zlib
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, Iterator
 
 import pandas as pd
 
 from ..errors import BadRecording
 from ..safefiles import open_stream
 from . import layout
-from .decode import EVENT_COLUMNS, REQUIRED_COLUMNS, SNAPSHOT_KINDS, empty_events
+from .decode import EVENT_COLUMNS, REQUIRED_COLUMNS, SNAPSHOT_KINDS, concat, empty_events
 from .runinfo import RunInfo
 from .schema import event_problem, run_problem
 
+COMPRESS_LEVEL = 1  # the fastest: JSONL shrinks about tenfold already, and the tracer writes it while tracing
+GZIP_MAGIC = b"\x1f\x8b"
+READ_BYTES = 1 << 20
+MAX_LINE = 16 << 20  # an event line is under 2 kB, a run line tens of kB: a longer line is not a recording's
+ROWS_PER_FRAME = 50_000  # lines parsed into dicts, then into a frame: the dicts never pile up
+
 
 class Recorder:
-    """Writes the decoded event stream as JSONL, one event a line, then one `run` line.
+    """Writes the decoded event stream as gzip-compressed JSONL, one event a line, then one
+    `run` line.
 
     A disk that fills up (or fails) stops the recording, not the run: what was written
-    stays readable (read_recording takes a last line cut off mid-write), and `stopped`
+    stays readable (read_recording takes a stream cut off mid-write), and `stopped`
     says why (RunInfo.recording_stopped, in the summary)."""
 
     def __init__(self, path: Path, force: bool = False):
         self.path = Path(path)
-        self._file: TextIO | None = open_stream(path, "recording", force)
+        self._raw: BinaryIO | None = open_stream(path, "recording", force, binary=True)
+        self._file: gzip.GzipFile | None = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=COMPRESS_LEVEL,
+                                                         mtime=0)
         self.stopped: str | None = None
 
     def _written(self, text: str) -> None:
         if self._file is None:
             return
         try:
-            self._file.write(text)
-            self._file.flush()
+            self._file.write(text.encode("utf-8"))
+            self._file.flush()  # a sync flush: readable up to here whatever happens next
         except OSError as exc:
             self.stopped = f"{self.path}: {exc.strerror}"
+            self._close()
+
+    def _close(self) -> None:
+        for f in (self._file, self._raw):
             try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+                f.close()
+            except OSError as exc:
+                self.stopped = self.stopped or f"{self.path}: {exc.strerror}"
+        self._file = self._raw = None
 
     def write(self, events: pd.DataFrame) -> None:
         if len(events):
@@ -51,7 +71,47 @@ class Recorder:
     def finish(self, run: RunInfo) -> None:
         self._written(json.dumps({"kind": "run", **run.to_dict()}) + "\n")
         if self._file is not None:
-            self._file.close()
+            self._close()
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The file's bytes, decompressed where it is gzip; a compressed stream that stops before
+    its end (the tracer was killed) gives what it holds."""
+    first = f.read(READ_BYTES)
+    if not first.startswith(GZIP_MAGIC):
+        while first:
+            yield first
+            first = f.read(READ_BYTES)
+        return
+    unzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    data = first
+    while data:
+        try:
+            out = unzip.decompress(data, READ_BYTES)
+            while out:
+                yield out
+                out = unzip.decompress(unzip.unconsumed_tail, READ_BYTES) if unzip.unconsumed_tail else b""
+        except zlib.error as exc:
+            raise BadRecording(f"{f.name}: its compressed data is damaged ({exc})") from None
+        if unzip.eof:
+            return
+        data = f.read(READ_BYTES)
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
+    """(number, line, whole): whole is False for a last line with no newline (cut off mid-write)."""
+    number, pending = 0, b""
+    for chunk in _chunks(f):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            number += 1
+            yield number, line, True
+        if len(pending) > MAX_LINE:
+            raise BadRecording(f"{f.name}:{number + 1}: a line longer than {MAX_LINE >> 20} MiB; "
+                               "is this a tcpclose --record file?")
+    if pending:
+        yield number + 1, pending, False
 
 
 def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
@@ -61,20 +121,36 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero never ends, a FIFO may never start
             raise BadRecording(f"{path} is not a regular file: give a file 'tcpclose trace --record' wrote")
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadRecording(f"cannot read recording {path}: {exc}") from None
-    lines = text.splitlines()
-    rows, run = [], None
-    for number, line in enumerate(lines, 1):
+        with open(path, "rb") as f:
+            frames, run = _events(f, str(path))
+    except OSError as exc:
+        raise BadRecording(f"cannot read recording {path}: {exc.strerror or exc}") from None
+    events = concat(frames) if frames else empty_events()
+    events["tw_timer"] = events["tw_timer"].fillna(0)  # a column older recordings lack: no timer linked
+    if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
+        if not len(events):
+            raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
+        times = events[["opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at"]].astype(float)
+        started, ended = times.min().min(), times.max().max()
+        if pd.isna(started):
+            raise BadRecording(f"{path} has no run line and no event with a time: nothing bounds the run")
+        return events, RunInfo(started_at=started, ended_at=ended, cut_short=True)
+    return events, RunInfo.from_dict(run)
+
+
+def _events(f: BinaryIO, path: str) -> tuple[list[pd.DataFrame], dict | None]:
+    """The event lines as frames of ROWS_PER_FRAME, checked line by line, and the run line."""
+    frames, rows, run = [], [], None
+    for number, line, whole in _lines(f):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not text.endswith("\n"):
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if not whole:
                 break  # a last line cut off mid-write: the normal end of an interrupted recording
-            raise BadRecording(f"{path}:{number}: not JSON ({exc.msg}); is this a tcpclose --record file?") from None
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise BadRecording(f"{path}:{number}: not JSON ({why}); is this a tcpclose --record file?") from None
         if not isinstance(row, dict) or "kind" not in row:
             raise BadRecording(f"{path}:{number}: not a tcpclose event (no 'kind'); is this a tcpclose --record file?")
         if row["kind"] == "run":
@@ -88,14 +164,9 @@ def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
         if (why := event_problem(row)):
             raise BadRecording(f"{path}:{number}: not a tcpclose event ({why})")
         rows.append(row)
-    events = pd.DataFrame(rows, columns=EVENT_COLUMNS) if rows else empty_events()
-    events["tw_timer"] = events["tw_timer"].fillna(0)  # a column older recordings lack: no timer linked
-    if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
-        if not rows:
-            raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
-        times = events[["opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at"]].astype(float)
-        started, ended = times.min().min(), times.max().max()
-        if pd.isna(started):
-            raise BadRecording(f"{path} has no run line and no event with a time: nothing bounds the run")
-        return events, RunInfo(started_at=started, ended_at=ended, cut_short=True)
-    return events, RunInfo.from_dict(run)
+        if len(rows) == ROWS_PER_FRAME:
+            frames.append(pd.DataFrame(rows, columns=EVENT_COLUMNS))
+            rows = []
+    if rows:
+        frames.append(pd.DataFrame(rows, columns=EVENT_COLUMNS))
+    return frames, run

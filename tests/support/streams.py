@@ -6,6 +6,7 @@ through the same boundary as a live trace.
 """
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import struct
 from pathlib import Path
@@ -65,6 +66,12 @@ def replay(tmp_path: Path, *chunks: bytes, started=0.5, ended=10.0, timewait="no
     recorder.finish(RunInfo(started_at=started + OFFSET_NS / 1e9, ended_at=ended + OFFSET_NS / 1e9,
                             timewait_method=timewait, **run_extra))
     return recording.read_recording(path)
+
+
+def recorded_text(path: Path) -> str:
+    """A recording's lines as text (Recorder compresses them)."""
+    data = Path(path).read_bytes()
+    return (gzip.decompress(data) if data.startswith(b"\x1f\x8b") else data).decode()
 
 
 def epoch(t: float) -> float:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from agent.analysis import lives, processes
 from agent.kernel import preflight
 from agent.cli import main
-from support.streams import raw, replay
+from support.streams import raw, replay, recorded_text
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -66,7 +66,7 @@ def test_report_without_out_prints_the_summary(recording):
 
 
 def test_report_of_a_corrupt_recording_names_the_line(tmp_path, recording):
-    lines = recording.read_text().splitlines()
+    lines = recorded_text(recording).splitlines()
     lines[1] = lines[1][:20]
     recording.write_text("\n".join(lines) + "\n")
     one_line_error(run("report", str(recording)), 7, "stream.jsonl:2")

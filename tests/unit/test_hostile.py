@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.errors import CannotWrite
 from agent.record.recording import Recorder
-from support.streams import raw, replay
+from support.streams import raw, replay, recorded_text
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mount need root (make test runs as root)")
 NOBODY = 65534
@@ -141,7 +141,7 @@ def test_a_trace_whose_files_cannot_be_written_is_kept_as_a_recording_elsewhere(
                 pass
         with pytest.raises(CannotWrite, match="No space left"):
             results.show(events, run_info, out, rescue=True)
-    kept = list(scratch.glob("tcpclose-rescue-*/recording.jsonl"))
+    kept = list(scratch.glob("tcpclose-rescue-*/recording.jsonl.gz"))
     assert len(kept) == 1 and f"the run is kept in {kept[0]}" in capsys.readouterr().err
     assert (kept[0].parent.stat().st_mode & 0o777) == 0o700  # root's alone
     again, run_again = read_recording(kept[0])
@@ -202,7 +202,7 @@ def test_version():
 
 
 def test_a_recording_whose_last_line_was_cut_off_mid_write_is_reported_up_to_it(tmp_path, recording):
-    text = recording.read_text()
+    text = recorded_text(recording)
     recording.write_text(text[: len(text) - 40])  # the run line cut off, no newline after it
     result = run("report", recording)
     assert result.exit_code == 0, result.output
@@ -232,15 +232,41 @@ def test_a_disk_that_fills_up_under_record_stops_the_recording_not_the_run(tmp_p
     from agent.record.runinfo import RunInfo
     from support.streams import HZ, OFFSET_NS, churn
 
-    events = decode.decode(churn(400), OFFSET_NS, HZ)
+    events = decode.decode(churn(4000), OFFSET_NS, HZ)  # some 8 MB of JSON, compressed tenfold
     with tmpfs(tmp_path / "small", "size=64k") as small:
         recorder = Recorder(small / "rec.jsonl")
-        for start in range(0, len(events), 50):
-            recorder.write(events.iloc[start:start + 50])
+        for start in range(0, len(events), 500):
+            recorder.write(events.iloc[start:start + 500])
         recorder.finish(RunInfo(started_at=0.0, ended_at=1.0))
         assert recorder.stopped and "No space left on device" in recorder.stopped
         kept, run = read_recording(small / "rec.jsonl")
         assert 0 < len(kept) < len(events) and run.cut_short
+
+
+def test_a_compressed_recording_cut_anywhere_reads_up_to_where_it_was_cut(tmp_path):
+    """A kill -9 leaves the compressed stream unfinished: what was flushed before it reads."""
+    from agent.record import decode
+    from agent.record.recording import read_recording
+    from agent.record.runinfo import RunInfo
+    from support.streams import HZ, OFFSET_NS, churn
+
+    events = decode.decode(churn(300), OFFSET_NS, HZ)
+    path = tmp_path / "rec.jsonl"
+    recorder = Recorder(path)
+    for start in range(0, len(events), 100):
+        recorder.write(events.iloc[start:start + 100])
+    recorder.finish(RunInfo(started_at=0.0, ended_at=1.0))
+    whole = path.read_bytes()
+    assert whole[:2] == b"\x1f\x8b" and len(whole) * 5 < len(recorded_text(path))  # gzip, and it pays
+    assert len(read_recording(path)[0]) == len(events)
+    seen = []
+    for cut in (len(whole) * tenth // 10 for tenth in range(1, 9)):  # (the run line is in the last tenth)
+        path.write_bytes(whole[:cut])
+        kept, run = read_recording(path)
+        assert run.cut_short and 0 < len(kept) < len(events)
+        assert kept["skaddr"].tolist() == events["skaddr"].iloc[:len(kept)].tolist()  # the first ones, in order
+        seen.append(len(kept))
+    assert seen == sorted(seen) and len(set(seen)) > 5  # each flushed batch becomes readable
 
 
 @pytest.mark.parametrize("field, value, says", [
@@ -254,7 +280,7 @@ def test_a_disk_that_fills_up_under_record_stops_the_recording_not_the_run(tmp_p
 def test_a_field_of_the_wrong_type_or_size_is_one_line_naming_the_line(tmp_path, recording, field, value, says):
     import json
 
-    lines = recording.read_text().splitlines()
+    lines = recorded_text(recording).splitlines()
     row = json.loads(lines[0])
     row[field] = value
     recording.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")

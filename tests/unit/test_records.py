@@ -6,7 +6,7 @@ import json
 from agent.analysis import lives
 from agent.record import decode, recording
 from agent.errors import BadRecording
-from support.streams import OFFSET_NS, RAW, epoch, raw, replay, states_mask
+from support.streams import OFFSET_NS, RAW, epoch, raw, replay, states_mask, recorded_text
 
 
 def test_record_size_matches_the_packed_layout():
@@ -51,7 +51,7 @@ def test_a_recording_from_before_the_timewait_columns_still_reports(tmp_path):
     """Recordings made before TIME_WAIT ends were followed lack the tw_*, netns and fd columns."""
     replay(tmp_path, raw(comm="old", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")))
     path = tmp_path / "stream.jsonl"
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = [json.loads(line) for line in recorded_text(path).splitlines()]
     for row in lines[:-1]:
         for column in set(decode.EVENT_COLUMNS) - set(decode.REQUIRED_COLUMNS):
             del row[column]
@@ -70,7 +70,7 @@ def test_a_recording_from_before_the_timewait_columns_still_reports(tmp_path):
 def test_a_corrupt_recording_names_its_line(tmp_path, line, message):
     replay(tmp_path, raw())
     path = tmp_path / "stream.jsonl"
-    lines = path.read_text().splitlines()
+    lines = recorded_text(path).splitlines()
     path.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
     with pytest.raises(BadRecording, match=message):
         recording.read_recording(path)
