@@ -6,6 +6,7 @@ A bounded run here (a few seconds); `make fuzz` runs the same target for as long
 TCPCLOSE_FUZZ_EXAMPLES says, its failures saved in tests/fuzz-corpus/ by hypothesis."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -72,6 +73,25 @@ def test_report_never_tracebacks_whatever_the_recording_holds(tmp_path, text):
         assert len(lines) == 1 and lines[0].startswith("tcpclose: "), result.output
     else:
         assert result.exit_code == 0, (result.output, result.exception, text[:2000])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=DirectoryBasedExampleDatabase(str(CORPUS)),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=recordings(), cut=st.floats(min_value=0.0, max_value=1.0), garble=st.booleans())
+def test_a_compressed_recording_cut_or_garbled_anywhere_never_tracebacks(tmp_path, text, cut, garble):
+    """As --record writes it (gzip), then cut short as a kill leaves it, or with a byte changed."""
+    data = bytearray(gzip.compress(text.encode()))
+    data = data[:max(2, int(len(data) * cut))]
+    if garble and len(data) > 12:
+        data[10 + int((len(data) - 11) * cut)] ^= 0x5A
+    path = tmp_path / "fuzzed.jsonl.gz"
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["report", str(path)])
+    if result.exit_code == 7:
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("tcpclose: "), result.output
+    else:
+        assert result.exit_code == 0, (result.output, result.exception, text[:2000], cut, garble)
 
 
 def test_the_fuzzers_seed_is_a_recording_that_reports(tmp_path):
