@@ -17,7 +17,7 @@ import pandas as pd
 from agent.analysis.accounting import evicted
 from agent.record.runinfo import RunInfo
 
-from .netns import Namespace
+from agent.demo.namespace import Namespace
 from .sampling import (RssSampler, StatsWindow, cpu_s, status_mib, wait_peak_rss, bpf_cost, machine_cpu)
 
 PORT = 9000  # the server that waits for the client's close; PORT + 1 closes first
@@ -119,7 +119,7 @@ def stop_servers(servers: list[subprocess.Popen]) -> None:
 
 
 def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -> dict:
-    ns = Namespace()
+    ns = Namespace("tcpclose-bench")
     out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
     servers, workers, tracer, empty = [], [], None, None
     try:

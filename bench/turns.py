@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from . import harness, sampling
-from .netns import Namespace
+from agent.demo.namespace import Namespace
 
 CLIENTS = 4
 CHURN_SECONDS = 24 * 3600  # the clients are ended by this command, not by their clock
@@ -102,7 +102,7 @@ def main() -> None:
     stats_fd = sampling.enable_bpf_stats()
     if stats_fd is None:
         raise SystemExit("the kernel refused BPF_ENABLE_STATS (Linux 5.8+): no timing to compare")
-    ns = Namespace()
+    ns = Namespace("tcpclose-bench")
     servers, clients = [], []
     timings: dict[str, list[float]] = {spec: [] for spec in args.variants}
     totals: dict[str, list[float]] = {spec: [] for spec in args.variants}

@@ -34,9 +34,13 @@ DESTINATION = ["laddr", "raddr", "rport"]
 
 
 def timewait_length(conns: pd.DataFrame) -> float:
-    """The TIME_WAIT length this run saw: the median of those that expired, else the kernel's 60 s."""
-    expired = conns.loc[conns["tw_end_reason"] == "expired", "tw_s"].dropna()
-    return float(expired.median()) if len(expired) else TIME_WAIT_LEN_S
+    """The TIME_WAIT length this run saw: the median of those that expired in TIME_WAIT, else
+    the kernel's 60 s.  One that expired in the FIN_WAIT2 substate (tcp_fin_timeout, the
+    peer never closed) says nothing of how long a TIME_WAIT holds its port."""
+    expired = conns[conns["tw_end_reason"] == "expired"]
+    in_time_wait = (expired["tw_s"] - expired["tw_fin_wait2_s"].fillna(0.0)).dropna()  # after the peer's FIN
+    in_time_wait = in_time_wait[in_time_wait > 1.0]  # 0: it expired in the substate, never in TIME_WAIT
+    return float(in_time_wait.median()) if len(in_time_wait) else TIME_WAIT_LEN_S
 
 
 def tw_reuse_applies(value: str | None, raddr: str, timestamps: str | None) -> bool:

@@ -94,33 +94,37 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
 @view_options
 @expected_errors
 def demo(out, force, record, view):
-    """Trace a built-in loopback workload and show the summary (root, a few seconds);
+    """Trace a built-in loopback workload and show the summary (root, about 5 seconds);
     with -o, write every file and the incident report too.
 
     \b
-    The workload is three pairs of processes:
-      demo-client closes first on its connections to demo-echo,
-      demo-web closes first on its connections from demo-poller,
-      demo-leaky never closes the connections demo-caller made (CLOSE_WAIT).
+    The workload runs in a network namespace of its own (tcp_fin_timeout 2 s, a
+    100-port ephemeral range), removed afterwards, so every kind of ending shows:
+      demo-client closes first on its connections to demo-echo (TIME_WAITs, port pressure),
+      demo-web closes first; demo-poller reconnects from one port (SYNs kill TIME_WAITs),
+      demo-rebinder reconnects from one port (connect() reuses its TIME_WAITs),
+      demo-leaky never closes (CLOSE_WAIT); demo-caller's FIN_WAIT2 expires after 2 s.
     Example:
       sudo tcpclose demo -o demo-out/
     """
     from ..demo import pairs as workload
+    from ..demo.namespace import Namespace
+    from ..kernel.netns import named_netns
     from ..kernel.preflight import check_privileges
     from ..run.control import stop_on_signals
     from ..run.tracer import Tracer
 
     check_privileges()  # before any file is made
     out = output_dir(out, force)
-    with stop_on_signals() as stop:
-        tracer = Tracer(Filters(), record, force=force)
-        click.echo("Tracing TCP closes while the demo workload runs...", err=True)
+    with stop_on_signals() as stop, Namespace("tcpclose-demo", **workload.SYSCTLS) as ns:
+        tracer = Tracer(Filters(), record, force=force, netns=named_netns(ns.name))
+        click.echo(f"Tracing TCP closes while the demo workload runs in network namespace {ns.name}...", err=True)
         procs = []
         try:
             for pair in workload.PAIRS:
                 click.echo(f"  {pair.client_comm} -> {pair.server_comm}: {pair.story}", err=True)
-            procs = workload.start()
-            stop.wait(0.3)  # let the last FINs and ACKs land
+            procs = workload.start(ns.name)
+            stop.wait(workload.SETTLE_S)  # the last ACKs land; the FIN_WAIT2 timewaits expire
             stop.finishing()
             events, run_info = tracer.finish()
         finally:

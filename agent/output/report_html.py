@@ -71,6 +71,15 @@ def _timewait_over_time(a: Analysis):
                    None if len(a.conns) else "no socket life was traced")
 
 
+def _log_scale_if_decades(ax, values) -> None:
+    """A log x axis where the bars' counts span two decades or more: with 3,000 of one and 3 of
+    another, the 3 would not show at all on a linear one."""
+    positive = np.asarray(values, dtype=float)
+    positive = positive[positive > 0]
+    if len(positive) and positive.max() >= 100 * positive.min():
+        ax.set_xscale("log")
+
+
 def _timewait_lifetimes(a: Analysis):
     made = a.conns[a.conns["tw_made"]]
     ended = made.loc[made["tw_ended"], "tw_s"]
@@ -86,6 +95,7 @@ def _timewait_lifetimes(a: Analysis):
         ax = fig.add_subplot(1, 2, 2)
         reasons = made["tw_end_reason"].value_counts()
         ax.barh(reasons.index.astype(str), reasons.to_numpy())
+        _log_scale_if_decades(ax, reasons.to_numpy())
         ax.set(xlabel="TIME_WAITs", title="how they ended")
     why = None if len(made) else "no TIME_WAIT was made while tracing"
     return _figure("timewait-lifetimes", "TIME_WAIT lifetimes and end reasons", draw, why)
@@ -105,6 +115,7 @@ def _closes_per_process(a: Analysis):
             values = procs[column].to_numpy(float)
             ax.barh(labels, values, left=left, label=name)
             left += values
+        _log_scale_if_decades(ax, left)  # (stacked: the totals decide)
         ax.invert_yaxis()
         ax.set(xlabel="closes")
         ax.legend(loc="lower right")

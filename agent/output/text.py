@@ -107,7 +107,7 @@ def _reconciliation(console: Console, conns: pd.DataFrame, run: RunInfo) -> None
         if ns["name"]:
             label += f" ({ns['name']})"
         if ns["netns"] == run.netns:
-            label += " (tcpclose's own)"
+            label += " (where tcpclose read sockets and counters)"
         grid.add_row("  " + label, "", "")
         for what, counter in RECONCILED:
             kernel = ns["kernel"][counter]

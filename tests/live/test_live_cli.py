@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -85,13 +86,29 @@ def test_remote_port_filter_and_duration(tmp_path):
     assert {(r["pid"], r["comm"], r["rport"], r["initiator"]) for r in rows} == {(str(client.pid), "tc-client", str(port), "active")}
 
 
-def test_demo_reports_its_workload(tmp_path):
+def test_demo_shows_every_kind_of_ending_in_its_own_namespace(tmp_path):
+    """Each pair's closes credited to it; every TIME_WAIT end reason, the FIN_WAIT2 substate,
+    port pressure and a CLOSE_WAIT leak in one run of a few seconds; a report with a plot in
+    every section; the demo's namespace gone afterwards."""
     result = subprocess.run([*TCPCLOSE, "demo", "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     procs = {r["comm"]: r for r in read_csv(tmp_path / "processes.csv")}
-    assert procs["demo-client"]["active_closes"] == "23" and procs["demo-echo"]["passive_closes"] == "23"
-    assert procs["demo-web"]["active_closes"] == "23" and procs["demo-poller"]["passive_closes"] == "23"
+    assert procs["demo-client"]["active_closes"] == "60" and procs["demo-echo"]["passive_closes"] == "60"
+    assert procs["demo-web"]["active_closes"] == "10" and procs["demo-poller"]["passive_closes"] == "10"
+    assert procs["demo-rebinder"]["active_closes"] == "10" and procs["demo-cache"]["passive_closes"] == "10"
     assert procs["demo-leaky"]["close_wait_open"] == "5" and procs["demo-caller"]["active_closes"] == "5"
+    assert (procs["demo-web"]["timewait_killed"], procs["demo-rebinder"]["timewait_reused"],
+            procs["demo-caller"]["timewait_expired"], procs["demo-client"]["timewait_open"]) == ("9", "9", "5", "60")
+    caller = [r for r in read_csv(tmp_path / "connections.csv") if r["comm"] == "demo-caller"]
+    assert all(1.9 <= float(r["tw_s"]) <= 2.3 and r["tw_end_reason"] == "expired" for r in caller)  # tcp_fin_timeout 2
+    ports = read_csv(tmp_path / "ports.csv")
+    assert [(r["processes"], r["warning"], r["port_range"]) for r in ports if r["warning"] == "True"] == [
+        ("demo-client", "True", "100")]
+    report = (tmp_path / "report.html").read_text()
+    assert 'class="empty"' not in report and report.count("<img ") == 6
+    assert json.loads((tmp_path / "run.json").read_text())["ended_at"] - json.loads(
+        (tmp_path / "run.json").read_text())["started_at"] < 10
+    assert "tcpclose-demo" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(comm.startswith(("swapper", "ksoftirqd")) for comm in procs)
 
 

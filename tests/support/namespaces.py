@@ -1,11 +1,11 @@
-"""Network namespaces a test makes for itself (bench.netns): sysctls set inside them never touch the host's."""
+"""Network namespaces a test makes for itself (agent.demo.namespace): sysctls set inside them never touch the host's."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from contextlib import contextmanager
 
-from bench.netns import Namespace
+from agent.demo.namespace import Namespace
 
 
 @contextmanager

@@ -1,6 +1,6 @@
-"""A network namespace of the bench's or a test's own, with loopback up: the churn's
-130 000 TIME_WAITs stay out of the host's table, and sysctls set inside it never touch
-the host's."""
+"""A network namespace of tcpclose's own (the demo's, the bench's or a test's), with loopback
+up: sysctls set inside it (a short tcp_fin_timeout, a small port range) never touch the
+host's, and a churn's TIME_WAITs stay out of the host's table."""
 from __future__ import annotations
 
 import itertools
@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 
-from agent.kernel.procfs import netstat
+from ..kernel.procfs import netstat
 
 _names = itertools.count()
 
 
 class Namespace:
-    def __init__(self, prefix: str = "tcpclose-bench", **sysctls):
+    def __init__(self, prefix: str, **sysctls):
         """A new namespace named PREFIX-PID-N, with these net.ipv4 sysctls set inside it."""
         self.name = f"{prefix}-{os.getpid()}-{next(_names)}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
