@@ -46,14 +46,17 @@ def sockets_now(filters: Filters, netns: Path | None = None) -> pd.DataFrame:
     frame["pid"] = pd.array([h[0] if h else None for h in held], dtype="Int64")
     frame["comm"] = [h[1] if h else "" for h in held]
     frame["owner"] = ["fd" if h else "" for h in held]
-    # a port several processes listen on (SO_REUSEPORT) names them all, as one does
-    listening = frame[(frame["state"] == "LISTEN") & (frame["owner"] == "fd")]
+    # a port several processes listen on (SO_REUSEPORT) names them all, as one does.  Any user
+    # sees the listening sockets, not always their holders (another user's process, without
+    # root): a socket on a listening port is still the server's side, named by its port
+    listening = frame[frame["state"] == "LISTEN"]
     by_port = pd.DataFrame(
-        [(port, *diag.holders_label(zip(group["pid"].fillna(-1), group["comm"])))
+        [(port, *(diag.holders_label(zip(group["pid"].fillna(-1), group["comm"])) if (group["owner"] == "fd").any()
+                  else (-1, f"(server on port {port})")))
          for port, group in listening.groupby("lport")], columns=["lport", "pid", "comm"]).set_index("lport")
     by_port["pid"] = by_port["pid"].where(by_port["pid"] >= 0).astype("Int64")
     listeners = listening
-    orphan = (frame["owner"] == "") & frame["lport"].isin(by_port.index)
+    orphan = (frame["owner"] == "") & (frame["state"] != "LISTEN") & frame["lport"].isin(by_port.index)
     frame.loc[orphan, "pid"] = by_port["pid"].reindex(frame.loc[orphan, "lport"]).to_numpy()
     frame.loc[orphan, "comm"] = by_port["comm"].reindex(frame.loc[orphan, "lport"]).to_numpy()
     frame.loc[orphan, "owner"] = "listener"
@@ -67,6 +70,15 @@ def sockets_now(filters: Filters, netns: Path | None = None) -> pd.DataFrame:
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=[s for s in STATE_ORDER if s in table.columns])
+
+
+def _fold_single_socket_peers(by_peer: pd.DataFrame) -> pd.DataFrame:
+    """Peers with one socket each, as a churn's clients are, in one row at the end."""
+    single = by_peer.sum(axis=1) == 1
+    if single.sum() < 2:
+        return by_peer
+    folded = by_peer[single].sum().to_frame(f"{int(single.sum()):,} peers, one socket each").T
+    return pd.concat([by_peer[~single], folded])
 
 
 def counts(frame: pd.DataFrame) -> dict:
@@ -83,7 +95,8 @@ def counts(frame: pd.DataFrame) -> dict:
                      for d, a, p, lp in zip(peers["direction"], peers["raddr"], peers["rport"], peers["lport"])]
     by_peer = _ordered(peers.pivot_table(index="peer", columns="state", values="direction", aggfunc="size",
                                          fill_value=0))
-    by_peer = by_peer.loc[by_peer.sum(axis=1).sort_values(ascending=False, kind="stable").index]
+    by_peer = _fold_single_socket_peers(by_peer.loc[by_peer.sum(axis=1).sort_values(ascending=False,
+                                                                                  kind="stable").index])
     return {
         "states": {s: int(states.get(s, 0)) for s in STATE_ORDER if states.get(s, 0)},
         "processes": [{"pid": None if pd.isna(pid) else int(pid), "comm": comm, "via": owner or None,
@@ -131,5 +144,8 @@ def render(c: dict, top: int = 15, width: int = 120) -> str:
     if c["unowned"]:
         console.print(f"\n{c['unowned']} sockets have no process: timewait sockets and orphans (closed, still "
                       "finishing) not on a listening port" + ("" if c["root"] else ", and the sockets of other "
-                      "users' processes: run as root to see those holders"))
+                      "users' processes"))
+    if not c["root"]:
+        console.print("Not root: the processes that hold other users' sockets and listeners are not named (a "
+                      "listener's sockets are still its port's); run as root to see them.")
     return out.getvalue()
