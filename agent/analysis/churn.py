@@ -39,6 +39,15 @@ def timeline_step(traced_s: float) -> float:
     return next((s for s in TIMELINE_STEPS_S if traced_s / s <= MAX_BINS), traced_s / MAX_BINS)
 
 
+def quantiles(values, named: dict[str, float]) -> pd.DataFrame:
+    """Per group of a SeriesGroupBy, one column per named quantile (NaN where a group has no
+    value): pandas' own grouped quantile, not a Python function called per group, which took
+    50 s for 54,000 groups (a peer per client socket)."""
+    out = values.quantile(list(named.values())).unstack()
+    out.columns = list(named)
+    return out
+
+
 def _opened_here(conns: pd.DataFrame, started_at: float) -> np.ndarray:
     return (~conns["partial"].astype(bool) & (conns["opened_at"] >= started_at)).to_numpy()
 
@@ -61,14 +70,9 @@ def churn(conns: pd.DataFrame, keys: list[str], started_at: float, ended_at: flo
             initiator.isin(["active", "passive", "simultaneous"])),
     )
     grouped = frame.groupby(keys, dropna=False, sort=False)
-    out = grouped.agg(
-        opened=("opened", "sum"),
-        duration_p50_s=("duration", lambda s: s.quantile(0.50)),
-        duration_p95_s=("duration", lambda s: s.quantile(0.95)),
-        duration_p99_s=("duration", lambda s: s.quantile(0.99)),
-        short_share=("short", "mean"),
-        active_share=("first", "mean"),
-    )
+    out = grouped.agg(opened=("opened", "sum"), short_share=("short", "mean"), active_share=("first", "mean"))
+    out = out.join(quantiles(grouped["duration"], {"duration_p50_s": 0.50, "duration_p95_s": 0.95,
+                                                   "duration_p99_s": 0.99}))
     per_bin = frame[frame["opened"]].groupby([*keys, "bin"], dropna=False).size()
     # the last bin ends with tracing and may be shorter than the others
     bin_width = np.minimum(width, ended_at - (started_at + per_bin.index.get_level_values("bin") * width))

@@ -72,6 +72,15 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
         return lives
     existing = existing.drop_duplicates(FOUR_TUPLE)
     existing_key = pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))
+    # the snapshot runs after the probe is attached and takes seconds with many sockets: a
+    # connection opened meanwhile is in it too, but tracing saw it begin (not partial,
+    # opened before the snapshot was taken): it is that life, not one from before tracing
+    whole = lives[((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) == 0)
+                  & (lives["opened_at"].astype(float) <= existing["event_at"].astype(float).max())]
+    opened_here = existing_key.isin(pd.MultiIndex.from_frame(whole[FOUR_TUPLE].astype(str)))
+    existing, existing_key = existing[~opened_here], existing_key[~opened_here]
+    if not len(existing):
+        return lives
     rows = np.flatnonzero((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
     key = pd.MultiIndex.from_frame(lives.iloc[rows][FOUR_TUPLE].astype(str))  # only lives begun before
     found = existing.set_index(existing_key).reindex(key)

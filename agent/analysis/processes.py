@@ -6,6 +6,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .churn import quantiles
 from .lives import initiators
 from .rules import INITIATORS, TIMEWAIT_CLOSES, owner_known
 
@@ -68,15 +69,13 @@ def processes(conns: pd.DataFrame, ended_at: float, keys: list[str] = PER_PROCES
         **folded,
         **{column: (column, "sum") for column in _CLOSE_COUNTS},
         timewait_count=("tw_made", "sum"),
-        timewait_p50_s=("tw_ended_s", lambda s: s.quantile(0.5)),
-        timewait_p95_s=("tw_ended_s", lambda s: s.quantile(0.95)),
         timewait_max_s=("tw_ended_s", "max"),
         close_wait_open=("close_wait_open", "sum"),
         close_wait_max_age_s=("close_wait_age_s", "max"),
         **{column: (column, "sum") for column in TIMEWAIT_REASON_COLUMNS},
         timewait_overflow=("tw_overflow", "sum"),
         netns=("netns", "first"),  # the owner's network namespace (first known; None: not known)
-    ).reset_index()
+    ).join(quantiles(grouped["tw_ended_s"], {"timewait_p50_s": 0.5, "timewait_p95_s": 0.95})).reset_index()
     if "pid" in keys:
         out["processes"] = out["pid"].notna().astype(int)
         out["pids"] = out["pid"].astype(str).where(out["pid"].notna(), "")

@@ -80,9 +80,10 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
     check_privileges()  # before any file is made
     out = output_dir(out, force)
     with stop_on_signals() as stop:
+        tracing = "Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s.")
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
-                        transitions_to=transitions_to, max_socks=max_sockets)
-        click.echo("Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s."), err=True)
+                        transitions_to=transitions_to, max_socks=max_sockets,
+                        attached=lambda: click.echo(tracing, err=True))
         events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(events, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
                      rescue=True, view=view)

@@ -52,7 +52,10 @@ def set_comm(name: str) -> None:
 
 
 def _say(**fields) -> None:
-    print(json.dumps(fields), flush=True)
+    """One JSON line on stdout, in one write(): a pre-forking server's workers share the pipe,
+    and two lines written in pieces can interleave (one write under PIPE_BUF cannot)."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps(fields) + "\n").encode())
 
 
 def _read_to_eof(sock: socket.socket) -> None:

@@ -8,7 +8,6 @@ open.  Both see one network namespace: tcpclose's own, or the one --netns names.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from ..filters import Filters
 from ..record import layout
+from . import sockdiag
 from .netns import in_netns, namespaces
 
 SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inode", "since_ack_s",
@@ -23,56 +23,19 @@ SNAPSHOT_COLUMNS = ["family", "laddr", "lport", "raddr", "rport", "state", "inod
 # sockets that are connections with a file: a timewait socket, a request socket
 # (SYN_RECV) or a listener is none of these
 CONNECTION_STATES = ("ESTABLISHED", "SYN_SENT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
-INET_DIAG_INFO = 2  # the tcp_info attribute; asked for with bit (INET_DIAG_INFO - 1)
-WANT_TCP_INFO = 1 << (INET_DIAG_INFO - 1)
-_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 # idiag_timer of a timewait socket (inet_twsk_diag_fill).  Its idiag_state is the
 # substate: TIME_WAIT, or FIN_WAIT2 while it still waits for the peer's FIN.
 TIMEWAIT_TIMER = 3
 
 
-def _attr(msg: dict, name: str):
-    for key, value in msg.get("attrs", []):
-        if key == name:
-            return value
-    return None
-
-
-def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES, netns: Path | None = None) -> list[dict]:
-    """One dict per TCP socket in these states, both families (pyroute2's DiagSocket),
-    in the namespace tcpclose runs in or the one `netns` opens (the whole dump runs
-    in one thread: pyroute2 wants its socket used where it was made)."""
-    return in_netns(netns, lambda: _dump(states))
-
-
-def _dump(states: tuple[str, ...]) -> list[dict]:
-    from pyroute2 import DiagSocket
-
+def diag_sockets(states: tuple[str, ...] = CONNECTION_STATES, netns: Path | None = None) -> pd.DataFrame:
+    """One row per TCP socket in these states, both families (kernel.sockdiag's columns),
+    in the namespace tcpclose runs in or the one `netns` opens."""
     mask = sum(1 << layout.DEFINES["TCP_" + state] for state in states)
-    rows = []
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in diag.get_sock_stats(family=family, states=mask, extensions=WANT_TCP_INFO):
-                info = _attr(msg, "INET_DIAG_INFO") or {}
-                last_ack = info.get("tcpi_last_ack_recv")
-                rows.append({
-                    "family": _FAMILY_NAMES[family],
-                    "laddr": msg["idiag_src"], "lport": msg["idiag_sport"],
-                    "raddr": msg["idiag_dst"], "rport": msg["idiag_dport"],
-                    "state": layout.TCP_STATE_NAMES.get(msg["idiag_state"], str(msg["idiag_state"])),
-                    "inode": msg["idiag_inode"],
-                    "since_ack_s": last_ack / 1000 if last_ack is not None else float("nan"),
-                    "expires_s": msg["idiag_expires"] / 1000,  # the socket's pending timer, as ss -o shows
-                    "timer": msg["idiag_timer"],  # which timer: TIMEWAIT_TIMER for a timewait socket
-                    # a listener's accept queue now and its backlog (for a connection: bytes queued)
-                    "rqueue": msg["idiag_rqueue"], "wqueue": msg["idiag_wqueue"],
-                    "cgroup_id": _attr(msg, "INET_DIAG_CGROUP_ID") or 0,
-                })
-    return rows
+    return in_netns(netns, lambda: sockdiag.dump(mask, want_info=True, state_names=layout.TCP_STATE_NAMES))
 
 
-def socket_holders(proc: Path = Path("/proc")) -> dict[int, list[tuple[int, str, int]]]:
+def socket_holders(proc: Path = Path("/proc")) -> Holders:
     """Socket inode -> (pid, comm, fd) of every process holding it, from /proc/PID/fd links
     (/proc lists processes, not threads: a pid here is a tgid)."""
     holders: dict[int, list[tuple[int, str, int]]] = {}
@@ -113,34 +76,42 @@ def sole_holder(held: list[tuple[int, str, int]] | None) -> tuple[int | None, st
     return held[0]
 
 
+Holders = dict[int, list[tuple[int, str, int]]]  # socket_holders(): inode -> (pid, comm, fd) of each holder
+
+
 def snapshot(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
-             netns: Path | None = None) -> pd.DataFrame:
-    """The sockets in these states that the filters keep, each with its owner where one holds it."""
-    return snapshot_rows(diag_sockets(states, netns), filters)
+             netns: Path | None = None, holders: Holders | None = None) -> pd.DataFrame:
+    """The sockets in these states that the filters keep, each with its owner where one holds it
+    (holders: the fd tables as read a moment ago, else read now: 1 s for 100,000 sockets)."""
+    return snapshot_rows(diag_sockets(states, netns), filters, holders)
 
 
-def snapshot_everywhere(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES) -> pd.DataFrame:
+def snapshot_everywhere(filters: Filters, states: tuple[str, ...] = CONNECTION_STATES,
+                        holders: Holders | None = None) -> pd.DataFrame:
     """snapshot() of every network namespace on the host, with each socket's netns: the
     tracepoints see every namespace, so the fd tables must be read in every one too."""
-    rows = []
+    frames = []
     for ns, (path, _) in namespaces().items():
         try:
-            found = diag_sockets(states, path)
+            frames.append(pd.DataFrame(diag_sockets(states, path)).assign(netns=ns))
         except OSError:  # gone meanwhile
             continue
-        rows += [row | {"netns": ns} for row in found]
-    return snapshot_rows(rows, filters)
+    return snapshot_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), filters, holders)
 
 
-def snapshot_rows(rows: list[dict], filters: Filters) -> pd.DataFrame:
-    """The rows with the one process that holds each socket (sole_holder), as the filters keep them."""
-    holders = socket_holders() if rows else {}
-    for row in rows:
-        pid, comm, fd = sole_holder(holders.get(row["inode"]) if row["inode"] else None)
-        row.update(pid=pid, comm=comm, fd=fd)
-    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS + (["netns"] if rows and "netns" in rows[0] else []))
+def snapshot_rows(rows: pd.DataFrame | list[dict], filters: Filters, holders: Holders | None = None) -> pd.DataFrame:
+    """The sockets (diag_sockets' rows) with the one process that holds each (sole_holder),
+    as the filters keep them."""
+    frame = pd.DataFrame(rows)
+    columns = SNAPSHOT_COLUMNS + (["netns"] if "netns" in frame else [])
     if not len(frame):
-        return frame
+        return pd.DataFrame(columns=columns)
+    holders = socket_holders() if holders is None else holders
+    held = [sole_holder(holders.get(inode) if inode else None) for inode in frame["inode"].tolist()]
+    frame["pid"] = [pid for pid, _, _ in held]
+    frame["comm"] = [comm for _, comm, _ in held]
+    frame["fd"] = [fd for _, _, fd in held]
+    frame = frame.reindex(columns=columns)
     keep = [filters.keeps_socket(f, lp, rp) and filters.keeps_owner(pid, comm)
             for f, lp, rp, pid, comm in zip(frame["family"], frame["lport"], frame["rport"], frame["pid"],
                                              frame["comm"])]
@@ -169,12 +140,11 @@ class TimewaitWatch:
         if not force and now < self._next:
             return []
         began = time.monotonic()
-        rows = diag_sockets(("TIME_WAIT",), self.netns)
+        rows = pd.DataFrame(diag_sockets(("TIME_WAIT",), self.netns)).to_dict("records")
         took = time.monotonic() - began
         # A socket in the dump existed by the time the dump was done, not by `now`:
-        # entering the namespace and the dump itself take milliseconds (the first
-        # poll, importing pyroute2, far more), and a connection that closes in that
-        # time is in it.  Sightings are dated at the dump's end, so that none comes
+        # entering the namespace and the dump itself take milliseconds, and a
+        # connection that closes in that time is in it.  Sightings are dated at the dump's end, so that none comes
         # before the close that made it (analysis.timewait._diag_ends links them forward).
         seen_at = now + took
         current = {}
@@ -211,9 +181,9 @@ def listeners(netns: Path | None = None) -> pd.DataFrame:
     return _listeners_of(snapshot_rows(diag_sockets(("LISTEN", "SYN_RECV"), netns), Filters()))
 
 
-def listeners_everywhere() -> pd.DataFrame:
+def listeners_everywhere(holders: Holders | None = None) -> pd.DataFrame:
     """listeners() of every network namespace, with a netns column."""
-    return _listeners_of(snapshot_everywhere(Filters(), ("LISTEN", "SYN_RECV")))
+    return _listeners_of(snapshot_everywhere(Filters(), ("LISTEN", "SYN_RECV"), holders))
 
 
 def _listeners_of(frame: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ class Tracer:
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
-                 max_socks: int | None = None, force: bool = False):
+                 max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -56,7 +57,9 @@ class Tracer:
         transitions_to: write every transition there as CSV ("-": stdout), with
         what was lost in RunInfo.transitions.
         max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS).
-        force: write --record and --transitions into a directory of another user's too (safefiles)."""
+        force: write --record and --transitions into a directory of another user's too (safefiles).
+        attached: called once the probe is attached and the listeners are known, before the
+        snapshot of the connections already open (seconds with 100,000 sockets)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
 
         preflight.check_privileges()  # before any output file is made
@@ -95,7 +98,11 @@ class Tracer:
         self.timewaits_swept = 0
         self._swept_at = time.monotonic()
         self.started_at = time.time()
-        self._snapshot_at_start()
+        holders = diag.socket_holders()  # read once for both snapshots at start
+        self._seed_listeners(holders)
+        if attached:
+            attached()
+        self._snapshot_at_start(holders)
 
     def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
         """Keep what arrived.  BPF records go to the spool raw, and finish() decodes them
@@ -117,14 +124,19 @@ class Tracer:
         frame.loc[other, "comm"] = process[other]
         return frame
 
-    def _snapshot_at_start(self) -> None:
-        """What tracing cannot see: the sockets that were there before it began.
+    def _seed_listeners(self, holders: diag.Holders) -> None:
+        """The listeners there before tracing, of every namespace, into the BPF side, so that
+        their new children start with their owner.  Done once the probe is attached."""
+        self._probe.seed_listeners(listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
 
-        Taken once the probe is attached, so that a socket closing meanwhile shows
-        in both (and is merged), not in neither.  Listeners, of every namespace, go
-        into the BPF side, so that their new children start with their owner."""
-        self._probe.seed_listeners(listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",))))
-        existing = diag.snapshot(self.filters, netns=self.netns)
+    def _snapshot_at_start(self, holders: diag.Holders) -> None:
+        """What tracing cannot see: the connections that were there before it began.
+
+        Taken once the probe is attached, so that a socket closing meanwhile shows in both
+        (and is merged), not in neither; with 100,000 sockets it takes seconds, after
+        `Tracing` is announced.  A connection opened while it runs is in it too, and
+        analysis.lives drops it there: tracing saw it begin."""
+        existing = diag.snapshot(self.filters, netns=self.netns, holders=holders)
         self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
 
     def _learn_owners(self, raw: np.ndarray) -> None:
@@ -191,13 +203,14 @@ class Tracer:
             name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))
             row["comm"] = name or row["comm"]
         tcpext_end = procfs.all_tcp_counters()
-        pressed = queues.pressed(diag.listeners_everywhere())  # whose queue, if the counters moved
+        holders = diag.socket_holders()  # the fd tables, read once for the listeners and the sockets held
+        pressed = queues.pressed(diag.listeners_everywhere(holders))  # whose queue, if the counters moved
         # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives
         # whose owner the BPF side had from a listener or not at all (analysis.lives._from_fd_tables)
         # (and the listeners, whose holders say whether "the listener's owner" names one process)
         guessed = np.isin(open_raw["owner_src"], GUESSED).any()
         held = diag.snapshot_everywhere(self.filters, (*(diag.CONNECTION_STATES if guessed else ("CLOSE_WAIT",)),
-                                                       "LISTEN"))
+                                                       "LISTEN"), holders)
         self._probe.close()
         if self._transitions:
             self._transitions.close()

@@ -164,3 +164,22 @@ def test_no_overflow_is_claimed_where_the_kernel_counted_none(tmp_path):
     events, run = replay(tmp_path, stream, timewait="timers", tcpext={"start": counters, "end": moved})
     (found,) = [f for f in analyse(events, run).findings if f["topic"] == "overflow"]
     assert found["severity"] == "problem"
+
+
+def test_a_connection_opened_while_the_start_snapshot_ran_is_its_traced_life_only(tmp_path):
+    """The snapshot at start runs after the probe is attached (seconds with 100,000 sockets): a
+    connection opened meanwhile is in both, and is the life tracing saw begin; one that was
+    there before tracing stays, found only by the snapshot."""
+    from agent.record import decode
+
+    events, run = replay(tmp_path, raw("open", skaddr=1, pid=10, comm="new", states=CLIENT_OPEN, last="ESTABLISHED",
+                                       lport=40001, opened=1.0, ts=0))
+    snap = pd.DataFrame({"family": "ipv4", "laddr": "127.0.0.1", "lport": [40001, 40002], "raddr": "127.0.0.1",
+                         "rport": 8080, "state": "ESTABLISHED", "inode": [7, 8], "since_ack_s": 0.1,
+                         "pid": [10, 11], "comm": ["new", "old"], "fd": [3, 3], "cgroup_id": 1})
+    existing = decode.from_snapshot(snap, "existing", epoch(1.5), None)
+    conns = lives.connections(pd.concat([existing, events], ignore_index=True), run.ended_at)
+    assert sorted(conns["lport"]) == [40001, 40002]
+    by_port = conns.set_index("lport")
+    assert by_port.loc[40001, "owner_src"] == "syscall" and not by_port.loc[40001, "partial"]
+    assert by_port.loc[40002, "owner_src"] == "snapshot" and by_port.loc[40002, "partial"]
