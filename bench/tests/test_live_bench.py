@@ -121,3 +121,14 @@ def test_bench_ended_by_sigterm_prints_the_runs_that_ended_stops_its_churn_and_d
     finally:
         if bench.poll() is None:
             bench.kill()
+
+
+def test_the_many_sockets_bench_counts_what_it_holds_and_cleans_up():
+    before = bench_namespaces()
+    out = subprocess.run([sys.executable, "-m", "bench.sockets", "--connections", "300"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("601 TCP sockets (300 connections held)")  # both ends and the listener
+    names = [line.split()[0] for line in out.stdout.splitlines()[2:5]]
+    assert names == ["ss", "ss", "tcpclose"] and "Tracing after" in out.stdout
+    assert bench_namespaces() == before
