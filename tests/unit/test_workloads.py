@@ -63,3 +63,28 @@ def test_workloads_csv_has_a_row_per_name_and_processes_csv_a_row_per_process(tm
     assert curl["pids"] == "1000 1001 1002 1003 1004 ..." and names["web"]["pids"] == "20"
     with open(out / "processes.csv") as f:
         assert sum(row["comm"] == "curl" for row in csv.DictReader(f)) == CURLS
+
+
+def test_the_summary_wraps_at_the_terminals_width(tmp_path, monkeypatch):
+    """On a terminal of 70 columns no line is longer (rich wraps between words); into a pipe or a
+    file, 120 as summary.txt."""
+    import io
+    import os
+    import sys
+
+    from agent.cli import results
+    from agent.record.recording import read_recording
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    events, run = read_recording(curl_loop(tmp_path))
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(results.shutil, "get_terminal_size", lambda fallback: os.terminal_size((70, 24)))
+    results.show(events, run, None)
+    shown = sys.stdout.getvalue().splitlines()
+    assert max(map(len, shown)) <= 70 and any(len(line) > 60 for line in shown)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # not a terminal
+    results.show(events, run, None)
+    assert max(map(len, sys.stdout.getvalue().splitlines())) > 70
