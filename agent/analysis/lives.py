@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 
 from ..record import layout
+from ..kernel.cgroups import workload
 from . import rules
 from .rules import FOUR_TUPLE
+
+# the owner's cgroup v2 path and what it names (kernel.cgroups): container (runtime:id), pod uid, systemd unit
+PLACE_COLUMNS = ["cgroup", "container", "pod", "unit"]
 from .timewait import TIMEWAIT_COLUMNS, timewaits
 
 CONNECTION_COLUMNS = [
@@ -22,12 +26,12 @@ CONNECTION_COLUMNS = [
 # written after the contract's columns in connections.csv: the owner's network namespace, how
 # the owner was learnt (rules.OWNERS_KNOWN, "ambiguous", "none"), and the name of its thread
 # that acted where that is not the process's (comm is the process's: a threaded server is one row)
-CSV_EXTRA_COLUMNS = ["netns", "owner_src", "thread_comm"]
+CSV_EXTRA_COLUMNS = ["netns", "owner_src", "thread_comm", *PLACE_COLUMNS]
 # kept beside the contract's columns for the summary and the per-process figures; the
 # rules every figure reads (tw_made, tw_ended, close_wait_open) are computed here, once
 EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
                  "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd",
-                 "tw_made", "tw_ended", "close_wait_open", "thread_comm"]
+                 "tw_made", "tw_ended", "close_wait_open", "thread_comm", *PLACE_COLUMNS, "workload"]
 _STATE_CODES = {name: code for code, name in layout.TCP_STATE_NAMES.items()}
 
 
@@ -126,6 +130,8 @@ def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
         out.loc[fixed, "netns"] = found["netns"].to_numpy(object)[guessed]
         out.loc[fixed, "owner_src"] = "fd_table"
         out.loc[fixed, "thread_comm"] = None  # the fd tables name processes, not threads
+        if "cgroup" in found:
+            out.loc[fixed, "cgroup"] = found["cgroup"].to_numpy(object)[guessed]
 
 
 def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
@@ -149,6 +155,19 @@ def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
            or (out.at[i, "family"], wildcard.get(out.at[i, "family"]), int(out.at[i, "lport"])) in shared]
     out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
     out.loc[hit, "owner_src"] = "ambiguous"
+
+
+def _place(out: pd.DataFrame) -> None:
+    """PLACE_COLUMNS and `workload` (the container, else the unit, else the process name),
+    from each credited owner's cgroup path, each distinct path parsed once."""
+    known = out["owner_src"].isin(rules.OWNERS_KNOWN).to_numpy()
+    paths = [p if isinstance(p, str) and k else None for p, k in zip(out["cgroup"].tolist(), known)]  # NaN: none
+    placed = {path: workload(path) for path in set(paths) if path is not None}
+    for column in PLACE_COLUMNS:  # (cgroup too: an owner not credited has none)
+        out[column] = pd.Series([getattr(placed[p], column) if p is not None else None for p in paths],
+                                index=out.index, dtype=object)
+    out["workload"] = out["container"].where(out["container"].notna(), out["unit"])
+    out["workload"] = out["workload"].where(out["workload"].notna(), out["comm"])
 
 
 def _listeners_seen_shared(out: pd.DataFrame) -> None:
@@ -241,10 +260,12 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)
     out["tw_ended"] = out["tw_end_reason"].isin(rules.ENDED_TIMEWAIT)  # and its end was seen
     out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])
+    out["cgroup"] = lives["cgroup"].to_numpy(object) if "cgroup" in lives else None
     out["fd"] = pd.array(np.full(len(out), np.nan), dtype="Int64")
     out["netns"] = out["netns"].astype(object)
     seen_at_end = events[events["kind"] == "seen_at_end"]
     _from_fd_tables(out, seen_at_end)
     _shared_listeners(out, seen_at_end)
     _listeners_seen_shared(out)
+    _place(out)
     return out

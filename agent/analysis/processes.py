@@ -20,7 +20,7 @@ TIMEWAIT_REASON_COLUMNS = {
     "timewait_expired": "expired", "timewait_reused": "reused", "timewait_killed": "killed",
     "timewait_open": "open", "timewait_unknown": "unknown",
 }
-EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns", "closes_unseen"]
+EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns", "closes_unseen", "container", "unit"]
 _CLOSE_COUNTS = {
     "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
     "resets_local": "reset_local", "resets_remote": "reset_remote", "closes_unseen": "close_unseen",
@@ -36,6 +36,7 @@ def open_close_waits(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
 
 PER_PROCESS = ["pid", "comm"]  # processes.csv: one row per process (a pid and its name)
 PER_COMM = ["comm"]  # workloads.csv and the summary: what people mean by "the application"
+PER_WORKLOAD = ["workload"]  # the container, else the systemd unit, else the name (analysis.lives._place)
 # of a row grouped by name: how many processes it folds, and a few of their pids
 GROUP_COLUMNS = ["processes", "pids"]
 PIDS_SHOWN = 5
@@ -75,13 +76,17 @@ def processes(conns: pd.DataFrame, ended_at: float, keys: list[str] = PER_PROCES
         **{column: (column, "sum") for column in TIMEWAIT_REASON_COLUMNS},
         timewait_overflow=("tw_overflow", "sum"),
         netns=("netns", "first"),  # the owner's network namespace (first known; None: not known)
+        **{c: (c, "first") for c in ("container", "unit") if c in frame},
     ).join(quantiles(grouped["tw_ended_s"], {"timewait_p50_s": 0.5, "timewait_p95_s": 0.95})).reset_index()
+    if "comm" not in keys:  # (grouped by workload: its label is the name shown)
+        out["comm"] = out[keys[0]].astype(str)
     if "pid" in keys:
         out["processes"] = out["pid"].notna().astype(int)
         out["pids"] = out["pid"].astype(str).where(out["pid"].notna(), "")
     out["pid"] = out["pid"].astype("Int64")
     out = out.sort_values(["connections", keys[0]], ascending=[False, True], kind="stable")
-    return out[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS].reset_index(drop=True)
+    columns = PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS
+    return out.reindex(columns=columns + [k for k in keys if k not in columns]).reset_index(drop=True)
 
 
 def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:

@@ -10,7 +10,7 @@ from . import churn, processes
 from .churn import CHURN_COLUMNS
 from .processes import EXTRA_PROCESS_COLUMNS, GROUP_COLUMNS, PROCESS_COLUMNS
 
-BY = {"comm": processes.PER_COMM, "pid": processes.PER_PROCESS}  # --by
+BY = {"comm": processes.PER_COMM, "pid": processes.PER_PROCESS, "workload": processes.PER_WORKLOAD}  # --by
 DEFAULT_TOP = 20  # --top: rows of a table on the terminal and in the report (about a screenful)
 # folded into "other" by summing: counts.  The percentiles and rates of the rest are not
 # sums; "other" leaves them blank rather than show a figure no one measured

@@ -90,7 +90,8 @@ def view_options(func):
                                 "'others' row (0: all).")(wrapper)
     return click.option("--by", type=click.Choice(list(BY)), default="comm", show_default=True,
                         help="Group the summary, findings and report by process name (a curl loop is one row: "
-                             "'curl (2,954 processes)') or show each pid.")(wrapper)
+                             "'curl (2,954 processes)'), by workload (the container, else the systemd unit, else "
+                             "the name), or show each pid.")(wrapper)
 
 
 def output_dir(out: Path | None, force: bool):

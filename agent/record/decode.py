@@ -30,6 +30,7 @@ EVENT_COLUMNS = [
     "netns",  # the owner's network namespace, filled in by the tracer (None: not known)
     "thread_comm",  # the name of the owner's thread that made the transition, where it is not the process's
     "fd", "inode",  # sock_diag snapshots only: the owner's file descriptor and the socket's inode
+    "cgroup",  # the owner's cgroup v2 path, filled in by the tracer (kernel.cgroups; None: not known)
 ]
 # rows made from sock_diag snapshots (agent/kernel/diag.py), not from BPF records:
 #   existing     a connection that was there when tracing started (a life begun before it)

@@ -16,7 +16,7 @@ NUMBERS = {  # column -> (lowest, highest) a value may be; None, null in JSON, i
 }
 # counts, ids and ports: whole numbers (written as 20.0 where pandas held the column as floats)
 WHOLE = {"skaddr", "pid", "tid", "cgroup_id", "lport", "rport", "states_raw", "flags_raw", "tw_timer", "fd", "inode"}
-TEXTS = {"comm": 64, "laddr": 64, "raddr": 64, "netns": 64, "thread_comm": 64}  # column -> longest
+TEXTS = {"comm": 64, "laddr": 64, "raddr": 64, "netns": 64, "thread_comm": 64, "cgroup": 4096}  # column -> longest
 CHOICES = {
     "family": {"ipv4", "ipv6"},
     "owner_src": {*layout.OWNER_SRC_NAMES.values(), "snapshot", "fd_table"},

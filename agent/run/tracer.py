@@ -12,7 +12,7 @@ import pandas as pd
 from ..analysis import queues, rules
 from ..errors import TracepointMissing
 from ..filters import Filters
-from ..kernel import diag, procfs
+from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
 from ..record import decode, layout, transitions
 from ..record.recording import Recorder
@@ -86,6 +86,7 @@ class Tracer:
         # server's worker threads are one process, whatever they call themselves)
         self._netns_of: dict[int, str | None] = {}
         self._process_comm: dict[int, str | None] = {}
+        self._cgroups = cgroups.Placer()  # and its cgroup v2 path: its container or service
         # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         # the output files first: a path that cannot be written fails before the compile
@@ -118,6 +119,7 @@ class Tracer:
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = decode.decode(raw, self._offset_ns, self.hz)
         frame["netns"] = frame["pid"].map(self._netns_of).to_numpy(object)
+        frame["cgroup"] = self._cgroups.paths(frame["pid"], frame["cgroup_id"])
         process = frame["pid"].map(self._process_comm)
         other = process.notna() & (process != frame["comm"])
         frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
@@ -129,6 +131,12 @@ class Tracer:
         their new children start with their owner.  Done once the probe is attached."""
         self._probe.seed_listeners(listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
 
+    def _placed(self, snap: pd.DataFrame) -> pd.DataFrame:
+        """Snapshot rows (decode.from_snapshot) with the cgroup of each socket's holder."""
+        for pid in set(snap["pid"][snap["pid"] > 0].tolist()):
+            self._cgroups.learn(int(pid))
+        return snap.assign(cgroup=self._cgroups.paths(snap["pid"], snap["cgroup_id"]))
+
     def _snapshot_at_start(self, holders: diag.Holders) -> None:
         """What tracing cannot see: the connections that were there before it began.
 
@@ -137,7 +145,7 @@ class Tracer:
         `Tracing` is announced.  A connection opened while it runs is in it too, and
         analysis.lives drops it there: tracing saw it begin."""
         existing = diag.snapshot(self.filters, netns=self.netns, holders=holders)
-        self._keep(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
+        self._keep(self._placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id)))
 
     def _learn_owners(self, raw: np.ndarray) -> None:
         """Learn the network namespace and the process name of each new owner from its /proc
@@ -148,6 +156,7 @@ class Tracer:
         for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
             self._netns_of[pid] = namespaces.netns_id(pid)
             self._process_comm[pid] = procfs.process_comm(pid)
+            self._cgroups.learn(pid)
 
     def drain(self) -> np.ndarray:
         """Take the records that arrived (returned raw: decode.decode() reads them)."""
@@ -218,7 +227,7 @@ class Tracer:
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
         for frame in (still_open, timewaits,
-                      decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id)):
+                      self._placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))):
             self._keep(frame)
         run = RunInfo(
             started_at=self.started_at, ended_at=ended_at, counters=counters, open_lives=open_count,

@@ -5,12 +5,13 @@ to a process that never held the socket (the master, the other member, the other
 namespace's server)."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 
 import pytest
 
-from agent.analysis import lives, processes
+from agent.analysis import churn, lives, processes
 from agent.filters import Filters
 from agent.kernel.netns import named_netns, netns_id_of
 from agent.demo.workload import Process, start_client, start_server
@@ -369,3 +370,49 @@ def test_a_threaded_server_counted_in_bpf_is_one_process_too():
     procs = processes.from_counts(run.aggregates, lives.connections(events, run.ended_at, None), run.ended_at)
     mine = procs[procs["pid"] == server.pid]
     assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
+
+
+CGROUP_V2 = "/sys/fs/cgroup/unified"
+
+
+def test_containers_and_units_are_told_apart_by_their_cgroups(tmp_path):
+    """A server in a cgroup named as docker names a container's, a client in one named as
+    systemd names a service's (both made by the test, under its own slice, removed after):
+    each life carries its owner's cgroup, container or unit, and --by workload groups by them."""
+    import pathlib
+
+    from agent.analysis import workloads
+    from agent.kernel import cgroups
+
+    root = pathlib.Path(cgroups.mount_point() or CGROUP_V2)
+    slice_ = root / f"tcpclose-test-{os.getpid()}.slice"
+    container_id = "3f2a9c" + "0" * 58
+    scope, unit = slice_ / f"docker-{container_id}.scope", slice_ / "tc-poller.service"
+    for d in (slice_, scope, unit):
+        d.mkdir()
+    server = client = None
+    try:
+        tracer = Tracer(Filters())
+        server, port = start_server("wait_close", N, "tc-boxed")
+        (scope / "cgroup.procs").write_text(str(server.pid))
+        client = start_client("close_first", port, N, "tc-poller", extra=("--hold", "0.3"))
+        (unit / "cgroup.procs").write_text(str(client.pid))  # while it sleeps before its first connection
+        events, run, _ = finished(tracer, server, client)
+    finally:
+        for proc in (server, client):
+            if proc:
+                proc.release()
+        for d in (scope, unit, slice_):
+            d.rmdir()
+    conns = lives.connections(events, run.ended_at)
+    served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
+    made = conns[(conns["rport"] == port) & (conns["role"] == "client")]
+    assert len(served) == len(made) == N
+    assert set(served["container"]) == {"docker:3f2a9c000000"} and set(served["unit"]) == {None}
+    assert set(served["cgroup"]) == {f"/{slice_.name}/{scope.name}"}
+    assert set(made["unit"]) == {"tc-poller.service"} and set(made["container"]) == {None}
+    procs = processes.processes(conns, run.ended_at)
+    groups = workloads.grouped(conns, churn.processes(conns, procs, run.started_at, run.ended_at),
+                               run.started_at, run.ended_at, "workload")
+    labels = dict(zip(groups["comm"], groups["connections"]))
+    assert labels["docker:3f2a9c000000"] == N and labels["tc-poller.service"] == N
