@@ -1,6 +1,7 @@
-"""The application as people mean it: processes grouped by name for the summary, the
-findings and the plots (a curl loop is one "curl (2,954 processes)", not 2,954 rows), and
-the longest tables cut to their top rows with the rest summed in one "other" row."""
+"""The application as people mean it: processes grouped by name (or by container or systemd
+unit) for the summary, the findings and the plots (a curl loop is one "curl (2,954
+processes)", not 2,954 rows), and the longest tables cut to their top rows with the rest
+summed in one "K others" row."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,8 @@ WORKLOAD_COLUMNS = ["comm", *GROUP_COLUMNS, *PROCESS_COLUMNS[2:], *EXTRA_PROCESS
 def grouped(conns: pd.DataFrame, procs: pd.DataFrame, started_at: float, ended_at: float,
             by: str = "comm") -> pd.DataFrame:
     """The rows the summary, the findings and the report show: procs itself (by "pid"), or
-    one row per process name (by "comm"), with the same columns."""
+    one row per process name (by "comm") or per workload (its label in comm), with the same
+    columns."""
     if by == "pid":
         return procs
     keys = BY[by]
