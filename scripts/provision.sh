@@ -6,7 +6,7 @@
 # skips what is done.  --test also installs what only the tests use (`make test`
 # passes it; `make demo` does not need it): Debian's chromium, which report.html is
 # opened in, and the real servers, clients and packet capture of the live tests
-# (nginx, redis, tcpdump; their services are not started: the tests run their own).
+# (nginx, redis, tcpdump, prometheus; their services are not started: the tests run their own).
 set -euo pipefail
 for_tests=
 [ "${1:-}" = "--test" ] && for_tests=1
@@ -38,7 +38,7 @@ have_package() {  # is there an installable package of this name?
 
 # 1. bcc (python3-bpfcc, bpfcc-tools), a venv-capable python3, iproute2 for the tests' namespaces
 apt_install python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 gcc libc6-dev
-[ -n "$for_tests" ] && apt_install chromium nginx-light redis-server redis-tools tcpdump curl
+[ -n "$for_tests" ] && apt_install chromium nginx-light redis-server redis-tools tcpdump curl prometheus
 
 # 2. kernel headers: the running kernel's own where the distribution has them;
 #    otherwise the nearest distribution headers, linked where bcc looks.  The

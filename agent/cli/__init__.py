@@ -4,6 +4,7 @@
   tracing    trace, demo (root: they load the BPF program)
   reporting  report (a recording, no root)
   host       states, doctor (the host now)
+  serving    agent (root: always on, for Prometheus)
   results    a finished run shown as a summary or written as files
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .. import __version__
 from .host import doctor, states
 from .options import CONTEXT
 from .reporting import report_command
+from .serving import agent_command
 from .tracing import demo, trace
 
 
@@ -28,5 +30,5 @@ def main():
     """
 
 
-for command in (trace, report_command, states, doctor, demo):
+for command in (trace, report_command, states, doctor, demo, agent_command):
     main.add_command(command)

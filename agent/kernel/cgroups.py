@@ -124,6 +124,11 @@ class Placer:
         self._of_id: dict[int, str] = {}
         self._walked_at = -self.REWALK_S
 
+    def forget(self, count: int) -> None:
+        """Forget the `count` processes learnt first."""
+        for pid in list(self._of_pid)[:count]:
+            del self._of_pid[pid]
+
     def learn(self, pid: int) -> None:
         if pid and pid not in self._of_pid:
             self._of_pid[pid] = cgroup_of(pid)

@@ -20,6 +20,7 @@ from ..record.runinfo import RunInfo
 from . import memory
 from .kept import Kept
 
+MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
 OWNED = [layout.DEFINES["OWNER_SYSCALL"], layout.DEFINES["OWNER_LISTENER"]]  # records that name a process
 GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
@@ -46,7 +47,8 @@ class Tracer:
 
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
-                 max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None):
+                 max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None,
+                 keep: bool = True):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -59,7 +61,9 @@ class Tracer:
         max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS).
         force: write --record and --transitions into a directory of another user's too (safefiles).
         attached: called once the probe is attached and the listeners are known, before the
-        snapshot of the connections already open (seconds with 100,000 sockets)."""
+        snapshot of the connections already open (seconds with 100,000 sockets).
+        keep: keep the records for finish() (False: the caller takes each drain's records and
+        keeps what it needs, as tcpclose agent does; finish() then has only the end's)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
 
         preflight.check_privileges()  # before any output file is made
@@ -93,6 +97,7 @@ class Tracer:
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
         self._kept = Kept()  # the BPF records until the end, on disk
+        self._keep_records = keep
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
@@ -114,7 +119,19 @@ class Tracer:
             return
         if self._recorder:
             self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
-        self._kept.add(part)
+        if self._keep_records or not isinstance(part, np.ndarray):  # (the snapshots are few)
+            self._kept.add(part)
+
+    def decoded(self, raw: np.ndarray) -> pd.DataFrame:
+        """Records as drain() returns them, decoded, each owner named for its process, with
+        its network namespace and cgroup where they were read."""
+        return self._decoded(raw)
+
+    def open_lives_now(self) -> pd.DataFrame:
+        """The lives followed in BPF right now (not yet closed), decoded: their CLOSE_WAITs."""
+        raw = self._probe.open_lives()
+        self._learn_owners(raw)
+        return self._decoded(raw)
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = decode.decode(raw, self._offset_ns, self.hz)
@@ -153,6 +170,11 @@ class Tracer:
 
         One readlink per new pid; a process gone before this drain stays unknown."""
         owned = raw["pid"][np.isin(raw["owner_src"], OWNED)]
+        if len(self._netns_of) > MAX_PIDS_KNOWN:  # a long run meets millions of short-lived processes
+            for known in (self._netns_of, self._process_comm):
+                for pid in list(known)[:MAX_PIDS_KNOWN // 2]:  # the oldest half (dicts keep their order)
+                    del known[pid]
+            self._cgroups.forget(MAX_PIDS_KNOWN // 2)
         for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
             self._netns_of[pid] = namespaces.netns_id(pid)
             self._process_comm[pid] = procfs.process_comm(pid)
@@ -180,6 +202,12 @@ class Tracer:
     def records_kept(self) -> int:
         """BPF records waiting in the spool for the end of the run."""
         return self._kept.spooled
+
+    def counters(self) -> dict[str, int]:
+        """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
+        programs = self._probe.program_stats()
+        return self._probe.counters() | {
+            "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
 
     def progress(self) -> tuple[int, int, int]:
         """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""

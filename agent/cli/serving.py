@@ -1,0 +1,69 @@
+"""tcpclose agent: the always-on mode, for Prometheus (root)."""
+from __future__ import annotations
+
+import click
+
+from .options import CONTEXT, expected_errors, filter_options
+
+DEFAULT_LISTEN = "127.0.0.1:9864"  # docs/metrics.md: why this port
+
+
+def listen_address(ctx, param, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not ADDRESS:PORT, e.g. 127.0.0.1:9864 or 0.0.0.0:9864")
+    return host.strip("[]"), int(port)
+
+
+@click.command("agent", context_settings=CONTEXT)
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, callback=listen_address, metavar="ADDR:PORT",
+              help="Serve /metrics and /healthz here (0.0.0.0:PORT for a Prometheus on another host).")
+@filter_options
+@click.option("--max-series", type=click.IntRange(min=100), default=50_000, show_default=True,
+              help="Bound the series exported: workloads past the number that fit are counted as "
+                   "workload=\"other\" (tcpclose_workloads_folded_total says how many).")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              metavar="SECONDS", help="How often the CLOSE_WAITs open now and the lost counters are read.")
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
+@expected_errors
+def agent_command(listen, filters, max_series, refresh_s, duration):
+    """Trace TCP closes until stopped and serve the figures to Prometheus (root).
+
+    Counters of closes by workload and kind, TIME_WAITs made and how they ended,
+    histograms of TIME_WAIT lifetimes and connection durations, the CLOSE_WAITs
+    open now with the oldest's age, and what could not be seen.  A workload is
+    the owner's container, else its systemd unit, else its process name.  Every
+    metric is in docs/metrics.md.
+
+    \b
+    Examples:
+      sudo tcpclose agent                              # http://127.0.0.1:9864/metrics
+      sudo tcpclose agent --listen 0.0.0.0:9864 -L 80,443
+    """
+    from ..kernel.preflight import check_privileges
+    from ..metrics.exposition import Exposition, serve
+    from ..metrics.figures import Figures
+    from ..run.control import stop_on_signals
+    from ..run.serving import serve_figures
+    from ..run.tracer import Tracer
+
+    check_privileges()
+    host, port = listen
+    exposition = Exposition()
+    try:
+        server = serve(exposition, host, port)
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; give another --listen") from None
+    with stop_on_signals() as stop:
+        tracer = Tracer(filters, keep=False)
+        click.echo(f"Tracing TCP closes; serving http://{host}:{port}/metrics", err=True)
+        try:
+            serve_figures(tracer, Figures(max_series // SERIES_PER_WORKLOAD), exposition, stop, refresh_s, duration)
+        finally:
+            stop.finishing()
+            tracer.finish()
+            server.shutdown()
+
+
+SERIES_PER_WORKLOAD = 50  # closes by kind, TIME_WAITs and their ends, two histograms' buckets, two gauges

@@ -1,0 +1,112 @@
+"""/metrics in the Prometheus exposition format (prometheus-client), and /healthz.
+
+A scrape copies the snapshot the agent's loop last published (Figures.snapshot): it never
+walks sockets or BPF maps, so it answers in the same time however busy the host is.
+Names follow Prometheus' conventions: a tcpclose_ prefix, base units (seconds), _total on
+counters; every one is described in docs/metrics.md.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
+from .figures import Snapshot
+
+HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has published nothing for this long
+
+
+class Exposition:
+    """A prometheus-client collector of the last published Snapshot."""
+
+    def __init__(self):
+        self.current = Snapshot()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.current = snapshot  # one reference swapped: a scrape sees one snapshot whole
+
+    def collect(self):
+        s = self.current
+        closes = CounterMetricFamily("tcpclose_closes", "Socket lives ended, by workload and how they ended "
+                                     "(active: this side closed first; passive; simultaneous; reset_local; "
+                                     "reset_remote; never_established; close_unseen).", labels=["workload", "kind"])
+        for (name, kind), n in sorted(s.closes.items()):
+            closes.add_metric([name, kind], n)
+        yield closes
+        made = CounterMetricFamily("tcpclose_timewaits", "TIME_WAITs made by the workload's active closes.",
+                                   labels=["workload"])
+        for name, n in sorted(s.timewaits.items()):
+            made.add_metric([name], n)
+        yield made
+        ends = CounterMetricFamily("tcpclose_timewait_ends", "TIME_WAITs ended, by reason (expired; cancelled: "
+                                   "reused by a connect() or killed by a SYN or RST; unknown).",
+                                   labels=["workload", "reason"])
+        for (name, reason), n in sorted(s.timewait_ends.items()):
+            ends.add_metric([name, reason], n)
+        yield ends
+        for metric, values, text in (
+                ("tcpclose_timewait_lifetime_seconds", s.timewait_lifetime,
+                 "How long each TIME_WAIT lived, from its timewait socket's creation to its end."),
+                ("tcpclose_connection_duration_seconds", s.duration,
+                 "How long each connection lived, from its first state change to its close.")):
+            family = HistogramMetricFamily(metric, text, labels=["workload"])
+            for name, (buckets, total) in sorted(values.items()):
+                family.add_metric([name], buckets, total)
+            yield family
+        open_cw = GaugeMetricFamily("tcpclose_close_wait_sockets", "Sockets in CLOSE_WAIT now: the peer "
+                                    "closed, the workload has not.", labels=["workload"])
+        oldest = GaugeMetricFamily("tcpclose_close_wait_oldest_seconds", "Age of the workload's oldest "
+                                   "CLOSE_WAIT.", labels=["workload"])
+        for name, (n, age) in sorted(s.close_waits.items()):
+            open_cw.add_metric([name], n)
+            oldest.add_metric([name], age)
+        yield open_cw
+        yield oldest
+        lost = CounterMetricFamily("tcpclose_unseen", "What the agent could not see: ring-buffer drops, lives "
+                                   "evicted from a full map, transitions the kernel skipped.", labels=["what"])
+        for what, n in sorted(s.lost.items()):
+            lost.add_metric([what], n)
+        yield lost
+        yield GaugeMetricFamily("tcpclose_timewaits_followed", "TIME_WAITs made and not yet ended, whose "
+                                "workload the agent holds.", value=s.pending)
+        yield CounterMetricFamily("tcpclose_workloads_folded", "Workloads counted under workload=\"other\" "
+                                  "because --max-series was reached.", value=s.workloads_folded)
+        yield GaugeMetricFamily("tcpclose_last_update_timestamp_seconds", "When the figures were last "
+                                "updated.", value=s.updated_at)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # one line a scrape on stderr is noise
+        pass
+
+
+def serve(exposition: Exposition, host: str, port: int) -> WSGIServer:
+    """Serve /metrics and /healthz from a thread; returns the server (shutdown() ends it)."""
+    registry = CollectorRegistry()
+    registry.register(exposition)
+    ProcessCollector(registry=registry)  # the agent's own CPU seconds and memory
+    metrics = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":
+            fresh = time.time() - exposition.current.updated_at < HEALTHY_FOR_S
+            start_response("200 OK" if fresh else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if fresh else b"stale: the agent has not updated its figures\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"/metrics or /healthz\n"]
+
+    server = make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

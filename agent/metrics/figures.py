@@ -1,0 +1,175 @@
+"""What tcpclose agent exports, kept up to date a batch of records at a time.
+
+Each batch of decoded records (run.tracer.Tracer.decoded) adds to counters and histograms per
+workload: closes by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes,
+connection durations.  A TIME_WAIT's end comes in a later record than the life that made it,
+named by the same timewait socket (its timer's address and when it was armed): the life's
+workload waits in `pending` until then, so that what the agent holds is bounded by the
+timewait sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now
+come from the lives BPF follows (close_waits()).
+
+The workload of an owner is its container, else its systemd unit, else its process name
+(kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import rules
+from ..analysis.lives import initiators
+from ..kernel.cgroups import workload as place
+from ..record import layout
+
+# TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
+# (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)
+# and the TIME_WAITs killed or reused early
+TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5, 61.0, 62.0, 65.0, 90.0, 120.0)
+DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
+PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): its end reason is "unknown"
+OTHER = "other"
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (the last: above every bound), and the sum of the values."""
+    bounds: tuple[float, ...]
+    counts: np.ndarray = None
+    total: float = 0.0
+
+    def __post_init__(self):
+        if self.counts is None:
+            self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[~np.isnan(values)]
+        # bucket i holds bounds[i-1] < v <= bounds[i]: Prometheus' "le"
+        self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        self.total += float(values.sum())
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, count of values <= le)], +Inf last, as the exposition format has them."""
+        counts = np.cumsum(self.counts).tolist()
+        return [*((f"{b:g}", c) for b, c in zip(self.bounds, counts)), ("+Inf", counts[-1])]
+
+
+@dataclass
+class Snapshot:
+    """What a scrape shows: copied from Figures after each batch, never computed by a scrape."""
+    closes: dict = field(default_factory=dict)  # (workload, kind) -> n
+    timewaits: dict = field(default_factory=dict)  # workload -> made
+    timewait_ends: dict = field(default_factory=dict)  # (workload, reason) -> n
+    timewait_lifetime: dict = field(default_factory=dict)  # workload -> (cumulative buckets, sum)
+    duration: dict = field(default_factory=dict)
+    close_waits: dict = field(default_factory=dict)  # workload -> (open now, oldest age s)
+    lost: dict = field(default_factory=dict)  # what could not be seen -> n
+    pending: int = 0
+    workloads_folded: int = 0
+    updated_at: float = 0.0
+
+
+class Figures:
+    def __init__(self, max_workloads: int = 1000):
+        self.max_workloads = max_workloads
+        self._workloads: set[str] = set()
+        self._folded: set[str] = set()
+        self.closes: Counter = Counter()
+        self.timewaits: Counter = Counter()
+        self.timewait_ends: Counter = Counter()
+        self.timewait_lifetime: dict[str, Histogram] = {}
+        self.duration: dict[str, Histogram] = {}
+        self.close_waits: dict[str, tuple[int, float]] = {}
+        self.lost: dict[str, int] = {}
+        # (timer, start in µs) -> (workload, monotonic time it was made): TIME_WAITs alive
+        self.pending: dict[tuple[int, int], tuple[str, float]] = {}
+
+    def _label(self, name: str) -> str:
+        """A workload's label, or OTHER past max_workloads (counted in workloads_folded)."""
+        if name in self._workloads:
+            return name
+        if len(self._workloads) < self.max_workloads:
+            self._workloads.add(name)
+            return name
+        self._folded.add(name)
+        return OTHER
+
+    def workloads_of(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each record's workload label: its owner's container, else unit, else process name."""
+        known = rules.owner_known(frame["owner_src"])
+        cgroups = frame["cgroup"] if "cgroup" in frame else pd.Series([None] * len(frame), index=frame.index)
+        named = {path: place(path).name for path in set(cgroups.dropna().tolist())}
+        names = [named.get(path) or comm if ok else "" for path, comm, ok in
+                 zip(cgroups.tolist(), frame["comm"].tolist(), known)]
+        return np.array([self._label(name or "unknown") for name in names], dtype=object)
+
+    def add(self, events: pd.DataFrame, now: float | None = None) -> None:
+        """One batch of decoded records: the lives that ended and the TIME_WAITs that ended."""
+        now = time.monotonic() if now is None else now
+        lives = events[events["kind"] == "life"]
+        if len(lives):
+            self._add_lives(lives.reset_index(drop=True), now)
+        ends = events[events["kind"] == "tw_end"]
+        if len(ends):
+            self._add_timewait_ends(ends)
+        for key in [k for k, (_, made) in self.pending.items() if now - made > PENDING_FOR_S]:
+            name, _ = self.pending.pop(key)
+            self.timewait_ends[(name, "unknown")] += 1
+
+    def _add_lives(self, lives: pd.DataFrame, now: float) -> None:
+        names = self.workloads_of(lives)
+        kinds = initiators(lives.assign(kind="life"))
+        for (name, kind), n in Counter(zip(names.tolist(), kinds.tolist())).items():
+            self.closes[(name, kind)] += n
+        durations = np.array(lives["event_at"].astype(float) - lives["opened_at"].astype(float))
+        partial = ((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
+        durations[partial] = np.nan  # begun before the agent: no known start
+        for name in set(names.tolist()):
+            mine = names == name
+            self.duration.setdefault(name, Histogram(DURATION_BUCKETS)).add(durations[mine])
+        linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
+        made = rules.timewait_due(kinds) & linked
+        for name, n in Counter(names[made].tolist()).items():
+            self.timewaits[name] += n
+        timers = lives["tw_timer"].astype(np.uint64).to_numpy()[made].tolist()
+        starts = np.round(lives["tw_start_at"].astype(float).to_numpy()[made] * 1e6).astype(np.int64).tolist()
+        for timer, start, name in zip(timers, starts, names[made].tolist()):
+            self.pending[(timer, start)] = (name, now)
+
+    def _add_timewait_ends(self, ends: pd.DataFrame) -> None:
+        timers = ends["tw_timer"].astype(np.uint64).tolist()
+        starts = np.round(ends["tw_start_at"].astype(float).to_numpy() * 1e6).astype(np.int64).tolist()
+        lifetimes = (ends["event_at"].astype(float) - ends["tw_start_at"].astype(float)).tolist()
+        for timer, start, how, lifetime in zip(timers, starts, ends["tw_end"].tolist(), lifetimes):
+            found = self.pending.pop((timer, start), None)
+            if found is None:  # made before the agent started, or its life's record was lost
+                continue
+            name, _ = found
+            # a cancelled timewait was reused by a connect() or killed (a SYN, an RST): telling
+            # the two apart takes the connection that reused it, which `tcpclose trace` joins
+            reason = how if how in ("expired", "cancelled") else "unknown"
+            self.timewait_ends[(name, reason)] += 1
+            self.timewait_lifetime.setdefault(name, Histogram(TIMEWAIT_BUCKETS)).add(np.array([lifetime]))
+
+    def set_close_waits(self, open_lives: pd.DataFrame, now_epoch: float) -> None:
+        """The CLOSE_WAITs open now per workload, and the age of the oldest."""
+        waiting = open_lives[open_lives["last_state"] == "CLOSE_WAIT"]
+        names = self.workloads_of(waiting) if len(waiting) else np.array([], dtype=object)
+        ages = now_epoch - waiting["close_wait_at"].astype(float).to_numpy()
+        out = {}
+        for name in set(names.tolist()):
+            mine = ages[names == name]
+            out[name] = (int(len(mine)), float(np.nanmax(mine)) if np.isfinite(mine).any() else 0.0)
+        self.close_waits = out
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            closes=dict(self.closes), timewaits=dict(self.timewaits), timewait_ends=dict(self.timewait_ends),
+            timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
+            duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
+            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=len(self.pending),
+            workloads_folded=len(self._folded), updated_at=time.time())

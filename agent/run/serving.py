@@ -1,0 +1,34 @@
+"""The agent's loop: drain the probe, add each batch to the figures, publish a snapshot for
+the scrapes, refresh the CLOSE_WAITs open now and what could not be seen, until stopped."""
+from __future__ import annotations
+
+import time
+
+from ..metrics.exposition import Exposition
+from ..metrics.figures import Figures
+from .control import POLL_INTERVAL_S, Stop
+from .tracer import Tracer
+
+# what could not be seen, by the BPF side's counter names (docs/metrics.md says what each means)
+LOST = ("ringbuf_drops", "socks_full", "missed_close", "recursion_misses", "tw_unlinked", "tw_full")
+
+
+def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop: Stop,
+                  refresh_s: float = 10.0, duration: float | None = None) -> None:
+    """Until stopped (or `duration` seconds): every poll, the records that arrived into the
+    figures; every `refresh_s`, the CLOSE_WAITs open now (a dump of the BPF map) and the
+    counters of what was lost.  The tracer keeps no records (keep=False): memory stays
+    what the figures hold."""
+    deadline = None if duration is None else time.monotonic() + duration
+    refreshed = float("-inf")
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        raw = tracer.drain()
+        if len(raw):
+            figures.add(tracer.decoded(raw))
+        if time.monotonic() - refreshed >= refresh_s:
+            refreshed = time.monotonic()
+            figures.set_close_waits(tracer.open_lives_now(), time.time())
+            counters = tracer.counters()
+            figures.lost = {what: counters.get(what, 0) for what in LOST}
+        exposition.publish(figures.snapshot())
+        stop.wait(POLL_INTERVAL_S)

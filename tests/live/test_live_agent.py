@@ -1,0 +1,98 @@
+"""tcpclose agent scraped by a real Prometheus (Debian's, installed by the project's set-up):
+a known workload in a namespace of the test's own, then Prometheus' own answers checked
+against what the processes did."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from agent.demo.workload import start_client, start_server
+from support.namespaces import netns
+
+pytestmark = pytest.mark.live
+N = 23
+LEAKED = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def query(port: int, expr: str) -> float | None:
+    """The value of an instant query in Prometheus (None: no series)."""
+    answer = json.loads(get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    result = answer["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_made(tmp_path):
+    agent_port, prom_port = free_port(), free_port()
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{agent_port}",
+                              "--refresh", "1"], stderr=subprocess.PIPE, text=True)
+    prometheus = None
+    procs = []
+    try:
+        line = agent.stderr.readline()
+        assert line.startswith("Tracing") and f":{agent_port}/metrics" in line, line
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+                          f"  - job_name: tcpclose\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n")
+        prometheus = subprocess.Popen(["prometheus", f"--config.file={config}",
+                                       f"--storage.tsdb.path={tmp_path / 'data'}",
+                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+        with netns(tcp_fin_timeout=2) as ns:  # the caller's FIN_WAIT2 timewaits expire after 2 s there
+            echo, port = start_server("wait_close", N, "tc-agecho", netns=ns)
+            client = start_client("close_first", port, N, "tc-agclient", netns=ns)
+            leaky, leak_port = start_server("leak", LEAKED, "tc-agleaky", netns=ns)
+            caller = start_client("close_first", leak_port, LEAKED, "tc-agcaller", netns=ns)
+            procs = [echo, client, leaky, caller]
+            for proc in procs:
+                proc.done()
+            wanted = {
+                'tcpclose_closes_total{workload="tc-agclient",kind="active"}': N,
+                'tcpclose_closes_total{workload="tc-agecho",kind="passive"}': N,
+                'tcpclose_timewaits_total{workload="tc-agclient"}': N,
+                'tcpclose_close_wait_sockets{workload="tc-agleaky"}': LEAKED,
+                'tcpclose_timewait_lifetime_seconds_count{workload="tc-agcaller"}': LEAKED,
+                'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="2"}': 0,  # 2 s and a bit
+                'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="5"}': LEAKED,
+                'tcpclose_timewait_ends_total{workload="tc-agcaller",reason="expired"}': LEAKED,
+            }
+            deadline, seen = time.monotonic() + 40, {}
+            while time.monotonic() < deadline:
+                seen = {expr: query(prom_port, expr) for expr in wanted}
+                if seen == wanted:
+                    break
+                time.sleep(1)
+            assert seen == wanted, (seen, (tmp_path / "prometheus.log").read_text()[-2000:])
+            assert query(prom_port, 'up{job="tcpclose"}') == 1
+            assert query(prom_port, 'tcpclose_unseen_total{what="ringbuf_drops"}') == 0
+        exposition = get(f"http://127.0.0.1:{agent_port}/metrics")
+        checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr  # Prometheus' naming conventions
+        assert get(f"http://127.0.0.1:{agent_port}/healthz") == "ok\n"
+    finally:
+        for proc in procs:
+            proc.release()
+        if prometheus:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0 and "Traceback" not in err, err
