@@ -77,7 +77,16 @@ if [ ! -x "$repo/.venv/bin/python" ] || ! "$repo/.venv/bin/python" -c 'import bc
 fi
 stamp="$repo/.venv/.installed"
 if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-    "$repo/.venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test]"
+    # pip's output only if it fails: a first set-up would print pages of warnings otherwise
+    # (a package index's location that is absent, dependency notes of system packages)
+    log=$(mktemp)
+    if ! "$repo/.venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test]" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "provision: pip could not install tcpclose into .venv (its output is above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
     touch "$stamp"
     say "installed tcpclose into .venv"
 fi
