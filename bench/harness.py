@@ -37,7 +37,8 @@ TCPCLOSE_MODES = {
 # "untraced again" is the untraced run once more, at the other end of the repeat: its ratio
 # (an A/A comparison) is the bench's own noise, the difference that no tracer made.
 UNTRACED = ("untraced", "untraced again")
-MODES = ["untraced", "empty program", *TCPCLOSE_MODES, "tcpstates", "untraced again"]
+AGENT = "tcpclose agent"  # the always-on mode: its figures come from its /metrics, scraped at the end
+MODES = ["untraced", "empty program", *TCPCLOSE_MODES, AGENT, "tcpstates", "untraced again"]
 
 
 def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
@@ -50,6 +51,12 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
         line = proc.stderr.readline()
         if not line.startswith("Tracing"):
             raise SystemExit(f"tcpclose did not start: {line}{proc.stderr.read()}")
+    elif mode == AGENT:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{AGENT_PORT}"],
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        line = proc.stderr.readline()
+        if not line.startswith("Tracing"):
+            raise SystemExit(f"tcpclose agent did not start: {line}{proc.stderr.read()}")
     else:  # tcpstates prints its header once attached; its output goes to a file it may fill
         with open(out / "tcpstates.txt", "w") as log:
             proc = subprocess.Popen([TCPSTATES], stdout=log, stderr=subprocess.STDOUT)
@@ -58,6 +65,33 @@ def start_tracer(mode: str, out: Path) -> tuple[subprocess.Popen, float]:
                 raise SystemExit("tcpstates-bpfcc did not start")
             time.sleep(0.05)
     return proc, time.monotonic() - start
+
+
+AGENT_PORT = 19864  # on the host's loopback, for the bench's own scrape
+
+
+def agent_figures(comms: tuple[str, ...]) -> dict:
+    """The churn's lives and TIME_WAITs as the agent's /metrics count them (its workload label
+    is the process name here: the churn runs in no container), and its drops."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    time.sleep(0.5)  # a poll or two: the last closes into the published figures
+    with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = {"lives_reported": 0, "tw_reported": 0, "drops": 0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tcpclose_closes_total" and sample.labels["workload"] in comms:
+                found["lives_reported"] += int(sample.value)
+            elif sample.name == "tcpclose_timewaits_total" and sample.labels["workload"] in comms:
+                found["tw_reported"] += int(sample.value)
+            elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "ringbuf_drops":
+                found["drops"] = int(sample.value)
+            elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "recursion_misses":
+                found["skipped"] = int(sample.value)
+    return found
 
 
 def run_order(modes: list[str], repeat: int) -> list[str]:
@@ -155,9 +189,12 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["rss_mib"] = status_mib(tracer.pid, "VmHWM")
             row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
             time.sleep(0.5)  # the last closes
+            if mode == AGENT:  # what Prometheus would see now, and the kernel's count beside it
+                row.update(agent_figures(CHURN_COMMS))
+                row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
             tracer.send_signal(signal.SIGINT)
             stopped = time.monotonic()
-            if mode in TCPCLOSE_MODES:  # it writes its files on the way out: wait for them
+            if mode in (*TCPCLOSE_MODES, AGENT):  # it writes its files on the way out: wait for them
                 row["rss_report_mib"] = wait_peak_rss(tracer)
                 row["report_s"] = time.monotonic() - stopped  # what the user waits for after Ctrl-C
             else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from .harness import TCPCLOSE_MODES, UNTRACED
+from .harness import AGENT, TCPCLOSE_MODES, UNTRACED
 
 
 COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are computed
@@ -72,7 +72,7 @@ def table(rows: list[dict], rate: float) -> Table:
         out.add_column(mode, justify="right")
     fmt = lambda v, spec: "-" if v is None or pd.isna(v) else format(v, spec)  # noqa: E731
     for title, (key, spec) in COLUMNS.items():
-        cells = [fmt(m.get(key), spec) if key != "lives_expected" or mode in TCPCLOSE_MODES else "-"
+        cells = [fmt(m.get(key), spec) if key != "lives_expected" or mode in (*TCPCLOSE_MODES, AGENT) else "-"
                  for mode, m in medians.iterrows()]
         if any(cell != "-" for cell in cells):
             out.add_row(title, *cells)

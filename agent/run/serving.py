@@ -13,22 +13,27 @@ from .tracer import Tracer
 LOST = ("ringbuf_drops", "socks_full", "missed_close", "recursion_misses", "tw_unlinked", "tw_full")
 
 
+COUNTERS_EVERY_S = 1.0  # what was lost: a map of counters and the programs' fdinfo, cheap to read
+
+
 def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop: Stop,
                   refresh_s: float = 10.0, duration: float | None = None) -> None:
     """Until stopped (or `duration` seconds): every poll, the records that arrived into the
-    figures; every `refresh_s`, the CLOSE_WAITs open now (a dump of the BPF map) and the
-    counters of what was lost.  The tracer keeps no records (keep=False): memory stays
-    what the figures hold."""
+    figures; every second the counters of what was lost; every `refresh_s`, the CLOSE_WAITs
+    open now (a dump of the BPF map).  The tracer keeps no records (keep=False): memory
+    stays what the figures hold."""
     deadline = None if duration is None else time.monotonic() + duration
-    refreshed = float("-inf")
+    refreshed = counted = float("-inf")
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         raw = tracer.drain()
         if len(raw):
             figures.add(tracer.decoded(raw))
+        if time.monotonic() - counted >= COUNTERS_EVERY_S:
+            counted = time.monotonic()
+            counters = tracer.counters()
+            figures.lost = {what: counters.get(what, 0) for what in LOST}
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
             figures.set_close_waits(tracer.open_lives_now(), time.time())
-            counters = tracer.counters()
-            figures.lost = {what: counters.get(what, 0) for what in LOST}
         exposition.publish(figures.snapshot())
         stop.wait(POLL_INTERVAL_S)

@@ -63,6 +63,21 @@ def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
     assert bench_namespaces() == before
 
 
+def test_the_agent_mode_counts_every_life_from_its_own_metrics():
+    """tcpclose agent under the churn: the lives and TIME_WAITs its /metrics count (scraped by
+    the bench at the end) against the connections made and the kernel's own count."""
+    done = subprocess.run([sys.executable, "-m", "bench", "--seconds", "3", "--repeats", "1", "--rates", "0",
+                           "--modes", "untraced,tcpclose agent"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    expected, reported = (number(table_row(out, title)[1]) for title in ("lives expected", "lives reported"))
+    skipped = number(table_row(out, "skipped")[1])
+    assert expected > 3000 and expected - skipped <= reported <= expected, out
+    made, kernel = (number(table_row(out, title)[1]) for title in ("TW reported", "kernel TW"))
+    assert kernel - skipped <= made <= kernel, out
+
+
 def test_turns_time_each_variant_in_turn_on_one_churn_and_clean_up():
     before = bench_namespaces()
     variants = [f"{ROOT}::--aggregates", str(ROOT)]
