@@ -15,11 +15,14 @@ import urllib.request
 import pytest
 
 from agent.demo.workload import start_client, start_server
+from support.cgroups import move, runtime_cgroups
 from support.namespaces import netns
 
 pytestmark = pytest.mark.live
 N = 23
 LEAKED = 5
+CONTAINER_ID = "c1057e" + "0" * 58
+CONTAINER = "docker:c1057e000000"
 
 
 def free_port() -> int:
@@ -56,40 +59,48 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                                        f"--storage.tsdb.path={tmp_path / 'data'}",
                                        f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
-        with netns(tcp_fin_timeout=2) as ns:  # the caller's FIN_WAIT2 timewaits expire after 2 s there
-            echo, port = start_server("wait_close", N, "tc-agecho", netns=ns)
-            client = start_client("close_first", port, N, "tc-agclient", netns=ns)
-            leaky, leak_port = start_server("leak", LEAKED, "tc-agleaky", netns=ns)
-            caller = start_client("close_first", leak_port, LEAKED, "tc-agcaller", netns=ns)
-            procs = [echo, client, leaky, caller]
-            for proc in procs:
-                proc.done()
-            wanted = {
-                'tcpclose_closes_total{workload="tc-agclient",kind="active"}': N,
-                'tcpclose_closes_total{workload="tc-agecho",kind="passive"}': N,
-                'tcpclose_timewaits_total{workload="tc-agclient"}': N,
-                'tcpclose_close_wait_sockets{workload="tc-agleaky"}': LEAKED,
-                'tcpclose_timewait_lifetime_seconds_count{workload="tc-agcaller"}': LEAKED,
-                'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="2"}': 0,  # 2 s and a bit
-                'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="5"}': LEAKED,
-                'tcpclose_timewait_ends_total{workload="tc-agcaller",reason="expired"}': LEAKED,
-            }
-            deadline, seen = time.monotonic() + 40, {}
-            while time.monotonic() < deadline:
-                seen = {expr: query(prom_port, expr) for expr in wanted}
-                if seen == wanted:
-                    break
-                time.sleep(1)
-            assert seen == wanted, (seen, (tmp_path / "prometheus.log").read_text()[-2000:])
-            assert query(prom_port, 'up{job="tcpclose"}') == 1
-            assert query(prom_port, 'tcpclose_unseen_total{what="ringbuf_drops"}') == 0
+        # the caller's FIN_WAIT2 timewaits expire after 2 s in the namespace; the leaking server
+        # runs in a cgroup named as docker names a container's
+        with netns(tcp_fin_timeout=2) as ns, runtime_cgroups(f"docker-{CONTAINER_ID}.scope") as boxes:
+            try:
+                echo, port = start_server("wait_close", N, "tc-agecho", netns=ns)
+                procs.append(echo)
+                procs.append(start_client("close_first", port, N, "tc-agclient", netns=ns))
+                leaky, leak_port = start_server("leak", LEAKED, "tc-agleaky", netns=ns)
+                procs.append(leaky)
+                move(boxes[f"docker-{CONTAINER_ID}.scope"], leaky.pid)
+                procs.append(start_client("close_first", leak_port, LEAKED, "tc-agcaller", netns=ns))
+                for proc in procs:
+                    proc.done()
+                wanted = {
+                    'tcpclose_closes_total{workload="tc-agclient",kind="active"}': N,
+                    'tcpclose_closes_total{workload="tc-agecho",kind="passive"}': N,
+                    'tcpclose_timewaits_total{workload="tc-agclient"}': N,
+                    f'tcpclose_close_wait_sockets{{workload="{CONTAINER}"}}': LEAKED,
+                    f'tcpclose_closes_total{{workload="{CONTAINER}"}}': None,  # its lives are not closed
+                    'tcpclose_timewait_lifetime_seconds_count{workload="tc-agcaller"}': LEAKED,
+                    'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="2"}': 0,  # 2 s and a bit
+                    'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="5"}': LEAKED,
+                    'tcpclose_timewait_ends_total{workload="tc-agcaller",reason="expired"}': LEAKED,
+                }
+                deadline, seen = time.monotonic() + 40, {}
+                while time.monotonic() < deadline:
+                    seen = {expr: query(prom_port, expr) for expr in wanted}
+                    if seen == wanted:
+                        break
+                    time.sleep(1)
+                assert seen == wanted, (seen, (tmp_path / "prometheus.log").read_text()[-2000:])
+                assert query(prom_port, 'up{job="tcpclose"}') == 1
+                assert 0 < query(prom_port, f'tcpclose_close_wait_oldest_seconds{{workload="{CONTAINER}"}}') < 60
+                assert query(prom_port, 'tcpclose_unseen_total{what="ringbuf_drops"}') == 0
+            finally:  # before the cgroup is removed: it must be empty
+                for proc in procs:
+                    proc.release()
         exposition = get(f"http://127.0.0.1:{agent_port}/metrics")
         checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr  # Prometheus' naming conventions
         assert get(f"http://127.0.0.1:{agent_port}/healthz") == "ok\n"
     finally:
-        for proc in procs:
-            proc.release()
         if prometheus:
             prometheus.terminate()
             prometheus.wait(timeout=30)

@@ -5,7 +5,6 @@ to a process that never held the socket (the master, the other member, the other
 namespace's server)."""
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -372,44 +371,35 @@ def test_a_threaded_server_counted_in_bpf_is_one_process_too():
     assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
 
 
-CGROUP_V2 = "/sys/fs/cgroup/unified"
-
-
-def test_containers_and_units_are_told_apart_by_their_cgroups(tmp_path):
+def test_containers_and_units_are_told_apart_by_their_cgroups():
     """A server in a cgroup named as docker names a container's, a client in one named as
     systemd names a service's (both made by the test, under its own slice, removed after):
     each life carries its owner's cgroup, container or unit, and --by workload groups by them."""
-    import pathlib
-
     from agent.analysis import workloads
-    from agent.kernel import cgroups
+    from support.cgroups import move, path_of, runtime_cgroups
 
-    root = pathlib.Path(cgroups.mount_point() or CGROUP_V2)
-    slice_ = root / f"tcpclose-test-{os.getpid()}.slice"
     container_id = "3f2a9c" + "0" * 58
-    scope, unit = slice_ / f"docker-{container_id}.scope", slice_ / "tc-poller.service"
-    for d in (slice_, scope, unit):
-        d.mkdir()
+    scope_name, unit_name = f"docker-{container_id}.scope", "tc-poller.service"
     server = client = None
-    try:
-        tracer = Tracer(Filters())
-        server, port = start_server("wait_close", N, "tc-boxed")
-        (scope / "cgroup.procs").write_text(str(server.pid))
-        client = start_client("close_first", port, N, "tc-poller", extra=("--hold", "0.3"))
-        (unit / "cgroup.procs").write_text(str(client.pid))  # while it sleeps before its first connection
-        events, run, _ = finished(tracer, server, client)
-    finally:
-        for proc in (server, client):
-            if proc:
-                proc.release()
-        for d in (scope, unit, slice_):
-            d.rmdir()
+    with runtime_cgroups(scope_name, unit_name) as made_dirs:
+        try:
+            tracer = Tracer(Filters())
+            server, port = start_server("wait_close", N, "tc-boxed")
+            move(made_dirs[scope_name], server.pid)
+            client = start_client("close_first", port, N, "tc-poller", extra=("--hold", "0.3"))
+            move(made_dirs[unit_name], client.pid)
+            events, run, _ = finished(tracer, server, client)
+        finally:
+            for proc in (server, client):
+                if proc:
+                    proc.release()
+        scope_path = path_of(made_dirs[scope_name])
     conns = lives.connections(events, run.ended_at)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     made = conns[(conns["rport"] == port) & (conns["role"] == "client")]
     assert len(served) == len(made) == N
     assert set(served["container"]) == {"docker:3f2a9c000000"} and set(served["unit"]) == {None}
-    assert set(served["cgroup"]) == {f"/{slice_.name}/{scope.name}"}
+    assert set(served["cgroup"]) == {scope_path}
     assert set(made["unit"]) == {"tc-poller.service"} and set(made["container"]) == {None}
     procs = processes.processes(conns, run.ended_at)
     groups = workloads.grouped(conns, churn.processes(conns, procs, run.started_at, run.ended_at),
