@@ -28,3 +28,33 @@ def test_the_systemd_unit_starts_the_agent_with_options_it_has():
     assert command[0] == "agent"
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
+
+
+def test_the_daemonset_runs_the_agent_on_every_node_with_what_it_needs_and_no_more():
+    """No kubeconform here: the manifest is loaded and the fields that matter are checked."""
+    import yaml
+
+    manifest = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("apps/v1", "DaemonSet")
+    spec = manifest["spec"]["template"]["spec"]
+    assert spec["hostPID"] and spec["hostNetwork"]  # the node's processes and sockets
+    assert manifest["spec"]["selector"]["matchLabels"].items() <= manifest["spec"]["template"]["metadata"][
+        "labels"].items()
+    (container,) = spec["containers"]
+    context = container["securityContext"]
+    assert context["privileged"] is False and context["capabilities"]["drop"] == ["ALL"]
+    assert {"BPF", "PERFMON", "SYS_PTRACE"} <= set(context["capabilities"]["add"])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src"} <= mounts
+    volumes = {v["name"] for v in spec["volumes"]}
+    assert {m["name"] for m in container["volumeMounts"]} <= volumes
+    result = CliRunner().invoke(main, [*container["args"], "--help"])  # the command and options exist
+    assert result.exit_code == 0, result.output
+    port = int(container["args"][container["args"].index("--listen") + 1].rsplit(":", 1)[1])
+    assert container["ports"][0]["containerPort"] == port == container["livenessProbe"]["httpGet"]["port"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_image_runs_the_agent_command():
+    text = (DEPLOY / "Containerfile").read_text()
+    assert 'CMD ["agent", "--listen", "0.0.0.0:9864"]' in text and "python3-bpfcc" in text
