@@ -43,6 +43,29 @@ def query(port: int, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def shipped_queries() -> list[str]:
+    """Every query of deploy/: the dashboard's panels, and the alert rules' expressions with
+    their thresholds taken off (a test's workload does not reach them)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    dashboard = json.loads((deploy / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    for group in yaml.safe_load((deploy / "prometheus-rules.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            for part in re.split(r"\band\b", rule["expr"]):
+                exprs.append(re.sub(r"\s*(>|<|==)\s*[\d.]+\s*$", "", part.strip()))
+    return exprs
+
+
+def has_data(port: int, expr: str) -> bool:
+    answer = json.loads(get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    return answer["status"] == "success" and bool(answer["data"]["result"])
+
+
 def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_made(tmp_path):
     agent_port, prom_port = free_port(), free_port()
     agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{agent_port}",
@@ -93,6 +116,11 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                 assert query(prom_port, 'up{job="tcpclose"}') == 1
                 assert 0 < query(prom_port, f'tcpclose_close_wait_oldest_seconds{{workload="{CONTAINER}"}}') < 60
                 assert query(prom_port, 'tcpclose_unseen_total{what="ringbuf_drops"}') == 0
+                pending, deadline = shipped_queries(), time.monotonic() + 20  # rate() wants two scrapes
+                while pending and time.monotonic() < deadline:  # of the dashboard's and the rules' queries
+                    pending = [expr for expr in pending if not has_data(prom_port, expr)]
+                    time.sleep(0.5)
+                assert not pending, pending  # every one returned data
             finally:  # before the cgroup is removed: it must be empty
                 for proc in procs:
                     proc.release()
