@@ -103,9 +103,11 @@ class Figures:
         known = rules.owner_known(frame["owner_src"])
         cgroups = frame["cgroup"] if "cgroup" in frame else pd.Series([None] * len(frame), index=frame.index)
         named = {path: place(path).name for path in set(cgroups.dropna().tolist())}
-        names = [named.get(path) or comm if ok else "" for path, comm, ok in
-                 zip(cgroups.tolist(), frame["comm"].tolist(), known)]
-        return np.array([self._label(name or "unknown") for name in names], dtype=object)
+        labels = []
+        for path, comm, ok in zip(cgroups.tolist(), frame["comm"].tolist(), known):
+            name = (named.get(path) or comm) if ok else ""  # (no container or unit: the process name)
+            labels.append(self._label(name or "unknown"))
+        return np.array(labels, dtype=object)
 
     def add(self, events: pd.DataFrame, now: float | None = None) -> None:
         """One batch of decoded records: the lives that ended and the TIME_WAITs that ended."""
