@@ -79,6 +79,8 @@ def timewait_due(initiator) -> np.ndarray:
 
 # how a life's owner was learnt (bpf/tcpclose.h OWNER_x, and the fd tables): the ones that name a process
 OWNERS_KNOWN = ("syscall", "listener", "snapshot", "fd_table")
+# of those, the ones a BPF record carries (owner_src codes): the records that name a process
+OWNER_CODES_KNOWN = [layout.DEFINES["OWNER_SYSCALL"], layout.DEFINES["OWNER_LISTENER"]]
 # the ones the fd tables at the end may correct: the listener's owner is a guess for a child
 # of a pre-forking server (its master), and an ambiguous or missing owner names no one
 OWNERS_GUESSED = ("listener", "ambiguous", "none")

@@ -129,6 +129,9 @@ class Placer:
         for pid in list(self._of_pid)[:count]:
             del self._of_pid[pid]
 
+    def path_of(self, pid: int) -> str | None:
+        return self._of_pid.get(pid)
+
     def learn(self, pid: int) -> None:
         if pid and pid not in self._of_pid:
             self._of_pid[pid] = cgroup_of(pid)

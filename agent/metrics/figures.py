@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..analysis import rules
-from ..analysis.lives import initiators
 from ..kernel.cgroups import workload as place
 from ..record import layout
 
@@ -33,6 +33,7 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 
 CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
 PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): its end reason is "unknown"
 OTHER = "other"
+Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Figures:
         return OTHER
 
     def workloads_of(self, frame: pd.DataFrame) -> np.ndarray:
-        """Each record's workload label: its owner's container, else unit, else process name."""
+        """Each decoded record's workload label: its owner's container, else unit, else process name."""
         known = rules.owner_known(frame["owner_src"])
         cgroups = frame["cgroup"] if "cgroup" in frame else pd.Series([None] * len(frame), index=frame.index)
         named = {path: place(path).name for path in set(cgroups.dropna().tolist())}
@@ -109,53 +110,72 @@ class Figures:
             labels.append(self._label(name or "unknown"))
         return np.array(labels, dtype=object)
 
-    def add(self, events: pd.DataFrame, now: float | None = None) -> None:
-        """One batch of decoded records: the lives that ended and the TIME_WAITs that ended."""
+    def _labels(self, raw: np.ndarray, owner: Owner) -> np.ndarray:
+        """Each raw record's workload label, worked out once per distinct (owner known, pid,
+        thread name) of the batch: `owner` names a pid's container, unit or process."""
+        known = np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)
+        keys, first, codes = np.unique(raw["pid"].astype(np.int64) * 2 + known, return_index=True,
+                                       return_inverse=True)
+        labels = []
+        for key, at in zip(keys.tolist(), first.tolist()):
+            ok, pid = key & 1, key >> 1
+            name = (owner(pid) or raw["comm"][at].split(b"\0", 1)[0].decode("utf-8", "replace")) if ok else ""
+            labels.append(self._label(name or "unknown"))
+        return np.array(labels, dtype=object)[codes.ravel()]
+
+    def add(self, raw: np.ndarray, owner: Owner, now: float | None = None) -> None:
+        """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain() returns them): the
+        lives that ended and the TIME_WAITs that ended.  Nothing is decoded: a busy host hands
+        over tens of thousands of records a second."""
         now = time.monotonic() if now is None else now
-        lives = events[events["kind"] == "life"]
+        lives = raw[raw["kind"] == layout.DEFINES["EV_LIFE"]]
         if len(lives):
-            self._add_lives(lives.reset_index(drop=True), now)
-        ends = events[events["kind"] == "tw_end"]
+            self._add_lives(lives, owner, now)
+        ends = raw[raw["kind"] == layout.DEFINES["EV_TW_END"]]
         if len(ends):
             self._add_timewait_ends(ends)
-        for key in [k for k, (_, made) in self.pending.items() if now - made > PENDING_FOR_S]:
-            name, _ = self.pending.pop(key)
-            self.timewait_ends[(name, "unknown")] += 1
+        if self.pending and now - min(made for _, made in self.pending.values()) > PENDING_FOR_S:
+            for key in [k for k, (_, made) in self.pending.items() if now - made > PENDING_FOR_S]:
+                name, _ = self.pending.pop(key)
+                self.timewait_ends[(name, "unknown")] += 1
 
-    def _add_lives(self, lives: pd.DataFrame, now: float) -> None:
-        names = self.workloads_of(lives)
-        kinds = initiators(lives.assign(kind="life"))
-        for (name, kind), n in Counter(zip(names.tolist(), kinds.tolist())).items():
-            self.closes[(name, kind)] += n
-        durations = np.array(lives["event_at"].astype(float) - lives["opened_at"].astype(float))
-        partial = ((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
-        durations[partial] = np.nan  # begun before the agent: no known start
-        for name in set(names.tolist()):
-            mine = names == name
-            self.duration.setdefault(name, Histogram(DURATION_BUCKETS)).add(durations[mine])
-        linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
-        made = rules.timewait_due(kinds) & linked
-        for name, n in Counter(names[made].tolist()).items():
-            self.timewaits[name] += n
-        timers = lives["tw_timer"].astype(np.uint64).to_numpy()[made].tolist()
-        starts = np.round(lives["tw_start_at"].astype(float).to_numpy()[made] * 1e6).astype(np.int64).tolist()
-        for timer, start, name in zip(timers, starts, names[made].tolist()):
-            self.pending[(timer, start)] = (name, now)
+    def _add_lives(self, lives: np.ndarray, owner: Owner, now: float) -> None:
+        names = self._labels(lives, owner)
+        kinds = rules.raw_initiators(lives)
+        self.closes.update(zip(names.tolist(), kinds.tolist()))
+        opened = lives["opened_ns"].astype(np.int64)
+        durations = (lives["ts_ns"].astype(np.int64) - opened) / 1e9
+        durations[(opened == 0) | ((lives["flags"] & layout.DEFINES["FLAG_PARTIAL"]) != 0)] = np.nan
+        for name in set(names.tolist()):  # begun before the agent: no known start
+            self._histogram(self.duration, name, DURATION_BUCKETS).add(durations[names == name])
+        made = rules.timewait_due(kinds) & (lives["tw_timer"] != 0)
+        self.timewaits.update(names[made].tolist())
+        keys = zip(lives["tw_timer"][made].tolist(), lives["tw_start_ns"][made].tolist())
+        self.pending.update(zip(keys, zip(names[made].tolist(), [now] * int(made.sum()))))
 
-    def _add_timewait_ends(self, ends: pd.DataFrame) -> None:
-        timers = ends["tw_timer"].astype(np.uint64).tolist()
-        starts = np.round(ends["tw_start_at"].astype(float).to_numpy() * 1e6).astype(np.int64).tolist()
-        lifetimes = (ends["event_at"].astype(float) - ends["tw_start_at"].astype(float)).tolist()
-        for timer, start, how, lifetime in zip(timers, starts, ends["tw_end"].tolist(), lifetimes):
+    def _add_timewait_ends(self, ends: np.ndarray) -> None:
+        found_names, lifetimes = [], []
+        how_names = layout.TW_END_NAMES
+        for timer, start, how, at in zip(ends["tw_timer"].tolist(), ends["tw_start_ns"].tolist(),
+                                         ends["tw_end"].tolist(), ends["ts_ns"].tolist()):
             found = self.pending.pop((timer, start), None)
             if found is None:  # made before the agent started, or its life's record was lost
                 continue
-            name, _ = found
             # a cancelled timewait was reused by a connect() or killed (a SYN, an RST): telling
             # the two apart takes the connection that reused it, which `tcpclose trace` joins
-            reason = how if how in ("expired", "cancelled") else "unknown"
-            self.timewait_ends[(name, reason)] += 1
-            self.timewait_lifetime.setdefault(name, Histogram(TIMEWAIT_BUCKETS)).add(np.array([lifetime]))
+            how = how_names.get(how)
+            self.timewait_ends[(found[0], how if how in ("expired", "cancelled") else "unknown")] += 1
+            found_names.append(found[0])
+            lifetimes.append((at - start) / 1e9)
+        names, lifetimes = np.array(found_names, dtype=object), np.array(lifetimes)
+        for name in set(found_names):
+            self._histogram(self.timewait_lifetime, name, TIMEWAIT_BUCKETS).add(lifetimes[names == name])
+
+    @staticmethod
+    def _histogram(histograms: dict, name: str, bounds: tuple) -> Histogram:
+        if name not in histograms:
+            histograms[name] = Histogram(bounds)
+        return histograms[name]
 
     def set_close_waits(self, open_lives: pd.DataFrame, now_epoch: float) -> None:
         """The CLOSE_WAITs open now per workload, and the age of the oldest."""

@@ -27,7 +27,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         raw = tracer.drain()
         if len(raw):
-            figures.add(tracer.decoded(raw))
+            figures.add(raw, tracer.workload_of)
         if time.monotonic() - counted >= COUNTERS_EVERY_S:
             counted = time.monotonic()
             counters = tracer.counters()

@@ -22,7 +22,6 @@ from .kept import Kept
 
 MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
-OWNED = [layout.DEFINES["OWNER_SYSCALL"], layout.DEFINES["OWNER_LISTENER"]]  # records that name a process
 GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
 
 
@@ -127,6 +126,12 @@ class Tracer:
         its network namespace and cgroup where they were read."""
         return self._decoded(raw)
 
+    def workload_of(self, pid: int) -> str | None:
+        """A live owner's workload: its container, else its systemd unit, else its process name,
+        as read from /proc when its first record arrived (None: never read, or gone by then)."""
+        placed = cgroups.workload(self._cgroups.path_of(pid))
+        return (placed.name if placed else None) or self._process_comm.get(pid)
+
     def open_lives_now(self) -> pd.DataFrame:
         """The lives followed in BPF right now (not yet closed), decoded: their CLOSE_WAITs."""
         raw = self._probe.open_lives()
@@ -169,7 +174,7 @@ class Tracer:
         entry, while it is alive.
 
         One readlink per new pid; a process gone before this drain stays unknown."""
-        owned = raw["pid"][np.isin(raw["owner_src"], OWNED)]
+        owned = raw["pid"][np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)]
         if len(self._netns_of) > MAX_PIDS_KNOWN:  # a long run meets millions of short-lived processes
             for known in (self._netns_of, self._process_comm):
                 for pid in list(known)[:MAX_PIDS_KNOWN // 2]:  # the oldest half (dicts keep their order)

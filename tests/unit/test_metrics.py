@@ -6,17 +6,25 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.metrics.exposition import Exposition
 from agent.metrics.figures import Figures
-from agent.record import decode
+from agent.record import decode, layout
 from support.streams import HZ, OFFSET_NS, epoch, raw, timewait
 
 CLIENT = dict(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
 SERVER = dict(states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK")
 
 
-def batch(*records: bytes, cgroup=None) -> pd.DataFrame:
-    frame = decode.decode(b"".join(records), OFFSET_NS, HZ)
-    frame["cgroup"] = cgroup
-    return frame
+def batch(*records: bytes) -> np.ndarray:
+    """Raw records, as Tracer.drain() returns them."""
+    return np.frombuffer(b"".join(records), dtype=layout.EVENT_DTYPE)
+
+
+def by_name(pid: int) -> None:
+    """An owner the tracer could not place: its thread name from the record stands."""
+    return None
+
+
+def decoded(*records: bytes) -> pd.DataFrame:
+    return decode.decode(b"".join(records), OFFSET_NS, HZ).assign(cgroup=None)
 
 
 def exposed(figures: Figures) -> str:
@@ -32,12 +40,12 @@ def test_closes_timewaits_and_their_lifetimes_across_batches():
     lives = [raw(skaddr=i + 1, pid=10, comm="client", opened=1.0, ts=1.5, tw_timer=0x100 + i, tw_start=1.5,
                  lport=40000 + i, **CLIENT) for i in range(3)]
     lives.append(raw(skaddr=9, pid=20, comm="server", opened=1.0, ts=1.5, lport=8080, **SERVER))
-    figures.add(batch(*lives), now=0.0)
+    figures.add(batch(*lives), by_name, now=0.0)
     assert figures.closes == {("client", "active"): 3, ("server", "passive"): 1}
     assert figures.timewaits == {"client": 3} and len(figures.pending) == 3
     # the ends come later: one expires after 60.2 s, one is cancelled after 0.3 s; one stays open
     figures.add(batch(timewait("expired", timer=0x100, start=1.5, end=61.7),
-                      timewait("cancelled", timer=0x101, start=1.5, end=1.8)), now=70.0)
+                      timewait("cancelled", timer=0x101, start=1.5, end=1.8)), by_name, now=70.0)
     assert figures.timewait_ends == {("client", "expired"): 1, ("client", "cancelled"): 1}
     assert len(figures.pending) == 1  # what is held is what is alive
     text = exposed(figures)
@@ -48,16 +56,19 @@ def test_closes_timewaits_and_their_lifetimes_across_batches():
     assert 'tcpclose_timewait_lifetime_seconds_count{workload="client"} 2.0' in text
     assert 'tcpclose_connection_duration_seconds_count{workload="server"} 1.0' in text
     # an end never seen: after PENDING_FOR_S its TIME_WAIT counts as ended for an unknown reason
-    figures.add(batch(), now=1000.0)
+    figures.add(batch(), by_name, now=1000.0)
     assert figures.timewait_ends[("client", "unknown")] == 1 and not figures.pending
 
 
 def test_a_workload_is_the_container_else_the_unit_else_the_name_and_they_are_bounded():
+    from agent.kernel.cgroups import workload
+
     figures = Figures(max_workloads=2)
-    docker = "/system.slice/docker-" + "ab" * 32 + ".scope"
-    figures.add(batch(raw(skaddr=1, pid=10, comm="app", **CLIENT), cgroup=docker))
-    figures.add(batch(raw(skaddr=2, pid=11, comm="nginx", **SERVER), cgroup="/system.slice/nginx.service"))
-    figures.add(batch(raw(skaddr=3, pid=12, comm="third", **SERVER), cgroup="/"))
+    paths = {10: "/system.slice/docker-" + "ab" * 32 + ".scope", 11: "/system.slice/nginx.service", 12: "/"}
+    placed = lambda pid: workload(paths[pid]).name  # noqa: E731  (Tracer.workload_of, from /proc)
+    figures.add(batch(raw(skaddr=1, pid=10, comm="app", **CLIENT)), placed)
+    figures.add(batch(raw(skaddr=2, pid=11, comm="nginx", **SERVER)), placed)
+    figures.add(batch(raw(skaddr=3, pid=12, comm="third", **SERVER)), placed)
     assert set(figures.closes) == {("docker:" + "ab" * 6, "active"), ("nginx.service", "passive"),
                                    ("other", "passive")}
     assert "tcpclose_workloads_folded_total 1.0" in exposed(figures)
@@ -66,7 +77,7 @@ def test_a_workload_is_the_container_else_the_unit_else_the_name_and_they_are_bo
 def test_close_waits_open_now_by_workload_with_the_oldest():
     figures = Figures()
     now = epoch(100.0)
-    figures.set_close_waits(batch(*(raw("open", skaddr=i, pid=20, comm="leaky", close_wait=90.0 + i, ts=0,
+    figures.set_close_waits(decoded(*(raw("open", skaddr=i, pid=20, comm="leaky", close_wait=90.0 + i, ts=0,
                                         states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"), last="CLOSE_WAIT")
                                     for i in range(1, 4))), now)
     assert figures.close_waits == {"leaky": (3, 9.0)}
