@@ -76,12 +76,18 @@ def test_states_filters_like_trace(arranged):
     assert tcpclose("states", "--netns", ns, "-c", "st-leaky")["states"] == {"LISTEN": 1, "CLOSE_WAIT": 3}
 
 
-def test_states_without_root_counts_everything_but_names_no_holder(arranged):
-    ns, _ = arranged
+def test_states_without_root_names_no_holder_but_puts_each_socket_on_its_side(arranged):
+    """Another user's processes are not named, but the listening sockets are visible to all:
+    the sockets on a listening port are that server's side, named by its port."""
+    ns, servers = arranged
     counts = tcpclose("states", user=65534, ns=ns)
     assert counts["root"] is False
     assert counts["states"] == {"LISTEN": 2, "FIN_WAIT2 (timewait)": 3, "TIME_WAIT": 4, "CLOSE_WAIT": 3}
-    assert counts["unowned"] == 12
+    rows = by_comm(counts)
+    assert rows[(f"(server on port {servers['web'][1]})", "listener")]["states"] == {"TIME_WAIT": 4}
+    assert rows[(f"(server on port {servers['leaky'][1]})", "listener")]["states"] == {"CLOSE_WAIT": 3}
+    assert rows[("(no process found)", None)]["states"] == {"LISTEN": 2, "FIN_WAIT2 (timewait)": 3}
+    assert counts["unowned"] == 5 and all(row["pid"] is None for row in counts["processes"])
 
 
 def findings_by_topic(report: dict, section: str = "host") -> dict:
