@@ -1,8 +1,8 @@
 """What tcpclose agent exports, kept up to date a batch of records at a time.
 
-Each batch of decoded records (run.tracer.Tracer.decoded) adds to counters and histograms per
-workload: closes by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes,
-connection durations.  A TIME_WAIT's end comes in a later record than the life that made it,
+Each batch of raw records (as run.tracer.Tracer.drain returns them, never decoded: a busy host
+hands over tens of thousands a second) adds to counters and histograms per workload: closes
+by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connection durations.  A TIME_WAIT's end comes in a later record than the life that made it,
 named by the same timewait socket (its timer's address and when it was armed): the life's
 workload waits in `pending` until then, so that what the agent holds is bounded by the
 timewait sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now

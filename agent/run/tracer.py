@@ -121,11 +121,6 @@ class Tracer:
         if self._keep_records or not isinstance(part, np.ndarray):  # (the snapshots are few)
             self._kept.add(part)
 
-    def decoded(self, raw: np.ndarray) -> pd.DataFrame:
-        """Records as drain() returns them, decoded, each owner named for its process, with
-        its network namespace and cgroup where they were read."""
-        return self._decoded(raw)
-
     def workload_of(self, pid: int) -> str | None:
         """A live owner's workload: its container, else its systemd unit, else its process name,
         as read from /proc when its first record arrived (None: never read, or gone by then)."""
