@@ -124,7 +124,9 @@ def demo(out, force, record, view):
         try:
             for pair in workload.PAIRS:
                 click.echo(f"  {pair.client_comm} -> {pair.server_comm}: {pair.story}", err=True)
-            procs = workload.start(ns.name)
+            for failure in workload.start(ns.name, procs):
+                click.echo(f"tcpclose: a demo process stopped early ({failure}); the report shows what it did",
+                           err=True)
             stop.wait(workload.SETTLE_S)  # the last ACKs land; the FIN_WAIT2 timewaits expire
             stop.finishing()
             events, run_info = tracer.finish()

@@ -41,18 +41,30 @@ PAIRS = [
 ]
 
 
-def start(netns: str) -> list[Process]:
-    """Run every pair to the end of its connections inside the namespace; the leaking server
-    is left holding its sockets."""
-    procs = []
+IDLE_S = 5.0  # a server whose client failed stops waiting after this long with no connection
+
+
+def start(netns: str, procs: list[Process]) -> list[str]:
+    """Run each pair to the end of its connections inside the namespace, one pair after the
+    other (with 100 ports, a client's connect() could otherwise take the port another client
+    binds again), each process added to `procs` as it starts; the leaking server is left
+    holding its sockets.  Returns what failed (a client that exited early: its server gives
+    up after IDLE_S), for the demo to say; the trace shows what they did do."""
+    failed = []
     for pair in PAIRS:
-        server, port = start_server(pair.server_mode, pair.count, pair.server_comm, netns=netns)
+        # (listening until released: a later pair's server cannot take its port, one destination each)
+        server, port = start_server(pair.server_mode, pair.count, pair.server_comm, netns=netns,
+                                    extra=("--idle", str(IDLE_S), "--keep-listening"))
+        procs.append(server)
         client = start_client(pair.client_mode, port, pair.count, pair.client_comm, extra=pair.client_extra,
                               netns=netns)
-        procs += [server, client]
-    for proc in procs:
-        proc.done()
-    return procs
+        procs.append(client)
+        try:
+            client.done()
+        except RuntimeError as exc:
+            failed.append(f"{pair.client_comm}: {exc}")
+        server.done()
+    return failed
 
 
 def release(procs: list[Process]) -> None:

@@ -124,7 +124,7 @@ def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening
     def accept_loop(thread_name: str | None = None) -> None:
         if thread_name:
             set_comm(thread_name)  # this thread's name only
-        while idle_s is not None or len(peers) < count:
+        while count == 0 or len(peers) < count:  # count 0: until idle_s passes with no connection
             try:
                 conn, peer = listener.accept()
             except socket.timeout:
