@@ -20,7 +20,8 @@ released (it closes when the work is done otherwise).  The shapes of real server
 --workers W (pre-forking: the process listens, then W forked workers accept; each
 worker says "done" with its own pid, the master accepts nothing), --threads T (T threads
 of this one process accept, each named COMM-tN, the process keeps COMM) and --idle S
-(accept until S seconds pass with no new connection, however many that makes).
+(with --count 0: accept until S seconds pass with no new connection, however many that
+makes; with a count: that many, or fewer once S seconds pass with none).
 Every "done" names the peer ports it accepted (peer_ports).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
 linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
@@ -124,7 +125,8 @@ def server(mode: str, count: int, host: str, hold_s: float = 0.0, keep_listening
     def accept_loop(thread_name: str | None = None) -> None:
         if thread_name:
             set_comm(thread_name)  # this thread's name only
-        while count == 0 or len(peers) < count:  # count 0: until idle_s passes with no connection
+        # count connections, or fewer if idle_s passes with none; count 0: until idle_s (none without)
+        while len(peers) < count or (count == 0 and idle_s is not None):
             try:
                 conn, peer = listener.accept()
             except socket.timeout:
