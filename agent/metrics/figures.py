@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from ..analysis import rules
-from ..kernel.cgroups import workload as place
 from ..record import layout
 
 # TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
@@ -99,17 +97,6 @@ class Figures:
         self._folded.add(name)
         return OTHER
 
-    def workloads_of(self, frame: pd.DataFrame) -> np.ndarray:
-        """Each decoded record's workload label: its owner's container, else unit, else process name."""
-        known = rules.owner_known(frame["owner_src"])
-        cgroups = frame["cgroup"] if "cgroup" in frame else pd.Series([None] * len(frame), index=frame.index)
-        named = {path: place(path).name for path in set(cgroups.dropna().tolist())}
-        labels = []
-        for path, comm, ok in zip(cgroups.tolist(), frame["comm"].tolist(), known):
-            name = (named.get(path) or comm) if ok else ""  # (no container or unit: the process name)
-            labels.append(self._label(name or "unknown"))
-        return np.array(labels, dtype=object)
-
     def _labels(self, raw: np.ndarray, owner: Owner) -> np.ndarray:
         """Each raw record's workload label, worked out once per distinct (owner known, pid,
         thread name) of the batch: `owner` names a pid's container, unit or process."""
@@ -177,11 +164,13 @@ class Figures:
             histograms[name] = Histogram(bounds)
         return histograms[name]
 
-    def set_close_waits(self, open_lives: pd.DataFrame, now_epoch: float) -> None:
-        """The CLOSE_WAITs open now per workload, and the age of the oldest."""
-        waiting = open_lives[open_lives["last_state"] == "CLOSE_WAIT"]
-        names = self.workloads_of(waiting) if len(waiting) else np.array([], dtype=object)
-        ages = now_epoch - waiting["close_wait_at"].astype(float).to_numpy()
+    def set_close_waits(self, open_lives: np.ndarray, owner: Owner, now_ns: int) -> None:
+        """The CLOSE_WAITs open now per workload, and the age of the oldest, from the records of
+        the lives BPF follows (Tracer.open_lives_now); now_ns: CLOCK_MONOTONIC, as their times."""
+        waiting = open_lives[open_lives["last_state"] == layout.DEFINES["TCP_CLOSE_WAIT"]]
+        names = self._labels(waiting, owner) if len(waiting) else np.array([], dtype=object)
+        since = waiting["close_wait_ns"].astype(np.int64)
+        ages = np.where(since > 0, (now_ns - since) / 1e9, np.nan)
         out = {}
         for name in set(names.tolist()):
             mine = ages[names == name]

@@ -34,6 +34,6 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
             figures.lost = {what: counters.get(what, 0) for what in LOST}
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
-            figures.set_close_waits(tracer.open_lives_now(), time.time())
+            figures.set_close_waits(tracer.open_lives_now(), tracer.workload_of, time.monotonic_ns())
         exposition.publish(figures.snapshot())
         stop.wait(POLL_INTERVAL_S)

@@ -127,11 +127,12 @@ class Tracer:
         placed = cgroups.workload(self._cgroups.path_of(pid))
         return (placed.name if placed else None) or self._process_comm.get(pid)
 
-    def open_lives_now(self) -> pd.DataFrame:
-        """The lives followed in BPF right now (not yet closed), decoded: their CLOSE_WAITs."""
+    def open_lives_now(self) -> np.ndarray:
+        """The records of the lives followed in BPF right now (not yet closed), their owners
+        learnt (workload_of): the CLOSE_WAITs open now are among them."""
         raw = self._probe.open_lives()
         self._learn_owners(raw)
-        return self._decoded(raw)
+        return raw
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         frame = decode.decode(raw, self._offset_ns, self.hz)
@@ -233,8 +234,7 @@ class Tracer:
             self._keep(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = decode.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
         programs = self._probe.program_stats()
-        counters = self._probe.counters() | {
-            "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
+        counters = self.counters()
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
         for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
             name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))

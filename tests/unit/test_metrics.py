@@ -1,13 +1,12 @@
 """tcpclose agent's figures, from record batches made the way the kernel side makes them:
 counts per workload and kind, TIME_WAIT lifetimes joined across batches, bounded state."""
 import numpy as np
-import pandas as pd
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.metrics.exposition import Exposition
 from agent.metrics.figures import Figures
-from agent.record import decode, layout
-from support.streams import HZ, OFFSET_NS, epoch, raw, timewait
+from agent.record import layout
+from support.streams import raw, timewait
 
 CLIENT = dict(states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
 SERVER = dict(states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK")
@@ -21,10 +20,6 @@ def batch(*records: bytes) -> np.ndarray:
 def by_name(pid: int) -> None:
     """An owner the tracer could not place: its thread name from the record stands."""
     return None
-
-
-def decoded(*records: bytes) -> pd.DataFrame:
-    return decode.decode(b"".join(records), OFFSET_NS, HZ).assign(cgroup=None)
 
 
 def exposed(figures: Figures) -> str:
@@ -76,11 +71,13 @@ def test_a_workload_is_the_container_else_the_unit_else_the_name_and_they_are_bo
 
 def test_close_waits_open_now_by_workload_with_the_oldest():
     figures = Figures()
-    now = epoch(100.0)
-    figures.set_close_waits(decoded(*(raw("open", skaddr=i, pid=20, comm="leaky", close_wait=90.0 + i, ts=0,
+    figures.set_close_waits(batch(*(raw("open", skaddr=i, pid=20, comm="leaky", close_wait=90.0 + i, ts=0,
                                         states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"), last="CLOSE_WAIT")
-                                    for i in range(1, 4))), now)
-    assert figures.close_waits == {"leaky": (3, 9.0)}
+                                    for i in range(1, 4)),
+                                  raw("open", skaddr=9, pid=21, comm="busy", ts=0, last="ESTABLISHED",
+                                      states=("SYN_RECV", "ESTABLISHED"))),
+                            by_name, now_ns=100 * 10**9)
+    assert figures.close_waits == {"leaky": (3, 9.0)}  # the open life not in CLOSE_WAIT is not counted
     text = exposed(figures)
     assert 'tcpclose_close_wait_sockets{workload="leaky"} 3.0' in text
     assert 'tcpclose_close_wait_oldest_seconds{workload="leaky"} 9.0' in text
