@@ -6,7 +6,7 @@ by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connect
 named by the same timewait socket (its timer's address and when it was armed): the life's
 workload waits in `pending` until then, so that what the agent holds is bounded by the
 timewait sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now
-come from the lives BPF follows (close_waits()).
+come from the lives BPF follows (set_close_waits()).
 
 The workload of an owner is its container, else its systemd unit, else its process name
 (kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".
