@@ -16,6 +16,7 @@ import pandas as pd
 
 from agent.analysis.accounting import evicted
 from agent.record.runinfo import RunInfo
+from agent.run.serving import COUNTERS_EVERY_S
 
 from agent.demo.namespace import Namespace
 from .sampling import (RssSampler, StatsWindow, cpu_s, status_mib, wait_peak_rss, bpf_cost, machine_cpu)
@@ -77,10 +78,12 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    time.sleep(0.5)  # a poll or two: the last closes into the published figures
+    # the last closes into the published figures (a poll), and the counters of what could not
+    # be seen read once more after them (the agent reads those every COUNTERS_EVERY_S)
+    time.sleep(COUNTERS_EVERY_S + 0.5)
     with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}/metrics", timeout=10) as response:
         text = response.read().decode()
-    found = {"lives_reported": 0, "tw_reported": 0, "drops": 0}
+    found = {"lives_reported": 0, "tw_reported": 0, "drops": 0, "tw_unknown": 0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "tcpclose_closes_total" and sample.labels["workload"] in comms:
@@ -91,6 +94,8 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
                 found["drops"] = int(sample.value)
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "recursion_misses":
                 found["skipped"] = int(sample.value)
+            elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "tw_unlinked":
+                found["tw_unknown"] = int(sample.value)  # timers armed that no close claimed
     return found
 
 
