@@ -42,6 +42,7 @@ def agent_command(listen, filters, max_series, refresh_s, duration):
       sudo tcpclose agent --listen 0.0.0.0:9864 -L 80,443
     """
     from ..kernel.preflight import check_privileges
+    from ..kernel.procfs import port_range_size, sysctls
     from ..metrics.exposition import Exposition, serve
     from ..metrics.figures import Figures
     from ..run.control import stop_on_signals
@@ -59,7 +60,9 @@ def agent_command(listen, filters, max_series, refresh_s, duration):
         tracer = Tracer(filters, keep=False)
         click.echo(f"Tracing TCP closes; serving http://{host}:{port}/metrics", err=True)
         try:
-            serve_figures(tracer, Figures(max_series // SERIES_PER_WORKLOAD), exposition, stop, refresh_s, duration)
+            figures = Figures(max_series // SERIES_PER_WORKLOAD, follows_timewaits=tracer.timewait_method == "timers",
+                              port_range=port_range_size(sysctls()["ip_local_port_range"]))
+            serve_figures(tracer, figures, exposition, stop, refresh_s, duration)
         finally:
             stop.finishing()
             tracer.finish()

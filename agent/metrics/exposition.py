@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from .figures import Snapshot
+from .figures import OTHER, Snapshot
 
 HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has published nothing for this long
 
@@ -67,6 +67,28 @@ class Exposition:
             oldest.add_metric([name], age)
         yield open_cw
         yield oldest
+        overflows = CounterMetricFamily("tcpclose_timewait_overflows", "Closes that were due to leave a TIME_WAIT "
+                                        "and got none: tcp_max_tw_buckets was reached.", labels=["workload"])
+        for name, n in sorted(s.overflows.items()):
+            overflows.add_metric([name], n)
+        yield overflows
+        held = GaugeMetricFamily("tcpclose_client_timewaits", "TIME_WAITs alive that hold a local port towards a "
+                                 "destination (the busiest by name, the rest as destination=\"other\").",
+                                 labels=["source", "destination"])
+        headroom = GaugeMetricFamily("tcpclose_port_headroom_ratio", "Share of the ephemeral port range still free "
+                                     "of TIME_WAITs towards the destination (1: none held; 0: connect() fails "
+                                     "with EADDRNOTAVAIL unless tcp_tw_reuse applies).", labels=["source", "destination"])
+        for (source, destination), n in sorted(s.held.items()):
+            held.add_metric([source, destination], n)
+            if s.port_range and destination != OTHER:
+                headroom.add_metric([source, destination], max(0.0, 1.0 - n / s.port_range))
+        yield held
+        yield headroom
+        seconds, runs = s.bpf
+        yield CounterMetricFamily("tcpclose_bpf_run_seconds", "Time the kernel spent in tcpclose's BPF programs "
+                                  "(counted only while kernel.bpf_stats_enabled is 1).", value=seconds)
+        yield CounterMetricFamily("tcpclose_bpf_runs", "Runs of tcpclose's BPF programs (counted only while "
+                                  "kernel.bpf_stats_enabled is 1).", value=runs)
         lost = CounterMetricFamily("tcpclose_unseen", "What the agent could not see: ring-buffer drops, lives "
                                    "evicted from a full map, transitions the kernel skipped.", labels=["what"])
         for what, n in sorted(s.lost.items()):

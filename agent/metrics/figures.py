@@ -10,6 +10,13 @@ come from the lives BPF follows (set_close_waits()).
 
 The workload of an owner is its container, else its systemd unit, else its process name
 (kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".
+
+A client's TIME_WAIT keeps its local port from connect()s to the same destination for as
+long as it lives (analysis/ports.py): the TIME_WAITs held per destination come from the same
+pending map, and the busiest `top_destinations` are exported with the headroom they leave in
+the ephemeral range.  A close that was due to leave a TIME_WAIT and had no timer armed for it
+is a tcp_max_tw_buckets overflow, once the next records show no reset sent on that socket
+(an orphan given up with a reset never gets a TIME_WAIT).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import numpy as np
 
 from ..analysis import rules
 from ..record import layout
+from ..record.decode import addresses
 
 # TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
 # (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)
@@ -30,7 +38,10 @@ TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5,
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
 PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): its end reason is "unknown"
+RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
+TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
 OTHER = "other"
+Destination = tuple[str, str]  # (local address, "remote address:port")
 Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
 
 
@@ -66,15 +77,26 @@ class Snapshot:
     timewait_lifetime: dict = field(default_factory=dict)  # workload -> (cumulative buckets, sum)
     duration: dict = field(default_factory=dict)
     close_waits: dict = field(default_factory=dict)  # workload -> (open now, oldest age s)
+    overflows: dict = field(default_factory=dict)  # workload -> TIME_WAITs due and never made
+    held: dict = field(default_factory=dict)  # Destination (or (OTHER, OTHER)) -> client TIME_WAITs alive
+    port_range: int | None = None  # ephemeral ports per destination (ip_local_port_range)
     lost: dict = field(default_factory=dict)  # what could not be seen -> n
+    bpf: tuple[float, int] = (0.0, 0)  # the programs' run time (s) and runs, while kernel.bpf_stats_enabled
     pending: int = 0
     workloads_folded: int = 0
     updated_at: float = 0.0
 
 
 class Figures:
-    def __init__(self, max_workloads: int = 1000):
+    def __init__(self, max_workloads: int = 1000, follows_timewaits: bool = True, port_range: int | None = None,
+                 top_destinations: int = TOP_DESTINATIONS):
+        """follows_timewaits: the BPF side links each TIME_WAIT to its life (Tracer.timewait_method
+        "timers"); without it no overflow can be told from a TIME_WAIT whose timer was not seen.
+        port_range: ip_local_port_range's size, for the headroom per destination."""
         self.max_workloads = max_workloads
+        self.follows_timewaits = follows_timewaits
+        self.port_range = port_range
+        self.top_destinations = top_destinations
         self._workloads: set[str] = set()
         self._folded: set[str] = set()
         self.closes: Counter = Counter()
@@ -84,8 +106,15 @@ class Figures:
         self.duration: dict[str, Histogram] = {}
         self.close_waits: dict[str, tuple[int, float]] = {}
         self.lost: dict[str, int] = {}
-        # (timer, start in µs) -> (workload, monotonic time it was made): TIME_WAITs alive
-        self.pending: dict[tuple[int, int], tuple[str, float]] = {}
+        self.bpf: tuple[float, int] = (0.0, 0)
+        self.overflows: Counter = Counter()
+        # (timer, start in µs) -> (workload, monotonic time it was made, Destination of a client's
+        # or None): TIME_WAITs alive
+        self.pending: dict[tuple[int, int], tuple[str, float, Destination | None]] = {}
+        self.held: Counter = Counter()  # Destination -> client TIME_WAITs in pending
+        # socket address -> (workload, when): closes due a TIME_WAIT that got no timer, until
+        # RESET_WAIT_S shows no reset followed them
+        self._unmade: dict[int, tuple[str, float]] = {}
 
     def _label(self, name: str) -> str:
         """A workload's label, or OTHER past max_workloads (counted in workloads_folded)."""
@@ -121,10 +150,28 @@ class Figures:
         ends = raw[raw["kind"] == layout.DEFINES["EV_TW_END"]]
         if len(ends):
             self._add_timewait_ends(ends)
-        if self.pending and now - min(made for _, made in self.pending.values()) > PENDING_FOR_S:
-            for key in [k for k, (_, made) in self.pending.items() if now - made > PENDING_FOR_S]:
-                name, _ = self.pending.pop(key)
+        if self._unmade:
+            self._settle_unmade(raw[raw["kind"] == layout.DEFINES["EV_RESET_SENT"]]["skaddr"], now)
+        if self.pending and now - min(made for _, made, _ in self.pending.values()) > PENDING_FOR_S:
+            for key in [k for k, (_, made, _) in self.pending.items() if now - made > PENDING_FOR_S]:
+                name, _, destination = self.pending.pop(key)
+                self._release(destination)
                 self.timewait_ends[(name, "unknown")] += 1
+
+    def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
+        """Closes due a TIME_WAIT with no timer armed: a reset sent after the close explains
+        it; none within RESET_WAIT_S, a tcp_max_tw_buckets overflow."""
+        for skaddr in resets.tolist():
+            self._unmade.pop(skaddr, None)
+        for skaddr in [a for a, (_, at) in self._unmade.items() if now - at >= RESET_WAIT_S]:
+            name, _ = self._unmade.pop(skaddr)
+            self.overflows[name] += 1
+
+    def _release(self, destination: Destination | None) -> None:
+        if destination is not None:
+            self.held[destination] -= 1
+            if not self.held[destination]:
+                del self.held[destination]
 
     def _add_lives(self, lives: np.ndarray, owner: Owner, now: float) -> None:
         names = self._labels(lives, owner)
@@ -135,10 +182,32 @@ class Figures:
         durations[(opened == 0) | ((lives["flags"] & layout.DEFINES["FLAG_PARTIAL"]) != 0)] = np.nan
         for name in set(names.tolist()):  # begun before the agent: no known start
             self._histogram(self.duration, name, DURATION_BUCKETS).add(durations[names == name])
-        made = rules.timewait_due(kinds) & (lives["tw_timer"] != 0)
+        due = rules.timewait_due(kinds)
+        made = due & (lives["tw_timer"] != 0)
         self.timewaits.update(names[made].tolist())
+        destinations = self._destinations(lives[made])
         keys = zip(lives["tw_timer"][made].tolist(), lives["tw_start_ns"][made].tolist())
-        self.pending.update(zip(keys, zip(names[made].tolist(), [now] * int(made.sum()))))
+        self.pending.update(zip(keys, zip(names[made].tolist(), [now] * int(made.sum()), destinations)))
+        self.held.update(d for d in destinations if d is not None)
+        if self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
+            unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
+            unmade = due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)
+            self._unmade.update(zip(lives["skaddr"][unmade].tolist(), ((n, now) for n in names[unmade].tolist())))
+
+    @staticmethod
+    def _destinations(lives: np.ndarray) -> list[Destination | None]:
+        """Each life's destination if it was the client (it connect()ed: its TIME_WAIT holds a
+        local port towards that destination), else None."""
+        out: list[Destination | None] = [None] * len(lives)
+        clients = np.flatnonzero(rules.entered(lives["states"], "SYN_SENT"))
+        if not len(clients):
+            return out
+        mine = lives[clients]
+        family = mine["family"].astype(np.int64)
+        local, remote = addresses(mine["saddr"], family), addresses(mine["daddr"], family)
+        for i, laddr, raddr, rport in zip(clients.tolist(), local.tolist(), remote.tolist(), mine["dport"].tolist()):
+            out[i] = (laddr, f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}")
+        return out
 
     def _add_timewait_ends(self, ends: np.ndarray) -> None:
         found_names, lifetimes = [], []
@@ -148,6 +217,7 @@ class Figures:
             found = self.pending.pop((timer, start), None)
             if found is None:  # made before the agent started, or its life's record was lost
                 continue
+            self._release(found[2])
             # a cancelled timewait was reused by a connect() or killed (a SYN, an RST): telling
             # the two apart takes the connection that reused it, which `tcpclose trace` joins
             how = how_names.get(how)
@@ -177,9 +247,21 @@ class Figures:
             out[name] = (int(len(mine)), float(np.nanmax(mine)) if np.isfinite(mine).any() else 0.0)
         self.close_waits = out
 
+    def busiest(self) -> dict:
+        """The client TIME_WAITs alive per destination: the top_destinations busiest, and the
+        rest summed under (OTHER, OTHER)."""
+        out = dict(self.held.most_common(self.top_destinations))
+        rest = sum(self.held.values()) - sum(out.values())
+        if rest:
+            out[(OTHER, OTHER)] = rest
+        return out
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             closes=dict(self.closes), timewaits=dict(self.timewaits), timewait_ends=dict(self.timewait_ends),
+            # an overflow count for every workload that closes first (0 where none)
+            overflows={name: self.overflows[name] for name in {*self.timewaits, *self.overflows}},
+            held=self.busiest(), port_range=self.port_range, bpf=self.bpf,
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
             close_waits=dict(self.close_waits), lost=dict(self.lost), pending=len(self.pending),

@@ -32,6 +32,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
             counted = time.monotonic()
             counters = tracer.counters()
             figures.lost = {what: counters.get(what, 0) for what in LOST}
+            figures.bpf = tracer.bpf_run()
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
             figures.set_close_waits(tracer.open_lives_now(), tracer.workload_of, time.monotonic_ns())

@@ -210,6 +210,12 @@ class Tracer:
         return self._probe.counters() | {
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
 
+    def bpf_run(self) -> tuple[float, int]:
+        """The programs' run time (seconds) and runs so far: the kernel counts them only while
+        kernel.bpf_stats_enabled is 1, else (0.0, 0)."""
+        programs = self._probe.program_stats().values()
+        return (sum(p.get("run_time_ns", 0) for p in programs) / 1e9, sum(p.get("run_cnt", 0) for p in programs))
+
     def progress(self) -> tuple[int, int, int]:
         """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
         counters = self._probe.counters()

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from agent.demo.workload import start_client, start_server
+from agent.kernel.procfs import port_range_size, sysctls
 from support.cgroups import move, runtime_cgroups
 from support.namespaces import netns
 
@@ -105,6 +106,11 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="2"}': 0,  # 2 s and a bit
                     'tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agcaller",le="5"}': LEAKED,
                     'tcpclose_timewait_ends_total{workload="tc-agcaller",reason="expired"}': LEAKED,
+                    # the client's TIME_WAITs (60 s) hold ports towards the echo server; the
+                    # caller's expired in 2 s and gave theirs back
+                    f'tcpclose_client_timewaits{{source="127.0.0.1",destination="127.0.0.1:{port}"}}': N,
+                    f'tcpclose_client_timewaits{{destination="127.0.0.1:{leak_port}"}}': None,
+                    'tcpclose_timewait_overflows_total{workload="tc-agclient"}': 0,
                 }
                 deadline, seen = time.monotonic() + 40, {}
                 while time.monotonic() < deadline:
@@ -114,6 +120,9 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     time.sleep(1)
                 assert seen == wanted, (seen, (tmp_path / "prometheus.log").read_text()[-2000:])
                 assert query(prom_port, 'up{job="tcpclose"}') == 1
+                size = port_range_size(sysctls()["ip_local_port_range"])  # the agent's namespace's
+                headroom = query(prom_port, f'tcpclose_port_headroom_ratio{{destination="127.0.0.1:{port}"}}')
+                assert headroom == pytest.approx(1 - N / size)
                 assert 0 < query(prom_port, f'tcpclose_close_wait_oldest_seconds{{workload="{CONTAINER}"}}') < 60
                 assert query(prom_port, 'tcpclose_unseen_total{what="ringbuf_drops"}') == 0
                 pending, deadline = shipped_queries(), time.monotonic() + 20  # rate() wants two scrapes

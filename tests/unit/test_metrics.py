@@ -83,3 +83,61 @@ def test_close_waits_open_now_by_workload_with_the_oldest():
     assert 'tcpclose_close_wait_oldest_seconds{workload="leaky"} 9.0' in text
     stamp = [line for line in text.splitlines() if line.startswith("tcpclose_last_update_timestamp_seconds ")]
     assert np.isclose(float(stamp[0].split()[1]), figures.snapshot().updated_at, atol=5)
+
+
+def test_a_close_due_a_time_wait_that_got_no_timer_is_an_overflow_unless_a_reset_followed():
+    figures = Figures()
+    partial = layout.DEFINES["FLAG_PARTIAL"]
+    figures.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT),  # no timer: overflow?
+                      raw(skaddr=2, pid=10, comm="client", **CLIENT),  # no timer, then a reset
+                      raw(skaddr=3, pid=10, comm="client", flags=partial, **CLIENT),  # seen mid-life
+                      raw(skaddr=4, pid=10, comm="client", tw_timer=0x400, tw_start=2.0, **CLIENT)), by_name, now=0.0)
+    figures.add(batch(raw("reset_sent", skaddr=2, pid=10, comm="client", states=(), last="CLOSE")), by_name, now=0.5)
+    assert not figures.overflows  # not yet: a reset may still come
+    figures.add(batch(), by_name, now=1.5)
+    assert figures.overflows == {"client": 1}
+    assert 'tcpclose_timewait_overflows_total{workload="client"} 1.0' in exposed(figures)
+    # where the BPF side follows no timer, a missing one says nothing
+    blind = Figures(follows_timewaits=False)
+    blind.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT)), by_name, now=0.0)
+    blind.add(batch(), by_name, now=5.0)
+    assert not blind.overflows
+
+
+def test_client_time_waits_held_per_destination_with_the_headroom_they_leave():
+    figures = Figures(port_range=100, top_destinations=2)
+    to = [("10.0.0.1", 5432, 5), ("10.0.0.2", 80, 3), ("fd00::3", 443, 1)]
+    records, timer = [], 0x1000
+    for raddr, rport, n in to:
+        family = 6 if ":" in raddr else 4
+        laddr = "fd00::9" if family == 6 else "10.0.0.9"
+        for _ in range(n):
+            timer += 0x100
+            records.append(raw(skaddr=timer, pid=10, comm="client", family=family, laddr=laddr, raddr=raddr,
+                               rport=rport, tw_timer=timer, tw_start=2.0, **CLIENT))
+    # a server's TIME_WAIT holds its listening port's 4-tuple, not an ephemeral port
+    records.append(raw(skaddr=1, pid=20, comm="server", tw_timer=0x9000, tw_start=2.0,
+                       states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2"))
+    figures.add(batch(*records), by_name, now=0.0)
+    assert figures.busiest() == {("10.0.0.9", "10.0.0.1:5432"): 5, ("10.0.0.9", "10.0.0.2:80"): 3,
+                                 ("other", "other"): 1}
+    text = exposed(figures)
+    assert 'tcpclose_client_timewaits{destination="10.0.0.1:5432",source="10.0.0.9"} 5.0' in text
+    assert 'tcpclose_port_headroom_ratio{destination="10.0.0.1:5432",source="10.0.0.9"} 0.95' in text
+    assert 'tcpclose_client_timewaits{destination="other",source="other"} 1.0' in text
+    assert 'tcpclose_port_headroom_ratio{destination="other"' not in text
+    # a TIME_WAIT's end gives its port back: 10.0.0.1:5432 goes from 5 to 1
+    ends = [timewait("expired", timer=0x1000 + 0x100 * i, start=2.0, end=62.0) for i in range(1, 5)]
+    figures.add(batch(*ends), by_name, now=60.0)
+    assert figures.held == {("10.0.0.9", "10.0.0.2:80"): 3, ("10.0.0.9", "10.0.0.1:5432"): 1,
+                            ("fd00::9", "[fd00::3]:443"): 1}
+    # ends never seen: after PENDING_FOR_S every one is given back
+    figures.add(batch(), by_name, now=1000.0)
+    assert figures.busiest() == {} and not figures.held
+
+
+def test_the_programs_run_time_is_exported():
+    figures = Figures()
+    figures.bpf = (1.25, 4000)
+    text = exposed(figures)
+    assert "tcpclose_bpf_run_seconds_total 1.25" in text and "tcpclose_bpf_runs_total 4000.0" in text
