@@ -78,11 +78,17 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    # the last closes into the published figures (a poll), and the counters of what could not
-    # be seen read once more after them (the agent reads those every COUNTERS_EVERY_S)
-    time.sleep(COUNTERS_EVERY_S + 0.5)
-    with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    # what the agent published once the last closes were in its figures and its counters of
+    # what it could not see were read again after them (it reads those every COUNTERS_EVERY_S)
+    wanted, deadline = time.time() + COUNTERS_EVERY_S + 0.2, time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        published = next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                          if s.name == "tcpclose_last_update_timestamp_seconds"), 0.0)
+        if published >= wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     found = {"lives_reported": 0, "tw_reported": 0, "drops": 0, "tw_unknown": 0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

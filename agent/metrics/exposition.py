@@ -1,34 +1,61 @@
 """/metrics in the Prometheus exposition format (prometheus-client), and /healthz.
 
-A scrape copies the snapshot the agent's loop last published (Figures.snapshot): it never
-walks sockets or BPF maps, so it answers in the same time however busy the host is.
+The agent's loop publishes a Snapshot of its figures now and then (Figures.snapshot) and the
+exposition text is rendered from it then, once; a scrape sends that text as it is (and the
+agent's own process metrics).  So a scrape never walks sockets, BPF maps or figures: it
+answers in the same time however busy the host is and however many workloads it has.
 Names follow Prometheus' conventions: a tcpclose_ prefix, base units (seconds), _total on
 counters; every one is described in docs/metrics.md.
 """
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from .figures import OTHER, Snapshot
 
-HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has published nothing for this long
+HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has not come round for this long
 
 
 class Exposition:
-    """A prometheus-client collector of the last published Snapshot."""
+    """A prometheus-client collector of the last published Snapshot, and its rendered text."""
 
     def __init__(self):
         self.current = Snapshot()
+        self.alive_at = 0.0  # time.time() of the loop's last round (/healthz)
+        self.render_s = 0.0  # what the last publish() took to render
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+        self._text = self._gzipped = b""
+        self._lock = threading.Lock()
 
     def publish(self, snapshot: Snapshot) -> None:
-        self.current = snapshot  # one reference swapped: a scrape sees one snapshot whole
+        """Make `snapshot` what scrapes see, rendered now (not in the scrape)."""
+        started = time.perf_counter()
+        self.current = snapshot
+        text = generate_latest(self._registry)
+        with self._lock:  # a scrape sends one text whole
+            self._text, self._gzipped = text, b""
+        self.alive_at = time.time()
+        self.render_s = time.perf_counter() - started
+
+    def alive(self) -> None:
+        """The loop came round (it may not publish every round)."""
+        self.alive_at = time.time()
+
+    def text(self, gzipped: bool = False) -> bytes:
+        """The last published exposition, gzip-compressed once per publish if asked."""
+        with self._lock:
+            if gzipped and not self._gzipped:
+                self._gzipped = gzip.compress(self._text, compresslevel=1)
+            return self._gzipped if gzipped else self._text
 
     def collect(self):
         s = self.current
@@ -98,8 +125,10 @@ class Exposition:
                                 "workload the agent holds.", value=s.pending)
         yield CounterMetricFamily("tcpclose_workloads_folded", "Workloads counted under workload=\"other\" "
                                   "because --max-series was reached.", value=s.workloads_folded)
-        yield GaugeMetricFamily("tcpclose_last_update_timestamp_seconds", "When the figures were last "
-                                "updated.", value=s.updated_at)
+        yield GaugeMetricFamily("tcpclose_last_update_timestamp_seconds", "When the figures this scrape shows "
+                                "were published: every second, less often where publishing takes longer "
+                                "(docs/metrics.md).",
+                                value=s.updated_at)
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -113,17 +142,21 @@ class _Quiet(WSGIRequestHandler):
 
 def serve(exposition: Exposition, host: str, port: int) -> WSGIServer:
     """Serve /metrics and /healthz from a thread; returns the server (shutdown() ends it)."""
-    registry = CollectorRegistry()
-    registry.register(exposition)
-    ProcessCollector(registry=registry)  # the agent's own CPU seconds and memory
-    metrics = make_wsgi_app(registry)
+    own = CollectorRegistry()
+    ProcessCollector(registry=own)  # the agent's own CPU seconds and memory: a few lines, read per scrape
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return metrics(environ, start_response)
+            gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+            process = generate_latest(own)
+            body = exposition.text(gzipped) + (gzip.compress(process, compresslevel=1) if gzipped else process)
+            headers = [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
+            # two gzip members one after the other are one valid gzip stream
+            start_response("200 OK", headers + ([("Content-Encoding", "gzip")] if gzipped else []))
+            return [body]
         if path == "/healthz":
-            fresh = time.time() - exposition.current.updated_at < HEALTHY_FOR_S
+            fresh = time.time() - exposition.alive_at < HEALTHY_FOR_S
             start_response("200 OK" if fresh else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"ok\n" if fresh else b"stale: the agent has not updated its figures\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])

@@ -141,3 +141,32 @@ def test_the_programs_run_time_is_exported():
     figures.bpf = (1.25, 4000)
     text = exposed(figures)
     assert "tcpclose_bpf_run_seconds_total 1.25" in text and "tcpclose_bpf_runs_total 4000.0" in text
+
+
+def test_a_scrape_sends_what_was_published_last_plain_or_gzipped_without_rendering_it():
+    import gzip
+    import urllib.request
+
+    from agent.metrics.exposition import serve
+
+    figures = Figures()
+    figures.add(batch(raw(skaddr=1, pid=10, comm="client", tw_timer=0x100, tw_start=1.5, **CLIENT)), by_name, now=0)
+    exposition = Exposition()
+    exposition.publish(figures.snapshot())
+    figures.add(batch(raw(skaddr=2, pid=10, comm="client", **CLIENT)), by_name, now=1)  # not published yet
+    server = serve(exposition, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            plain = response.read().decode()
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "gzip"}),
+                                    timeout=10) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            zipped = gzip.decompress(response.read()).decode()
+    finally:
+        server.shutdown()
+    for text in (plain, zipped):
+        assert 'tcpclose_closes_total{kind="active",workload="client"} 1.0' in text
+        assert "process_resident_memory_bytes" in text  # the agent's own, read per scrape
+    exposition.publish(figures.snapshot())
+    assert 'tcpclose_closes_total{kind="active",workload="client"} 2.0' in exposition.text().decode()
