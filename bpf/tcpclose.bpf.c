@@ -142,7 +142,8 @@ struct tw_state {
 	u64 rearm_ns;  /* the last re-arm, 0 if none */
 	u64 cancel_ns; /* timer_cancel seen and not yet explained, 0 if none */
 	u32 timeout;   /* jiffies of the first arming */
-	u32 pad;
+	u16 dest;      /* dest_hash() of its life's remote address and port */
+	u16 reused;    /* its pending cancel came in a connect() to that remote end (in_connect) */
 };
 #define TW_SLOTS (1 << TW_SLOT_BITS)
 BPF_ARRAY(tw_slots, struct tw_state, TW_SLOTS);
@@ -174,6 +175,10 @@ struct tw_cpu {
 	u64 undo_cancel_ns;  /* before it was taken as re-armed (0: none was followed) */
 	u32 armed_timeout;
 	u32 armed_rearm;  /* armed_timer was cancelled just before: a re-arm unless a ->CLOSE claims it */
+	u64 connect_task; /* the task (pid_tgid) whose socket entered SYN_SENT last here, */
+	u64 connect_ns;   /* when, */
+	u32 connect_dest; /* and towards which remote end (dest_hash) */
+	u32 undo_reused;  /* armed_rearm: the followed timewait's reused flag before it was taken as re-armed */
 };
 BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
 #endif /* TW_TIMER_FN */
@@ -539,6 +544,59 @@ static __always_inline struct tw_cpu *this_cpu_tw(void)
 	return tw_cpu.lookup(&zero);
 }
 
+/* ---- Reused or killed ---------------------------------------------------
+ *
+ * A connect() that takes over a TIME_WAIT's 4-tuple (tcp_twsk_unique: a bound
+ * port reconnected, or tcp_tw_reuse) enters SYN_SENT, then picks its port in
+ * inet_hash_connect(), which finds the timewait socket and deschedules it:
+ * timer_cancel(T) in the same task on the same CPU, microseconds later, the
+ * timewait's remote end being the connecting socket's.  Any other cancel (a SYN
+ * into a server-side TIME_WAIT, an RST, netns teardown) runs in softirq or in
+ * another task.  So each CPU remembers its last SYN_SENT (task, time, remote
+ * end), and a followed timewait cancelled within REUSE_WINDOW_NS of it, in that
+ * task, towards that remote end, is marked reused.  Missed only if the task moved
+ * to another CPU in between; user space's join (analysis/timewait.py) finds
+ * those from the connection that reused the 4-tuple. */
+#define REUSE_WINDOW_NS 5000000 /* SYN_SENT to the cancel: microseconds, or more in a full port range */
+
+static __always_inline u16 dest_hash(const u8 *daddr, u16 dport)
+{
+	u32 h = dport;
+#pragma unroll
+	for (int i = 0; i < 16; i += 4)
+		h = h * 31 + (daddr[i] | daddr[i + 1] << 8 | daddr[i + 2] << 16 | (u32)daddr[i + 3] << 24);
+	return (u16)(h ^ h >> 16);
+}
+
+/* A socket of this task enters SYN_SENT towards daddr:dport (connect()). */
+static __always_inline void note_connect(u16 family, u16 dport, const void *daddr, const void *daddr_v6, u64 now)
+{
+	struct tw_cpu *c = this_cpu_tw();
+	if (!c)
+		return;
+	u8 addr[16] = {};
+	if (family == AF_INET6)
+		bpf_probe_read_kernel(addr, 16, daddr_v6);
+	else
+		bpf_probe_read_kernel(addr, 4, daddr);
+	c->connect_task = bpf_get_current_pid_tgid();
+	c->connect_ns = now;
+	c->connect_dest = dest_hash(addr, dport);
+}
+
+/* Is a cancel now of a timewait towards `dest` a connect() reusing it? */
+static __always_inline u16 in_connect(struct tw_cpu *c, u16 dest, u64 now)
+{
+	return c->connect_ns && now - c->connect_ns < REUSE_WINDOW_NS && c->connect_dest == dest &&
+	       c->connect_task == bpf_get_current_pid_tgid();
+}
+
+/* How a cancelled timewait ended: reused, or killed (TW_CANCELLED). */
+static __always_inline int cancelled_how(struct tw_state *t)
+{
+	return t->reused ? TW_REUSED : TW_CANCELLED;
+}
+
 static __always_inline void end_timewait(u64 timer, struct tw_state *t, u64 end_ns, int how)
 {
 	struct tcpclose_event r = {};
@@ -564,7 +622,7 @@ static __always_inline void settle_cancel(struct tw_cpu *c, u64 timer)
 	c->pending_kill = 0;
 	struct tw_state *t = find_timewait(p);
 	if (t && t->cancel_ns)
-		end_timewait(p, t, t->cancel_ns, TW_CANCELLED);
+		end_timewait(p, t, t->cancel_ns, cancelled_how(t));
 }
 #endif /* TW_TIMER_FN */
 
@@ -594,7 +652,8 @@ static __always_inline void claim_timewait(struct tcpclose_event *e, u64 now)
 		struct tw_state *t = c->armed_rearm && c->undo_cancel_ns ? find_timewait(timer) : 0;
 		if (t) {
 			t->rearm_ns = c->undo_rearm_ns;
-			end_timewait(timer, t, c->undo_cancel_ns, TW_CANCELLED);
+			t->reused = c->undo_reused;
+			end_timewait(timer, t, c->undo_cancel_ns, cancelled_how(t));
 		}
 		e->tw_timer = timer;
 		e->tw_start_ns = c->armed_ns;
@@ -618,6 +677,7 @@ static __always_inline void follow_timewait(struct tcpclose_event *e)
 	t.timer = timer;
 	t.start_ns = e->tw_start_ns;
 	t.timeout = e->tw_timeout;
+	t.dest = dest_hash(e->daddr, e->dport);
 	if (store_timewait(&t) != 0)
 		count(C_TW_FULL);
 	else
@@ -797,6 +857,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #endif
 		return 0;
 	}
+#ifdef TW_TIMER_FN
+	if (new == TCP_SYN_SENT) /* before the filters: the port is not picked yet */
+		note_connect(args->family, args->dport, args->daddr, args->daddr_v6, bpf_ktime_get_ns());
+#endif
 	if (filtered_out(args->family, args->sport, args->dport))
 		return 0;
 
@@ -913,15 +977,17 @@ TRACEPOINT_PROBE(timer, timer_start)
 		c->pending_kill = 0; /* it was T, or nothing: a cancel settles the one before */
 		c->undo_rearm_ns = t ? t->rearm_ns : 0;
 		c->undo_cancel_ns = t ? t->cancel_ns : 0;
+		c->undo_reused = t ? t->reused : 0;
 		if (t) {
 			t->rearm_ns = now;
 			t->cancel_ns = 0;
+			t->reused = 0;
 		}
 	} else {
 		settle_cancel(c, timer);
 		if (t) /* the memory of a timewait we follow armed anew: that one's end went unseen */
 			end_timewait(timer, t, t->cancel_ns ? t->cancel_ns : now,
-				     t->cancel_ns ? TW_CANCELLED : TW_REPLACED);
+				     t->cancel_ns ? cancelled_how(t) : TW_REPLACED);
 	}
 	if (c->armed_timer && !c->armed_rearm)
 		count(C_TW_UNLINKED);
@@ -973,6 +1039,7 @@ RAW_TRACEPOINT_PROBE(timer_cancel)
 	struct tw_state *t = find_timewait(timer);
 	if (t) {
 		t->cancel_ns = bpf_ktime_get_ns();
+		t->reused = in_connect(c, t->dest, t->cancel_ns);
 		c->pending_kill = timer;
 	}
 	return 0;

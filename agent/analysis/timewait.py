@@ -117,11 +117,15 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     how = end_rec["tw_end"].to_numpy(object)
     end_at = end_rec["event_at"].astype(float).to_numpy()
     is_open = linked & (end_rec["kind"].to_numpy(object) == "tw_open")
-    cancelled = linked & (how == "cancelled")
-    reused = np.zeros(n, dtype=bool)
+    # the BPF side marks a cancel in a connect() to the timewait's remote end as a reuse
+    # (bpf/tcpclose.bpf.c, "Reused or killed"); the others are cancels it could not
+    # explain (older recordings, sock_diag, a connect() that moved CPU midway): joined here
+    cancelled = linked & np.isin(how, ["cancelled", "reused"])
+    reused = linked & (how == "reused")
+    unexplained = linked & (how == "cancelled")
     # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
-    reused[cancelled] = _reused(lives, np.flatnonzero(cancelled), end_at[cancelled], window)
+    reused[unexplained] = _reused(lives, np.flatnonzero(unexplained), end_at[unexplained], window)
     reason = choose(
         [linked & (how == "expired"), reused, cancelled, is_open, linked],
         ["expired", "reused", "killed", "open", "unknown"],

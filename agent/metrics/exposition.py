@@ -70,8 +70,8 @@ class Exposition:
         for name, n in sorted(s.timewaits.items()):
             made.add_metric([name], n)
         yield made
-        ends = CounterMetricFamily("tcpclose_timewait_ends", "TIME_WAITs ended, by reason (expired; cancelled: "
-                                   "reused by a connect() or killed by a SYN or RST; unknown).",
+        ends = CounterMetricFamily("tcpclose_timewait_ends", "TIME_WAITs ended, by reason (expired; reused by "
+                                   "a connect(); killed by a SYN, an RST or netns teardown; unknown).",
                                    labels=["workload", "reason"])
         for (name, reason), n in sorted(s.timewait_ends.items()):
             ends.add_metric([name, reason], n)

@@ -41,6 +41,11 @@ PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): it
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
 OTHER = "other"
+# how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
+# cancel inside a connect() to the timewait's remote end as a reuse; any other cancel killed
+# it (a SYN into a server-side TIME_WAIT, an RST, netns teardown), but for the rare reuse
+# whose connect() moved to another CPU midway, which only `tcpclose trace`'s join finds
+END_REASONS = {"expired": "expired", "reused": "reused", "cancelled": "killed"}
 Destination = tuple[str, str]  # (local address, "remote address:port")
 Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
 
@@ -218,10 +223,7 @@ class Figures:
             if found is None:  # made before the agent started, or its life's record was lost
                 continue
             self._release(found[2])
-            # a cancelled timewait was reused by a connect() or killed (a SYN, an RST): telling
-            # the two apart takes the connection that reused it, which `tcpclose trace` joins
-            how = how_names.get(how)
-            self.timewait_ends[(found[0], how if how in ("expired", "cancelled") else "unknown")] += 1
+            self.timewait_ends[(found[0], END_REASONS.get(how_names.get(how), "unknown"))] += 1
             found_names.append(found[0])
             lifetimes.append((at - start) / 1e9)
         names, lifetimes = np.array(found_names, dtype=object), np.array(lifetimes)

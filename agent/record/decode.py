@@ -178,15 +178,17 @@ def from_timewait_watch(rows: list[dict], kind: str, at: float) -> pd.DataFrame:
 def from_followed_timewaits(states: np.ndarray, monotonic_to_epoch_ns: int, hz: int | None,
                             at: float) -> pd.DataFrame:
     """The timewait sockets the BPF side still followed when tracing ended (struct tw_state
-    entries of tw_slots and tws): a tw_open row each, or a tw_end row (cancelled) for one
-    whose cancel nothing explained before the end: it was killed then."""
+    entries of tw_slots and tws): a tw_open row each, or a tw_end row for one whose cancel
+    nothing explained before the end: reused (the BPF side saw a connect() take it), else
+    cancelled."""
     if not len(states):
         return empty_events()
     epoch = lambda ns: np.where(ns > 0, (ns.astype(np.int64) + monotonic_to_epoch_ns) / 1e9, np.nan)  # noqa: E731
     cancelled = states["cancel_ns"] != 0
+    how = np.where(states["reused"] != 0, "reused", "cancelled") if "reused" in states.dtype.names else "cancelled"
     frame = _timewait_rows(len(states), np.where(cancelled, "tw_end", "tw_open").astype(object),
                            np.where(cancelled, epoch(states["cancel_ns"]), at),
-                           np.where(cancelled, layout.TW_END_NAMES[layout.DEFINES["TW_CANCELLED"]], None))
+                           np.where(cancelled, how, None).astype(object))
     frame["tw_timer"] = states["timer"].astype(np.uint64)
     frame["tw_start_at"] = epoch(states["start_ns"])
     frame["tw_rearm_at"] = epoch(states["rearm_ns"])

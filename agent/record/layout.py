@@ -81,6 +81,7 @@ KIND_NAMES = {
 }
 TW_END_NAMES = {
     DEFINES["TW_EXPIRED"]: "expired", DEFINES["TW_CANCELLED"]: "cancelled", DEFINES["TW_REPLACED"]: "replaced",
+    DEFINES["TW_REUSED"]: "reused",
 }
 OWNER_SRC_NAMES = {
     DEFINES["OWNER_NONE"]: "none",

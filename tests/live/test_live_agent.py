@@ -22,6 +22,7 @@ from support.namespaces import netns
 pytestmark = pytest.mark.live
 N = 23
 LEAKED = 5
+AGAIN = 6  # connections made again from one local port
 CONTAINER_ID = "c1057e" + "0" * 58
 CONTAINER = "docker:c1057e000000"
 
@@ -94,6 +95,17 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                 procs.append(leaky)
                 move(boxes[f"docker-{CONTAINER_ID}.scope"], leaky.pid)
                 procs.append(start_client("close_first", leak_port, LEAKED, "tc-agcaller", netns=ns))
+                # a server that closes first, its client reconnecting from one port: each SYN
+                # kills the server's TIME_WAIT; a client that closes first and reconnects from
+                # one port: each connect() reuses its own TIME_WAIT (the last one of each stays)
+                web, web_port = start_server("close_first", AGAIN, "tc-agweb", netns=ns)
+                procs.append(web)
+                procs.append(start_client("wait_close", web_port, AGAIN, "tc-agpoller", extra=("--rebind",),
+                                          netns=ns))
+                cache, cache_port = start_server("wait_close", AGAIN, "tc-agcache", netns=ns)
+                procs.append(cache)
+                procs.append(start_client("close_first", cache_port, AGAIN, "tc-agrebind", extra=("--rebind",),
+                                          netns=ns))
                 for proc in procs:
                     proc.done()
                 wanted = {
@@ -111,6 +123,10 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     f'tcpclose_client_timewaits{{source="127.0.0.1",destination="127.0.0.1:{port}"}}': N,
                     f'tcpclose_client_timewaits{{destination="127.0.0.1:{leak_port}"}}': None,
                     'tcpclose_timewait_overflows_total{workload="tc-agclient"}': 0,
+                    'tcpclose_timewait_ends_total{workload="tc-agweb",reason="killed"}': AGAIN - 1,
+                    'tcpclose_timewait_ends_total{workload="tc-agweb",reason="reused"}': None,
+                    'tcpclose_timewait_ends_total{workload="tc-agrebind",reason="reused"}': AGAIN - 1,
+                    'tcpclose_timewait_ends_total{workload="tc-agrebind",reason="killed"}': None,
                 }
                 deadline, seen = time.monotonic() + 40, {}
                 while time.monotonic() < deadline:

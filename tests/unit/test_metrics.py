@@ -33,22 +33,24 @@ def exposed(figures: Figures) -> str:
 def test_closes_timewaits_and_their_lifetimes_across_batches():
     figures = Figures()
     lives = [raw(skaddr=i + 1, pid=10, comm="client", opened=1.0, ts=1.5, tw_timer=0x100 + i, tw_start=1.5,
-                 lport=40000 + i, **CLIENT) for i in range(3)]
+                 lport=40000 + i, **CLIENT) for i in range(4)]
     lives.append(raw(skaddr=9, pid=20, comm="server", opened=1.0, ts=1.5, lport=8080, **SERVER))
     figures.add(batch(*lives), by_name, now=0.0)
-    assert figures.closes == {("client", "active"): 3, ("server", "passive"): 1}
-    assert figures.timewaits == {"client": 3} and len(figures.pending) == 3
-    # the ends come later: one expires after 60.2 s, one is cancelled after 0.3 s; one stays open
+    assert figures.closes == {("client", "active"): 4, ("server", "passive"): 1}
+    assert figures.timewaits == {"client": 4} and len(figures.pending) == 4
+    # the ends come later: one expires after 60.2 s, one is killed after 0.3 s, one reused by
+    # a connect() after 0.4 s (the BPF side marks those); one stays open
     figures.add(batch(timewait("expired", timer=0x100, start=1.5, end=61.7),
-                      timewait("cancelled", timer=0x101, start=1.5, end=1.8)), by_name, now=70.0)
-    assert figures.timewait_ends == {("client", "expired"): 1, ("client", "cancelled"): 1}
+                      timewait("cancelled", timer=0x101, start=1.5, end=1.8),
+                      timewait("reused", timer=0x103, start=1.5, end=1.9)), by_name, now=70.0)
+    assert figures.timewait_ends == {("client", "expired"): 1, ("client", "killed"): 1, ("client", "reused"): 1}
     assert len(figures.pending) == 1  # what is held is what is alive
     text = exposed(figures)
-    assert 'tcpclose_closes_total{kind="active",workload="client"} 3.0' in text
-    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="0.5",workload="client"} 1.0' in text
-    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="60.5",workload="client"} 2.0' in text
-    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="60",workload="client"} 1.0' in text  # 60.2 s: not <= 60
-    assert 'tcpclose_timewait_lifetime_seconds_count{workload="client"} 2.0' in text
+    assert 'tcpclose_closes_total{kind="active",workload="client"} 4.0' in text
+    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="0.5",workload="client"} 2.0' in text
+    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="60.5",workload="client"} 3.0' in text
+    assert 'tcpclose_timewait_lifetime_seconds_bucket{le="60",workload="client"} 2.0' in text  # 60.2 s: not <= 60
+    assert 'tcpclose_timewait_lifetime_seconds_count{workload="client"} 3.0' in text
     assert 'tcpclose_connection_duration_seconds_count{workload="server"} 1.0' in text
     # an end never seen: after PENDING_FOR_S its TIME_WAIT counts as ended for an unknown reason
     figures.add(batch(), by_name, now=1000.0)

@@ -59,6 +59,14 @@ def test_a_cancel_as_a_connect_takes_the_same_four_tuple_is_a_reuse(tmp_path):
     assert conn.tw_s == pytest.approx(3.00002)
 
 
+def test_a_cancel_the_kernel_side_saw_inside_a_connect_is_a_reuse_without_the_connection(tmp_path):
+    """The BPF side marks a cancel in a connect() to the timewait's remote end (TW_REUSED):
+    a reuse even when the connection that reused it is not in the records (filtered out)."""
+    conns, _ = conns_of(tmp_path, closer(), timewait("reused", timer=T1, start=2.0, end=5.0))
+    assert conns.iloc[0].tw_end_reason == "reused"
+    assert conns.iloc[0].tw_s == pytest.approx(3.0)
+
+
 def test_a_short_client_whose_timewait_is_killed_within_the_window_did_not_reuse_itself(tmp_path):
     """Its own connect() opened within the reuse window of the kill, on the same 4-tuple;
     that is not a new connect() taking the TIME_WAIT over."""
