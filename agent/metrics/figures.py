@@ -39,6 +39,7 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 
 CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
 PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): its end reason is "unknown"
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
+MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
 TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
 OTHER = "other"
 # how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
@@ -128,7 +129,8 @@ class Figures:
         if len(self._workloads) < self.max_workloads:
             self._workloads.add(name)
             return name
-        self._folded.add(name)
+        if len(self._folded) < MAX_FOLDED_NAMES:
+            self._folded.add(name)
         return OTHER
 
     def _labels(self, raw: np.ndarray, owner: Owner) -> np.ndarray:

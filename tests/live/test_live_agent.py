@@ -146,6 +146,18 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     pending = [expr for expr in pending if not has_data(prom_port, expr)]
                     time.sleep(0.5)
                 assert not pending, pending  # every one returned data
+                # the client's TIME_WAITs end after TCP_TIMEWAIT_LEN, 60 s, and up to the timer
+                # wheel's 2 s granularity at that range (HZ 250) later
+                lived = {le: f'tcpclose_timewait_lifetime_seconds_bucket{{workload="tc-agclient",le="{le}"}}'
+                         for le in ("59.5", "65", "+Inf")}
+                deadline = time.monotonic() + 90
+                while query(prom_port, lived["+Inf"]) != N and time.monotonic() < deadline:
+                    time.sleep(1)
+                assert [query(prom_port, expr) for expr in lived.values()] == [0, N, N]
+                median = query(prom_port, 'histogram_quantile(0.5, sum by (le) '
+                                          '(tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agclient"}))')
+                assert 59.5 < median <= 65
+                assert query(prom_port, 'tcpclose_timewait_ends_total{workload="tc-agclient",reason="expired"}') == N
             finally:  # before the cgroup is removed: it must be empty
                 for proc in procs:
                     proc.release()
