@@ -26,12 +26,12 @@ CONNECTION_COLUMNS = [
 # written after the contract's columns in connections.csv: the owner's network namespace, how
 # the owner was learnt (rules.OWNERS_KNOWN, "ambiguous", "none"), and the name of its thread
 # that acted where that is not the process's (comm is the process's: a threaded server is one row)
-CSV_EXTRA_COLUMNS = ["netns", "owner_src", "thread_comm", *PLACE_COLUMNS]
+CSV_EXTRA_COLUMNS = ["netns", "owner_src", "thread_comm", *PLACE_COLUMNS, "pod_name"]
 # kept beside the contract's columns for the summary and the per-process figures; the
 # rules every figure reads (tw_made, tw_ended, close_wait_open) are computed here, once
 EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partial", "skaddr",
                  "tw_fin_wait2_s", "tw_overflow", "tw_timeout_s", "netns", "fd",
-                 "tw_made", "tw_ended", "close_wait_open", "thread_comm", *PLACE_COLUMNS, "workload"]
+                 "tw_made", "tw_ended", "close_wait_open", "thread_comm", *PLACE_COLUMNS, "pod_name", "workload"]
 _STATE_CODES = {name: code for code, name in layout.TCP_STATE_NAMES.items()}
 
 
@@ -157,15 +157,18 @@ def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
     out.loc[hit, "owner_src"] = "ambiguous"
 
 
-def _place(out: pd.DataFrame) -> None:
-    """PLACE_COLUMNS and `workload` (the container, else the unit, else the process name),
-    from each credited owner's cgroup path, each distinct path parsed once."""
+def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
+    """PLACE_COLUMNS, `pod_name` (the container's pod, "namespace/name", from `pods`) and
+    `workload` (the container, else the unit, else the process name), from each credited
+    owner's cgroup path, each distinct path parsed once."""
     known = out["owner_src"].isin(rules.OWNERS_KNOWN).to_numpy()
     paths = [p if isinstance(p, str) and k else None for p, k in zip(out["cgroup"].tolist(), known)]  # NaN: none
     placed = {path: workload(path) for path in set(paths) if path is not None}
     for column in PLACE_COLUMNS:  # (cgroup too: an owner not credited has none)
         out[column] = pd.Series([getattr(placed[p], column) if p is not None else None for p in paths],
                                 index=out.index, dtype=object)
+    out["pod_name"] = out["container"].map(pods).astype(object)
+    out["pod_name"] = out["pod_name"].where(out["pod_name"].notna(), None)
     out["workload"] = out["container"].where(out["container"].notna(), out["unit"])
     out["workload"] = out["workload"].where(out["workload"].notna(), out["comm"])
 
@@ -195,11 +198,13 @@ def _listeners_seen_shared(out: pd.DataFrame) -> None:
     out.loc[hit, "owner_src"] = "ambiguous"
 
 
-def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None) -> pd.DataFrame:
+def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None,
+                pods: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
     ended_at: when tracing stopped, the age reference for lives still open.
     timewait_method: how the run followed TIME_WAIT ends: "timers", "diag" or None (see timewait.timewaits).
+    pods: container -> its Kubernetes pod, as the tracer read them (RunInfo.pods).
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
     lives = _with_existing(lives, events[events["kind"] == "existing"])
@@ -267,5 +272,5 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     _from_fd_tables(out, seen_at_end)
     _shared_listeners(out, seen_at_end)
     _listeners_seen_shared(out)
-    _place(out)
+    _place(out, pods or {})
     return out

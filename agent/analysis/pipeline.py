@@ -30,7 +30,7 @@ class Analysis:
 def analyse(events: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
     """events (record.decode's columns) and their run -> everything the outputs show."""
     started, ended = run.started_at, run.ended_at
-    conns = lives.connections(events, ended, run.timewait_method)
+    conns = lives.connections(events, ended, run.timewait_method, run.pods)
     procs = churn.processes(conns, processes.processes(conns, ended), started, ended)
     per_comm = workloads.grouped(conns, procs, started, ended, "comm")
     groups = per_comm if by == "comm" else workloads.grouped(conns, procs, started, ended, by)

@@ -30,7 +30,7 @@ def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: boo
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
         from ..analysis import lives, processes
 
-        conns = lives.connections(events, run.ended_at, None)  # the lives still open
+        conns = lives.connections(events, run.ended_at, None, run.pods)  # the lives still open
         procs = processes.from_counts(run.aggregates, conns, run.ended_at)
         groups, pressure, a = workloads.folded(procs, view.by), None, None
     else:

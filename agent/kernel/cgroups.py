@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import pods
+
 _RUNTIMES = [  # (runtime, pattern of a path component holding the container id)
     ("docker", re.compile(r"^docker-([0-9a-f]{64})\.scope$")),
     ("containerd", re.compile(r"^cri-containerd-([0-9a-f]{64})\.scope$")),
@@ -35,6 +37,7 @@ _BARE_ID = re.compile(r"^([0-9a-f]{64})$")  # cgroupfs driver: /docker/ID, /kube
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 _UNIT = re.compile(r"^[^/]+\.service$")
 ID_SHOWN = 12  # a container id as docker ps shows it
+MAX_PODS_KNOWN = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Workload:
     container: str | None = None
     pod: str | None = None
     unit: str | None = None
+    container_id: str | None = None  # the container's full id, as its runtime keeps it
 
     @property
     def name(self) -> str | None:
@@ -57,19 +61,21 @@ def workload(path: str | None) -> Workload | None:
     if path is None:
         return None
     parts = [part for part in path.split("/") if part]
-    container = pod = unit = None
+    container = pod = unit = full_id = None
     for index, part in enumerate(parts):
         for runtime, pattern in _RUNTIMES:
             if (match := pattern.match(part)):
-                container = f"{runtime}:{match.group(1)[:ID_SHOWN]}"
+                full_id = match.group(1)
+                container = f"{runtime}:{full_id[:ID_SHOWN]}"
         if container is None and (match := _BARE_ID.match(part)) and index > 0:
             runtime = "docker" if parts[index - 1] == "docker" else "containerd"
-            container = f"{runtime}:{match.group(1)[:ID_SHOWN]}"
+            full_id = match.group(1)
+            container = f"{runtime}:{full_id[:ID_SHOWN]}"
         if (match := _POD.search(part)):
             pod = match.group(1).replace("_", "-")
         if _UNIT.match(part):
             unit = part
-    return Workload(path, container, pod, unit if container is None else None)
+    return Workload(path, container, pod, unit if container is None else None, full_id)
 
 
 def cgroup_of(pid: int, proc: Path = Path("/proc")) -> str | None:
@@ -123,6 +129,20 @@ class Placer:
         self._of_pid: dict[int, str | None] = {}
         self._of_id: dict[int, str] = {}
         self._walked_at = -self.REWALK_S
+        # container (runtime:id) -> its Kubernetes pod, "namespace/name" (kernel.pods), read
+        # while the container runs: its runtime removes what it kept once it stops
+        self.pods: dict[str, str] = {}
+
+    def _note_pod(self, path: str | None) -> None:
+        placed = workload(path)
+        if placed is None or placed.container is None or placed.container in self.pods:
+            return
+        found = pods.pod_of(placed.container.split(":", 1)[0], placed.container_id)
+        if found is not None:
+            if len(self.pods) >= MAX_PODS_KNOWN:  # an agent's weeks of container churn: the oldest go
+                for container in list(self.pods)[:MAX_PODS_KNOWN // 2]:
+                    del self.pods[container]
+            self.pods[placed.container] = found
 
     def forget(self, count: int) -> None:
         """Forget the `count` processes learnt first."""
@@ -135,6 +155,7 @@ class Placer:
     def learn(self, pid: int) -> None:
         if pid and pid not in self._of_pid:
             self._of_pid[pid] = cgroup_of(pid)
+            self._note_pod(self._of_pid[pid])
 
     def paths(self, pids: pd.Series, cgroup_ids: pd.Series) -> np.ndarray:
         """The cgroup path of each row: its pid's, else its cgroup id's (None: neither known)."""
@@ -145,6 +166,9 @@ class Placer:
             if (set(ids.unique().tolist()) - self._of_id.keys()
                     and time.monotonic() - self._walked_at >= self.REWALK_S):
                 self._walked_at = time.monotonic()
-                self._of_id.update(paths_by_id())
+                walked = paths_by_id()
+                for path in set(walked.values()) - set(self._of_id.values()):
+                    self._note_pod(path)
+                self._of_id.update(walked)
             found[missing] = ids.map(self._of_id).to_numpy(object)
         return found.where(found.notna(), None).to_numpy(object)

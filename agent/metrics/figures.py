@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from ..analysis import rules
 from ..record import layout
-from ..record.decode import addresses
+from ..record.decode import address_text
 
 # TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
 # (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)
@@ -37,10 +38,17 @@ from ..record.decode import addresses
 TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5, 61.0, 62.0, 65.0, 90.0, 120.0)
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
-PENDING_FOR_S = 300.0  # a TIME_WAIT not ended after this (its end was lost): its end reason is "unknown"
+# A TIME_WAIT lives 60 s after at most 60 s in the FIN_WAIT2 substate (a longer tcp_fin_timeout
+# keeps the full socket instead), and its timer fires up to 2 s late: one not ended 130 s
+# after it was made lost its end record.  The pending ones are kept in two generations, a new
+# one begun every PENDING_FOR_S / 2, the older one's left counted as ended for an "unknown"
+# reason: each goes between 130 and 260 s after it was made, at a cost that does not grow
+# with how many are pending (a scan of them all per batch did, and made the agent fall behind).
+PENDING_FOR_S = 260.0
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
-TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
+TOP_DESTINATIONS = 10
+MAX_DESTINATION_NAMES = 100_000  # destinations named once and kept: the names are forgotten past this  # destinations exported by name; the rest are summed as "other"
 OTHER = "other"
 # how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
 # cancel inside a connect() to the timewait's remote end as a reuse; any other cancel killed
@@ -114,13 +122,16 @@ class Figures:
         self.lost: dict[str, int] = {}
         self.bpf: tuple[float, int] = (0.0, 0)
         self.overflows: Counter = Counter()
-        # (timer, start in µs) -> (workload, monotonic time it was made, Destination of a client's
-        # or None): TIME_WAITs alive
-        self.pending: dict[tuple[int, int], tuple[str, float, Destination | None]] = {}
+        # (timer, start in ns) -> (workload, Destination of a client's or None): TIME_WAITs
+        # alive, made since the last generation began (_new) and in the one before (_old)
+        self._new: dict[tuple[int, int], tuple[str, Destination | None]] = {}
+        self._old: dict[tuple[int, int], tuple[str, Destination | None]] = {}
+        self._generation_at: float | None = None
         self.held: Counter = Counter()  # Destination -> client TIME_WAITs in pending
         # socket address -> (workload, when): closes due a TIME_WAIT that got no timer, until
         # RESET_WAIT_S shows no reset followed them
         self._unmade: dict[int, tuple[str, float]] = {}
+        self._destination_names: dict[tuple, Destination] = {}  # raw (family, addresses, port) -> named
 
     def _label(self, name: str) -> str:
         """A workload's label, or OTHER past max_workloads (counted in workloads_folded)."""
@@ -151,6 +162,7 @@ class Figures:
         lives that ended and the TIME_WAITs that ended.  Nothing is decoded: a busy host hands
         over tens of thousands of records a second."""
         now = time.monotonic() if now is None else now
+        self._next_generation(now)
         lives = raw[raw["kind"] == layout.DEFINES["EV_LIFE"]]
         if len(lives):
             self._add_lives(lives, owner, now)
@@ -159,20 +171,49 @@ class Figures:
             self._add_timewait_ends(ends)
         if self._unmade:
             self._settle_unmade(raw[raw["kind"] == layout.DEFINES["EV_RESET_SENT"]]["skaddr"], now)
-        if self.pending and now - min(made for _, made, _ in self.pending.values()) > PENDING_FOR_S:
-            for key in [k for k, (_, made, _) in self.pending.items() if now - made > PENDING_FOR_S]:
-                name, _, destination = self.pending.pop(key)
-                self._release(destination)
-                self.timewait_ends[(name, "unknown")] += 1
+
+    @property
+    def pending(self) -> dict:
+        """The TIME_WAITs alive whose workload is held: (timer, start) -> (workload, destination)."""
+        return {**self._old, **self._new}
+
+    def pending_count(self) -> int:
+        return len(self._old) + len(self._new)
+
+    def _next_generation(self, now: float) -> None:
+        """Every PENDING_FOR_S / 2: the older generation's TIME_WAITs, whose end never came,
+        end for an unknown reason; the newer becomes the older.  After PENDING_FOR_S with no
+        records (no add()), both have."""
+        if self._generation_at is None:
+            self._generation_at = now
+        half = PENDING_FOR_S / 2
+        if now - self._generation_at < half:
+            return
+        self._lost_ends(self._old)
+        if now - self._generation_at >= 2 * half:
+            self._lost_ends(self._new)
+            self._new = {}
+        self._old, self._new = self._new, {}
+        self._generation_at = now
+
+    def _lost_ends(self, pending: dict) -> None:
+        for name, destination in pending.values():
+            self._release(destination)
+            self.timewait_ends[(name, "unknown")] += 1
 
     def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
         """Closes due a TIME_WAIT with no timer armed: a reset sent after the close explains
         it; none within RESET_WAIT_S, a tcp_max_tw_buckets overflow."""
         for skaddr in resets.tolist():
             self._unmade.pop(skaddr, None)
-        for skaddr in [a for a, (_, at) in self._unmade.items() if now - at >= RESET_WAIT_S]:
-            name, _ = self._unmade.pop(skaddr)
+        settled = []
+        for skaddr, (name, at) in self._unmade.items():  # in the order they came
+            if now - at < RESET_WAIT_S:
+                break
+            settled.append(skaddr)
             self.overflows[name] += 1
+        for skaddr in settled:
+            del self._unmade[skaddr]
 
     def _release(self, destination: Destination | None) -> None:
         if destination is not None:
@@ -194,42 +235,57 @@ class Figures:
         self.timewaits.update(names[made].tolist())
         destinations = self._destinations(lives[made])
         keys = zip(lives["tw_timer"][made].tolist(), lives["tw_start_ns"][made].tolist())
-        self.pending.update(zip(keys, zip(names[made].tolist(), [now] * int(made.sum()), destinations)))
+        self._new.update(zip(keys, zip(names[made].tolist(), destinations)))
         self.held.update(d for d in destinations if d is not None)
         if self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
             unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
             unmade = due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)
             self._unmade.update(zip(lives["skaddr"][unmade].tolist(), ((n, now) for n in names[unmade].tolist())))
 
-    @staticmethod
-    def _destinations(lives: np.ndarray) -> list[Destination | None]:
+    def _destinations(self, lives: np.ndarray) -> list[Destination | None]:
         """Each life's destination if it was the client (it connect()ed: its TIME_WAIT holds a
-        local port towards that destination), else None."""
-        out: list[Destination | None] = [None] * len(lives)
-        clients = np.flatnonzero(rules.entered(lives["states"], "SYN_SENT"))
-        if not len(clients):
-            return out
-        mine = lives[clients]
-        family = mine["family"].astype(np.int64)
-        local, remote = addresses(mine["saddr"], family), addresses(mine["daddr"], family)
-        for i, laddr, raddr, rport in zip(clients.tolist(), local.tolist(), remote.tolist(), mine["dport"].tolist()):
-            out[i] = (laddr, f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}")
-        return out
+        local port towards that destination), else None; each distinct one named once."""
+        client = rules.entered(lives["states"], "SYN_SENT")
+        if not client.any():
+            return [None] * len(lives)
+        local = np.ascontiguousarray(lives["saddr"]).view("<u8")
+        remote = np.ascontiguousarray(lives["daddr"]).view("<u8")
+        keys = pd.MultiIndex.from_arrays([np.where(client, lives["family"], 0), local[:, 0], local[:, 1],
+                                          remote[:, 0], remote[:, 1], lives["dport"]])
+        codes, uniques = keys.factorize()
+        if len(self._destination_names) > MAX_DESTINATION_NAMES:
+            self._destination_names.clear()
+        made = [self._destination_names.get(key) or self._destination(key) for key in uniques]
+        return [made[code] for code in codes.tolist()]
+
+    def _destination(self, key: tuple) -> Destination | None:
+        family, local_first, local_second, remote_first, remote_second, rport = key
+        if not family:  # (not a client)
+            return None
+        laddr = address_text(family, local_first, local_second)
+        raddr = address_text(family, remote_first, remote_second)
+        name = (laddr, f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}")
+        self._destination_names[key] = name
+        return name
 
     def _add_timewait_ends(self, ends: np.ndarray) -> None:
-        found_names, lifetimes = [], []
+        new, old = self._new, self._old
+        keys = zip(ends["tw_timer"].tolist(), ends["tw_start_ns"].tolist())
+        # None: made before the agent started, or its life's record was lost
+        found = [new.pop(key, None) or old.pop(key, None) for key in keys]
+        seen = np.fromiter((f is not None for f in found), dtype=bool, count=len(found))
+        if not seen.any():
+            return
+        found = [f for f in found if f is not None]
+        names = np.array([name for name, _ in found], dtype=object)
+        for _, destination in found:
+            if destination is not None:
+                self._release(destination)
         how_names = layout.TW_END_NAMES
-        for timer, start, how, at in zip(ends["tw_timer"].tolist(), ends["tw_start_ns"].tolist(),
-                                         ends["tw_end"].tolist(), ends["ts_ns"].tolist()):
-            found = self.pending.pop((timer, start), None)
-            if found is None:  # made before the agent started, or its life's record was lost
-                continue
-            self._release(found[2])
-            self.timewait_ends[(found[0], END_REASONS.get(how_names.get(how), "unknown"))] += 1
-            found_names.append(found[0])
-            lifetimes.append((at - start) / 1e9)
-        names, lifetimes = np.array(found_names, dtype=object), np.array(lifetimes)
-        for name in set(found_names):
+        reasons = [END_REASONS.get(how_names.get(how), "unknown") for how in ends["tw_end"][seen].tolist()]
+        self.timewait_ends.update(zip(names.tolist(), reasons))
+        lifetimes = (ends["ts_ns"][seen].astype(np.int64) - ends["tw_start_ns"][seen].astype(np.int64)) / 1e9
+        for name in set(names.tolist()):
             self._histogram(self.timewait_lifetime, name, TIMEWAIT_BUCKETS).add(lifetimes[names == name])
 
     @staticmethod
@@ -268,5 +324,5 @@ class Figures:
             held=self.busiest(), port_range=self.port_range, bpf=self.bpf,
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
-            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=len(self.pending),
+            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=self.pending_count(),
             workloads_folded=len(self._folded), updated_at=time.time())

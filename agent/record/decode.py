@@ -56,11 +56,13 @@ def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     halves = np.ascontiguousarray(raw).view("<u8")
     keys = pd.MultiIndex.from_arrays([family, halves[:, 0], halves[:, 1]])
     codes, uniques = keys.factorize()
-    text = []
-    for fam, first, second in uniques:
-        packed = struct.pack("<QQ", first, second)
-        text.append(str(ipaddress.IPv6Address(packed)) if fam == 10 else str(ipaddress.IPv4Address(packed[:4])))
-    return np.array(text, dtype=object)[codes]
+    return np.array([address_text(fam, first, second) for fam, first, second in uniques], dtype=object)[codes]
+
+
+def address_text(family: int, first: int, second: int) -> str:
+    """A 16-byte address field, given as two little-endian u64, as text (family: AF_INET6 10, else IPv4)."""
+    packed = struct.pack("<QQ", first, second)
+    return str(ipaddress.IPv6Address(packed)) if family == 10 else str(ipaddress.IPv4Address(packed[:4]))
 
 
 def _comms(raw: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ class RunInfo:
     transitions: dict | None = None  # --transitions: what the stream offered, lost and wrote
     recording_stopped: str | None = None  # --record stopped early: where and why (a full disk)
     listen_queues: list[dict] | None = None  # listeners near full at the end (analysis.queues.pressed)
+    pods: dict[str, str] = field(default_factory=dict)  # container (runtime:id) -> Kubernetes pod "namespace/name"
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
 
     _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues")

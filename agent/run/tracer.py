@@ -271,6 +271,7 @@ class Tracer:
             # the kernel's own counts, per network namespace: see analysis.reconcile
             netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": tcpext_end},
             sysctls=self._sysctls, kernel_release=os.uname().release, aggregates=aggregates,
+            pods=dict(self._cgroups.pods),  # the Kubernetes pods of the containers met
             listen_queues=pressed.astype(object).where(pressed.notna(), None).to_dict("records"),
             transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path,
                                                 self._transitions.stopped)

@@ -371,14 +371,25 @@ def test_a_threaded_server_counted_in_bpf_is_one_process_too():
     assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
 
 
-def test_containers_and_units_are_told_apart_by_their_cgroups():
+def test_containers_and_units_are_told_apart_by_their_cgroups(tmp_path, monkeypatch):
     """A server in a cgroup named as docker names a container's, a client in one named as
     systemd names a service's (both made by the test, under its own slice, removed after):
-    each life carries its owner's cgroup, container or unit, and --by workload groups by them."""
+    each life carries its owner's cgroup, container or unit, and --by workload groups by them.
+    The container's pod is read from the runtime's state, here a docker one the test wrote
+    under a host root of its own (TCPCLOSE_HOST_ROOT)."""
+    import json
+
     from agent.analysis import workloads
+    from agent.kernel import pods
     from support.cgroups import move, path_of, runtime_cgroups
 
     container_id = "3f2a9c" + "0" * 58
+    kept = tmp_path / pods.STATE_FILES["docker"][0].format(id=container_id)
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"Config": {"Labels": {"io.kubernetes.pod.namespace": "shop",
+                                                      "io.kubernetes.pod.name": "web-7d9f"}}}))
+    monkeypatch.setenv("TCPCLOSE_HOST_ROOT", str(tmp_path))
+    pods.pod_of.cache_clear()
     scope_name, unit_name = f"docker-{container_id}.scope", "tc-poller.service"
     server = client = None
     with runtime_cgroups(scope_name, unit_name) as made_dirs:
@@ -394,11 +405,13 @@ def test_containers_and_units_are_told_apart_by_their_cgroups():
                 if proc:
                     proc.release()
         scope_path = path_of(made_dirs[scope_name])
-    conns = lives.connections(events, run.ended_at)
+    assert run.pods == {"docker:3f2a9c000000": "shop/web-7d9f"}
+    conns = lives.connections(events, run.ended_at, pods=run.pods)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     made = conns[(conns["rport"] == port) & (conns["role"] == "client")]
     assert len(served) == len(made) == N
     assert set(served["container"]) == {"docker:3f2a9c000000"} and set(served["unit"]) == {None}
+    assert set(served["pod_name"]) == {"shop/web-7d9f"} and set(made["pod_name"]) == {None}
     assert set(served["cgroup"]) == {scope_path}
     assert set(made["unit"]) == {"tc-poller.service"} and set(made["container"]) == {None}
     procs = processes.processes(conns, run.ended_at)

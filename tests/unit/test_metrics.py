@@ -172,3 +172,18 @@ def test_a_scrape_sends_what_was_published_last_plain_or_gzipped_without_renderi
         assert "process_resident_memory_bytes" in text  # the agent's own, read per scrape
     exposition.publish(figures.snapshot())
     assert 'tcpclose_closes_total{kind="active",workload="client"} 2.0' in exposition.text().decode()
+
+
+def test_a_time_wait_whose_end_never_comes_is_given_up_130_to_260_s_after_it_was_made():
+    figures = Figures()
+    made = lambda skaddr, at: figures.add(batch(raw(skaddr=skaddr, pid=10, comm="client", tw_timer=0x100 * skaddr,  # noqa: E731
+                                                    tw_start=1.0 + at, **CLIENT)), by_name, now=at)
+    made(1, 0.0)
+    made(2, 125.0)
+    made(3, 129.0)
+    assert figures.pending_count() == 3
+    made(4, 131.0)  # a new generation: none is given up before 130 s
+    assert figures.pending_count() == 4 and not figures.timewait_ends
+    made(5, 262.0)  # the first three are given up; the one made at 131 s is kept
+    assert figures.timewait_ends == {("client", "unknown"): 3}
+    assert set(figures.pending) == {(0x400, int((1.0 + 131.0) * 1e9)), (0x500, int((1.0 + 262.0) * 1e9))}
