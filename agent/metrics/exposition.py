@@ -59,23 +59,13 @@ class Exposition:
 
     def collect(self):
         s = self.current
-        closes = CounterMetricFamily("tcpclose_closes", "Socket lives ended, by workload and how they ended "
-                                     "(active: this side closed first; passive; simultaneous; reset_local; "
-                                     "reset_remote; never_established; close_unseen).", labels=["workload", "kind"])
-        for (name, kind), n in sorted(s.closes.items()):
-            closes.add_metric([name, kind], n)
-        yield closes
-        made = CounterMetricFamily("tcpclose_timewaits", "TIME_WAITs made by the workload's active closes.",
-                                   labels=["workload"])
-        for name, n in sorted(s.timewaits.items()):
-            made.add_metric([name], n)
-        yield made
-        ends = CounterMetricFamily("tcpclose_timewait_ends", "TIME_WAITs ended, by reason (expired; reused by "
-                                   "a connect(); killed by a SYN, an RST or netns teardown; unknown).",
-                                   labels=["workload", "reason"])
-        for (name, reason), n in sorted(s.timewait_ends.items()):
-            ends.add_metric([name, reason], n)
-        yield ends
+        yield _counters("tcpclose_closes", "Socket lives ended, by workload and how they ended (active: this "
+                        "side closed first; passive; simultaneous; reset_local; reset_remote; never_established; "
+                        "close_unseen).", ["workload", "kind"], s.closes)
+        yield _counters("tcpclose_timewaits", "TIME_WAITs made by the workload's active closes.", ["workload"],
+                        s.timewaits)
+        yield _counters("tcpclose_timewait_ends", "TIME_WAITs ended, by reason (expired; reused by a connect(); "
+                        "killed by a SYN, an RST or netns teardown; unknown).", ["workload", "reason"], s.timewait_ends)
         for metric, values, text in (
                 ("tcpclose_timewait_lifetime_seconds", s.timewait_lifetime,
                  "How long each TIME_WAIT lived, from its timewait socket's creation to its end."),
@@ -94,11 +84,8 @@ class Exposition:
             oldest.add_metric([name], age)
         yield open_cw
         yield oldest
-        overflows = CounterMetricFamily("tcpclose_timewait_overflows", "Closes that were due to leave a TIME_WAIT "
-                                        "and got none: tcp_max_tw_buckets was reached.", labels=["workload"])
-        for name, n in sorted(s.overflows.items()):
-            overflows.add_metric([name], n)
-        yield overflows
+        yield _counters("tcpclose_timewait_overflows", "Closes that were due to leave a TIME_WAIT and got none: "
+                        "tcp_max_tw_buckets was reached.", ["workload"], s.overflows)
         held = GaugeMetricFamily("tcpclose_client_timewaits", "TIME_WAITs alive that hold a local port towards a "
                                  "destination (the busiest by name, the rest as destination=\"other\").",
                                  labels=["source", "destination"])
@@ -129,6 +116,14 @@ class Exposition:
                                 "were published: every second, less often where publishing takes longer "
                                 "(docs/metrics.md).",
                                 value=s.updated_at)
+
+
+def _counters(name: str, text: str, labels: list[str], values: dict) -> CounterMetricFamily:
+    """A counter family from {label value, or a tuple of them: count}, in label order."""
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, n in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    return family
 
 
 class _Server(ThreadingMixIn, WSGIServer):
