@@ -16,6 +16,7 @@ class HeadersMissing(TcpcloseError): exit_code = 5  # noqa: E701
 class TracepointMissing(TcpcloseError): exit_code = 6  # noqa: E701
 class BadRecording(TcpcloseError): exit_code = 7  # noqa: E701
 class CannotWrite(TcpcloseError): exit_code = 8  # noqa: E701
+class PrometheusUnreadable(TcpcloseError): exit_code = 10  # noqa: E701  (9: doctor --sysctl's verdict)
 
 
 class Abandoned(KeyboardInterrupt):

@@ -1,6 +1,8 @@
-"""tcpclose report: the same reports from a recording, without root."""
+"""tcpclose report: the same reports from a recording, without root; or what a fleet's
+agents reported to Prometheus."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -9,23 +11,78 @@ from . import results
 from .options import CONTEXT, announce, expected_errors, out_option, output_dir, view_options
 
 
+def _prometheus(ctx, param, value: str | None) -> str | None:
+    from ..metrics.fleet import ADDRESS
+
+    if value is not None and not ADDRESS.match(value):
+        raise click.BadParameter(f"{value!r} is not a Prometheus address: give e.g. http://prometheus:9090")
+    return value
+
+
+def _since(ctx, param, value: str) -> int:
+    from ..metrics.fleet import DURATION, SECONDS
+
+    match = DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{value!r} is not a duration: give e.g. 30m, 6h or 2d")
+    return int(match.group(1)) * SECONDS[match.group(2)]
+
+
+def _instance(ctx, param, value: str | None) -> str | None:
+    from ..metrics.fleet import INSTANCE
+
+    if value is not None and not INSTANCE.match(value):
+        raise click.BadParameter(f"{value!r} is not an instance: give HOST:PORT as Prometheus labels its targets")
+    return value
+
+
 @click.command("report", context_settings=CONTEXT)
-@click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("recording", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--prometheus", metavar="URL", callback=_prometheus,
+              help="Instead of a recording: what the tcpclose agents reported to this Prometheus server.")
+@click.option("--since", "seconds", default="1h", show_default=True, callback=_since, metavar="DURATION",
+              help="With --prometheus: the range, up to now (30m, 6h, 2d).")
+@click.option("--instance", callback=_instance, metavar="HOST:PORT",
+              help="With --prometheus: one agent's host only (default: the whole fleet, summed per workload).")
 @out_option
 @view_options
 @expected_errors
-def report_command(recording, out, force, view):
-    """The same reports from a --record file; needs no root.
+def report_command(recording, prometheus, seconds, instance, out, force, view):
+    """The same reports from a --record file; needs no root.  Or, with --prometheus, the
+    summary of what a fleet's tcpclose agents reported over a time range.
 
     \b
-    Example:
+    Examples:
       tcpclose report pg.jsonl.gz -o out/
       tcpclose report pg.jsonl.gz --by pid --top 5   # the five busiest processes, one row each
+      tcpclose report --prometheus http://prometheus:9090 --since 6h -o fleet/
+      tcpclose report --prometheus http://prometheus:9090 --instance web1:9864
     """
-    from ..record.recording import read_recording
     from ..run.control import announce_long_end, stop_on_signals
 
+    if (recording is None) == (prometheus is None):
+        raise click.UsageError("give a recording, or --prometheus URL")
     out = output_dir(out, force)
+    if prometheus is not None:
+        from ..metrics.fleet import Prometheus, read
+        from ..output import fleet_summary
+
+        fleet = read(Prometheus(prometheus), time.time(), seconds, instance)
+        text = fleet_summary.render(fleet, prometheus, results.FILE_WIDTH if out else results.terminal_width(),
+                                    view.top)
+        if out:
+            with stop_on_signals() as stop:
+                stop.finishing()
+                try:
+                    paths = fleet_summary.write(out, fleet, prometheus, text)
+                finally:
+                    out.close()
+            click.echo("wrote " + ", ".join(str(p) for p in paths))
+        else:
+            click.echo(text, nl=False)
+        return
+    from ..record.recording import read_recording
+
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         events, run_info = read_recording(recording)

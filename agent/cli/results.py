@@ -48,7 +48,7 @@ def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: boo
             return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run)
         return files.write(out, a, render(FILE_WIDTH))
 
-    summary_text = render(_width(err) if not out or summary else FILE_WIDTH)
+    summary_text = render(terminal_width(err) if not out or summary else FILE_WIDTH)
     if out:
         try:
             paths = write()
@@ -87,7 +87,7 @@ def _rescued(events: pd.DataFrame, run: RunInfo) -> str:
             f"'tcpclose report {recorder.path} -o DIR' writes its files where there is room")
 
 
-def _width(err: bool) -> int:
+def terminal_width(err: bool = False) -> int:
     """The terminal's width where the summary goes to one (rich wraps at word boundaries
     there, not the terminal mid-phrase), else FILE_WIDTH."""
     stream = sys.stderr if err else sys.stdout

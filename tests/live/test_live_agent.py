@@ -12,6 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import pandas as pd
 import pytest
 
 from agent.demo.workload import start_client, start_server
@@ -158,6 +159,22 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                                           '(tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agclient"}))')
                 assert 59.5 < median <= 65
                 assert query(prom_port, 'tcpclose_timewait_ends_total{workload="tc-agclient",reason="expired"}') == N
+                # the fleet's report, read back from Prometheus: the same counts per workload
+                fleet = tmp_path / "fleet"
+                done = subprocess.run([sys.executable, "-m", "agent", "report", "--prometheus",
+                                       f"http://127.0.0.1:{prom_port}", "--since", "10m",
+                                       "--instance", f"127.0.0.1:{agent_port}", "-o", str(fleet)],
+                                      capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stderr
+                rows = pd.read_csv(fleet / "workloads.csv").set_index("comm")
+                assert rows.loc["tc-agclient", ["active_closes", "timewait_count", "timewait_expired"]].tolist() == [N] * 3
+                assert rows.loc["tc-agecho", "passive_closes"] == N
+                assert rows.loc[CONTAINER, "close_wait_open"] == LEAKED
+                assert rows.loc["tc-agrebind", "timewait_reused"] == rows.loc["tc-agweb", "timewait_killed"] == AGAIN - 1
+                assert 59.5 < rows.loc["tc-agclient", "timewait_p50_s"] <= 65
+                summary = (fleet / "summary.txt").read_text()
+                assert f"tc-agclient closed first on {N} of {N} closes: {N} TIME_WAITs on its side" in summary
+                assert f"{CONTAINER}: {LEAKED} sockets in CLOSE_WAIT" in summary
             finally:  # before the cgroup is removed: it must be empty
                 for proc in procs:
                     proc.release()
