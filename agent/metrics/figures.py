@@ -2,10 +2,11 @@
 
 Each batch of raw records (as run.tracer.Tracer.drain returns them, never decoded: a busy host
 hands over tens of thousands a second) adds to counters and histograms per workload: closes
-by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connection durations.  A TIME_WAIT's end comes in a later record than the life that made it,
-named by the same timewait socket (its timer's address and when it was armed): the life's
-workload waits in `pending` until then, so that what the agent holds is bounded by the
-timewait sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now
+by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connection
+durations.  A TIME_WAIT's end comes in a later record than the life that made it, named by
+the same timewait socket (its timer's address and when it was armed): the life's workload
+waits in `pending` until then, so that what the agent holds is bounded by the timewait
+sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now
 come from the lives BPF follows (set_close_waits()).
 
 The workload of an owner is its container, else its systemd unit, else its process name
@@ -47,8 +48,8 @@ CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
 PENDING_FOR_S = 260.0
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
-TOP_DESTINATIONS = 10
-MAX_DESTINATION_NAMES = 100_000  # destinations named once and kept: the names are forgotten past this  # destinations exported by name; the rest are summed as "other"
+TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
+MAX_DESTINATION_NAMES = 100_000  # destinations named once and kept: the names are forgotten past this
 OTHER = "other"
 # how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
 # cancel inside a connect() to the timewait's remote end as a reuse; any other cancel killed
