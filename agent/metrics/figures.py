@@ -24,7 +24,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from operator import itemgetter
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -70,12 +71,6 @@ class Histogram:
     def __post_init__(self):
         if self.counts is None:
             self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)
-
-    def add(self, values: np.ndarray) -> None:
-        values = values[~np.isnan(values)]
-        # bucket i holds bounds[i-1] < v <= bounds[i]: Prometheus' "le"
-        self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
-        self.total += float(values.sum())
 
     def cumulative(self) -> list[tuple[str, int]]:
         """[(le, count of values <= le)], +Inf last, as the exposition format has them."""
@@ -198,9 +193,8 @@ class Figures:
         self._generation_at = now
 
     def _lost_ends(self, pending: dict) -> None:
-        for name, destination in pending.values():
-            self._release(destination)
-            self.timewait_ends[(name, "unknown")] += 1
+        self._release(pending.values())
+        self.timewait_ends.update((name, "unknown") for name, _ in pending.values())
 
     def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
         """Closes due a TIME_WAIT with no timer armed: a reset sent after the close explains
@@ -216,10 +210,15 @@ class Figures:
         for skaddr in settled:
             del self._unmade[skaddr]
 
-    def _release(self, destination: Destination | None) -> None:
-        if destination is not None:
-            self.held[destination] -= 1
-            if not self.held[destination]:
+    def _release(self, ended: Iterable[tuple[str, Destination | None]]) -> None:
+        """The ports held by these pending TIME_WAITs, (workload, destination) each, are free."""
+        gone = Counter(map(itemgetter(1), ended))
+        gone.pop(None, None)
+        for destination, n in gone.items():
+            left = self.held[destination] - n
+            if left > 0:
+                self.held[destination] = left
+            else:
                 del self.held[destination]
 
     def _add_lives(self, lives: np.ndarray, owner: Owner, now: float) -> None:
@@ -229,35 +228,44 @@ class Figures:
         opened = lives["opened_ns"].astype(np.int64)
         durations = (lives["ts_ns"].astype(np.int64) - opened) / 1e9
         durations[(opened == 0) | ((lives["flags"] & layout.DEFINES["FLAG_PARTIAL"]) != 0)] = np.nan
-        for name in set(names.tolist()):  # begun before the agent: no known start
-            self._histogram(self.duration, name, DURATION_BUCKETS).add(durations[names == name])
+        self._add_to_histograms(self.duration, DURATION_BUCKETS, names, durations)  # NaN: begun before the agent
         due = rules.timewait_due(kinds)
         made = due & (lives["tw_timer"] != 0)
         self.timewaits.update(names[made].tolist())
-        destinations = self._destinations(lives[made])
+        destinations, counts = self._destinations(lives[made])
         keys = zip(lives["tw_timer"][made].tolist(), lives["tw_start_ns"][made].tolist())
         self._new.update(zip(keys, zip(names[made].tolist(), destinations)))
-        self.held.update(d for d in destinations if d is not None)
+        self.held.update(counts)
         if self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
             unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
             unmade = due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)
             self._unmade.update(zip(lives["skaddr"][unmade].tolist(), ((n, now) for n in names[unmade].tolist())))
 
-    def _destinations(self, lives: np.ndarray) -> list[Destination | None]:
+    def _destinations(self, lives: np.ndarray) -> tuple[list[Destination | None], dict[Destination, int]]:
         """Each life's destination if it was the client (it connect()ed: its TIME_WAIT holds a
-        local port towards that destination), else None; each distinct one named once."""
+        local port towards that destination), else None, and how many lives each has; each
+        distinct one named once.  Told apart by a 64-bit hash of its raw fields (family, both
+        addresses, remote port): a batch has thousands of lives and a handful of destinations."""
         client = rules.entered(lives["states"], "SYN_SENT")
         if not client.any():
-            return [None] * len(lives)
+            return [None] * len(lives), {}
         local = np.ascontiguousarray(lives["saddr"]).view("<u8")
         remote = np.ascontiguousarray(lives["daddr"]).view("<u8")
-        keys = pd.MultiIndex.from_arrays([np.where(client, lives["family"], 0), local[:, 0], local[:, 1],
-                                          remote[:, 0], remote[:, 1], lives["dport"]])
-        codes, uniques = keys.factorize()
+        mixed = np.where(client, lives["family"].astype(np.uint64), np.uint64(0))
+        for part in (local[:, 0], local[:, 1], remote[:, 0], remote[:, 1], lives["dport"].astype(np.uint64)):
+            mixed = (mixed ^ part) * np.uint64(0x100000001B3)  # FNV-style: wraps modulo 2^64
+        codes, uniques = pd.factorize(mixed)
+        at = np.zeros(len(uniques), dtype=np.int64)
+        at[codes[::-1]] = np.arange(len(codes))[::-1]  # a life of each: its first
         if len(self._destination_names) > MAX_DESTINATION_NAMES:
             self._destination_names.clear()
-        made = [self._destination_names.get(key) or self._destination(key) for key in uniques]
-        return [made[code] for code in codes.tolist()]
+        made = []
+        for i in at.tolist():
+            key = (int(lives["family"][i]) if client[i] else 0, *local[i].tolist(), *remote[i].tolist(),
+                   int(lives["dport"][i]))
+            made.append(self._destination_names.get(key) or self._destination(key))
+        counts = np.bincount(codes, minlength=len(uniques)).tolist()
+        return [made[code] for code in codes.tolist()], {d: n for d, n in zip(made, counts) if d is not None}
 
     def _destination(self, key: tuple) -> Destination | None:
         family, local_first, local_second, remote_first, remote_second, rport = key
@@ -279,21 +287,30 @@ class Figures:
             return
         found = [f for f in found if f is not None]
         names = np.array([name for name, _ in found], dtype=object)
-        for _, destination in found:
-            if destination is not None:
-                self._release(destination)
+        self._release(found)
         how_names = layout.TW_END_NAMES
         reasons = [END_REASONS.get(how_names.get(how), "unknown") for how in ends["tw_end"][seen].tolist()]
         self.timewait_ends.update(zip(names.tolist(), reasons))
         lifetimes = (ends["ts_ns"][seen].astype(np.int64) - ends["tw_start_ns"][seen].astype(np.int64)) / 1e9
-        for name in set(names.tolist()):
-            self._histogram(self.timewait_lifetime, name, TIMEWAIT_BUCKETS).add(lifetimes[names == name])
+        self._add_to_histograms(self.timewait_lifetime, TIMEWAIT_BUCKETS, names, lifetimes)
 
     @staticmethod
-    def _histogram(histograms: dict, name: str, bounds: tuple) -> Histogram:
-        if name not in histograms:
-            histograms[name] = Histogram(bounds)
-        return histograms[name]
+    def _add_to_histograms(histograms: dict[str, Histogram], bounds: tuple, names: np.ndarray,
+                           values: np.ndarray) -> None:
+        """Each value (NaN: none) to its workload's histogram, in one pass over the batch
+        however many workloads it holds."""
+        ok = ~np.isnan(values)
+        codes, labels = pd.factorize(names[ok])
+        values = values[ok]
+        width = len(bounds) + 1
+        # bucket i holds bounds[i-1] < v <= bounds[i]: Prometheus' "le"
+        cells = codes * width + np.searchsorted(bounds, values, side="left")
+        counts = np.bincount(cells, minlength=len(labels) * width).reshape(len(labels), width)
+        totals = np.bincount(codes, weights=values, minlength=len(labels))
+        for name, row, total in zip(labels.tolist(), counts, totals.tolist()):
+            histogram = histograms.get(name) or histograms.setdefault(name, Histogram(bounds))
+            histogram.counts += row
+            histogram.total += total
 
     def set_close_waits(self, open_lives: np.ndarray, owner: Owner, now_ns: int) -> None:
         """The CLOSE_WAITs open now per workload, and the age of the oldest, from the records of
