@@ -89,13 +89,15 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
         if published >= wanted or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    found = {"lives_reported": 0, "tw_reported": 0, "drops": 0, "tw_unknown": 0}
+    found = {"lives_reported": 0, "tw_reported": 0, "tw_unlinked_lives": 0, "drops": 0, "tw_unknown": 0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "tcpclose_closes_total" and sample.labels["workload"] in comms:
                 found["lives_reported"] += int(sample.value)
             elif sample.name == "tcpclose_timewaits_total" and sample.labels["workload"] in comms:
                 found["tw_reported"] += int(sample.value)
+            elif sample.name == "tcpclose_timewaits_unlinked_total" and sample.labels["workload"] in comms:
+                found["tw_unlinked_lives"] += int(sample.value)  # due a TIME_WAIT, its timer not seen
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "ringbuf_drops":
                 found["drops"] = int(sample.value)
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "recursion_misses":

@@ -20,6 +20,7 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "lives expected": ("lives_expected", ",.0f"),
     "lives reported": ("lives_reported", ",.0f"), "lost": ("lives_lost", ",.0f"), "drops": ("drops", ",.0f"),
     "evicted": ("evicted", ",.0f"), "skipped": ("skipped", ",.0f"), "TW reported": ("tw_reported", ",.0f"),
+    "TW due, timer unseen": ("tw_unlinked_lives", ",.0f"),
     "kernel TW": ("kernel_tw", ",.0f"), "TW end unknown": ("tw_unknown", ",.0f"),
     "transitions expected": ("transitions_expected", ",.0f"), "transitions written": ("transitions_written", ",.0f"),
     "transitions lost (counted)": ("transitions_lost", ",.0f"),

@@ -84,8 +84,12 @@ class Exposition:
             oldest.add_metric([name], age)
         yield open_cw
         yield oldest
-        yield _counters("tcpclose_timewait_overflows", "Closes that were due to leave a TIME_WAIT and got none: "
-                        "tcp_max_tw_buckets was reached.", ["workload"], s.overflows)
+        yield _counters("tcpclose_timewaits_unlinked", "Closes that were due to leave a TIME_WAIT whose timewait "
+                        "timer tcpclose did not see: tcp_max_tw_buckets was reached (see "
+                        "tcpclose_timewait_overflows_total), or a timer event was missed.", ["workload"], s.unlinked)
+        yield CounterMetricFamily("tcpclose_timewait_overflows", "TIME_WAITs the kernel did not make because "
+                                  "tcp_max_tw_buckets was reached (TcpExt TCPTimeWaitOverflow, summed over the "
+                                  "network namespaces, since the agent started).", value=s.kernel_overflows)
         held = GaugeMetricFamily("tcpclose_client_timewaits", "TIME_WAITs alive that hold a local port towards a "
                                  "destination (the busiest by name, the rest as destination=\"other\").",
                                  labels=["source", "destination"])

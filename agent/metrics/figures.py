@@ -15,9 +15,15 @@ The workload of an owner is its container, else its systemd unit, else its proce
 A client's TIME_WAIT keeps its local port from connect()s to the same destination for as
 long as it lives (analysis/ports.py): the TIME_WAITs held per destination come from the same
 pending map, and the busiest `top_destinations` are exported with the headroom they leave in
-the ephemeral range.  A close that was due to leave a TIME_WAIT and had no timer armed for it
-is a tcp_max_tw_buckets overflow, once the next records show no reset sent on that socket
-(an orphan given up with a reset never gets a TIME_WAIT).
+the ephemeral range.
+
+A close that was due to leave a TIME_WAIT, and whose timewait timer was not seen (once the
+next records show no reset sent on that socket: an orphan given up with a reset never gets a
+TIME_WAIT), got none because tcp_max_tw_buckets was reached, or had one whose timer event the
+BPF side missed (a program the kernel skipped, a task moved to another CPU at that moment).
+The two cannot be told apart from the records: such closes are counted per workload as
+"unlinked", and the kernel's own count of overflows (TcpExt TCPTimeWaitOverflow, summed over
+the network namespaces) beside them.
 """
 from __future__ import annotations
 
@@ -87,7 +93,8 @@ class Snapshot:
     timewait_lifetime: dict = field(default_factory=dict)  # workload -> (cumulative buckets, sum)
     duration: dict = field(default_factory=dict)
     close_waits: dict = field(default_factory=dict)  # workload -> (open now, oldest age s)
-    overflows: dict = field(default_factory=dict)  # workload -> TIME_WAITs due and never made
+    unlinked: dict = field(default_factory=dict)  # workload -> closes due a TIME_WAIT whose timer was not seen
+    kernel_overflows: int = 0  # TCPTimeWaitOverflow, over the network namespaces, since the agent started
     held: dict = field(default_factory=dict)  # Destination (or (OTHER, OTHER)) -> client TIME_WAITs alive
     port_range: int | None = None  # ephemeral ports per destination (ip_local_port_range)
     lost: dict = field(default_factory=dict)  # what could not be seen -> n
@@ -101,7 +108,7 @@ class Figures:
     def __init__(self, max_workloads: int = 1000, follows_timewaits: bool = True, port_range: int | None = None,
                  top_destinations: int = TOP_DESTINATIONS):
         """follows_timewaits: the BPF side links each TIME_WAIT to its life (Tracer.timewait_method
-        "timers"); without it no overflow can be told from a TIME_WAIT whose timer was not seen.
+        "timers"); without it no TIME_WAIT has a timer to miss (no close is counted unlinked).
         port_range: ip_local_port_range's size, for the headroom per destination."""
         self.max_workloads = max_workloads
         self.follows_timewaits = follows_timewaits
@@ -117,7 +124,9 @@ class Figures:
         self.close_waits: dict[str, tuple[int, float]] = {}
         self.lost: dict[str, int] = {}
         self.bpf: tuple[float, int] = (0.0, 0)
-        self.overflows: Counter = Counter()
+        self.unlinked: Counter = Counter()
+        self.kernel_overflows = 0
+        self._overflows_seen: dict[str, int] | None = None  # network namespace -> its TCPTimeWaitOverflow last read
         # (timer, start in ns) -> (workload, Destination of a client's or None): TIME_WAITs
         # alive, made since the last generation began (_new) and in the one before (_old)
         self._new: dict[tuple[int, int], tuple[str, Destination | None]] = {}
@@ -197,8 +206,8 @@ class Figures:
         self.timewait_ends.update((name, "unknown") for name, _ in pending.values())
 
     def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
-        """Closes due a TIME_WAIT with no timer armed: a reset sent after the close explains
-        it; none within RESET_WAIT_S, a tcp_max_tw_buckets overflow."""
+        """Closes due a TIME_WAIT with no timer seen: a reset sent after the close explains
+        it; none within RESET_WAIT_S, it is counted as unlinked."""
         for skaddr in resets.tolist():
             self._unmade.pop(skaddr, None)
         settled = []
@@ -206,9 +215,18 @@ class Figures:
             if now - at < RESET_WAIT_S:
                 break
             settled.append(skaddr)
-            self.overflows[name] += 1
+            self.unlinked[name] += 1
         for skaddr in settled:
             del self._unmade[skaddr]
+
+    def note_kernel_counters(self, by_netns: dict[str, dict]) -> None:
+        """The TcpExt counters of every network namespace (procfs.all_tcp_counters): their
+        TIME_WAIT overflows since the first reading (a namespace made later counts from 0;
+        one removed takes nothing back)."""
+        now = {ns: entry["counters"].get("TCPTimeWaitOverflow", 0) for ns, entry in by_netns.items()}
+        if self._overflows_seen is not None:
+            self.kernel_overflows += sum(max(0, n - self._overflows_seen.get(ns, 0)) for ns, n in now.items())
+        self._overflows_seen = now
 
     def _release(self, ended: Iterable[tuple[str, Destination | None]]) -> None:
         """The ports held by these pending TIME_WAITs, (workload, destination) each, are free."""
@@ -337,8 +355,9 @@ class Figures:
     def snapshot(self) -> Snapshot:
         return Snapshot(
             closes=dict(self.closes), timewaits=dict(self.timewaits), timewait_ends=dict(self.timewait_ends),
-            # an overflow count for every workload that closes first (0 where none)
-            overflows={name: self.overflows[name] for name in {*self.timewaits, *self.overflows}},
+            # for every workload that closes first (0 where none)
+            unlinked={name: self.unlinked[name] for name in {*self.timewaits, *self.unlinked}},
+            kernel_overflows=self.kernel_overflows,
             held=self.busiest(), port_range=self.port_range, bpf=self.bpf,
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},

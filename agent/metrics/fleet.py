@@ -38,6 +38,7 @@ class Fleet:
     workloads: pd.DataFrame  # one row per workload (processes.csv's counting columns, and the TIME_WAIT ones)
     headroom: pd.DataFrame  # the destinations with the least port headroom: instance, source, destination, headroom
     unseen: dict[str, int]
+    overflows: int = 0  # TIME_WAITs the kernels did not make: tcp_max_tw_buckets reached
 
 
 class Prometheus:
@@ -99,7 +100,7 @@ def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None 
     })
     wanted = {
         "timewait_count": _counted("tcpclose_timewaits_total", selector, seconds, "workload"),
-        "timewait_overflow": _counted("tcpclose_timewait_overflows_total", selector, seconds, "workload"),
+        "timewait_unlinked": _counted("tcpclose_timewaits_unlinked_total", selector, seconds, "workload"),
         "close_wait_open": f"sum by (workload) (tcpclose_close_wait_sockets{selector})",
         "close_wait_max_age_s": f"max by (workload) (max_over_time(tcpclose_close_wait_oldest_seconds{selector}"
                                 f"[{seconds}s]))",
@@ -120,6 +121,8 @@ def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None 
     headroom = ask(f"bottomk(10, min by (instance, source, destination) (min_over_time("
                    f"tcpclose_port_headroom_ratio{selector}[{seconds}s])))", ["instance", "source", "destination"])
     unseen = ask(_counted("tcpclose_unseen_total", selector, seconds, "what"), ["what"])
+    overflows = ask(_counted("tcpclose_timewait_overflows_total", selector, seconds, "instance"), ["instance"])
     return Fleet(end, seconds, instances, out.reset_index(drop=True),
                  headroom.rename(columns={"value": "headroom"}).sort_values("headroom").reset_index(drop=True),
-                 {r.what: int(round(r.value)) for r in unseen.itertuples()})
+                 {r.what: int(round(r.value)) for r in unseen.itertuples()},
+                 int(round(overflows["value"].sum())))

@@ -76,8 +76,12 @@ def render(fleet: Fleet, source: str, width: int = 120, top: int | None = 20) ->
     for row in shown[shown["timewait_count"] > 0].itertuples(index=False):
         ends = ", ".join(f"{getattr(row, 'timewait_' + r):,} {r}" for r in REASONS if getattr(row, "timewait_" + r))
         median = "" if pd.isna(row.timewait_p50_s) else f"; median {row.timewait_p50_s:.1f} s"
-        overflow = f"; {row.timewait_overflow:,} never made (tcp_max_tw_buckets)" if row.timewait_overflow else ""
-        console.print(f"  {printable(row.comm)}: {ends or 'none ended yet'}{median}{overflow}")
+        unlinked = (f"; {row.timewait_unlinked:,} due and not seen made (tcp_max_tw_buckets, or a timer "
+                    "event missed)") if row.timewait_unlinked else ""
+        console.print(f"  {printable(row.comm)}: {ends or 'none ended yet'}{median}{unlinked}")
+    if fleet.overflows:
+        console.print(f"  The kernels made {fleet.overflows:,} TIME_WAITs fewer than due: tcp_max_tw_buckets was "
+                      "reached (TCPTimeWaitOverflow)")
 
     console.print("\nOpen CLOSE_WAIT at the end (the peer closed; the owner has not called close())")
     leaking = rows[rows["close_wait_open"] > 0]
@@ -105,7 +109,8 @@ def write(out: OutputDir, fleet: Fleet, source: str, text: str) -> list:
     what they could not see)."""
     out.write_text("fleet.json", json.dumps({
         "prometheus": source, "end": fleet.end, "seconds": fleet.seconds, "instances": fleet.instances,
-        "unseen": fleet.unseen, "headroom": fleet.headroom.to_dict("records")}, indent=2) + "\n")
+        "unseen": fleet.unseen, "timewait_overflows": fleet.overflows,
+        "headroom": fleet.headroom.to_dict("records")}, indent=2) + "\n")
     out.write_text("summary.txt", text)
     with out.replacing("workloads.csv") as f:
         spreadsheet_safe(fleet.workloads).to_csv(f, index=False, float_format="%.3f")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..kernel import procfs
 from ..metrics.exposition import Exposition
 from ..metrics.figures import Figures
 from .control import POLL_INTERVAL_S, Stop
@@ -43,6 +44,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
             figures.set_close_waits(tracer.open_lives_now(), tracer.workload_of, time.monotonic_ns())
+            figures.note_kernel_counters(procfs.all_tcp_counters())
         if time.monotonic() - published >= max(PUBLISH_EVERY_S, cost / PUBLISH_SHARE):
             published = time.monotonic()
             exposition.publish(figures.snapshot())

@@ -123,7 +123,7 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     # caller's expired in 2 s and gave theirs back
                     f'tcpclose_client_timewaits{{source="127.0.0.1",destination="127.0.0.1:{port}"}}': N,
                     f'tcpclose_client_timewaits{{destination="127.0.0.1:{leak_port}"}}': None,
-                    'tcpclose_timewait_overflows_total{workload="tc-agclient"}': 0,
+                    'tcpclose_timewaits_unlinked_total{workload="tc-agclient"}': 0,
                     'tcpclose_timewait_ends_total{workload="tc-agweb",reason="killed"}': AGAIN - 1,
                     'tcpclose_timewait_ends_total{workload="tc-agweb",reason="reused"}': None,
                     'tcpclose_timewait_ends_total{workload="tc-agrebind",reason="reused"}': AGAIN - 1,

@@ -87,23 +87,34 @@ def test_close_waits_open_now_by_workload_with_the_oldest():
     assert np.isclose(float(stamp[0].split()[1]), figures.snapshot().updated_at, atol=5)
 
 
-def test_a_close_due_a_time_wait_that_got_no_timer_is_an_overflow_unless_a_reset_followed():
+def test_a_close_due_a_time_wait_whose_timer_was_not_seen_is_unlinked_unless_a_reset_followed():
     figures = Figures()
     partial = layout.DEFINES["FLAG_PARTIAL"]
-    figures.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT),  # no timer: overflow?
+    figures.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT),  # no timer seen: unlinked?
                       raw(skaddr=2, pid=10, comm="client", **CLIENT),  # no timer, then a reset
                       raw(skaddr=3, pid=10, comm="client", flags=partial, **CLIENT),  # seen mid-life
                       raw(skaddr=4, pid=10, comm="client", tw_timer=0x400, tw_start=2.0, **CLIENT)), by_name, now=0.0)
     figures.add(batch(raw("reset_sent", skaddr=2, pid=10, comm="client", states=(), last="CLOSE")), by_name, now=0.5)
-    assert not figures.overflows  # not yet: a reset may still come
+    assert not figures.unlinked  # not yet: a reset may still come
     figures.add(batch(), by_name, now=1.5)
-    assert figures.overflows == {"client": 1}
-    assert 'tcpclose_timewait_overflows_total{workload="client"} 1.0' in exposed(figures)
+    assert figures.unlinked == {"client": 1}
+    text = exposed(figures)
+    assert 'tcpclose_timewaits_unlinked_total{workload="client"} 1.0' in text
     # where the BPF side follows no timer, a missing one says nothing
     blind = Figures(follows_timewaits=False)
     blind.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT)), by_name, now=0.0)
     blind.add(batch(), by_name, now=5.0)
-    assert not blind.overflows
+    assert not blind.unlinked
+
+
+def test_the_kernels_overflows_are_summed_over_namespaces_from_the_first_reading():
+    figures = Figures()
+    reading = lambda **n: {ns: {"counters": {"TCPTimeWaitOverflow": v}} for ns, v in n.items()}  # noqa: E731
+    figures.note_kernel_counters(reading(host=7, web=3))  # before the agent: not counted
+    figures.note_kernel_counters(reading(host=9, web=3, new=4))  # a namespace made since counts from 0
+    figures.note_kernel_counters(reading(host=10))  # one removed takes nothing back
+    assert figures.kernel_overflows == 2 + 4 + 1
+    assert "tcpclose_timewait_overflows_total 7.0" in exposed(figures)
 
 
 def test_client_time_waits_held_per_destination_with_the_headroom_they_leave():
