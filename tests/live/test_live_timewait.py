@@ -272,7 +272,9 @@ def test_fin_wait2_substate_with_a_short_tcp_fin_timeout():
     with netns(tcp_fin_timeout=2) as ns:
         traced = Traced(ns)
         traced.pair("hold", "close_first", 1, "tc-quick", "tc-fw2-flip", server_extra=("--hold", "0.5"))
-        traced.pair("hold", "close_first", 1, "tc-mute", "tc-fw2-dies", server_extra=("--hold", "3"))
+        # the mute server's FIN comes 4 s after it accepted: 2 s after the timewait's end
+        # even if the client's close came a second or more late on a loaded machine
+        traced.pair("hold", "close_first", 1, "tc-mute", "tc-fw2-dies", server_extra=("--hold", "4"))
         traced.wait_for(1)
         conns, run = traced.result()
         flip = of(conns, "tc-fw2-flip").iloc[0]
