@@ -112,8 +112,7 @@ def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None 
         mine = ends[ends["reason"] == reason].set_index("workload")["value"]
         out = out.join(mine.rename(f"timewait_{reason}"), how="outer")
     for name, q in (("timewait_p50_s", 0.5), ("timewait_p95_s", 0.95)):
-        expr = (f"histogram_quantile({q}, sum by (le, workload) "
-                f"(increase(tcpclose_timewait_lifetime_seconds_bucket{selector}[{seconds}s])))")
+        expr = f"histogram_quantile({q}, {_counted('tcpclose_timewait_lifetime_seconds_bucket', selector, seconds, 'le, workload')})"
         out = out.join(column(expr).rename(name), how="outer")
     counts = [c for c in out.columns if not c.endswith("_s")]
     out[counts] = out[counts].fillna(0.0).round().astype(int)
