@@ -3,19 +3,13 @@
 Each batch of raw records (as run.tracer.Tracer.drain returns them, never decoded: a busy host
 hands over tens of thousands a second) adds to counters and histograms per workload: closes
 by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connection
-durations.  A TIME_WAIT's end comes in a later record than the life that made it, named by
-the same timewait socket (its timer's address and when it was armed): the life's workload
-waits in `pending` until then, so that what the agent holds is bounded by the timewait
-sockets alive in the kernel, never by how long it runs.  The CLOSE_WAITs open now
-come from the lives BPF follows (set_close_waits()).
+durations; the TIME_WAITs alive wait for their end in metrics.pending.  The CLOSE_WAITs
+open now come from the lives BPF follows (set_close_waits()).
 
 The workload of an owner is its container, else its systemd unit, else its process name
-(kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".
-
-A client's TIME_WAIT keeps its local port from connect()s to the same destination for as
-long as it lives (analysis/ports.py): the TIME_WAITs held per destination come from the same
-pending map, and the busiest `top_destinations` are exported with the headroom they leave in
-the ephemeral range.
+(kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".  The
+ports the TIME_WAITs alive hold are exported for the busiest `top_destinations`, with the
+headroom they leave in the ephemeral range.
 
 A close that was due to leave a TIME_WAIT, and whose timewait timer was not seen (once the
 next records show no reset sent on that socket: an orphan given up with a reset never gets a
@@ -30,15 +24,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..analysis import rules
 from ..record import layout
-from ..record.decode import address_text
+from .pending import OTHER, Pending
 
 # TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
 # (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)
@@ -46,24 +39,14 @@ from ..record.decode import address_text
 TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5, 61.0, 62.0, 65.0, 90.0, 120.0)
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
-# A TIME_WAIT lives 60 s after at most 60 s in the FIN_WAIT2 substate (a longer tcp_fin_timeout
-# keeps the full socket instead), and its timer fires up to 2 s late: one not ended 130 s
-# after it was made lost its end record.  The pending ones are kept in two generations, a new
-# one begun every PENDING_FOR_S / 2, the older one's left counted as ended for an "unknown"
-# reason: each goes between 130 and 260 s after it was made, at a cost that does not grow
-# with how many are pending (a scan of them all per batch did, and made the agent fall behind).
-PENDING_FOR_S = 260.0
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
 TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
-MAX_DESTINATION_NAMES = 100_000  # destinations named once and kept: the names are forgotten past this
-OTHER = "other"
 # how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
 # cancel inside a connect() to the timewait's remote end as a reuse; any other cancel killed
 # it (a SYN into a server-side TIME_WAIT, an RST, netns teardown), but for the rare reuse
 # whose connect() moved to another CPU midway, which only `tcpclose trace`'s join finds
 END_REASONS = {"expired": "expired", "reused": "reused", "cancelled": "killed"}
-Destination = tuple[str, str]  # (local address, "remote address:port")
 Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
 
 
@@ -127,16 +110,10 @@ class Figures:
         self.unlinked: Counter = Counter()
         self.kernel_overflows = 0
         self._overflows_seen: dict[str, int] | None = None  # network namespace -> its TCPTimeWaitOverflow last read
-        # (timer, start in ns) -> (workload, Destination of a client's or None): TIME_WAITs
-        # alive, made since the last generation began (_new) and in the one before (_old)
-        self._new: dict[tuple[int, int], tuple[str, Destination | None]] = {}
-        self._old: dict[tuple[int, int], tuple[str, Destination | None]] = {}
-        self._generation_at: float | None = None
-        self.held: Counter = Counter()  # Destination -> client TIME_WAITs in pending
+        self.pending = Pending()  # the TIME_WAITs alive: their workload, the ports they hold
         # socket address -> (workload, when): closes due a TIME_WAIT that got no timer, until
         # RESET_WAIT_S shows no reset followed them
         self._unmade: dict[int, tuple[str, float]] = {}
-        self._destination_names: dict[tuple, Destination] = {}  # raw (family, addresses, port) -> named
 
     def _label(self, name: str) -> str:
         """A workload's label, or OTHER past max_workloads (counted in workloads_folded)."""
@@ -167,7 +144,7 @@ class Figures:
         lives that ended and the TIME_WAITs that ended.  Nothing is decoded: a busy host hands
         over tens of thousands of records a second."""
         now = time.monotonic() if now is None else now
-        self._next_generation(now)
+        self.timewait_ends.update((name, "unknown") for name, _ in self.pending.expire(now))  # ends lost
         lives = raw[raw["kind"] == layout.DEFINES["EV_LIFE"]]
         if len(lives):
             self._add_lives(lives, owner, now)
@@ -176,34 +153,6 @@ class Figures:
             self._add_timewait_ends(ends)
         if self._unmade:
             self._settle_unmade(raw[raw["kind"] == layout.DEFINES["EV_RESET_SENT"]]["skaddr"], now)
-
-    @property
-    def pending(self) -> dict:
-        """The TIME_WAITs alive whose workload is held: (timer, start) -> (workload, destination)."""
-        return {**self._old, **self._new}
-
-    def pending_count(self) -> int:
-        return len(self._old) + len(self._new)
-
-    def _next_generation(self, now: float) -> None:
-        """Every PENDING_FOR_S / 2: the older generation's TIME_WAITs, whose end never came,
-        end for an unknown reason; the newer becomes the older.  After PENDING_FOR_S with no
-        records (no add()), both have."""
-        if self._generation_at is None:
-            self._generation_at = now
-        half = PENDING_FOR_S / 2
-        if now - self._generation_at < half:
-            return
-        self._lost_ends(self._old)
-        if now - self._generation_at >= 2 * half:
-            self._lost_ends(self._new)
-            self._new = {}
-        self._old, self._new = self._new, {}
-        self._generation_at = now
-
-    def _lost_ends(self, pending: dict) -> None:
-        self._release(pending.values())
-        self.timewait_ends.update((name, "unknown") for name, _ in pending.values())
 
     def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
         """Closes due a TIME_WAIT with no timer seen: a reset sent after the close explains
@@ -228,17 +177,6 @@ class Figures:
             self.kernel_overflows += sum(max(0, n - self._overflows_seen.get(ns, 0)) for ns, n in now.items())
         self._overflows_seen = now
 
-    def _release(self, ended: Iterable[tuple[str, Destination | None]]) -> None:
-        """The ports held by these pending TIME_WAITs, (workload, destination) each, are free."""
-        gone = Counter(map(itemgetter(1), ended))
-        gone.pop(None, None)
-        for destination, n in gone.items():
-            left = self.held[destination] - n
-            if left > 0:
-                self.held[destination] = left
-            else:
-                del self.held[destination]
-
     def _add_lives(self, lives: np.ndarray, owner: Owner, now: float) -> None:
         names = self._labels(lives, owner)
         kinds = rules.raw_initiators(lives)
@@ -250,62 +188,18 @@ class Figures:
         due = rules.timewait_due(kinds)
         made = due & (lives["tw_timer"] != 0)
         self.timewaits.update(names[made].tolist())
-        destinations, counts = self._destinations(lives[made])
-        keys = zip(lives["tw_timer"][made].tolist(), lives["tw_start_ns"][made].tolist())
-        self._new.update(zip(keys, zip(names[made].tolist(), destinations)))
-        self.held.update(counts)
+        self.pending.add(lives[made], names[made].tolist())
         if self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
             unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
             unmade = due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)
             self._unmade.update(zip(lives["skaddr"][unmade].tolist(), ((n, now) for n in names[unmade].tolist())))
 
-    def _destinations(self, lives: np.ndarray) -> tuple[list[Destination | None], dict[Destination, int]]:
-        """Each life's destination if it was the client (it connect()ed: its TIME_WAIT holds a
-        local port towards that destination), else None, and how many lives each has; each
-        distinct one named once.  Told apart by a 64-bit hash of its raw fields (family, both
-        addresses, remote port): a batch has thousands of lives and a handful of destinations."""
-        client = rules.entered(lives["states"], "SYN_SENT")
-        if not client.any():
-            return [None] * len(lives), {}
-        local = np.ascontiguousarray(lives["saddr"]).view("<u8")
-        remote = np.ascontiguousarray(lives["daddr"]).view("<u8")
-        mixed = np.where(client, lives["family"].astype(np.uint64), np.uint64(0))
-        for part in (local[:, 0], local[:, 1], remote[:, 0], remote[:, 1], lives["dport"].astype(np.uint64)):
-            mixed = (mixed ^ part) * np.uint64(0x100000001B3)  # FNV-style: wraps modulo 2^64
-        codes, uniques = pd.factorize(mixed)
-        at = np.zeros(len(uniques), dtype=np.int64)
-        at[codes[::-1]] = np.arange(len(codes))[::-1]  # a life of each: its first
-        if len(self._destination_names) > MAX_DESTINATION_NAMES:
-            self._destination_names.clear()
-        made = []
-        for i in at.tolist():
-            key = (int(lives["family"][i]) if client[i] else 0, *local[i].tolist(), *remote[i].tolist(),
-                   int(lives["dport"][i]))
-            made.append(self._destination_names.get(key) or self._destination(key))
-        counts = np.bincount(codes, minlength=len(uniques)).tolist()
-        return [made[code] for code in codes.tolist()], {d: n for d, n in zip(made, counts) if d is not None}
-
-    def _destination(self, key: tuple) -> Destination | None:
-        family, local_first, local_second, remote_first, remote_second, rport = key
-        if not family:  # (not a client)
-            return None
-        laddr = address_text(family, local_first, local_second)
-        raddr = address_text(family, remote_first, remote_second)
-        name = (laddr, f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}")
-        self._destination_names[key] = name
-        return name
-
     def _add_timewait_ends(self, ends: np.ndarray) -> None:
-        new, old = self._new, self._old
-        keys = zip(ends["tw_timer"].tolist(), ends["tw_start_ns"].tolist())
-        # None: made before the agent started, or its life's record was lost
-        found = [new.pop(key, None) or old.pop(key, None) for key in keys]
+        found = self.pending.end(ends)
         seen = np.fromiter((f is not None for f in found), dtype=bool, count=len(found))
         if not seen.any():
             return
-        found = [f for f in found if f is not None]
-        names = np.array([name for name, _ in found], dtype=object)
-        self._release(found)
+        names = np.array([f[0] for f in found if f is not None], dtype=object)
         how_names = layout.TW_END_NAMES
         reasons = [END_REASONS.get(how_names.get(how), "unknown") for how in ends["tw_end"][seen].tolist()]
         self.timewait_ends.update(zip(names.tolist(), reasons))
@@ -343,23 +237,14 @@ class Figures:
             out[name] = (int(len(mine)), float(np.nanmax(mine)) if np.isfinite(mine).any() else 0.0)
         self.close_waits = out
 
-    def busiest(self) -> dict:
-        """The client TIME_WAITs alive per destination: the top_destinations busiest, and the
-        rest summed under (OTHER, OTHER)."""
-        out = dict(self.held.most_common(self.top_destinations))
-        rest = sum(self.held.values()) - sum(out.values())
-        if rest:
-            out[(OTHER, OTHER)] = rest
-        return out
-
     def snapshot(self) -> Snapshot:
         return Snapshot(
             closes=dict(self.closes), timewaits=dict(self.timewaits), timewait_ends=dict(self.timewait_ends),
             # for every workload that closes first (0 where none)
             unlinked={name: self.unlinked[name] for name in {*self.timewaits, *self.unlinked}},
             kernel_overflows=self.kernel_overflows,
-            held=self.busiest(), port_range=self.port_range, bpf=self.bpf,
+            held=self.pending.busiest(self.top_destinations), port_range=self.port_range, bpf=self.bpf,
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
-            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=self.pending_count(),
+            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=len(self.pending),
             workloads_folded=len(self._folded), updated_at=time.time())

@@ -54,7 +54,7 @@ def test_closes_timewaits_and_their_lifetimes_across_batches():
     assert 'tcpclose_connection_duration_seconds_count{workload="server"} 1.0' in text
     # an end never seen: after PENDING_FOR_S its TIME_WAIT counts as ended for an unknown reason
     figures.add(batch(), by_name, now=1000.0)
-    assert figures.timewait_ends[("client", "unknown")] == 1 and not figures.pending
+    assert figures.timewait_ends[("client", "unknown")] == 1 and not len(figures.pending)
 
 
 def test_a_workload_is_the_container_else_the_unit_else_the_name_and_they_are_bounded():
@@ -132,7 +132,7 @@ def test_client_time_waits_held_per_destination_with_the_headroom_they_leave():
     records.append(raw(skaddr=1, pid=20, comm="server", tw_timer=0x9000, tw_start=2.0,
                        states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2"))
     figures.add(batch(*records), by_name, now=0.0)
-    assert figures.busiest() == {("10.0.0.9", "10.0.0.1:5432"): 5, ("10.0.0.9", "10.0.0.2:80"): 3,
+    assert figures.pending.busiest(2) == {("10.0.0.9", "10.0.0.1:5432"): 5, ("10.0.0.9", "10.0.0.2:80"): 3,
                                  ("other", "other"): 1}
     text = exposed(figures)
     assert 'tcpclose_client_timewaits{destination="10.0.0.1:5432",source="10.0.0.9"} 5.0' in text
@@ -142,11 +142,11 @@ def test_client_time_waits_held_per_destination_with_the_headroom_they_leave():
     # a TIME_WAIT's end gives its port back: 10.0.0.1:5432 goes from 5 to 1
     ends = [timewait("expired", timer=0x1000 + 0x100 * i, start=2.0, end=62.0) for i in range(1, 5)]
     figures.add(batch(*ends), by_name, now=60.0)
-    assert figures.held == {("10.0.0.9", "10.0.0.2:80"): 3, ("10.0.0.9", "10.0.0.1:5432"): 1,
+    assert figures.pending.held == {("10.0.0.9", "10.0.0.2:80"): 3, ("10.0.0.9", "10.0.0.1:5432"): 1,
                             ("fd00::9", "[fd00::3]:443"): 1}
     # ends never seen: after PENDING_FOR_S every one is given back
     figures.add(batch(), by_name, now=1000.0)
-    assert figures.busiest() == {} and not figures.held
+    assert figures.pending.busiest(2) == {} and not figures.pending.held
 
 
 def test_the_programs_run_time_is_exported():
@@ -192,9 +192,9 @@ def test_a_time_wait_whose_end_never_comes_is_given_up_130_to_260_s_after_it_was
     made(1, 0.0)
     made(2, 125.0)
     made(3, 129.0)
-    assert figures.pending_count() == 3
+    assert len(figures.pending) == 3
     made(4, 131.0)  # a new generation: none is given up before 130 s
-    assert figures.pending_count() == 4 and not figures.timewait_ends
+    assert len(figures.pending) == 4 and not figures.timewait_ends
     made(5, 262.0)  # the first three are given up; the one made at 131 s is kept
     assert figures.timewait_ends == {("client", "unknown"): 3}
-    assert set(figures.pending) == {(0x400, int((1.0 + 131.0) * 1e9)), (0x500, int((1.0 + 262.0) * 1e9))}
+    assert set(figures.pending.entries()) == {(0x400, int((1.0 + 131.0) * 1e9)), (0x500, int((1.0 + 262.0) * 1e9))}
