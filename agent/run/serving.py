@@ -33,9 +33,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
     refreshed = counted = published = float("-inf")
     cost = 0.0
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-        raw = tracer.drain()
-        if len(raw):
-            figures.add(raw, tracer.workload_of)
+        figures.add(tracer.drain(), tracer.workload_of)  # (none: what waited for time is settled)
         if time.monotonic() - counted >= COUNTERS_EVERY_S:
             counted = time.monotonic()
             counters = tracer.counters()
