@@ -38,7 +38,6 @@ from .pending import OTHER, Pending
 # and the TIME_WAITs killed or reused early
 TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5, 61.0, 62.0, 65.0, 90.0, 120.0)
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
-CLOSE_KINDS = tuple(kind for kind in rules.INITIATORS if kind != "open")
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
 TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
