@@ -23,7 +23,7 @@
 
 /* how a timewait socket ended, as its timer tells (EV_TW_END, tw_end) */
 #define TW_EXPIRED     1 /* timer_expire_entry: the natural end, TIME_WAIT or tcp_fin_timeout */
-#define TW_CANCELLED   2 /* timer_cancel with no expiry or re-arm after it: killed or reused early */
+#define TW_CANCELLED   2 /* timer_cancel with no expiry or re-arm after it: killed (or a reuse TW_REUSED missed) */
 #define TW_REPLACED    3 /* a new timewait socket armed the same timer: this one's end was not seen */
 #define TW_REUSED      4 /* cancelled inside a connect() by the same task to the same remote end: reused */
 

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from .figures import OTHER, Snapshot
+from .figures import Snapshot
+from .pending import OTHER
 
 HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has not come round for this long
 

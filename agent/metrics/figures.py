@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..analysis import rules
 from ..record import layout
-from .pending import OTHER, Pending
+from .pending import OTHER, Pending  # (OTHER: the workload label past max_workloads too)
 
 # TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
 # (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)

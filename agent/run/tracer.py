@@ -100,6 +100,7 @@ class Tracer:
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
+        self._programs: dict[str, dict[str, int]] = {}  # the programs' stats, as counters() last read them
         self.timewaits_swept = 0
         self._swept_at = time.monotonic()
         self.started_at = time.time()
@@ -189,7 +190,8 @@ class Tracer:
             self._keep(raw)
             closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
-            self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
+            if self._keep_records:  # the progress line is trace's: the agent's figures count these themselves
+                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
         if self._watch:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         if time.monotonic() - self._swept_at >= TW_SWEEP_EVERY_S:
@@ -206,14 +208,14 @@ class Tracer:
 
     def counters(self) -> dict[str, int]:
         """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
-        programs = self._probe.program_stats()
+        programs = self._programs = self._probe.program_stats()
         return self._probe.counters() | {
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
 
     def bpf_run(self) -> tuple[float, int]:
-        """The programs' run time (seconds) and runs so far: the kernel counts them only while
-        kernel.bpf_stats_enabled is 1, else (0.0, 0)."""
-        programs = self._probe.program_stats().values()
+        """The programs' run time (seconds) and runs, as the last counters() read them: the
+        kernel counts them only while kernel.bpf_stats_enabled is 1, else (0.0, 0)."""
+        programs = self._programs.values()
         return (sum(p.get("run_time_ns", 0) for p in programs) / 1e9, sum(p.get("run_cnt", 0) for p in programs))
 
     def progress(self) -> tuple[int, int, int]:
