@@ -7,6 +7,8 @@ snapshot taken then.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -35,7 +37,7 @@ EXTRA_COLUMNS = ["close_wait_at", "last_state", "owner_src", "rst_sent", "partia
 _STATE_CODES = {name: code for code, name in layout.TCP_STATE_NAMES.items()}
 
 
-def _rst_sent_after_close(lives: pd.DataFrame, resets: pd.DataFrame) -> np.ndarray:
+def rst_sent_after_close(lives: pd.DataFrame, resets: pd.DataFrame) -> np.ndarray:
     """Join each EV_RESET_SENT record to the life that ended last on its socket address.
 
     An abort moves the socket to CLOSE before the RST goes out, so the reset
@@ -64,16 +66,18 @@ def initiators(lives: pd.DataFrame) -> np.ndarray:
                             last, lives["flags_raw"].to_numpy(np.int64))
 
 
-def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
-    """Lives begun before tracing, completed from the snapshot taken at its start.
+def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Lives begun before tracing, completed from the snapshot taken at its start; and the
+    snapshot's rows no life claimed (the connections that never changed state, so far).
 
     A socket the snapshot found and that then changed state is a partial life
     on the BPF side: the snapshot names its owner if the BPF side never could,
     and the start of its CLOSE_WAIT.  One that never changed state is only in
-    the snapshot: it is a life still open in the state it was found in.
+    the snapshot: at the end of the run it is a life still open in the state it was
+    found in (connections() adds those where `final`).
     """
     if not len(existing):
-        return lives
+        return lives, existing
     existing = existing.drop_duplicates(FOUR_TUPLE)
     existing_key = pd.MultiIndex.from_frame(existing[FOUR_TUPLE].astype(str))
     # the snapshot runs after the probe is attached and takes seconds with many sockets: a
@@ -84,7 +88,7 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     opened_here = existing_key.isin(pd.MultiIndex.from_frame(whole[FOUR_TUPLE].astype(str)))
     existing, existing_key = existing[~opened_here], existing_key[~opened_here]
     if not len(existing):
-        return lives
+        return lives, existing
     rows = np.flatnonzero((lives["flags_raw"].to_numpy(np.int64) & layout.DEFINES["FLAG_PARTIAL"]) != 0)
     key = pd.MultiIndex.from_frame(lives.iloc[rows][FOUR_TUPLE].astype(str))  # only lives begun before
     found = existing.set_index(existing_key).reindex(key)
@@ -95,8 +99,7 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
         lives.loc[rows[unowned], column] = found[column].to_numpy()[unowned]
     no_cw_start = hit & lives["close_wait_at"].isna().to_numpy()[rows]
     lives.loc[rows[no_cw_start], "close_wait_at"] = found["close_wait_at"].to_numpy()[no_cw_start]
-    untouched = existing[~existing_key.isin(key[hit])]
-    return pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
+    return lives, existing[~existing_key.isin(key[hit])]
 
 
 def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
@@ -173,41 +176,67 @@ def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     out["workload"] = out["workload"].where(out["workload"].notna(), out["comm"])
 
 
-def _listeners_seen_shared(out: pd.DataFrame) -> None:
+def listener_owners(out: pd.DataFrame) -> dict[tuple, set[int]]:
+    """Per listener (network namespace, "" where none was learnt; local address; port), the
+    processes whose own syscall closed one of its children (server lives, owner_src syscall)."""
+    server = (out["role"] == "server").to_numpy() & (out["owner_src"] == "syscall").to_numpy()
+    seen = out.loc[server, ["netns", "laddr", "lport", "pid"]]
+    seen = seen.assign(netns=seen["netns"].fillna("").astype(str), lport=seen["lport"].astype(int),
+                       pid=seen["pid"].astype(int)).drop_duplicates()
+    owners: dict[tuple, set[int]] = {}
+    for netns, laddr, lport, pid in seen.itertuples(index=False):
+        owners.setdefault((netns, laddr, lport), set()).add(pid)
+    return owners
+
+
+def _listeners_seen_shared(out: pd.DataFrame, earlier: dict[tuple, set[int]] | None = None) -> None:
     """A life credited to its listener's owner only is ambiguous where other lives of the same
     listener (network namespace, local address and port) were closed by another process's
     syscall: the listener's children went to several processes (a pre-forking server's
     workers, a dispatcher passing them on), so the one that listened is not the one that had
     this socket.  This holds after that listener is gone too, where _shared_listeners, which
     reads the snapshot at the end, cannot tell."""
-    server = (out["role"] == "server").to_numpy()
-    src = out["owner_src"].to_numpy(object)
-    guessed = np.flatnonzero(server & (src == "listener"))
+    guessed = np.flatnonzero((out["role"] == "server").to_numpy() & (out["owner_src"] == "listener").to_numpy())
     if not len(guessed):
         return
-    key = ["netns", "laddr", "lport"]
-    keyed = out[[*key, "pid"]].assign(netns=out["netns"].fillna("").astype(str))  # no namespace learnt: ""
-    owners = keyed[server & (src == "syscall")].groupby(key, sort=False)["pid"].agg(lambda p: set(p.astype(int)))
-    if not len(owners):
-        return
-    listened = keyed.iloc[guessed]
-    others = owners.reindex(pd.MultiIndex.from_frame(listened[key]))
-    hit = [i for i, seen, pid in zip(guessed, others.to_numpy(object), listened["pid"])
-           if isinstance(seen, set) and seen - {int(pid)}]
+    owners = listener_owners(out)
+    for key, pids in (earlier or {}).items():
+        owners[key] = owners.get(key, set()) | pids
+    listened = out.iloc[guessed]
+    hit = [i for i, key, pid in zip(guessed, zip(listened["netns"].fillna("").astype(str), listened["laddr"],
+                                                 listened["lport"].astype(int)), listened["pid"])
+           if owners.get(key, set()) - {int(pid)}]
     out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
     out.loc[hit, "owner_src"] = "ambiguous"
 
 
+@dataclass
+class Carried:
+    """What a run analysed a batch of lives at a time (analysis.stream) carries from one batch
+    to the next: the snapshot's connections no life has claimed yet, and the processes seen
+    per listener (listener_owners)."""
+    existing: pd.DataFrame
+    owners: dict[tuple, set[int]] = field(default_factory=dict)
+
+
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None,
-                pods: dict[str, str] | None = None) -> pd.DataFrame:
+                pods: dict[str, str] | None = None, carried: Carried | None = None, final: bool = True) -> pd.DataFrame:
     """One row per socket life, contract columns first (DESIGN.md section 3).
 
     ended_at: when tracing stopped, the age reference for lives still open.
     timewait_method: how the run followed TIME_WAIT ends: "timers", "diag" or None (see timewait.timewaits).
     pods: container -> its Kubernetes pod, as the tracer read them (RunInfo.pods).
+    carried: for one batch of a run's lives (analysis.stream): the snapshot at the start and the
+    listeners' owners of the batches before, updated here; None: `events` are the whole run.
+    final: the last batch: the snapshot's connections no life claimed are added as open lives.
     """
     lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
-    lives = _with_existing(lives, events[events["kind"] == "existing"])
+    existing = carried.existing if carried is not None else events[events["kind"] == "existing"]
+    lives, untouched = _with_existing(lives, existing)
+    if final and len(untouched):
+        lives = pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
+    if carried is not None:
+        carried.existing = untouched.iloc[:0] if final else untouched
     # the columns the joins read only: on a long run each copy of every column is gigabytes
     resets = events.loc[events["kind"] == "reset_sent", ["event_at", "skaddr"]]
     ends = events.loc[events["kind"].isin(["tw_end", "tw_open"]), TIMEWAIT_COLUMNS]
@@ -246,7 +275,7 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
         "close_wait_at": lives["close_wait_at"].astype(float),
         "last_state": lives["last_state"],
         "owner_src": lives["owner_src"],
-        "rst_sent": ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0) | _rst_sent_after_close(lives, resets),
+        "rst_sent": ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0) | rst_sent_after_close(lives, resets),
         "partial": (flags & layout.DEFINES["FLAG_PARTIAL"]) != 0,
         "skaddr": lives["skaddr"],
         "tw_fin_wait2_s": tw["tw_fin_wait2_s"],
@@ -271,6 +300,9 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     seen_at_end = events[events["kind"] == "seen_at_end"]
     _from_fd_tables(out, seen_at_end)
     _shared_listeners(out, seen_at_end)
-    _listeners_seen_shared(out)
+    _listeners_seen_shared(out, carried.owners if carried is not None else None)
+    if carried is not None:
+        for key, pids in listener_owners(out).items():
+            carried.owners.setdefault(key, set()).update(pids)
     _place(out, pods or {})
     return out

@@ -24,11 +24,11 @@ from .rules import FOUR_TUPLE, choose, entered
 REUSE_WINDOW_S = 1.0  # a connect() that reused a TIME_WAIT's 4-tuple opened within this of its end
 DIAG_LINK_S = 5.0  # sock_diag polls: a timewait first seen this long after its close is still that close's
 TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kernel
-# what the timewait records are joined on and give (_timewait_ends, _diag_ends)
+# what the timewait records are joined on and give (_timewait_ends, diag_ends)
 TIMEWAIT_COLUMNS = ["kind", "event_at", "tw_timer", "tw_start_at", "tw_rearm_at", "tw_end", *FOUR_TUPLE]
 
 
-def _timewait_key(timer, start) -> pd.MultiIndex:
+def timewait_key(timer, start) -> pd.MultiIndex:
     """A timewait socket's name: its timer's address and the microsecond it was armed."""
     micros = np.round(np.nan_to_num(np.asarray(start, dtype=float), nan=-1.0) * 1e6)
     return pd.MultiIndex.from_arrays([np.asarray(timer, dtype=np.uint64), micros.astype(np.int64)])
@@ -36,13 +36,13 @@ def _timewait_key(timer, start) -> pd.MultiIndex:
 
 def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:
     """For each life, the end record of the timewait socket it made (NaN/None where none)."""
-    ends = timewaits.assign(key=_timewait_key(timewaits["tw_timer"], timewaits["tw_start_at"]))
+    ends = timewaits.assign(key=timewait_key(timewaits["tw_timer"], timewaits["tw_start_at"]))
     ends = ends.drop_duplicates("key", keep="last").set_index("key")
-    found = ends.reindex(_timewait_key(lives["tw_timer"], lives["tw_start_at"]))
+    found = ends.reindex(timewait_key(lives["tw_timer"], lives["tw_start_at"]))
     return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
 
 
-def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: float) -> np.ndarray:
+def taken_by_connect(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: float) -> np.ndarray:
     """Which cancelled timewaits (lives[rows], ended at end_at) a new connect() took over.
 
     The connecting side picks the 4-tuple after it enters SYN_SENT and kills the
@@ -75,7 +75,7 @@ def _reused(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: f
     return reused
 
 
-def _diag_ends(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray,
+def diag_ends(lives: pd.DataFrame, timewaits: pd.DataFrame, made_tw: np.ndarray,
                closed_at: np.ndarray) -> pd.DataFrame:
     """For each life that made a TIME_WAIT, the sock_diag sighting of it: the first
     timewait socket on the same 4-tuple seen within DIAG_LINK_S after the close."""
@@ -109,7 +109,7 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     elif method == "diag":
         linked = made_tw.copy()
         start = np.where(linked, closed_at, np.nan)
-        end_rec = _diag_ends(lives, ends, made_tw, closed_at)
+        end_rec = diag_ends(lives, ends, made_tw, closed_at)
     else:
         return {"tw_start": np.where(made_tw, closed_at, np.nan), "tw_end": np.full(n, np.nan),
                 "tw_s": np.full(n, np.nan), "tw_end_reason": choose([made_tw], ["open"], "none"),
@@ -125,7 +125,7 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     unexplained = linked & (how == "cancelled")
     # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
-    reused[unexplained] = _reused(lives, np.flatnonzero(unexplained), end_at[unexplained], window)
+    reused[unexplained] = taken_by_connect(lives, np.flatnonzero(unexplained), end_at[unexplained], window)
     reason = choose(
         [linked & (how == "expired"), reused, cancelled, is_open, linked],
         ["expired", "reused", "killed", "open", "unknown"],

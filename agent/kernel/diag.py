@@ -145,7 +145,7 @@ class TimewaitWatch:
         # A socket in the dump existed by the time the dump was done, not by `now`:
         # entering the namespace and the dump itself take milliseconds, and a
         # connection that closes in that time is in it.  Sightings are dated at the dump's end, so that none comes
-        # before the close that made it (analysis.timewait._diag_ends links them forward).
+        # before the close that made it (analysis.timewait.diag_ends links them forward).
         seen_at = now + took
         current = {}
         for row in rows:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from agent.analysis import lives, processes
-from agent.analysis.timewait import _reused
+from agent.analysis.timewait import taken_by_connect
 from agent.kernel import diag, probe
 from agent.record import decode, layout
 from support.streams import epoch, raw, replay, timewait
@@ -85,10 +85,10 @@ def test_a_recycled_four_tuple_is_reused_only_by_the_connect_that_opened_at_its_
     lives = reuse_lives(5)  # opened at 0, 10, 20, 30, 40
     rows = np.array([0, 1, 2, 3])
     end_at = np.array([10.5, 25.0, 29.0, 41.0])  # 0.5 s, 5 s, 1.0 s, 1.0 s from the nearest open
-    reused = _reused(lives, rows, end_at, window=1.0)
+    reused = taken_by_connect(lives, rows, end_at, window=1.0)
     assert list(reused) == [True, False, True, True]
     other_port = lives.assign(lport=np.where(np.arange(5) == 0, 40000, 40001))  # the new clients moved away
-    assert not _reused(other_port, np.array([0]), np.array([10.5]), window=1.0).any()
+    assert not taken_by_connect(other_port, np.array([0]), np.array([10.5]), window=1.0).any()
 
 
 def test_a_recycled_four_tuple_costs_memory_linear_in_its_uses():
@@ -99,7 +99,7 @@ def test_a_recycled_four_tuple_costs_memory_linear_in_its_uses():
     tracemalloc.start()
     try:
         # each timewait ends as the next connect() opens, 0.5 s after it
-        reused = _reused(lives, np.arange(uses - 1), lives["opened_at"].to_numpy()[1:] + 0.5, window=1.0)
+        reused = taken_by_connect(lives, np.arange(uses - 1), lives["opened_at"].to_numpy()[1:] + 0.5, window=1.0)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -1,0 +1,149 @@
+"""The lives a stream holds until their rows are final (analysis.stream), kept so that a
+step costs little more than what arrived in it.
+
+Most of them are lives waiting for the end of their TIME_WAIT: up to a minute of a busy
+host's closes, a hundred thousand and more.  Filtering or concatenating them as one frame
+at every step copies every column of every one of them; here they stay in the chunks they
+arrived in, untouched, beside numpy copies of the few columns the stream decides on
+(COLUMNS), and a row that is taken is only marked gone.  A chunk is filtered once most of it
+is gone, and dropped when all of it is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..record.decode import concat, empty_events
+from . import rules
+from .lives import initiators
+
+COMPACT_SHARE = 0.5  # a chunk is filtered once this share of its rows is gone
+MERGE_CHUNKS, SMALL_CHUNK = 64, 4096  # past this many chunks, the small ones become one
+
+
+def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A timewait socket's name (timewait.timewait_key's two parts: its timer's address and the
+    microsecond it was armed) and `key`, one integer mixing both, on which lives and ends are
+    matched (end_of)."""
+    timer = frame["tw_timer"].astype(np.uint64).to_numpy() if len(frame) else np.zeros(0, np.uint64)
+    micros = np.round(np.nan_to_num(frame["tw_start_at"].astype(float).to_numpy(), nan=-1.0) * 1e6).astype(np.int64)
+    with np.errstate(over="ignore"):
+        key = timer ^ (micros.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return {"timer": timer, "micros": micros, "key": key}
+
+
+def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndarray:
+    """For each life (timewait_name's arrays), the position in `ends` of its timewait socket's
+    end (the last one of that name), -1 where none: matched on the mixed key, then both parts
+    checked, so that two names that mix to one key never match."""
+    if not len(lives["key"]) or not len(ends["key"]):
+        return np.full(len(lives["key"]), -1)
+    index = pd.Index(ends["key"])
+    last = ~index.duplicated(keep="last")
+    positions = np.flatnonzero(last)
+    found = pd.Index(ends["key"][last]).get_indexer(lives["key"])
+    at = np.where(found >= 0, positions[np.maximum(found, 0)], 0)
+    same = (ends["timer"][at] == lives["timer"]) & (ends["micros"][at] == lives["micros"])
+    return np.where((found >= 0) & same, at, -1)
+
+
+def _columns(frame: pd.DataFrame, now: float) -> dict[str, np.ndarray]:
+    """What the stream decides on, per life; `now`: when they arrived."""
+    return {
+        "arrived": np.full(len(frame), now),
+        **timewait_name(frame),
+        "closed_at": frame["event_at"].astype(float).to_numpy(),
+        "skaddr": frame["skaddr"].astype(np.uint64).to_numpy(),
+        "flags": frame["flags_raw"].to_numpy(np.int64, copy=True),
+        "due": rules.timewait_due(initiators(frame)) if len(frame) else np.zeros(0, bool),
+        "timeout": frame["tw_timeout_s"].astype(float).to_numpy(),
+        "listener": (frame["owner_src"] == "listener").to_numpy(bool),
+        "lport": frame["lport"].astype(np.int64).to_numpy(),
+        "rport": frame["rport"].astype(np.int64).to_numpy(),
+    }
+
+
+class Held:
+    """Lives in arrival chunks; positions run over the chunks in order, gone rows included."""
+
+    def __init__(self):
+        self._frames: list[pd.DataFrame] = []
+        self._columns: list[dict[str, np.ndarray]] = []
+        self._gone: list[np.ndarray] = []
+        self.columns: dict[str, np.ndarray] = {}  # every chunk's, concatenated (refresh())
+        self.alive = np.zeros(0, dtype=bool)
+        self.fresh = np.zeros(0, dtype=bool)  # the lives of the last add()
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def add(self, frame: pd.DataFrame, now: float) -> None:
+        """Hold the lives of `frame`, arrived at `now`."""
+        if len(frame):
+            self._frames.append(frame.reset_index(drop=True))
+            self._columns.append(_columns(frame, now))
+            self._gone.append(np.zeros(len(frame), dtype=bool))
+        self.refresh()
+        self.fresh = np.zeros(len(self.alive), dtype=bool)
+        self.fresh[len(self.alive) - len(frame):] = True
+
+    def refresh(self) -> None:
+        names = self._columns[0].keys() if self._columns else _columns(empty_events(), 0.0).keys()
+        self.columns = {name: np.concatenate([c[name] for c in self._columns]) if self._columns
+                        else np.zeros(0) for name in names}
+        self.alive = ~np.concatenate(self._gone) if self._gone else np.zeros(0, dtype=bool)
+
+    def set_flags(self, positions: np.ndarray, bits: int) -> None:
+        """OR `bits` into the flags of the lives at `positions` (the frames' flags_raw with them, when taken)."""
+        for chunk, rows in self._split(positions):
+            self._columns[chunk]["flags"][rows] |= bits
+        self.columns["flags"][positions] |= bits
+
+    def frame(self, positions: np.ndarray) -> pd.DataFrame:
+        """The lives at `positions`, as decoded, with their flags as set here."""
+        parts = []
+        for chunk, rows in self._split(positions):
+            parts.append(self._frames[chunk].iloc[rows].assign(flags_raw=self._columns[chunk]["flags"][rows]))
+        return concat(parts)
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        """The lives at `positions`, now gone from here."""
+        out = self.frame(positions)
+        for chunk, rows in self._split(positions):
+            self._gone[chunk][rows] = True
+        self._compact()
+        return out
+
+    def _split(self, positions: np.ndarray):
+        """(chunk, rows in it) for sorted `positions`."""
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        start = 0
+        for chunk, gone in enumerate(self._gone):
+            stop = start + len(gone)
+            lo, hi = np.searchsorted(positions, [start, stop])
+            if hi > lo:
+                yield chunk, positions[lo:hi] - start
+            start = stop
+
+    def _compact(self) -> None:
+        keep = [i for i, gone in enumerate(self._gone) if not gone.all()]
+        for i in keep:
+            gone = self._gone[i]
+            if gone.mean() >= COMPACT_SHARE:
+                self._frames[i] = self._frames[i][~gone].reset_index(drop=True)
+                self._columns[i] = {name: values[~gone] for name, values in self._columns[i].items()}
+                self._gone[i] = np.zeros(int((~gone).sum()), dtype=bool)
+        self._frames = [self._frames[i] for i in keep]
+        self._columns = [self._columns[i] for i in keep]
+        self._gone = [self._gone[i] for i in keep]
+        small = [i for i, gone in enumerate(self._gone) if len(gone) < SMALL_CHUNK]
+        if len(self._gone) > MERGE_CHUNKS and len(small) > 1:  # (lives parked to the end, a few a chunk)
+            merged = (concat([self._frames[i] for i in small]),
+                      {name: np.concatenate([self._columns[i][name] for i in small]) for name in self._columns[0]},
+                      np.concatenate([self._gone[i] for i in small]))
+            rest = [i for i in range(len(self._gone)) if i not in set(small)]
+            # (arrival order is not kept across the merge: positions are only used within a step)
+            self._frames = [merged[0], *(self._frames[i] for i in rest)]
+            self._columns = [merged[1], *(self._columns[i] for i in rest)]
+            self._gone = [merged[2], *(self._gone[i] for i in rest)]
+        self.refresh()

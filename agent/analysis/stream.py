@@ -1,0 +1,203 @@
+"""Socket lives -> their final connection rows, as the records arrive.
+
+A run no longer has to keep every record until its end: each batch of decoded events
+is added with step(), which hands back the rows nothing that arrives later can change,
+made by the same analysis.lives.connections() as a whole run (it carries what a batch
+needs of the batches before: lives.Carried).  A life's row is final
+
+  - for a life that left no TIME_WAIT, or one whose timewait socket the BPF side could not
+    name (tcp_max_tw_buckets overflow, or unknown): GRACE_S after it arrived, the time the
+    reset it may have sent has to arrive (an abort goes ->CLOSE before tcp_send_reset, so
+    that record follows its life);
+  - for a life whose TIME_WAIT is followed: once the end of its timewait socket arrived,
+    by the timer (EV_TW_END) or by sock_diag (--timewait diag);
+  - at the end of the run only, for two kinds only the whole run can settle: a life credited
+    to its listener's owner (the fd tables at the end, and the other lives of that listener,
+    say whether that names one process: lives._shared_listeners, _listeners_seen_shared), and
+    a TIME_WAIT cancelled where the BPF side saw no connect() take it, until a client
+    opened on its 4-tuple within timewait.REUSE_WINDOW_S of the cancel shows up (then it
+    was reused; the client can still be open at the end).  At most PARKED_MAX of them wait:
+    past that the oldest are settled with what is known so far (counted in `settled_early`,
+    with the TIME_WAITs whose end never came, settled as unknown once no end can come).
+
+What is held is bounded by what is alive in the kernel, not by the length of the run: the
+timewait sockets not ended yet, GRACE_S of arrivals, and the parked lives above.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..record import layout
+from ..record.decode import concat, empty_events
+from .held import Held, end_of, timewait_name
+from .lives import Carried, connections, rst_sent_after_close
+from .rules import FOUR_TUPLE
+from .timewait import REUSE_WINDOW_S, TIME_WAIT_LEN_S, diag_ends, taken_by_connect
+
+GRACE_S = 2.0
+PARKED_MAX = 100_000
+END_KINDS = ("tw_end",)  # (tw_open: only at the end of a run, from the maps)
+ARRIVING = ("life", "reset_sent", *END_KINDS)  # what step() takes; the end of a run brings the rest
+
+
+class Stream:
+    """The connection rows of a run, a batch of events at a time."""
+
+    def __init__(self, timewait_method: str | None, pods: dict[str, str], existing: pd.DataFrame | None = None):
+        """timewait_method: RunInfo.timewait_method; pods: the pods learnt so far (the tracer's
+        own dict: it grows as containers are met); existing: the snapshot at the start (decode
+        kind "existing")."""
+        self.method = timewait_method
+        self.pods = pods
+        self._carried = Carried(existing if existing is not None else empty_events())
+        self._lives = Held()
+        self._ends = empty_events()
+        self._resets = pd.DataFrame({"event_at": [], "skaddr": [], "arrived": []})
+        self._end_names = timewait_name(empty_events())
+        self.settled_early = 0  # lives settled before what they waited for (PARKED_MAX, a lost end)
+
+    @property
+    def held(self) -> int:
+        """Lives waiting for their row to be final."""
+        return len(self._lives)
+
+    def step(self, events: pd.DataFrame, now: float) -> pd.DataFrame:
+        """Add the events that arrived (BPF records decoded, sock_diag's TIME_WAIT ends), up to
+        `now` (epoch seconds); return the connection rows that became final."""
+        self._add(events, now)
+        alive = self._lives.alive
+        waiting, early = self._waiting(now)
+        final = alive & ~waiting & (self._lives.columns["arrived"] <= now - GRACE_S)
+        self.settled_early += int((final & early).sum())
+        lives = self._lives.take(np.flatnonzero(final))
+        rows = connections(concat([lives, self._ends]) if len(lives) else empty_events(), now, self.method,
+                           self.pods, self._carried, final=False)
+        self._keep_ends(lives, now)
+        self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
+        return rows
+
+    def finish(self, events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+        """The end of the run's events (the lives still open, the timewait sockets still
+        followed, the sockets seen at the end); return every row left."""
+        arriving = events["kind"].isin(ARRIVING).to_numpy()
+        self._add(events[arriving], ended_at)
+        lives = self._lives.take(np.flatnonzero(self._lives.alive))
+        ends, self._ends = self._ends, empty_events()
+        return connections(concat([lives, ends, events[~arriving]]), ended_at, self.method, self.pods,
+                           self._carried, final=True)
+
+    def _add(self, events: pd.DataFrame, now: float) -> None:
+        """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
+        the life it follows (as FLAG_RST_SENT, which connections() reads)."""
+        kind = events["kind"].to_numpy(object)
+        self._lives.add(events[kind == "life"], now)
+        arrived = events[np.isin(kind, END_KINDS)]
+        if len(arrived):
+            self._ends = concat([self._ends, arrived.assign(arrived=now)])
+            self._end_names = timewait_name(self._ends)
+        resets = events.loc[kind == "reset_sent", ["event_at", "skaddr"]]
+        if len(resets):
+            self._resets = pd.concat([self._resets, resets.assign(arrived=now)], ignore_index=True)
+        if len(self._resets) and len(self._lives):
+            columns = self._lives.columns
+            lives = pd.DataFrame({"event_at": columns["closed_at"], "skaddr": columns["skaddr"]})[self._lives.alive]
+            hit = rst_sent_after_close(lives, self._resets)
+            self._lives.set_flags(lives.index.to_numpy()[hit], layout.DEFINES["FLAG_RST_SENT"])
+
+    def _how_ended(self, due: np.ndarray) -> np.ndarray:
+        """Per held life, how its timewait socket ended (tw_end of its end record), None where
+        no end arrived."""
+        columns, n = self._lives.columns, len(due)
+        if self.method == "timers":
+            found = end_of(columns, self._end_names)
+            return np.where(found >= 0, np.append(self._ends["tw_end"].to_numpy(object), None)[found], None)
+        if self.method == "diag" and due.any():  # (4-tuples: the lives decoded whole; the slow fallback)
+            lives = self._lives.frame(np.arange(n))
+            return diag_ends(lives, self._ends, due, columns["closed_at"])["tw_end"].to_numpy(object)
+        return np.full(n, None, dtype=object)
+
+    def _waiting(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Which held lives wait: for the end of their TIME_WAIT, or for the end of the run
+        (parked); and which no longer wait for what they waited for (settled early, if final)."""
+        columns = self._lives.columns
+        closed_at, due = columns["closed_at"], columns["due"].astype(bool)
+        how = self._how_ended(due)
+        if self.method == "timers":
+            no_end = (columns["timer"] != 0) & pd.isna(how)
+        elif self.method == "diag":
+            no_end = due & pd.isna(how)
+        else:
+            no_end = np.zeros(len(due), dtype=bool)
+        # no timewait socket outlives its timeout and one TIME_WAIT after it (a peer's FIN
+        # retransmitted into TIME_WAIT re-arms it, hence the margin): an end not seen by then
+        # was lost (the record, or the timer's memory reused) and will not come
+        timeout = np.nan_to_num(columns["timeout"], nan=TIME_WAIT_LEN_S)
+        lost = no_end & (closed_at + timeout + 2 * TIME_WAIT_LEN_S < now)
+        no_end &= ~lost
+        unexplained = np.flatnonzero(self._lives.alive & (how == "cancelled"))
+        ports = columns["lport"] * 65536 + columns["rport"]
+        # a client that took one over closes after the cancel: it can only be among the lives
+        # that just arrived, so only the cancels on the ports of one of those are looked at
+        check = unexplained[np.isin(ports[unexplained], ports[self._lives.fresh])]
+        if len(check):
+            unexplained = np.setdiff1d(unexplained, check[self._reused_now(check)])
+        parked = columns["listener"].astype(bool) & self._lives.alive
+        parked[unexplained] = True
+        over = int(parked.sum()) - PARKED_MAX
+        if over > 0:  # the oldest settled now, with what is known so far
+            oldest = np.flatnonzero(parked)[np.argsort(closed_at[parked], kind="stable")[:over]]
+            parked[oldest] = False
+            lost[oldest] = True
+        return no_end | parked, lost
+
+    def _reused_now(self, rows: np.ndarray) -> np.ndarray:
+        """Which of the held lives at `rows`, whose timewait sockets were cancelled with no
+        connect() seen taking them, a client among the lives held took over
+        (timewait.taken_by_connect); their end records say so from now on, as the BPF side
+        says it where it saw the connect()."""
+        columns = self._lives.columns
+        ports = columns["lport"] * 65536 + columns["rport"]
+        near = np.flatnonzero(np.isin(ports, ports[rows]) & self._lives.alive)  # the candidates: the same two ports
+        lives = self._lives.frame(near).reset_index(drop=True)
+        local = np.searchsorted(near, rows)
+        closed_at = lives["event_at"].astype(float).to_numpy()
+        if self.method == "timers":
+            found = end_of(timewait_name(lives.iloc[local]), self._end_names)
+            at = np.append(self._ends["event_at"].astype(float).to_numpy(), np.nan)[found]
+        else:
+            due = np.zeros(len(lives), dtype=bool)
+            due[local] = True
+            at = diag_ends(lives, self._ends, due, closed_at)["event_at"].astype(float).to_numpy()[local]
+        window = REUSE_WINDOW_S + (1.0 if self.method == "diag" else 0.0)
+        taken = taken_by_connect(lives, local, at, window)
+        if taken.any():
+            picked = lives.iloc[local[taken]]
+            if self.method == "timers":
+                hit = np.isin(np.arange(len(self._ends)), end_of(timewait_name(picked), self._end_names))
+            else:
+                hit = _tuples(self._ends).isin(_tuples(picked))
+            self._ends.loc[hit & (self._ends["tw_end"] == "cancelled").to_numpy(), "tw_end"] = "reused"
+        return taken
+
+    def _keep_ends(self, final: pd.DataFrame, now: float) -> None:
+        """Hold the ends still wanted: not those of lives made final now, nor those older than
+        GRACE_S whose life is not held (a timewait socket of a life that ended before tracing)."""
+        if not len(self._ends):
+            return
+        if self.method == "timers":
+            index = np.arange(len(self._ends))
+            used = np.isin(index, end_of(timewait_name(final), self._end_names))
+            alive = {name: values[self._lives.alive] for name, values in self._lives.columns.items()}
+            wanted = np.isin(index, end_of(alive, self._end_names))
+        else:  # a 4-tuple's next life may be held: its ends are kept while one is
+            used = np.zeros(len(self._ends), dtype=bool)
+            held = self._lives.frame(np.flatnonzero(self._lives.alive))
+            wanted = _tuples(self._ends).isin(_tuples(held))
+        recent = self._ends["arrived"].astype(float).to_numpy() > now - GRACE_S
+        self._ends = self._ends[~used & (wanted | recent)].reset_index(drop=True)
+        self._end_names = timewait_name(self._ends)
+
+
+def _tuples(frame: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_frame(frame[FOUR_TUPLE].astype(str))

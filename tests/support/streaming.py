@@ -1,0 +1,55 @@
+"""Replay a recorded run through analysis.stream as the tracer feeds it: its arrivals in
+batches, then what the end of the run read, and compare with the whole-run analysis."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from agent.analysis import lives
+from agent.analysis.stream import Stream
+from agent.record.decode import concat
+
+END_OF_RUN = ("open", "tw_open", "seen_at_end")  # what Tracer.finish reads, kept after every arrival
+ARRIVALS = ("life", "tw_end", "reset_sent")
+ORDER = ["family", "laddr", "lport", "raddr", "rport", "opened_at", "closed_at", "skaddr", "initiator"]
+
+
+def streamed(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> tuple[pd.DataFrame, Stream]:
+    """The rows of `events` (a recording's, in arrival order) made by a Stream fed `cuts`
+    batches cut at random, each step's clock the latest event time so far."""
+    kind = events["kind"].to_numpy(object)
+    end_rows = np.flatnonzero(np.isin(kind, END_OF_RUN))
+    first_end = end_rows[0] if len(end_rows) else len(events)
+    arrivals = events.iloc[:first_end]
+    stream = Stream(run.timewait_method, run.pods, arrivals[arrivals["kind"] == "existing"])
+    arrivals = arrivals[arrivals["kind"].isin(ARRIVALS)]
+    edges = np.sort(np.random.default_rng(seed).choice(np.arange(1, max(len(arrivals), 2)), size=min(cuts, max(len(arrivals) - 1, 0)), replace=False))
+    rows, now = [], float("-inf")
+    for start, stop in zip([0, *edges], [*edges, len(arrivals)]):
+        batch = arrivals.iloc[start:stop]
+        if len(batch):
+            now = max(now, float(np.nanmax(batch["event_at"].astype(float))))
+        rows.append(stream.step(batch, now))
+    rows.append(stream.finish(events.iloc[first_end:], run.ended_at))
+    return concat(rows), stream
+
+
+def in_order(conns: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted on what names a life, for comparing two analyses of one run."""
+    return conns.sort_values(ORDER, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def differences(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> pd.DataFrame:
+    """The cells where streaming `events` in `cuts` batches and analysing them whole disagree."""
+    whole = in_order(lives.connections(events, run.ended_at, run.timewait_method, run.pods))
+    parts = in_order(streamed(events, run, cuts, seed)[0])
+    columns = lives.CONNECTION_COLUMNS + lives.EXTRA_COLUMNS
+    if len(whole) != len(parts):
+        return pd.DataFrame({"rows": [len(whole), len(parts)]}, index=["whole", "streamed"])
+    a, b = whole[columns].astype(object), parts[columns].astype(object)
+    same = (a == b) | (a.isna() & b.isna())
+    for column in columns:  # floats made by the same arithmetic in another order
+        if pd.api.types.is_float_dtype(whole[column]):
+            same[column] |= np.isclose(whole[column].astype(float), parts[column].astype(float), rtol=0, atol=1e-6)
+    bad = ~same
+    return pd.concat({"whole": a[bad.any(axis=1)], "streamed": b[bad.any(axis=1)]}, axis=1) if bad.any().any() else pd.DataFrame()

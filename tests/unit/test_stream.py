@@ -1,0 +1,174 @@
+"""The connection rows made as the records arrive (analysis.stream) are those of the whole run
+analysed at once, however the arrivals are cut into batches; and what the stream holds meanwhile
+is what is still alive, not the run."""
+import pandas as pd
+import pytest
+
+from agent.analysis import stream as streaming
+from agent.analysis.stream import GRACE_S, Stream
+from agent.record import decode, layout
+from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER, incident_stream
+from support.streaming import differences, streamed
+from support.streams import churn, epoch, raw, replay, timewait
+
+T1 = 0xFFFF8881000A0000
+SERVER_CLOSER = dict(states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
+
+
+def kinds_of_endings():
+    """One of each: expiries, a reuse marked by the BPF side, a reuse only a client's open shows,
+    kills, a FIN_WAIT2 substate, an overflow, a lost end, a reset sent after its close, a life
+    credited to a listener other processes' lives show shared, lives still open and a timewait
+    alive at the end."""
+    out = []
+    for i in range(6):  # clients that close first; their TIME_WAITs expire 60 s later
+        timer, at = T1 + i * 0x100, 1.0 + i
+        out += [raw(skaddr=10 + i, pid=10, comm="client", opened=at - 0.5, ts=at, lport=41000 + i,
+                    tw_timer=timer, tw_start=at, **ACTIVE_CLIENT),
+                timewait("expired", timer=timer, start=at, end=at + 60.0)]
+    out += [raw(skaddr=30, pid=11, comm="rebinder", opened=2.0, ts=2.5, lport=42000, tw_timer=T1 + 0x1000,
+                tw_start=2.5, **ACTIVE_CLIENT),
+            timewait("reused", timer=T1 + 0x1000, start=2.5, end=4.0),
+            raw(skaddr=31, pid=12, comm="rebinder2", opened=3.0, ts=3.2, lport=42001, tw_timer=T1 + 0x2000,
+                tw_start=3.2, **ACTIVE_CLIENT),
+            timewait("cancelled", timer=T1 + 0x2000, start=3.2, end=7.0),
+            # the connect() that took it over (no mark from the BPF side): it arrives when it closes
+            raw(skaddr=32, pid=12, comm="rebinder2", opened=7.0, ts=20.0, lport=42001, **ACTIVE_CLIENT),
+            raw(skaddr=33, pid=13, comm="web", opened=3.0, ts=3.5, lport=8080, rport=43000, tw_timer=T1 + 0x3000,
+                tw_start=3.5, **SERVER_CLOSER),
+            timewait("cancelled", timer=T1 + 0x3000, start=3.5, end=9.0),  # a SYN killed it
+            raw(skaddr=34, pid=14, comm="caller", opened=4.0, ts=4.5, lport=44000, tw_timer=T1 + 0x4000,
+                tw_start=4.5, tw_timeout=2.0, **ACTIVE_CLIENT),
+            timewait("expired", timer=T1 + 0x4000, start=4.5, end=6.5, timeout=2.0),
+            raw(skaddr=35, pid=15, comm="overflow", opened=4.0, ts=4.2, lport=45000, **ACTIVE_CLIENT),
+            raw(skaddr=36, pid=16, comm="lost", opened=4.0, ts=4.3, lport=46000, tw_timer=T1 + 0x5000,
+                tw_start=4.3, **ACTIVE_CLIENT),
+            raw(skaddr=37, pid=17, comm="aborter", opened=5.0, ts=5.5, lport=47000,
+                states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED"),
+            raw("reset_sent", skaddr=37, pid=0, comm="", ts=5.5001),
+            raw(skaddr=38, pid=18, comm="prefork", opened=5.0, ts=6.0, lport=9000, rport=48000, **PASSIVE_SERVER),
+            raw(skaddr=39, pid=19, comm="worker", opened=5.0, ts=6.5, lport=9000, rport=48001,
+                **(PASSIVE_SERVER | {"owner": "syscall"})),
+            raw("open", skaddr=40, pid=20, comm="leaky", states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"),
+                last="CLOSE_WAIT", close_wait=3.0, ts=0, owner="listener", lport=7000, rport=45000),
+            raw(skaddr=41, pid=21, comm="late", opened=8.0, ts=9.0, lport=49000, tw_timer=T1 + 0x6000,
+                tw_start=9.0, **ACTIVE_CLIENT),
+            timewait(None, timer=T1 + 0x6000, start=9.0)]
+    return out
+
+
+STREAMS = {
+    "incidents": (incident_stream, "timers"),
+    "kinds of endings": (kinds_of_endings, "timers"),
+    "kinds of endings, no timers": (kinds_of_endings, None),
+}
+
+
+@pytest.mark.parametrize("name", STREAMS)
+@pytest.mark.parametrize("cuts", [0, 3, 1000])  # one batch, a few, a record a batch
+def test_the_rows_made_as_records_arrive_are_those_of_the_whole_run(tmp_path, name, cuts):
+    build, method = STREAMS[name]
+    events, run = replay(tmp_path, *build(), ended=150.0, timewait=method)
+    for seed in range(3):
+        assert differences(events, run, cuts, seed).empty
+
+
+def test_a_recorded_churn_streamed_a_second_at_a_time_gives_the_same_rows(tmp_path):
+    events, run = replay(tmp_path, churn(3000, span=30.0), ended=100.0, timewait="timers")
+    assert differences(events, run, cuts=30).empty
+
+
+def test_a_snapshot_at_the_start_completes_the_lives_it_found_and_stays_open_for_the_rest(tmp_path):
+    events, run = replay(tmp_path, raw(skaddr=1, pid=0, comm="", owner="none", flags=layout.DEFINES["FLAG_PARTIAL"],
+                                       lport=40001, opened=None, ts=3.0, **{k: v for k, v in ACTIVE_CLIENT.items()}),
+                         ended=20.0)
+    snap = pd.DataFrame({"family": "ipv4", "laddr": "127.0.0.1", "lport": [40001, 40002], "raddr": "127.0.0.1",
+                         "rport": 8080, "state": "ESTABLISHED", "inode": [7, 8], "since_ack_s": 0.1,
+                         "pid": [10, 11], "comm": ["old", "older"], "fd": [3, 3], "cgroup_id": 1})
+    existing = decode.from_snapshot(snap, "existing", epoch(1.5), None)
+    whole = pd.concat([existing, events], ignore_index=True)
+    assert differences(whole, run, cuts=1).empty
+    rows, _ = streamed(whole, run, cuts=1)
+    by_port = rows.set_index("lport")
+    assert (by_port.loc[40001, "comm"], by_port.loc[40001, "initiator"]) == ("old", "active")
+    assert (by_port.loc[40002, "comm"], by_port.loc[40002, "initiator"]) == ("older", "open")
+
+
+def test_a_life_waits_for_the_end_of_its_timewait_and_then_is_final(tmp_path):
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       **ACTIVE_CLIENT),
+                         timewait("expired", timer=T1, start=2.0, end=62.0), ended=70.0, timewait="timers")
+    life, end = events.iloc[[0]], events.iloc[[1]]
+    stream = Stream("timers", {})
+    assert stream.step(life, epoch(30.0)).empty and stream.held == 1  # long past its grace: it waits
+    rows = stream.step(end, epoch(62.0))
+    assert list(rows["tw_end_reason"]) == ["expired"] and rows["tw_s"].iloc[0] == pytest.approx(60.0)
+    assert stream.held == 0
+
+
+def test_a_reset_that_arrives_a_batch_after_its_life_is_still_its_own(tmp_path):
+    events, run = replay(tmp_path, raw(skaddr=5, pid=7, comm="aborter", ts=2.0, states=("SYN_SENT", "ESTABLISHED"),
+                                       last="ESTABLISHED"),
+                         raw("reset_sent", skaddr=5, pid=0, comm="", ts=2.0001), ended=10.0)
+    stream = Stream(None, {})
+    assert stream.step(events.iloc[[0]], epoch(2.0)).empty  # within its grace
+    rows = stream.step(events.iloc[[1]], epoch(2.0 + GRACE_S + 0.1))
+    assert list(rows["rst_sent"]) == [True] and list(rows["initiator"]) == ["reset_local"]
+
+
+def test_what_a_churn_leaves_held_is_what_is_alive_not_the_run(tmp_path):
+    """120 s of closes whose TIME_WAITs last 60 s: the lives waiting are those of the last
+    minute, and once the ends came none is left; the rows all came out on the way."""
+    events, run = replay(tmp_path, churn(6000, span=120.0), ended=200.0, timewait="timers")
+    events = events.sort_values("event_at", kind="stable")
+    events.loc[events["comm"] == "churn-server", "owner_src"] = "syscall"  # its own close(): not parked
+    stream, made, most = Stream("timers", {}), 0, 0
+    for second in range(1, 190):
+        batch = events[(events["event_at"] > epoch(second - 1)) & (events["event_at"] <= epoch(second))]
+        made += len(stream.step(batch, epoch(second)))
+        most = max(most, stream.held)
+    lives = int((events["kind"] == "life").sum())
+    assert made == lives  # every row final before the end, none twice
+    assert stream.held == 0
+    # the clients' lives of the last 60 s (+ the grace): a half of those of the run, at most
+    assert 0.45 * lives / 2 < most <= (60 + GRACE_S + 1) / 120 * lives / 2 + 10
+
+
+def test_an_end_that_never_comes_is_given_up_once_no_timewait_could_still_live(tmp_path):
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       **ACTIVE_CLIENT), ended=400.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events, epoch(150.0)).empty
+    rows = stream.step(events.iloc[:0], epoch(2.0 + 60.0 + 120.0 + 1))
+    assert list(rows["tw_end_reason"]) == ["unknown"] and stream.settled_early == 1
+
+
+def test_lives_parked_to_the_end_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "PARKED_MAX", 3)
+    server = [raw(skaddr=100 + i, pid=9, comm="server", opened=1.0 + i, ts=1.5 + i, lport=9000, rport=40000 + i,
+                  **PASSIVE_SERVER) for i in range(5)]
+    events, run = replay(tmp_path, *server, ended=20.0)
+    stream = Stream(None, {})
+    assert stream.step(events, epoch(19.0)).empty
+    rows = stream.step(events.iloc[:0], epoch(19.0 + GRACE_S))
+    assert sorted(rows["rport"]) == [40000, 40001]  # the oldest two, settled with what is known
+    assert set(rows["owner_src"]) == {"listener"}
+    assert stream.held == 3 and stream.settled_early == 2
+    assert sorted(stream.finish(events.iloc[:0], run.ended_at)["rport"]) == [40002, 40003, 40004]
+
+
+def test_the_sock_diag_fallback_gives_the_same_rows_streamed(tmp_path):
+    """--timewait diag: the ends are sightings named by 4-tuple, arriving as the polls see them go."""
+    closers = [raw(skaddr=1 + i, pid=7, comm="closer", opened=1.0 + i, ts=2.0 + i, lport=40000 + i, **ACTIVE_CLIENT)
+               for i in range(3)]
+    newcomer = raw(skaddr=9, pid=7, comm="closer", opened=4.5, ts=30.0, lport=40001, **ACTIVE_CLIENT)
+    events, run = replay(tmp_path, *closers, newcomer, ended=150.0, timewait="diag")
+    tw = dict(family="ipv4", laddr="127.0.0.1", raddr="127.0.0.1", rport=8080)
+    ends = decode.from_timewait_watch([tw | {"lport": 40000, "first_seen": epoch(2.5), "end": epoch(62.0), "how": "expired"},
+                                       tw | {"lport": 40001, "first_seen": epoch(3.5), "end": epoch(4.5), "how": "cancelled"}],
+                                      "tw_end", 0)
+    events = pd.concat([events, ends], ignore_index=True).sort_values("event_at", kind="stable", ignore_index=True)
+    for cuts in (0, 2, 100):
+        assert differences(events, run, cuts).empty
+    reasons = streamed(events, run, cuts=100)[0].set_index("skaddr")["tw_end_reason"]
+    assert (reasons[1], reasons[2], reasons[3]) == ("expired", "reused", "unknown")
