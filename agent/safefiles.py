@@ -71,6 +71,10 @@ class OutputDir:
 
     @contextmanager
     def _new(self, name: str) -> Iterator[TextIO]:
+        with os.fdopen(self._new_fd(name), "w", encoding="utf-8", newline="") as f:
+            yield f
+
+    def _new_fd(self, name: str) -> int:
         try:
             os.unlink(name, dir_fd=self._fd)  # a temporary file left by a killed run (never followed)
         except FileNotFoundError:
@@ -78,11 +82,14 @@ class OutputDir:
         except OSError as exc:
             raise _refuse(self.path / name, exc.strerror) from None
         try:
-            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._fd)
+            return os.open(name, _NEW_FILE, 0o644, dir_fd=self._fd)
         except OSError as exc:
             raise _refuse(self.path / name, exc.strerror) from None
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
+
+    def appending(self, name: str) -> BinaryIO:
+        """`name` made anew under its own name, to be written as the run goes (what a run
+        killed midway leaves there is what it had written)."""
+        return os.fdopen(self._new_fd(name), "wb")
 
     @contextmanager
     def replacing(self, name: str) -> Iterator[TextIO]:

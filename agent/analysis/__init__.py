@@ -2,6 +2,8 @@
 
   rules      how a socket life ended, and what that leaves (one place for each rule)
   lives      socket lives -> connection rows (role, initiator, CLOSE_WAIT, TIME_WAIT)
+  stream     the same rows made as the records arrive, each once nothing can change it
+  held       the lives a stream holds until then
   timewait   how each TIME_WAIT ended and how long it lived
   processes  per-process counts and TIME_WAIT figures
   churn      rates, durations, peers and the timeline
@@ -9,5 +11,5 @@
   reconcile  the kernel's TcpExt counters beside tcpclose's own counts
   accounting what a run could not see, from its counters
   findings   what it all means, in plain words
-  pipeline   analyse(): events and run -> everything the outputs show
+  pipeline   analyse(): connection rows and run -> everything the outputs show
 """

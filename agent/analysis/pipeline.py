@@ -1,4 +1,4 @@
-"""The analysis of a run, in one call: events -> connections -> per-process, per-peer,
+"""The analysis of a run, in one call: connections -> per-process, per-peer,
 port-pressure and timeline figures -> findings."""
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ class Analysis:
     top: int | None = workloads.DEFAULT_TOP  # --top: rows shown per table
 
 
-def analyse(events: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
-    """events (record.decode's columns) and their run -> everything the outputs show."""
+def connections_of(events: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
+    """A recorded run's events (record.decode's columns), whole -> its connection rows."""
+    return lives.connections(events, run.ended_at, run.timewait_method, run.pods)
+
+
+def analyse(conns: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
+    """A run's connection rows (analysis.lives; a trace makes them as it goes: analysis.stream)
+    -> everything the outputs show."""
     started, ended = run.started_at, run.ended_at
-    conns = lives.connections(events, ended, run.timewait_method, run.pods)
     procs = churn.processes(conns, processes.processes(conns, ended), started, ended)
     per_comm = workloads.grouped(conns, procs, started, ended, "comm")
     groups = per_comm if by == "comm" else workloads.grouped(conns, procs, started, ended, by)

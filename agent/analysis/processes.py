@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .churn import quantiles
-from .lives import initiators
-from .rules import INITIATORS, TIMEWAIT_CLOSES, owner_known
+from .rules import INITIATORS, TIMEWAIT_CLOSES
 
 PROCESS_COLUMNS = [
     "pid", "comm", "connections", "active_closes", "passive_closes", "simultaneous_closes",
@@ -89,19 +88,17 @@ def processes(conns: pd.DataFrame, ended_at: float, keys: list[str] = PER_PROCES
     return out.reindex(columns=columns + [k for k in keys if k not in columns]).reset_index(drop=True)
 
 
-def counts_of_lives(frames: Iterable[pd.DataFrame]) -> list[dict]:
-    """The ended lives' counts per owner, as the procs map of --aggregates holds them (one
-    dict per owner: pid, None when never learnt, comm, lives and one count per close kind),
-    made from decoded events one frame at a time: for a run too big to analyse whole."""
+def counts_of_rows(frames: Iterable[pd.DataFrame]) -> list[dict]:
+    """The lives' counts per owner, as the procs map of --aggregates holds them (one dict per
+    owner: pid, None when not known, comm, lives and one count per close kind), made from
+    connection rows one frame at a time: for a run too big to analyse whole."""
     kinds = [kind for kind in INITIATORS if kind != "open"]
     total = None
     for frame in frames:
-        lives = frame[frame["kind"] == "life"]
-        if not len(lives):
+        if not len(frame):
             continue
-        known = owner_known(lives["owner_src"])
-        part = pd.crosstab([np.where(known, lives["pid"], 0), np.where(known, lives["comm"], "")],
-                           initiators(lives)).reindex(columns=kinds, fill_value=0)
+        part = pd.crosstab([frame["pid"].fillna(0).astype(int).to_numpy(), frame["comm"].fillna("").to_numpy()],
+                           frame["initiator"].to_numpy()).reindex(columns=kinds, fill_value=0)
         total = part if total is None else total.add(part, fill_value=0)
     if total is None:
         return []

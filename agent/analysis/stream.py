@@ -53,7 +53,7 @@ class Stream:
         self._carried = Carried(existing if existing is not None else empty_events())
         self._lives = Held()
         self._ends = empty_events()
-        self._resets = pd.DataFrame({"event_at": [], "skaddr": [], "arrived": []})
+        self._resets = pd.DataFrame({"event_at": np.zeros(0), "skaddr": np.zeros(0, np.uint64), "arrived": np.zeros(0)})
         self._end_names = timewait_name(empty_events())
         self.settled_early = 0  # lives settled before what they waited for (PARKED_MAX, a lost end)
 

@@ -37,7 +37,7 @@ def _instance(ctx, param, value: str | None) -> str | None:
 
 
 @click.command("report", context_settings=CONTEXT)
-@click.argument("recording", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("recording", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--prometheus", metavar="URL", callback=_prometheus,
               help="Instead of a recording: what the tcpclose agents reported to this Prometheus server.")
 @click.option("--since", "seconds", default="1h", show_default=True, callback=_since, metavar="DURATION",
@@ -48,12 +48,15 @@ def _instance(ctx, param, value: str | None) -> str | None:
 @view_options
 @expected_errors
 def report_command(recording, prometheus, seconds, instance, out, force, view):
-    """The same reports from a --record file; needs no root.  Or, with --prometheus, the
-    summary of what a fleet's tcpclose agents reported over a time range.
+    """The same reports from a --record file, or from the directory of a trace -o that was
+    killed before it finished (its connections.arrow and run.json: every other file is
+    written from them); needs no root.  Or, with --prometheus, the summary of what a
+    fleet's tcpclose agents reported over a time range.
 
     \b
     Examples:
       tcpclose report pg.jsonl.gz -o out/
+      tcpclose report out/                           # finish the files of a killed trace -o out/
       tcpclose report pg.jsonl.gz --by pid --top 5   # the five busiest processes, one row each
       tcpclose report --prometheus http://prometheus:9090 --since 6h -o fleet/
       tcpclose report --prometheus http://prometheus:9090 --instance web1:9864
@@ -81,10 +84,21 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
         else:
             click.echo(text, nl=False)
         return
+    from ..analysis.pipeline import connections_of
+    from ..record import rundir
     from ..record.recording import read_recording
 
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
-        events, run_info = read_recording(recording)
-        announce_long_end(len(events), announce)
-        results.show(events, run_info, out, view=view)
+        if recording.is_dir():
+            if not rundir.is_run_directory(recording):
+                raise click.BadParameter(f"{recording} holds no {rundir.ROWS} and {rundir.RUN} of a trace -o",
+                                         param_hint="RECORDING")
+            conns, run_info = rundir.read(recording)
+            if out is None:  # finish the files there
+                out = output_dir(recording, force)
+        else:
+            events, run_info = read_recording(recording)
+            announce_long_end(len(events), announce)
+            conns = connections_of(events, run_info)
+        results.show(conns, run_info, out, view=view)

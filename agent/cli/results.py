@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..errors import CannotWrite
 from ..output import files, text
-from ..record.recording import Recorder
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir, scratch_directory
 from .options import View
@@ -19,24 +18,25 @@ from .options import View
 FILE_WIDTH = 120  # summary.txt, and a summary that does not go to a terminal
 
 
-def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
+def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
          rescue: bool = False, view: View = View()) -> None:
     """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `summary`).
-    rescue: the events exist nowhere else (a live trace): where `out` cannot be written, they
-    are kept as a recording in a new directory of our own, for `tcpclose report` later.
+    conns: the run's connection rows (analysis.lives); of a run counted per process, those of
+    the lives still open.
+    rescue: the rows exist nowhere else (a live trace): where `out` cannot be written, they
+    are kept in a new directory of our own, for `tcpclose report` later.
     view: the grouping and the rows per table of the summary (--by, --top)."""
     from ..analysis import workloads
 
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
-        from ..analysis import lives, processes
+        from ..analysis import processes
 
-        conns = lives.connections(events, run.ended_at, None, run.pods)  # the lives still open
         procs = processes.from_counts(run.aggregates, conns, run.ended_at)
         groups, pressure, a = workloads.folded(procs, view.by), None, None
     else:
         from ..analysis.pipeline import analyse
 
-        a = analyse(events, run, view.by, view.top)
+        a = analyse(conns, run, view.by, view.top)
         conns, groups, pressure = a.conns, a.groups, a.pressure
 
     def render(width: int) -> str:
@@ -55,7 +55,7 @@ def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: boo
         except CannotWrite:  # a disk that filled up at the end: the summary at least is not lost
             _echo(summary_text, err=True)
             if rescue:
-                _echo(_rescued(events, run), err=True, nl=True)
+                _echo(_rescued(conns, run), err=True, nl=True)
             raise
         finally:
             out.close()
@@ -71,20 +71,23 @@ def show(events: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: boo
             _echo(f"the incident report: {out.path / 'report.html'}", err=True, nl=True)
 
 
-def _rescued(events: pd.DataFrame, run: RunInfo) -> str:
-    """Keep a finished trace whose files could not be written: the events as a recording, in a
+def _rescued(conns: pd.DataFrame, run: RunInfo) -> str:
+    """Keep a finished trace whose files could not be written: its rows and run.json, in a
     directory made for it ($TMPDIR, else /var/tmp: mkdtemp makes it new, ours alone, 0700)."""
+    from ..record import rows, rundir
+
     try:
-        directory = tempfile.mkdtemp(prefix="tcpclose-rescue-", dir=scratch_directory())
-    except OSError as exc:
-        return f"the run could not be kept elsewhere either: {exc.strerror}"
-    recorder = Recorder(Path(directory) / "recording.jsonl.gz")
-    recorder.write(events)
-    recorder.finish(run)
-    if recorder.stopped:
-        return f"the run could not be kept elsewhere either: {recorder.stopped}"
-    return (f"the run is kept in {recorder.path}: "
-            f"'tcpclose report {recorder.path} -o DIR' writes its files where there is room")
+        directory = OutputDir(Path(tempfile.mkdtemp(prefix="tcpclose-rescue-", dir=scratch_directory())))
+        with directory.appending(rundir.ROWS) as f:
+            writer = rows.RowsWriter(f)
+            writer.append(conns)
+            writer.close()
+        directory.write_text(rundir.RUN, run.to_json())
+        directory.close()
+    except (OSError, CannotWrite) as exc:
+        return f"the run could not be kept elsewhere either: {getattr(exc, 'strerror', None) or exc}"
+    return (f"the run is kept in {directory.path}: "
+            f"'tcpclose report {directory.path} -o DIR' writes its files where there is room")
 
 
 def terminal_width(err: bool = False) -> int:

@@ -84,8 +84,8 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
                         transitions_to=transitions_to, max_socks=max_sockets,
                         attached=lambda: click.echo(tracing, err=True))
-        events, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
-        results.show(events, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
+        conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
+        results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
                      rescue=True, view=view)
 
 
@@ -129,7 +129,7 @@ def demo(out, force, record, view):
                            err=True)
             stop.wait(workload.SETTLE_S)  # the last ACKs land; the FIN_WAIT2 timewaits expire
             stop.finishing()
-            events, run_info = tracer.finish()
+            conns, run_info = tracer.finish()
         finally:
             workload.release(procs)
-        results.show(events, run_info, out, summary=True, rescue=True, view=view)
+        results.show(conns, run_info, out, summary=True, rescue=True, view=view)

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from ..analysis.findings import finding
-from ..analysis.pipeline import analyse
+from ..analysis.pipeline import analyse, connections_of
 from ..analysis.timewait import TIME_WAIT_LEN_S
 from ..errors import BadRecording
 from ..filters import Filters
@@ -156,7 +156,7 @@ def from_run(path: Path) -> list[dict]:
             return [AGGREGATES_ONLY]
         raise BadRecording(f"{path} has no summary.json: give a directory that 'tcpclose trace -o' wrote")
     events, run = read_recording(path)
-    return [AGGREGATES_ONLY] if run.counted_only else analyse(events, run).findings
+    return [AGGREGATES_ONLY] if run.counted_only else analyse(connections_of(events, run), run).findings
 
 
 def listen_queues(tcpext: dict, netns: Path | None) -> list[dict]:
@@ -183,7 +183,7 @@ def run_rate(path: Path | None) -> float | None:
         rates = pd.read_csv(ports_csv)["rate_now_per_s"]
         return float(rates.max()) if len(rates) else None
     events, run = read_recording(path)
-    pressure = analyse(events, run).pressure if not run.counted_only else None
+    pressure = analyse(connections_of(events, run), run).pressure if not run.counted_only else None
     return float(pressure["rate_now_per_s"].max()) if pressure is not None and len(pressure) else None
 
 

@@ -37,6 +37,8 @@ class RunInfo:
     listen_queues: list[dict] | None = None  # listeners near full at the end (analysis.queues.pressed)
     pods: dict[str, str] = field(default_factory=dict)  # container (runtime:id) -> Kubernetes pod "namespace/name"
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
+    # lives whose row was made before what it waited for came (analysis.stream.Stream.settled_early)
+    rows_settled_early: int = 0
 
     _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues")
 
@@ -58,7 +60,7 @@ class RunInfo:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in self._OPTIONAL and value is None or f.name == "cut_short" and not value:
+            if f.name in self._OPTIONAL and value is None or f.name in ("cut_short", "rows_settled_early") and not value:
                 continue
             out[f.name] = value
         return out

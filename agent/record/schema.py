@@ -67,7 +67,7 @@ def event_problem(row: dict) -> str | None:
 RUN_FIELDS = {  # run line key -> the types its value may have (None: null); the rest are read leniently
     "open_lives": (int,), "open_timewaits": (int,), "timewaits_swept": (int,), "hz": (int, None),
     "timewait_method": (str, None), "timewait_method_why": (str,), "netns": (str, None),
-    "kernel_release": (str, None), "cut_short": (bool,), "transitions": (dict, None),
+    "kernel_release": (str, None), "cut_short": (bool,), "rows_settled_early": (int,), "transitions": (dict, None),
     "analysis_skipped": (dict, None), "recording_stopped": (str, None), "counters": (dict,), "tcpext": (dict,),
     "sysctls": (dict,), "programs": (dict,), "aggregates": (list, None), "listen_queues": (list, None),
 }

@@ -1,58 +1,60 @@
-"""What a run keeps until its end, in arrival order: the BPF records in a spool (raw, on
-disk, so the tracer's memory stays flat), the frames made from sock_diag as they are."""
+"""What a run keeps until its end: the connection rows made as it goes (analysis.stream), on
+disk in a file of its own (record.rows), so that the tracer's memory stays flat however long
+it runs; read back whole at the end, or, for a run too big to analyse in memory, counted per
+owner a batch at a time."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import tempfile
 
-import numpy as np
 import pandas as pd
 
-from ..analysis.processes import counts_of_lives
-from ..record import layout, spool
-from ..record.decode import concat
-
-SPOOL_BATCH = 1_000_000  # records decoded at a time when the run is only counted
-Decoder = Callable[[np.ndarray], pd.DataFrame]
+from ..analysis.processes import counts_of_rows
+from ..errors import CannotWrite
+from ..record import rows as rowfile
+from ..safefiles import scratch_directory
 
 
 class Kept:
     def __init__(self, directory: str | None = None):
-        self._spool = spool.Spool(layout.EVENT_DTYPE, directory)
-        self._parts: list[range | pd.DataFrame] = []
-
-    def add(self, part: np.ndarray | pd.DataFrame) -> None:
-        """Raw records (layout.EVENT_DTYPE) to the spool; a decoded frame as it is."""
-        if len(part):
-            self._parts.append(self._spool.append(part) if isinstance(part, np.ndarray) else part)
-
-    @property
-    def spooled(self) -> int:
-        """BPF records waiting in the spool."""
-        return self._spool.count
+        if directory is None:
+            directory = scratch_directory()
+        try:  # no name (unlinked at once): it goes with the process however the process ends
+            self._file = tempfile.TemporaryFile(prefix="tcpclose-rows-", dir=directory)
+        except OSError as exc:
+            raise CannotWrite(f"cannot make the file of connection rows in {directory or tempfile.gettempdir()}: "
+                              f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
+        self._writer = rowfile.RowsWriter(self._file)
 
     @property
     def rows(self) -> int:
-        """Every row the end of the run will analyse: the spooled records and the decoded rows."""
-        return self._spool.count + sum(len(part) for part in self._frames())
+        return self._writer.rows
 
-    def _frames(self) -> Iterator[pd.DataFrame]:
-        return (part for part in self._parts if isinstance(part, pd.DataFrame))
+    def add(self, rows: pd.DataFrame) -> None:
+        self._writer.append(rows)
 
-    def events(self, decode: Decoder) -> pd.DataFrame:
-        """Every part, decoded, in arrival order; the spool is emptied."""
-        frames = spool.in_order(self._parts, self._spool.read(), decode)
-        self._close()
-        return concat(frames)
+    def connections(self) -> pd.DataFrame:
+        """Every row kept, in the order made; the file is closed."""
+        self._writer.close()
+        self._file.seek(0)
+        try:
+            return rowfile.read(self._file)
+        finally:
+            self._file.close()
 
-    def counted(self, decode: Decoder) -> tuple[list[dict], pd.DataFrame]:
-        """For a run too big to analyse whole: the spooled lives counted per owner, a batch at
-        a time (as --aggregates counts them in BPF), and the decoded frames as events (the
-        lives still open, the snapshots, the TIME_WAIT ends of sock_diag)."""
-        counts = counts_of_lives(decode(b) for b in self._spool.batches(SPOOL_BATCH))
-        frames = list(self._frames())
-        self._close()
-        return counts, concat(frames)
+    def counted(self) -> tuple[list[dict], pd.DataFrame]:
+        """For a run too big to analyse whole: the ended lives counted per owner, a batch at a
+        time (as --aggregates counts them in BPF), and the rows of the lives still open."""
+        self._writer.close()
+        self._file.seek(0)
+        still_open = []
 
-    def _close(self) -> None:
-        self._parts = []
-        self._spool.close()
+        def ended():
+            for batch in rowfile.batches(self._file):
+                is_open = (batch["initiator"] == "open").to_numpy()
+                still_open.append(batch[is_open])
+                yield batch[~is_open]
+        try:
+            counts = counts_of_rows(ended())
+        finally:
+            self._file.close()
+        return counts, pd.concat(still_open, ignore_index=True) if still_open else rowfile.empty()

@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import queues, rules
+from ..analysis.stream import Stream
 from ..errors import TracepointMissing
 from ..filters import Filters
 from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
 from ..record import decode, layout, transitions
+from ..record import rows as rowfile
 from ..record.recording import Recorder
 from ..record.runinfo import RunInfo
 from . import memory
@@ -22,6 +24,7 @@ from .kept import Kept
 
 MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
+STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
 GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
 
 
@@ -95,8 +98,12 @@ class Tracer:
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
-        self._kept = Kept()  # the BPF records until the end, on disk
         self._keep_records = keep
+        # what arrived since the last step, and the rows made so far (on disk)
+        self._arrived: list[np.ndarray | pd.DataFrame] = []
+        self._stepped_at = time.monotonic()
+        self._stream: Stream | None = None  # made once the snapshot at the start is taken
+        self._kept = Kept() if keep else None
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
@@ -111,16 +118,25 @@ class Tracer:
         self._snapshot_at_start(holders)
 
     def _keep(self, part: np.ndarray | pd.DataFrame) -> None:
-        """Keep what arrived.  BPF records go to the spool raw, and finish() decodes them
-        all at once: the tracer's memory stays flat however long it runs, and nothing is
-        decoded while the traced workload runs.  A recording is written as it goes, so
-        with one the batch is also decoded now for the recording."""
+        """Keep what arrived until the next step (a recording is written as it goes)."""
         if not len(part):
             return
         if self._recorder:
             self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
-        if self._keep_records or not isinstance(part, np.ndarray):  # (the snapshots are few)
-            self._kept.add(part)
+        if self._keep_records:
+            self._arrived.append(part)
+
+    def _take_arrived(self) -> pd.DataFrame:
+        """What arrived since the last step, decoded (the BPF records of a step at once)."""
+        parts, self._arrived = self._arrived, []
+        raw = [p for p in parts if isinstance(p, np.ndarray)]
+        frames = [p for p in parts if isinstance(p, pd.DataFrame)]
+        return decode.concat([self._decoded(np.concatenate(raw)) if raw else decode.empty_events(), *frames])
+
+    def _step(self) -> None:
+        """Make the connection rows that are final now, and keep them (run.kept)."""
+        self._stepped_at = time.monotonic()
+        self._kept.add(self._stream.step(self._take_arrived(), time.time()))
 
     def workload_of(self, pid: int) -> str | None:
         """A live owner's workload: its container, else its systemd unit, else its process name,
@@ -164,7 +180,11 @@ class Tracer:
         `Tracing` is announced.  A connection opened while it runs is in it too, and
         analysis.lives drops it there: tracing saw it begin."""
         existing = diag.snapshot(self.filters, netns=self.netns, holders=holders)
-        self._keep(self._placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id)))
+        existing = self._placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
+        if self._recorder:
+            self._recorder.write(existing)
+        if self._keep_records:
+            self._stream = Stream(self.timewait_method, self._cgroups.pods, existing)
 
     def _learn_owners(self, raw: np.ndarray) -> None:
         """Learn the network namespace and the process name of each new owner from its /proc
@@ -199,12 +219,14 @@ class Tracer:
             self.timewaits_swept += self._probe.sweep_timewaits(time.monotonic_ns())
         if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
             self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
+        if self._stream is not None and time.monotonic() - self._stepped_at >= STEP_EVERY_S:
+            self._step()
         return raw
 
     @property
     def records_kept(self) -> int:
-        """BPF records waiting in the spool for the end of the run."""
-        return self._kept.spooled
+        """Connection rows the end of the run will analyse, made or still held."""
+        return (self._kept.rows + self._stream.held) if self._stream is not None else 0
 
     def counters(self) -> dict[str, int]:
         """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
@@ -228,8 +250,9 @@ class Tracer:
 
     def finish(self) -> tuple[pd.DataFrame, RunInfo]:
         """Last drain, the lives still open, the counters; unloads the probe.  Returns the
-        events and the run; a run too big to analyse in memory comes back counted per
-        process instead (RunInfo.aggregates and .analysis_skipped: see _analysable)."""
+        connection rows (analysis.lives) and the run; a run too big to analyse in memory comes
+        back counted per process instead, with the rows of the lives still open only
+        (RunInfo.aggregates and .analysis_skipped: see _analysable)."""
         self.drain()
         if self._transitions:  # what is left of the stream, whole: the run is over
             self._transitions.write(self._probe.poll_transitions())
@@ -282,19 +305,22 @@ class Tracer:
         if self._recorder:
             self._recorder.finish(run)
             run.recording_stopped = self._recorder.stopped
+        if self._stream is None:  # (keep=False: the caller took the records as they came)
+            return rowfile.empty(), run
+        self._kept.add(self._stream.finish(self._take_arrived(), ended_at))
+        run.rows_settled_early = self._stream.settled_early
         return self._analysable(run), run
 
     def _analysable(self, run: RunInfo) -> pd.DataFrame:
-        """The events of the run, decoded whole.  Unless that would not fit in memory (a long
-        run at a high churn, see run.memory): then the ended lives are counted per owner from
-        the spool, a batch at a time (RunInfo.aggregates, as --aggregates makes them, with
-        .analysis_skipped saying why), and the events are the rest: the lives still open,
-        the sockets of the snapshots, the TIME_WAIT ends of sock_diag."""
+        """The connection rows of the run, read back whole.  Unless that would not fit in
+        memory (a long run at a high churn, see run.memory): then the lives are counted per
+        owner, a batch of rows at a time (RunInfo.aggregates, as --aggregates makes them, with
+        .analysis_skipped saying why), and the rows are those of the lives still open."""
         skipped = memory.too_big(self._kept.rows, procfs.mem_available())
         if skipped is None:
-            return self._kept.events(self._decoded)
-        run.aggregates, events = self._kept.counted(self._decoded)
+            return self._kept.connections()
+        run.aggregates, still_open = self._kept.counted()
         run.analysis_skipped = skipped
-        return events
+        return still_open
 
 

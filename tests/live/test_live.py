@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pytest
 
-from agent.analysis import lives, processes
+from agent.analysis import processes
 from agent.filters import Filters
 from agent.run.tracer import Tracer
 from agent.demo.workload import start_client, start_server
@@ -41,12 +41,11 @@ def run_pair(server_mode, client_mode, count=N, host="127.0.0.1", port=None, fil
         client_said = client.done()
         server_said = server.done() if server else None
         time.sleep(0.3)  # the last ACKs
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         if server:
             server.release()
     client.release()
-    conns = lives.connections(events, run.ended_at)
     server_lives = conns[conns["lport"] == port]
     client_lives = conns[(conns["rport"] == port) & (conns["raddr"] == host)]
     mine = pd.concat([server_lives, client_lives])
@@ -165,11 +164,11 @@ def filtered_pair(filters_of, client_comm: str = "tc-client"):
         client = start_client("close_first", port, N, client_comm)
         client.done(), server.done()
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         server.release()
     client.release()
-    return lives.connections(events, run.ended_at), run, server, client, port
+    return conns, run, server, client, port
 
 
 def test_pid_filter_keeps_only_that_process():
@@ -181,14 +180,13 @@ def test_pid_filter_keeps_only_that_process():
 
 
 def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, tmp_path):
-    """When decoding every life would not fit in memory, the lives are counted per owner from
-    the spool, a few records at a time, and the report says so."""
+    """When analysing every life would not fit in memory, the lives are counted per owner from
+    the rows kept, a batch at a time, and the report says so."""
     from agent.cli import results
     from agent.safefiles import OutputDir
-    from agent.run import kept, memory
+    from agent.run import memory
 
     monkeypatch.setattr(memory, "ANALYSIS_BYTES_PER_RECORD", 2 ** 50)  # nothing fits
-    monkeypatch.setattr(kept, "SPOOL_BATCH", 7)  # batches that cut the run anywhere
     tracer = Tracer(Filters())
     server, port = start_server("wait_close", N, "tc-server")
     try:
@@ -196,7 +194,7 @@ def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, 
         client.done()
         server.done()
         time.sleep(0.3)  # the last ACKs
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         server.release()
     client.release()
@@ -207,7 +205,7 @@ def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, 
     assert [counts["tc-server"][k] for k in ("lives", "active", "passive", "timewait")] == [N, 0, N, 0]
     assert run.analysis_skipped["records"] >= 2 * N
     out = tmp_path / "out"
-    results.show(events, run, OutputDir(out))
+    results.show(conns, run, OutputDir(out))
     assert not (out / "connections.csv").exists()
     procs = pd.read_csv(out / "processes.csv").set_index("comm")
     assert procs.loc["tc-client", ["connections", "active_closes", "timewait_count"]].tolist() == [N, N, N]

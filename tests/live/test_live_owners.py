@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent.analysis import churn, lives, processes
+from agent.analysis import churn, processes
 from agent.filters import Filters
 from agent.kernel.netns import named_netns, netns_id_of
 from agent.demo.workload import Process, start_client, start_server
@@ -45,7 +45,7 @@ def assert_credited(conns, port: int, done: dict) -> None:
 
 def finished(tracer: Tracer, server: Process, client: Process) -> tuple:
     """Client and server done, their last ACKs in, tracing ended, both released whatever
-    happens: (events, run, the server's "done" line)."""
+    happens: (connection rows, run, the server's "done" line)."""
     try:
         client.done()
         done = server.done()
@@ -70,11 +70,11 @@ def reuseport_group(server_mode: str, client_mode: str, comm: str, host: str = "
         client.done()
         dones = [s.done() for s in servers]
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         for proc in (*servers, client):
             proc.release()
-    return lives.connections(events, run.ended_at), run, port, dones
+    return conns, run, port, dones
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
@@ -98,10 +98,9 @@ def test_a_pre_forking_servers_workers_not_its_master_hold_the_close_waits():
         client.done()
         dones = [master.done(), master.done()]  # one line from each worker
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         master.release(), client.release()
-    conns = lives.connections(events, run.ended_at)
     assert {d["pid"] for d in dones}.isdisjoint({master.pid}) and sum(d["connections"] for d in dones) == N
     for done in dones:
         if done["connections"]:
@@ -122,11 +121,10 @@ def test_the_same_address_and_port_in_two_namespaces_is_told_apart():
                 client.done()
             dones = {ns: server.done() for ns, server in servers.items()}
             time.sleep(0.3)
-            events, run = tracer.finish()
+            conns, run = tracer.finish()
         finally:
             for proc in (*servers.values(), *clients):
                 proc.release()
-        conns = lives.connections(events, run.ended_at)
         for ns, done in dones.items():
             assert done["connections"] == N
             assert_credited(conns, port, done)
@@ -162,8 +160,7 @@ def test_two_hosts_joined_by_veth(server_mode, client_mode, server_closes, clien
                          netns=server_ns)
         port = server.ready()["port"]
         client = start_client(client_mode, port, N, "tc-vclient", host="10.231.0.1", netns=client_ns)
-        events, run, _ = finished(tracer, server, client)
-        conns = lives.connections(events, run.ended_at)
+        conns, run, _ = finished(tracer, server, client)
         served = conns[(conns["laddr"] == "10.231.0.1") & (conns["lport"] == port)]
         made = conns[(conns["raddr"] == "10.231.0.1") & (conns["rport"] == port)]
         for side, proc, closes, ns in ((served, server, server_closes, server_ns), (made, client, client_closes, client_ns)):
@@ -202,11 +199,10 @@ def test_a_socket_whose_maker_is_gone_is_credited_to_the_process_that_holds_it()
         heir_pid = int(heir.stdout.readline())
         server.done()
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         heir.stdin.close()
         server.release()
-    conns = lives.connections(events, run.ended_at)
     mine = conns[(conns["rport"] == port) & (conns["role"] == "client")]
     assert len(mine) == 1 and mine["close_wait_open"].all()
     assert (mine["pid"].iloc[0], mine["comm"].iloc[0], mine["owner_src"].iloc[0]) == (heir_pid, "tc-heir", "fd_table")
@@ -266,7 +262,7 @@ def test_a_socket_passed_to_another_process_is_the_receivers_never_the_acceptors
         client.done()
         lines = [json.loads(passer.stdout.readline()) for _ in range(2)]
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         passer.stdin.close()
         passer.wait(timeout=10)
@@ -274,7 +270,6 @@ def test_a_socket_passed_to_another_process_is_the_receivers_never_the_acceptors
             client.release()
     dispatcher = next(line for line in lines if "peer_ports" in line)
     handler = next(line for line in lines if "peer_ports" not in line)
-    conns = lives.connections(events, run.ended_at)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert sorted(served["rport"]) == sorted(dispatcher["peer_ports"]) and len(served) == N
     assert set(served["pid"]) == {handler["pid"]} and set(served["comm"]) == {"tc-handler"}, \
@@ -294,8 +289,7 @@ def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
                      "--idle", IDLE)
     port = server.ready()["port"]
     client = start_client("close_first", port, N, "tc-thclient")
-    events, run, done = finished(tracer, server, client)
-    conns = lives.connections(events, run.ended_at)
+    conns, run, done = finished(tracer, server, client)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert len(served) == N == done["connections"]
     assert set(served["pid"]) == {server.pid} and set(served["comm"]) == {"tc-threaded"}
@@ -317,10 +311,9 @@ def test_a_pre_forking_servers_aborted_connections_are_ambiguous_not_the_masters
         client.done()
         dones = [master.done(), master.done()]
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         master.release(), client.release()
-    conns = lives.connections(events, run.ended_at)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert len(served) == N == sum(d["connections"] for d in dones)
     assert set(served["initiator"]) == {"reset_remote"}
@@ -343,12 +336,11 @@ def test_a_pre_forking_servers_aborted_connections_stay_ambiguous_after_it_stopp
         dones = [master.done(), master.done()]
         assert master.release() == 0  # the master and its workers exited: no listener left
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         master.release(), closing.release()
         if client:
             client.release()
-    conns = lives.connections(events, run.ended_at)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     assert len(served) == 2 * N == sum(d["connections"] for d in dones)
     polite = served[served["initiator"] == "passive"]
@@ -365,8 +357,8 @@ def test_a_threaded_server_counted_in_bpf_is_one_process_too():
                      "--idle", IDLE)
     port = server.ready()["port"]
     client = start_client("close_first", port, N, "tc-thclient")
-    events, run, _ = finished(tracer, server, client)
-    procs = processes.from_counts(run.aggregates, lives.connections(events, run.ended_at, None), run.ended_at)
+    conns, run, _ = finished(tracer, server, client)
+    procs = processes.from_counts(run.aggregates, conns, run.ended_at)
     mine = procs[procs["pid"] == server.pid]
     assert list(mine["comm"]) == ["tc-threaded"] and int(mine["passive_closes"].iloc[0]) == N
 
@@ -399,14 +391,13 @@ def test_containers_and_units_are_told_apart_by_their_cgroups(tmp_path, monkeypa
             move(made_dirs[scope_name], server.pid)
             client = start_client("close_first", port, N, "tc-poller", extra=("--hold", "0.3"))
             move(made_dirs[unit_name], client.pid)
-            events, run, _ = finished(tracer, server, client)
+            conns, run, _ = finished(tracer, server, client)
         finally:
             for proc in (server, client):
                 if proc:
                     proc.release()
         scope_path = path_of(made_dirs[scope_name])
     assert run.pods == {"docker:3f2a9c000000": "shop/web-7d9f"}
-    conns = lives.connections(events, run.ended_at, pods=run.pods)
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
     made = conns[(conns["rport"] == port) & (conns["role"] == "client")]
     assert len(served) == len(made) == N

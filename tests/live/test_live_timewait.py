@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 
-from agent.analysis import accounting, lives, processes, reconcile
+from agent.analysis import accounting, processes, reconcile
 from agent.kernel import probe
 from agent.output import text
 from agent.record import decode
@@ -62,11 +62,10 @@ class Traced:
 
     def result(self):
         try:
-            events, run = self.tracer.finish()
+            conns, run = self.tracer.finish()
         finally:
             for proc in self.procs:
                 proc.release()
-        conns = lives.connections(events, run.ended_at, timewait_method="timers")
         return conns, run
 
     def counts(self, conns, run) -> dict:
@@ -318,11 +317,10 @@ def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
         tracer = Tracer(Filters())
         late_closer.done()  # its close() came after tracing began
         time.sleep(0.3)
-        events, run = tracer.finish()
+        conns, run = tracer.finish()
     finally:
         for proc in procs:
             proc.release()
-    conns = lives.connections(events, run.ended_at, timewait_method="timers")
     cw = processes.open_close_waits(conns, run.ended_at)
 
     old = cw[cw["comm"] == "tc-oldleak"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from agent.analysis.pipeline import connections_of
 from agent.cli import main
 from agent.errors import CannotWrite
 from agent.record.recording import Recorder
@@ -140,12 +141,11 @@ def test_a_trace_whose_files_cannot_be_written_is_kept_as_a_recording_elsewhere(
             except OSError:
                 pass
         with pytest.raises(CannotWrite, match="No space left"):
-            results.show(events, run_info, out, rescue=True)
-    kept = list(scratch.glob("tcpclose-rescue-*/recording.jsonl.gz"))
+            results.show(connections_of(events, run_info), run_info, out, rescue=True)
+    kept = list(scratch.glob("tcpclose-rescue-*"))
     assert len(kept) == 1 and f"the run is kept in {kept[0]}" in capsys.readouterr().err
-    assert (kept[0].parent.stat().st_mode & 0o777) == 0o700  # root's alone
-    again, run_again = read_recording(kept[0])
-    assert len(again) == len(events) and run_again.ended_at == run_info.ended_at
+    assert (kept[0].stat().st_mode & 0o777) == 0o700  # root's alone
+    assert sorted(p.name for p in kept[0].iterdir()) == ["connections.arrow", "run.json"]
     result = run("report", kept[0], "-o", tmp_path / "later")
     assert result.exit_code == 0 and (tmp_path / "later" / "connections.csv").read_text() == (
         _report_files(recording, tmp_path / "direct")["connections.csv"])

@@ -1,29 +1,20 @@
-"""The end of a default-mode run: what it keeps until then (run.kept) and whether it is
-analysed whole or counted per process (run.memory)."""
-import numpy as np
+"""The end of a default-mode run: what it keeps until then (run.kept: the connection rows, on
+disk in record.rows' format) and whether it is analysed whole or counted per process (run.memory)."""
+import io
+
 import pytest
 
-from agent.record import decode, layout
+from agent.analysis import lives
+from agent.record import decode, rows
 from agent.run import memory
 from agent.run.kept import Kept
 from support.streams import OFFSET_NS, raw
 
 
-def batch(*pids: int) -> np.ndarray:
-    return np.frombuffer(b"".join(raw(pid=p) for p in pids), layout.EVENT_DTYPE)
-
-
-def kept_holding(tmp_path, spooled: int, decoded: int) -> Kept:
-    """`spooled` records in the spool and a frame of `decoded` rows decoded already (as
-    the timewaits still open at the end are)."""
-    kept = Kept(str(tmp_path))
-    kept.add(batch(*range(1, spooled + 1)))
-    kept.add(decode.decode(batch(*range(100, 100 + decoded)), OFFSET_NS))
-    return kept
-
-
-def decoder(records: np.ndarray):
-    return decode.decode(records, OFFSET_NS)
+def conns_of(*pids: int, state: str = "life"):
+    """Connection rows of lives of these owners (closed by them, or still open)."""
+    events = decode.decode(b"".join(raw(state, pid=p, skaddr=p) for p in pids), OFFSET_NS)
+    return lives.connections(events, 10.0 + OFFSET_NS / 1e9)
 
 
 @pytest.mark.parametrize("available, skipped", [(12_000, False), (8_000, True), (None, False)])
@@ -35,17 +26,33 @@ def test_the_guard_holds_the_rows_at_900_bytes_against_80_percent_of_what_is_ava
         assert verdict == {"records": 10, "needed_bytes": 9_000, "available_bytes": 8_000}
 
 
-def test_the_rows_to_analyse_count_the_rows_decoded_already_too(tmp_path):
-    kept = kept_holding(tmp_path, 4, 6)
-    assert kept.spooled == 4 and kept.rows == 10
+def test_the_rows_kept_come_back_whole_and_in_order(tmp_path):
+    kept = Kept(str(tmp_path))
+    for part in (conns_of(1, 2), conns_of(3), conns_of(4, state="open")):
+        kept.add(part)
+    assert kept.rows == 4
+    back = kept.connections()
+    assert list(back["pid"]) == [1, 2, 3, 4] and list(back["initiator"]) == ["active"] * 3 + ["open"]
 
 
-def test_analysed_whole_every_row_comes_back_in_order(tmp_path):
-    events = kept_holding(tmp_path, 4, 6).events(decoder)
-    assert list(events["pid"]) == [1, 2, 3, 4, *range(100, 106)]
+def test_counted_the_ended_lives_are_counted_per_owner_and_the_open_ones_stay_rows(tmp_path):
+    kept = Kept(str(tmp_path))
+    kept.add(conns_of(1, 1, 2))
+    kept.add(conns_of(5, state="open"))
+    counts, still_open = kept.counted()
+    assert {c["pid"]: c["lives"] for c in counts} == {1: 2, 2: 1}
+    assert list(still_open["pid"]) == [5]
 
 
-def test_counted_the_spooled_lives_are_counted_per_owner_and_the_decoded_rows_stay_events(tmp_path):
-    counts, events = kept_holding(tmp_path, 4, 6).counted(decoder)
-    assert sum(c["lives"] for c in counts) == 4 and {c["pid"] for c in counts} == {1, 2, 3, 4}
-    assert sorted(events["pid"]) == list(range(100, 106))
+def test_a_rows_file_cut_short_reads_up_to_its_last_whole_batch():
+    """A SIGKILL or a full disk mid-write: what was whole is what there is."""
+    buf = io.BytesIO()
+    writer = rows.RowsWriter(buf)
+    writer.append(conns_of(1, 2))
+    whole = len(buf.getvalue())
+    writer.append(conns_of(3, 4))
+    data = buf.getvalue()
+    for cut in (whole, whole + 10, len(data) - 1):
+        assert list(rows.read(io.BytesIO(data[:cut]))["pid"]) == [1, 2]
+    assert list(rows.read(io.BytesIO(data))["pid"]) == [1, 2, 3, 4]
+    assert rows.read(io.BytesIO(data[:5])).empty  # not even the schema: no rows, not an error

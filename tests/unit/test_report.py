@@ -14,7 +14,7 @@ from support.streams import raw, replay
 
 def analysis_of(tmp_path, *chunks, **replay_args):
     events, run = replay(tmp_path, *chunks, **replay_args)
-    return pipeline.analyse(events, run)
+    return pipeline.analyse(pipeline.connections_of(events, run), run)
 
 
 def test_churn_per_process_counts_rates_durations_and_short_share(tmp_path):

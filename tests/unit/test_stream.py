@@ -12,6 +12,7 @@ from support.streaming import differences, streamed
 from support.streams import churn, epoch, raw, replay, timewait
 
 T1 = 0xFFFF8881000A0000
+KERNEL_ADDRESS = 0xFFFF888123456789  # (past 2**53: a float would lose it)
 SERVER_CLOSER = dict(states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
 
 
@@ -43,9 +44,9 @@ def kinds_of_endings():
             raw(skaddr=35, pid=15, comm="overflow", opened=4.0, ts=4.2, lport=45000, **ACTIVE_CLIENT),
             raw(skaddr=36, pid=16, comm="lost", opened=4.0, ts=4.3, lport=46000, tw_timer=T1 + 0x5000,
                 tw_start=4.3, **ACTIVE_CLIENT),
-            raw(skaddr=37, pid=17, comm="aborter", opened=5.0, ts=5.5, lport=47000,
+            raw(skaddr=KERNEL_ADDRESS, pid=17, comm="aborter", opened=5.0, ts=5.5, lport=47000,
                 states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED"),
-            raw("reset_sent", skaddr=37, pid=0, comm="", ts=5.5001),
+            raw("reset_sent", skaddr=KERNEL_ADDRESS, pid=0, comm="", ts=5.5001),
             raw(skaddr=38, pid=18, comm="prefork", opened=5.0, ts=6.0, lport=9000, rport=48000, **PASSIVE_SERVER),
             raw(skaddr=39, pid=19, comm="worker", opened=5.0, ts=6.5, lport=9000, rport=48001,
                 **(PASSIVE_SERVER | {"owner": "syscall"})),
@@ -107,9 +108,9 @@ def test_a_life_waits_for_the_end_of_its_timewait_and_then_is_final(tmp_path):
 
 
 def test_a_reset_that_arrives_a_batch_after_its_life_is_still_its_own(tmp_path):
-    events, run = replay(tmp_path, raw(skaddr=5, pid=7, comm="aborter", ts=2.0, states=("SYN_SENT", "ESTABLISHED"),
-                                       last="ESTABLISHED"),
-                         raw("reset_sent", skaddr=5, pid=0, comm="", ts=2.0001), ended=10.0)
+    events, run = replay(tmp_path, raw(skaddr=KERNEL_ADDRESS, pid=7, comm="aborter", ts=2.0,
+                                       states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED"),
+                         raw("reset_sent", skaddr=KERNEL_ADDRESS, pid=0, comm="", ts=2.0001), ended=10.0)
     stream = Stream(None, {})
     assert stream.step(events.iloc[[0]], epoch(2.0)).empty  # within its grace
     rows = stream.step(events.iloc[[1]], epoch(2.0 + GRACE_S + 0.1))
