@@ -70,11 +70,12 @@ class OutputDir:
         os.unlink(".tcpclose-probe", dir_fd=self._fd)
 
     @contextmanager
-    def _new(self, name: str) -> Iterator[TextIO]:
-        with os.fdopen(self._new_fd(name), "w", encoding="utf-8", newline="") as f:
+    def _new(self, name: str, binary: bool = False) -> Iterator[TextIO | BinaryIO]:
+        with (os.fdopen(self._new_fd(name), "wb") if binary
+              else os.fdopen(self._new_fd(name), "w", encoding="utf-8", newline="")) as f:
             yield f
 
-    def _new_fd(self, name: str) -> int:
+    def _new_fd(self, name: str, access: int = os.O_WRONLY) -> int:
         try:
             os.unlink(name, dir_fd=self._fd)  # a temporary file left by a killed run (never followed)
         except FileNotFoundError:
@@ -82,21 +83,25 @@ class OutputDir:
         except OSError as exc:
             raise _refuse(self.path / name, exc.strerror) from None
         try:
-            return os.open(name, _NEW_FILE, 0o644, dir_fd=self._fd)
+            return os.open(name, (_NEW_FILE & ~os.O_WRONLY) | access, 0o644, dir_fd=self._fd)
         except OSError as exc:
             raise _refuse(self.path / name, exc.strerror) from None
 
     def appending(self, name: str) -> BinaryIO:
-        """`name` made anew under its own name, to be written as the run goes (what a run
-        killed midway leaves there is what it had written)."""
-        return os.fdopen(self._new_fd(name), "wb")
+        """`name` made anew under its own name, to be written as the run goes and read back
+        at its end (what a run killed midway leaves there is what it had written)."""
+        return os.fdopen(self._new_fd(name, os.O_RDWR), "w+b")
+
+    def replacing_binary(self, name: str):
+        """replacing(), in bytes."""
+        return self.replacing(name, binary=True)
 
     @contextmanager
-    def replacing(self, name: str) -> Iterator[TextIO]:
+    def replacing(self, name: str, binary: bool = False) -> Iterator[TextIO | BinaryIO]:
         """A file to write `name` into: a new temporary file, renamed over `name` once whole."""
         temporary = f".{name}.tcpclose-tmp"
         try:
-            with self._new(temporary) as f:
+            with self._new(temporary, binary) as f:
                 yield f
             os.replace(temporary, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
         except BaseException as exc:

@@ -87,6 +87,21 @@ class Stream:
         return connections(concat([lives, ends, events[~arriving]]), ended_at, self.method, self.pods,
                            self._carried, final=True)
 
+    def provisional(self, now: float) -> pd.DataFrame:
+        """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT
+        not ended yet is open), changing nothing: what a run killed before their rows were
+        final has of them (record.rundir)."""
+        alive = np.flatnonzero(self._lives.alive)
+        if not len(alive):
+            return connections(empty_events(), now, self.method, self.pods, None)
+        lives = self._lives.frame(alive)
+        columns = self._lives.columns
+        waiting = pd.isna(self._how_ended(columns["due"].astype(bool)))[alive] & (
+            (columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))[alive]
+        carried = Carried(self._carried.existing, {k: set(v) for k, v in self._carried.owners.items()})
+        return connections(concat([lives, self._ends, _still_open(lives[waiting], now)]), now, self.method,
+                           self.pods, carried, final=False)
+
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
         the life it follows (as FLAG_RST_SENT, which connections() reads)."""
@@ -197,6 +212,18 @@ class Stream:
         recent = self._ends["arrived"].astype(float).to_numpy() > now - GRACE_S
         self._ends = self._ends[~used & (wanted | recent)].reset_index(drop=True)
         self._end_names = timewait_name(self._ends)
+
+
+def _still_open(lives: pd.DataFrame, now: float) -> pd.DataFrame:
+    """A tw_open record for the timewait socket of each of these lives, as the end of a run
+    reads them (decode.from_followed_timewaits; by 4-tuple for sock_diag's): open at `now`."""
+    out = empty_events().reindex(range(len(lives)))
+    out["kind"], out["event_at"] = "tw_open", now
+    for column in ("tw_timer", "tw_rearm_at", "tw_timeout_s", *FOUR_TUPLE):
+        out[column] = lives[column].to_numpy()
+    out["tw_start_at"] = np.where(lives["tw_timer"].astype(np.uint64).to_numpy() != 0, lives["tw_start_at"],
+                                  lives["event_at"])  # (sock_diag's: first seen at the close)
+    return out
 
 
 def _tuples(frame: pd.DataFrame) -> pd.MultiIndex:

@@ -88,6 +88,7 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
     from ..record import rundir
     from ..record.recording import read_recording
 
+    rows_there = False
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         if recording.is_dir():
@@ -96,9 +97,9 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
                                          param_hint="RECORDING")
             conns, run_info = rundir.read(recording)
             if out is None:  # finish the files there
-                out = output_dir(recording, force)
+                out, rows_there = output_dir(recording, force), True
         else:
             events, run_info = read_recording(recording)
             announce_long_end(len(events), announce)
             conns = connections_of(events, run_info)
-        results.show(conns, run_info, out, view=view)
+        results.show(conns, run_info, out, view=view, rows_there=rows_there)

@@ -32,6 +32,11 @@ from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter
               help="Socket lives followed at once in BPF [default: 131072, about 200 bytes each]: half in slots "
                    "picked by socket address, the rest in an LRU map for sockets whose slot is taken. When that "
                    "map is full, its least recently active is evicted; evictions are counted in the summary.")
+@click.option("--interval", type=click.FloatRange(min=1, max=MAX_DURATION_S), default=10, show_default=True,
+              metavar="SECONDS", callback=lambda ctx, param, value: finite(value, param),
+              help="With -o: the connection rows go to DIR/connections.arrow as they become final, and "
+                   "DIR/run.json says this often how far the run got; after a kill, 'tcpclose report DIR' "
+                   "writes the rest of the files from them.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
@@ -39,17 +44,18 @@ from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter
 @click.option("-q", "--quiet", is_flag=True, help="With -o, write the files only: no summary on the terminal.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, force, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, progress,
-          view, quiet, print_bpf):
+def trace(duration, out, force, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, interval,
+          progress, view, quiet, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
     Every connection is credited to the process that owns it, with who closed
     first (active, passive, simultaneous, reset, never established, open).
-    The records wait on disk ($TMPDIR, else /var/tmp) until the end, whose
-    analysis takes up to 0.9 kB of memory a record; a run past 80 % of
-    MemAvailable is counted per process only.  For hours at high churn, use
-    --aggregates.  A Ctrl-C or SIGTERM while the files are written only warns;
-    the next one abandons them.
+    Each connection's row is made as soon as nothing can change it (its
+    TIME_WAIT ended) and kept on disk (DIR/connections.arrow with -o, else
+    $TMPDIR or /var/tmp); the end makes the figures from all of them, up to
+    0.9 kB of memory a row: a run past 80 % of MemAvailable is counted per
+    process only.  For hours at high churn, use --aggregates.  A Ctrl-C or
+    SIGTERM while the files are written only warns; the next one abandons them.
 
     \b
     Examples:
@@ -82,11 +88,11 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
     with stop_on_signals() as stop:
         tracing = "Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s.")
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
-                        transitions_to=transitions_to, max_socks=max_sockets,
+                        transitions_to=transitions_to, max_socks=max_sockets, out=out, interval=interval,
                         attached=lambda: click.echo(tracing, err=True))
         conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
-                     rescue=True, view=view)
+                     rescue=True, view=view, rows_there=not run_info.counted_only)
 
 
 @click.command(context_settings=CONTEXT)

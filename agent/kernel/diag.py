@@ -199,3 +199,19 @@ def _listeners_of(frame: pd.DataFrame) -> pd.DataFrame:
     index = pd.MultiIndex.from_frame(out[keys]) if len(keys) > 1 else pd.Index(out["lport"])
     out = out.assign(syn_recv=syn_recv.reindex(index).fillna(0).astype(int).to_numpy())
     return out[columns].reset_index(drop=True)
+
+
+def listener_seeds(listening: pd.DataFrame) -> list[tuple]:
+    """The listeners' map entries for the listening sockets there before tracing, one per
+    (family, local address, port): the first holder's owner, how many sockets share the key,
+    and whether more than one process does, or a socket several processes hold (a
+    pre-forking server's listener) names none: as the BPF side marks them at listen()."""
+    seeds = []
+    for (family, laddr, lport), group in listening.groupby(["family", "laddr", "lport"], sort=False):
+        owners = set(group["pid"].fillna(-1).astype(int))
+        first = group.iloc[0]
+        shared = len(owners) > 1 or -1 in owners
+        pid = 0 if shared else int(first["pid"])
+        seeds.append((family, laddr, int(lport), pid, first["comm"] if pid else "", int(first["cgroup_id"]),
+                      len(group), shared))
+    return seeds

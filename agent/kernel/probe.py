@@ -193,7 +193,7 @@ class Probe:
     def seed_listeners(self, listeners) -> None:
         """Enter listeners that existed before tracing, so that their new children start with
         their owner: (family "ipv4"/"ipv6", local address, port, pid, comm, cgroup_id, members,
-        shared) each (run.tracer.listener_seeds)."""
+        shared) each (kernel.diag.listener_seeds)."""
         table = self._bpf[b"listeners"]
         for family, laddr, port, pid, comm, cgroup_id, members, shared in listeners:
             key = table.Key()

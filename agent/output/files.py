@@ -11,6 +11,8 @@
   summary.json     the findings and figures, for machines
   report.html      the incident report, one self-contained file
   run.json         the run's times, BPF counters, kernel counters and sysctls
+  connections.arrow  every column of every connection row (record.rows), from which
+                   `tcpclose report DIR` writes the rest again (record.rundir)
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
 from ..analysis.workloads import WORKLOAD_COLUMNS
+from ..record import rows, rundir
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
 from . import summary_json
@@ -55,9 +58,10 @@ def _csv(out: OutputDir, name: str, frame: pd.DataFrame, float_format: str) -> N
         spreadsheet_safe(frame).to_csv(f, index=False, float_format=float_format)
 
 
-def write(out: OutputDir, a: Analysis, text: str) -> list:
+def write(out: OutputDir, a: Analysis, text: str, rows_there: bool = False) -> list:
     """Every file of -o, each written whole under a temporary name and renamed into place; the
-    small ones that say what the run was first."""
+    small ones that say what the run was first.  rows_there: connections.arrow is in `out`
+    already (a trace keeps its rows there as it goes); else it is written too."""
     out.write_text("run.json", a.run.to_json())
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
@@ -70,7 +74,12 @@ def write(out: OutputDir, a: Analysis, text: str) -> list:
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 
     out.write_text("report.html", report_html.render(a, text))
-    return [out.path / name for name in FILES]
+    if not rows_there:
+        with out.replacing_binary(rundir.ROWS) as f:
+            writer = rows.RowsWriter(f)
+            writer.append(a.conns)
+            writer.close()
+    return [out.path / name for name in (*FILES, rundir.ROWS)]
 
 
 def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo) -> list:
@@ -81,5 +90,5 @@ def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, t
     out.write_text("summary.txt", text)
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
     _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
-    out.remove(name for name in FILES if name not in AGGREGATE_FILES)
+    out.remove(name for name in (*FILES, rundir.ROWS, rundir.PENDING) if name not in AGGREGATE_FILES)
     return [out.path / name for name in AGGREGATE_FILES]

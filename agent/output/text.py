@@ -223,5 +223,5 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
         console.print(f"The recording stopped early ({run.recording_stopped}): what it holds is readable, "
                       "up to where it stopped.")
     if run.cut_short:
-        console.print("The recording was cut short: the tracer did not finish it.")
+        console.print("The run was cut short: the tracer did not finish it (its figures end where its records do).")
     return out.getvalue()

@@ -14,7 +14,9 @@ from . import rows
 from .runinfo import RunInfo
 
 ROWS = "connections.arrow"
+PENDING = "connections.pending.arrow"  # the rows not final yet, as they stood at the last run.json
 RUN = "run.json"
+LIFE = ["skaddr", "opened_at", "closed_at"]  # one life: its row, provisional or final, is made from one record
 
 
 def is_run_directory(path: Path) -> bool:
@@ -23,8 +25,9 @@ def is_run_directory(path: Path) -> bool:
 
 def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
     """The rows and the run of a run directory.  run.json is rewritten as the run goes: a run
-    that never finished has no `ended_at` of its end, and is taken to end at its last row
-    (RunInfo.cut_short)."""
+    that never finished (RunInfo.cut_short) ends where its rows stop, and its lives whose rows
+    were not final yet are taken as they stood at its last run.json (PENDING), those made final
+    since excepted."""
     directory = Path(directory)
     try:
         run = RunInfo.from_dict(json.loads((directory / RUN).read_text()))
@@ -34,7 +37,12 @@ def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
         conns = rows.read(directory / ROWS)
     except (OSError, ValueError) as exc:
         raise BadRecording(f"{directory / ROWS} is not a tcpclose rows file: {exc}") from None
-    if run.cut_short:  # (a run.json of a run still going: its end is where its rows stop)
+    if run.cut_short:
+        if (directory / PENDING).is_file():
+            pending = rows.read(directory / PENDING)
+            made = pd.MultiIndex.from_frame(conns[LIFE].fillna(-1.0))
+            pending = pending[~pd.MultiIndex.from_frame(pending[LIFE].fillna(-1.0)).isin(made)]
+            conns = pd.concat([conns, pending], ignore_index=True) if len(pending) else conns
         last = pd.concat([conns["closed_at"], conns["tw_end"]]).max()
-        run.ended_at = max(run.started_at, float(last)) if pd.notna(last) else run.started_at
+        run.ended_at = max(run.ended_at, float(last)) if pd.notna(last) else run.ended_at
     return conns, run

@@ -11,37 +11,22 @@ import pandas as pd
 
 from ..analysis import queues, rules
 from ..analysis.stream import Stream
-from ..errors import TracepointMissing
+from ..errors import CannotWrite, TracepointMissing
 from ..filters import Filters
+from ..safefiles import OutputDir
 from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
 from ..record import decode, layout, transitions
 from ..record import rows as rowfile
+from ..record import rundir
 from ..record.recording import Recorder
 from ..record.runinfo import RunInfo
-from . import memory
-from .kept import Kept
+from .kept import STEP_EVERY_S, Kept
 
 MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
-STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
+NOTE_EVERY_S = 10.0  # with -o, run.json says this often how far the run got (--interval)
 GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
-
-
-def listener_seeds(listening: pd.DataFrame) -> list[tuple]:
-    """The listeners' map entries for the listening sockets there before tracing, one per
-    (family, local address, port): the first holder's owner, how many sockets share the key,
-    and whether more than one process does, or a socket several processes hold (a
-    pre-forking server's listener) names none: as the BPF side marks them at listen()."""
-    seeds = []
-    for (family, laddr, lport), group in listening.groupby(["family", "laddr", "lport"], sort=False):
-        owners = set(group["pid"].fillna(-1).astype(int))
-        first = group.iloc[0]
-        shared = len(owners) > 1 or -1 in owners
-        pid = 0 if shared else int(first["pid"])
-        seeds.append((family, laddr, int(lport), pid, first["comm"] if pid else "", int(first["cgroup_id"]),
-                      len(group), shared))
-    return seeds
 
 
 class Tracer:
@@ -50,7 +35,7 @@ class Tracer:
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
                  max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None,
-                 keep: bool = True):
+                 keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -65,7 +50,10 @@ class Tracer:
         attached: called once the probe is attached and the listeners are known, before the
         snapshot of the connections already open (seconds with 100,000 sockets).
         keep: keep the records for finish() (False: the caller takes each drain's records and
-        keeps what it needs, as tcpclose agent does; finish() then has only the end's)."""
+        keeps what it needs, as tcpclose agent does; finish() then has only the end's).
+        out: the directory of -o: the connection rows are kept there as they are made
+        (connections.arrow) and run.json says every `interval` seconds how far the run got, so
+        that a run killed midway leaves what `tcpclose report DIR` finishes (record.rundir)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
 
         preflight.check_privileges()  # before any output file is made
@@ -98,12 +86,9 @@ class Tracer:
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
-        self._keep_records = keep
-        # what arrived since the last step, and the rows made so far (on disk)
-        self._arrived: list[np.ndarray | pd.DataFrame] = []
-        self._stepped_at = time.monotonic()
-        self._stream: Stream | None = None  # made once the snapshot at the start is taken
-        self._kept = Kept() if keep else None
+        self._out = out if keep and not aggregates else None
+        self._kept = (Kept(file=self._out.appending(rundir.ROWS)) if self._out else Kept()) if keep else None
+        self._interval, self._noted_at = interval, time.monotonic()
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
@@ -123,20 +108,8 @@ class Tracer:
             return
         if self._recorder:
             self._recorder.write(self._decoded(part) if isinstance(part, np.ndarray) else part)
-        if self._keep_records:
-            self._arrived.append(part)
-
-    def _take_arrived(self) -> pd.DataFrame:
-        """What arrived since the last step, decoded (the BPF records of a step at once)."""
-        parts, self._arrived = self._arrived, []
-        raw = [p for p in parts if isinstance(p, np.ndarray)]
-        frames = [p for p in parts if isinstance(p, pd.DataFrame)]
-        return decode.concat([self._decoded(np.concatenate(raw)) if raw else decode.empty_events(), *frames])
-
-    def _step(self) -> None:
-        """Make the connection rows that are final now, and keep them (run.kept)."""
-        self._stepped_at = time.monotonic()
-        self._kept.add(self._stream.step(self._take_arrived(), time.time()))
+        if self._kept is not None:
+            self._kept.arrive(part)
 
     def workload_of(self, pid: int) -> str | None:
         """A live owner's workload: its container, else its systemd unit, else its process name,
@@ -164,7 +137,7 @@ class Tracer:
     def _seed_listeners(self, holders: diag.Holders) -> None:
         """The listeners there before tracing, of every namespace, into the BPF side, so that
         their new children start with their owner.  Done once the probe is attached."""
-        self._probe.seed_listeners(listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
+        self._probe.seed_listeners(diag.listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
 
     def _placed(self, snap: pd.DataFrame) -> pd.DataFrame:
         """Snapshot rows (decode.from_snapshot) with the cgroup of each socket's holder."""
@@ -183,8 +156,8 @@ class Tracer:
         existing = self._placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
         if self._recorder:
             self._recorder.write(existing)
-        if self._keep_records:
-            self._stream = Stream(self.timewait_method, self._cgroups.pods, existing)
+        if self._kept is not None:
+            self._kept.start(Stream(self.timewait_method, self._cgroups.pods, existing), self._decoded)
 
     def _learn_owners(self, raw: np.ndarray) -> None:
         """Learn the network namespace and the process name of each new owner from its /proc
@@ -210,7 +183,7 @@ class Tracer:
             self._keep(raw)
             closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
-            if self._keep_records:  # the progress line is trace's: the agent's figures count these themselves
+            if self._kept is not None:  # the progress line is trace's: the agent's figures count these themselves
                 self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
         if self._watch:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
@@ -219,14 +192,37 @@ class Tracer:
             self.timewaits_swept += self._probe.sweep_timewaits(time.monotonic_ns())
         if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
             self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
-        if self._stream is not None and time.monotonic() - self._stepped_at >= STEP_EVERY_S:
-            self._step()
+        if self._kept is not None and time.monotonic() - self._kept.stepped_at >= STEP_EVERY_S:
+            self._kept.step()
+        if self._out is not None and time.monotonic() - self._noted_at >= self._interval:
+            self._note_run()
         return raw
+
+    def _note_run(self) -> None:
+        """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with
+        the counters of both sides now: what `tcpclose report DIR` reads of a run killed midway."""
+        self._noted_at = time.monotonic()
+        try:
+            now = time.time()
+            self._kept.note(self._out, now)
+            self._out.write_text(rundir.RUN, self._run(now, self.counters(), cut_short=True).to_json())
+        except CannotWrite:  # a full disk: the rows go on (the end says what it could not write)
+            self._interval = float("inf")
+
+    def _run(self, ended_at: float, counters: dict, **more) -> RunInfo:
+        """The run up to `ended_at`, with the BPF side's `counters` and the kernel's now."""
+        return RunInfo(started_at=self.started_at, ended_at=ended_at, counters=counters, hz=self.hz,
+                       timewaits_swept=self.timewaits_swept, timewait_method=self.timewait_method,
+                       timewait_method_why=self.timewait_method_why,
+                       # the kernel's own counts, per network namespace: see analysis.reconcile
+                       netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": procfs.all_tcp_counters()},
+                       sysctls=self._sysctls, kernel_release=os.uname().release,
+                       pods=dict(self._cgroups.pods), **more)  # (the Kubernetes pods of the containers met)
 
     @property
     def records_kept(self) -> int:
         """Connection rows the end of the run will analyse, made or still held."""
-        return (self._kept.rows + self._stream.held) if self._stream is not None else 0
+        return self._kept.rows if self._kept is not None else 0
 
     def counters(self) -> dict[str, int]:
         """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
@@ -252,7 +248,7 @@ class Tracer:
         """Last drain, the lives still open, the counters; unloads the probe.  Returns the
         connection rows (analysis.lives) and the run; a run too big to analyse in memory comes
         back counted per process instead, with the rows of the lives still open only
-        (RunInfo.aggregates and .analysis_skipped: see _analysable)."""
+        (RunInfo.aggregates and .analysis_skipped: see Kept.analysable)."""
         self.drain()
         if self._transitions:  # what is left of the stream, whole: the run is over
             self._transitions.write(self._probe.poll_transitions())
@@ -270,7 +266,8 @@ class Tracer:
         for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
             name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))
             row["comm"] = name or row["comm"]
-        tcpext_end = procfs.all_tcp_counters()
+        run = self._run(ended_at, counters, open_lives=len(still_open), open_timewaits=len(timewaits),
+                        programs=programs, aggregates=aggregates)  # (what each BPF program cost, with BPF stats on)
         holders = diag.socket_holders()  # the fd tables, read once for the listeners and the sockets held
         pressed = queues.pressed(diag.listeners_everywhere(holders))  # whose queue, if the counters moved
         # the fd tables of every namespace: each CLOSE_WAIT's fd, and the holders of the lives
@@ -282,45 +279,23 @@ class Tracer:
         self._probe.close()
         if self._transitions:
             self._transitions.close()
-        open_count = len(still_open)
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
         for frame in (still_open, timewaits,
                       self._placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))):
             self._keep(frame)
-        run = RunInfo(
-            started_at=self.started_at, ended_at=ended_at, counters=counters, open_lives=open_count,
-            open_timewaits=len(timewaits), timewaits_swept=self.timewaits_swept, hz=self.hz,
-            timewait_method=self.timewait_method, timewait_method_why=self.timewait_method_why,
-            programs=programs,  # what each BPF program cost, when BPF stats were on
-            # the kernel's own counts, per network namespace: see analysis.reconcile
-            netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": tcpext_end},
-            sysctls=self._sysctls, kernel_release=os.uname().release, aggregates=aggregates,
-            pods=dict(self._cgroups.pods),  # the Kubernetes pods of the containers met
-            listen_queues=pressed.astype(object).where(pressed.notna(), None).to_dict("records"),
-            transitions=(transitions.accounting(self._transitions.written, counters, self._transitions.path,
-                                                self._transitions.stopped)
-                         if self._transitions else None),
-        )
+        run.listen_queues = pressed.astype(object).where(pressed.notna(), None).to_dict("records")
+        if self._transitions:
+            run.transitions = transitions.accounting(self._transitions.written, counters, self._transitions.path,
+                                                     self._transitions.stopped)
         if self._recorder:
             self._recorder.finish(run)
             run.recording_stopped = self._recorder.stopped
-        if self._stream is None:  # (keep=False: the caller took the records as they came)
+        if self._kept is None:  # (keep=False: the caller took the records as they came)
             return rowfile.empty(), run
-        self._kept.add(self._stream.finish(self._take_arrived(), ended_at))
-        run.rows_settled_early = self._stream.settled_early
-        return self._analysable(run), run
-
-    def _analysable(self, run: RunInfo) -> pd.DataFrame:
-        """The connection rows of the run, read back whole.  Unless that would not fit in
-        memory (a long run at a high churn, see run.memory): then the lives are counted per
-        owner, a batch of rows at a time (RunInfo.aggregates, as --aggregates makes them, with
-        .analysis_skipped saying why), and the rows are those of the lives still open."""
-        skipped = memory.too_big(self._kept.rows, procfs.mem_available())
-        if skipped is None:
-            return self._kept.connections()
-        run.aggregates, still_open = self._kept.counted()
-        run.analysis_skipped = skipped
-        return still_open
+        run.rows_settled_early = self._kept.finish(ended_at)
+        if self._out is not None:  # every row is made: none is provisional any more
+            self._out.remove([rundir.PENDING])
+        return self._kept.analysable(run), run
 
 

@@ -288,7 +288,31 @@ def test_a_tracer_killed_with_sigkill_leaves_a_recording_that_report_reads(tmp_p
     report = subprocess.run([*TCPCLOSE, "report", str(tmp_path / "rec.jsonl")], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     assert f"tc-client (pid {client.pid}) closed first on {N} of {N}" in report.stdout
-    assert "The recording was cut short" in report.stdout
+    assert "The run was cut short" in report.stdout
+
+
+def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tmp_path):
+    """trace -o keeps its connection rows in DIR as they are made, and every --interval the
+    rows not final yet and run.json: after a SIGKILL, `tcpclose report DIR` writes every file
+    from them, with every connection closed before the last interval, those whose TIME_WAIT
+    was still alive then included (as open)."""
+    out = tmp_path / "out"
+    trace = start_trace("-o", str(out), "--interval", "1")
+    server, port = start_server("wait_close", N, "tc-server")
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    time.sleep(4.0)  # past a step's grace (2 s), and a run.json after that
+    trace.kill()
+    trace.wait(timeout=30)
+    server.release(), client.release()
+    assert sorted(p.name for p in out.iterdir()) == ["connections.arrow", "connections.pending.arrow", "run.json"]
+    report = subprocess.run([*TCPCLOSE, "report", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    procs = {r["comm"]: r for r in read_csv(out / "processes.csv") if r["pid"] in (str(client.pid), str(server.pid))}
+    assert [procs["tc-client"][k] for k in ("connections", "active_closes", "timewait_count", "timewait_open")] == [
+        str(N)] * 4
+    assert [procs["tc-server"][k] for k in ("connections", "passive_closes", "timewait_count")] == [str(N), str(N), "0"]
+    assert (out / "report.html").is_file() and "The run was cut short" in (out / "summary.txt").read_text()
 
 
 def test_a_loop_of_curl_runs_is_one_application_in_the_summary(tmp_path):

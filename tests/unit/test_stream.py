@@ -173,3 +173,32 @@ def test_the_sock_diag_fallback_gives_the_same_rows_streamed(tmp_path):
         assert differences(events, run, cuts).empty
     reasons = streamed(events, run, cuts=100)[0].set_index("skaddr")["tw_end_reason"]
     assert (reasons[1], reasons[2], reasons[3]) == ("expired", "reused", "unknown")
+
+
+def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(tmp_path):
+    """What trace -o leaves behind (record.rundir): the rows made, and at each interval the
+    rows of the lives held, as if the run ended then; a life made final after that interval is
+    read once, as final."""
+    from agent.record import rows, rundir
+    from agent.record.runinfo import RunInfo
+
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       lport=40001, **ACTIVE_CLIENT),
+                         raw(skaddr=2, pid=7, comm="closer", ts=3.0, tw_timer=T1 + 0x100, tw_start=3.0,
+                             lport=40002, **ACTIVE_CLIENT),
+                         timewait("expired", timer=T1, start=2.0, end=62.0), ended=70.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events.iloc[:2], epoch(30.0)).empty
+    pending = stream.provisional(epoch(30.0))
+    assert list(pending["tw_end_reason"]) == ["open", "open"] and list(pending["tw_s"]) == pytest.approx([28.0, 27.0])
+    assert stream.held == 2  # changed nothing
+    made = stream.step(events.iloc[2:], epoch(62.0))  # after the interval: one made final
+    for name, frame in ((rundir.ROWS, made), (rundir.PENDING, pending)):
+        with open(tmp_path / name, "wb") as f:
+            writer = rows.RowsWriter(f)
+            writer.append(frame)
+            writer.close()
+    (tmp_path / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(30.0), cut_short=True).to_json())
+    conns, run = rundir.read(tmp_path)
+    assert sorted(zip(conns["lport"], conns["tw_end_reason"])) == [(40001, "expired"), (40002, "open")]
+    assert run.ended_at == pytest.approx(epoch(62.0))  # where its rows stop
