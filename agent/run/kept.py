@@ -23,8 +23,14 @@ from ..record.runinfo import RunInfo
 from ..record import rundir
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
+from .backlog import Backlog
 
 STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
+STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the rest wait in the backlog
+# Making a row costs about 35 us of Python (decoding, the joins, writing it): at full churn
+# more than a core.  While tracing, the steps take at most this share of a core, about 3,000
+# connections/s here; what arrives faster waits in the backlog for a quieter moment, or the end.
+STEP_SHARE = 0.1
 
 
 class Kept:
@@ -41,10 +47,15 @@ class Kept:
                                   f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
         self._file = file
         self._writer = rowfile.RowsWriter(self._file)
-        self._arrived: list[np.ndarray | pd.DataFrame] = []
+        self._backlog = Backlog()  # the BPF records not made into rows yet
+        self._frames: list[pd.DataFrame] = []  # and sock_diag's TIME_WAIT ends
         self._stream: Stream | None = None
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
-        self.stepped_at = time.monotonic()
+        self.stepped_at, self._step_s = time.monotonic(), 0.0
+
+    def step_due(self) -> bool:
+        """Is it time for a step: STEP_EVERY_S since the last, or longer after a long one (STEP_SHARE)?"""
+        return time.monotonic() - self.stepped_at >= max(STEP_EVERY_S, self._step_s / STEP_SHARE)
 
     def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame]) -> None:
         """Make rows from here on with `stream`; `decoder` decodes the BPF records (Tracer._decoded)."""
@@ -52,38 +63,68 @@ class Kept:
 
     @property
     def rows(self) -> int:
-        """The rows the end of the run will analyse: made so far, and still to make (held)."""
-        return self._writer.rows + (self._stream.held if self._stream else 0)
+        """The rows the end of the run will analyse: made so far, and still to make (held, waiting)."""
+        return self._writer.rows + (self._stream.held if self._stream else 0) + len(self._backlog)
+
+    @property
+    def behind(self) -> int:
+        """Records waiting for a step."""
+        return len(self._backlog)
+
+    @property
+    def spilled(self) -> int:
+        """Records that waited on disk, over the run (run.backlog)."""
+        return self._backlog.spilled
 
     def arrive(self, part: np.ndarray | pd.DataFrame) -> None:
         """BPF records (raw) or decoded events (sock_diag's), until the next step."""
-        self._arrived.append(part)
+        if isinstance(part, np.ndarray):
+            self._backlog.add(part)
+        elif len(part):
+            self._frames.append(part)
 
     def step(self) -> None:
-        """The rows final now, made from what arrived, and written."""
+        """The rows final now, made from what arrived (the oldest STEP_RECORDS), and written.
+        Behind, the step's clock is its records' own: the lives' grace and the TIME_WAITs' ends
+        are timed as they happened, not by how late they are made into rows."""
+        started = time.monotonic()
+        frame = self._take_arrived()
+        behind = len(self._backlog) > 0
+        now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
+        self._writer.append(self._stream.step(frame, now))
         self.stepped_at = time.monotonic()
-        self._writer.append(self._stream.step(self._take_arrived(), time.time()))
+        self._step_s = self.stepped_at - started
 
-    def finish(self, ended_at: float) -> int:
-        """The rest of the rows, with what the end of the run read (arrived already); returns
-        how many were made before what they waited for came (Stream.settled_early)."""
+    def finish(self, ends: list[pd.DataFrame], ended_at: float) -> int:
+        """The rest of the rows: the records still waiting, a step at a time, then with what
+        the end of the run read (`ends`: decoded); returns how many were made before what they
+        waited for came (Stream.settled_early)."""
+        while len(self._backlog):
+            self.step()
+        self._frames += ends
         self._writer.append(self._stream.finish(self._take_arrived(), ended_at))
+        self._backlog.close()
         return self._stream.settled_early
 
-    def note(self, out: OutputDir, now: float) -> None:
-        """The rows of the lives held, as if the run ended `now`, into `out` (rewritten whole):
-        with the rows made, what a run killed now has of its lives (record.rundir)."""
-        with out.replacing_binary(rundir.PENDING) as f:
-            writer = rowfile.RowsWriter(f)
-            writer.append(self._stream.provisional(now))
-            writer.close()
+    def note(self, out: OutputDir, run: RunInfo) -> bool:
+        """The rows of the lives held, as if the run ended now (run.ended_at), and `run`, into
+        `out` (each rewritten whole): with the rows made, what a run killed now leaves
+        (record.rundir).  False: they could not be written (a full disk)."""
+        try:
+            with out.replacing_binary(rundir.PENDING) as f:
+                writer = rowfile.RowsWriter(f)
+                writer.append(self._stream.provisional(run.ended_at))
+                writer.close()
+            out.write_text(rundir.RUN, run.to_json())
+        except CannotWrite:
+            return False
+        return True
 
     def _take_arrived(self) -> pd.DataFrame:
-        """What arrived since the last step, decoded (the BPF records of a step at once)."""
-        parts, self._arrived = self._arrived, []
-        raw = [p for p in parts if isinstance(p, np.ndarray)]
-        frames = [p for p in parts if isinstance(p, pd.DataFrame)]
-        return decode.concat([self._decoder(np.concatenate(raw)) if raw else decode.empty_events(), *frames])
+        """The oldest records waiting, decoded at once, and the decoded events that arrived."""
+        raw = self._backlog.take(STEP_RECORDS)
+        frames, self._frames = self._frames, []
+        return decode.concat([self._decoder(raw) if len(raw) else decode.empty_events(), *frames])
 
     def add(self, rows: pd.DataFrame) -> None:
         self._writer.append(rows)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..analysis import queues, rules
 from ..analysis.stream import Stream
-from ..errors import CannotWrite, TracepointMissing
+from ..errors import TracepointMissing
 from ..filters import Filters
 from ..safefiles import OutputDir
 from ..kernel import cgroups, diag, procfs
@@ -21,7 +21,8 @@ from ..record import rows as rowfile
 from ..record import rundir
 from ..record.recording import Recorder
 from ..record.runinfo import RunInfo
-from .kept import STEP_EVERY_S, Kept
+from .drainer import Drainer
+from .kept import Kept
 
 MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
@@ -49,13 +50,11 @@ class Tracer:
         force: write --record and --transitions into a directory of another user's too (safefiles).
         attached: called once the probe is attached and the listeners are known, before the
         snapshot of the connections already open (seconds with 100,000 sockets).
-        keep: keep the records for finish() (False: the caller takes each drain's records and
-        keeps what it needs, as tcpclose agent does; finish() then has only the end's).
-        out: the directory of -o: the connection rows are kept there as they are made
-        (connections.arrow) and run.json says every `interval` seconds how far the run got, so
-        that a run killed midway leaves what `tcpclose report DIR` finishes (record.rundir)."""
+        keep: make the connection rows for finish() (False: the caller takes each drain's
+        records, as tcpclose agent does; finish() then has only the end's).
+        out: -o's directory: the rows are kept there (connections.arrow), with run.json every
+        `interval` seconds, for `tcpclose report DIR` to finish a run killed midway (record.rundir)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
-
         preflight.check_privileges()  # before any output file is made
         self.filters = filters
         if aggregates:  # nothing per life reaches user space, so there is no life to join an end to
@@ -73,8 +72,7 @@ class Tracer:
         self._watch = diag.TimewaitWatch(netns) if method == "diag" else None
         self.hz = procfs.hz()
         self._tcpext_start = procfs.all_tcp_counters()
-        # the port range and TIME_WAIT sysctls, for port pressure and the findings
-        self._sysctls = procfs.sysctls(netns)
+        self._sysctls = procfs.sysctls(netns)  # the port range and TIME_WAIT sysctls
         # of each owner (a tgid), read from /proc while it is alive: its network namespace, and
         # its process name (the BPF side has the name of the thread that acted: a threaded
         # server's worker threads are one process, whatever they call themselves)
@@ -91,6 +89,7 @@ class Tracer:
         self._interval, self._noted_at = interval, time.monotonic()
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
+        self._drainer = Drainer(self._probe.poll)  # (from now on: the snapshots below take seconds)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self._programs: dict[str, dict[str, int]] = {}  # the programs' stats, as counters() last read them
         self.timewaits_swept = 0
@@ -177,7 +176,8 @@ class Tracer:
 
     def drain(self) -> np.ndarray:
         """Take the records that arrived (returned raw: decode.decode() reads them)."""
-        raw = self._probe.poll()
+        parts = self._drainer.take()
+        raw = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
         if len(raw):
             self._learn_owners(raw)
             self._keep(raw)
@@ -192,7 +192,7 @@ class Tracer:
             self.timewaits_swept += self._probe.sweep_timewaits(time.monotonic_ns())
         if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
             self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
-        if self._kept is not None and time.monotonic() - self._kept.stepped_at >= STEP_EVERY_S:
+        if self._kept is not None and self._kept.step_due():
             self._kept.step()
         if self._out is not None and time.monotonic() - self._noted_at >= self._interval:
             self._note_run()
@@ -202,12 +202,8 @@ class Tracer:
         """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with
         the counters of both sides now: what `tcpclose report DIR` reads of a run killed midway."""
         self._noted_at = time.monotonic()
-        try:
-            now = time.time()
-            self._kept.note(self._out, now)
-            self._out.write_text(rundir.RUN, self._run(now, self.counters(), cut_short=True).to_json())
-        except CannotWrite:  # a full disk: the rows go on (the end says what it could not write)
-            self._interval = float("inf")
+        if not self._kept.note(self._out, self._run(time.time(), self.counters(), cut_short=True)):
+            self._interval = float("inf")  # a full disk: the rows go on (the end says what it could not write)
 
     def _run(self, ended_at: float, counters: dict, **more) -> RunInfo:
         """The run up to `ended_at`, with the BPF side's `counters` and the kernel's now."""
@@ -221,8 +217,8 @@ class Tracer:
 
     @property
     def records_kept(self) -> int:
-        """Connection rows the end of the run will analyse, made or still held."""
-        return self._kept.rows if self._kept is not None else 0
+        """Rows the end of the run will analyse (made, held, or records waiting)."""
+        return self._kept.rows if self._kept else 0
 
     def counters(self) -> dict[str, int]:
         """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
@@ -249,6 +245,7 @@ class Tracer:
         connection rows (analysis.lives) and the run; a run too big to analyse in memory comes
         back counted per process instead, with the rows of the lives still open only
         (RunInfo.aggregates and .analysis_skipped: see Kept.analysable)."""
+        self._drainer.stop()  # the ring is read here from now on, last as the run ends
         self.drain()
         if self._transitions:  # what is left of the stream, whole: the run is over
             self._transitions.write(self._probe.poll_transitions())
@@ -257,8 +254,9 @@ class Tracer:
         self._learn_owners(open_raw)
         still_open = self._decoded(open_raw)
         timewaits = decode.from_followed_timewaits(self._probe.open_timewaits(), self._offset_ns, self.hz, ended_at)
+        ends = []  # what the end of the run reads, for the last rows (Kept.finish)
         if self._watch:
-            self._keep(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
+            ends.append(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = decode.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
         programs = self._probe.program_stats()
         counters = self.counters()
@@ -281,9 +279,9 @@ class Tracer:
             self._transitions.close()
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
-        for frame in (still_open, timewaits,
-                      self._placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))):
-            self._keep(frame)
+        ends += [still_open, timewaits, self._placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
+        for frame in ends if self._recorder else ():
+            self._recorder.write(frame)
         run.listen_queues = pressed.astype(object).where(pressed.notna(), None).to_dict("records")
         if self._transitions:
             run.transitions = transitions.accounting(self._transitions.written, counters, self._transitions.path,
@@ -293,7 +291,7 @@ class Tracer:
             run.recording_stopped = self._recorder.stopped
         if self._kept is None:  # (keep=False: the caller took the records as they came)
             return rowfile.empty(), run
-        run.rows_settled_early = self._kept.finish(ended_at)
+        run.rows_settled_early = self._kept.finish(ends, ended_at)
         if self._out is not None:  # every row is made: none is provisional any more
             self._out.remove([rundir.PENDING])
         return self._kept.analysable(run), run

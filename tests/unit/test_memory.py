@@ -56,3 +56,16 @@ def test_a_rows_file_cut_short_reads_up_to_its_last_whole_batch():
         assert list(rows.read(io.BytesIO(data[:cut]))["pid"]) == [1, 2]
     assert list(rows.read(io.BytesIO(data))["pid"]) == [1, 2, 3, 4]
     assert rows.read(io.BytesIO(data[:5])).empty  # not even the schema: no rows, not an error
+
+
+def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_core(tmp_path, monkeypatch):
+    from agent.run import kept as kept_module
+
+    kept = Kept(str(tmp_path))
+    clock = [100.0]
+    monkeypatch.setattr(kept_module.time, "monotonic", lambda: clock[0])
+    kept.stepped_at, kept._step_s = 100.0, 0.5  # a step that took half a second, just ended
+    clock[0] = 100.0 + kept_module.STEP_EVERY_S
+    assert not kept.step_due()  # a second later: 0.5 s of 1 s would be half a core
+    clock[0] = 100.0 + 0.5 / kept_module.STEP_SHARE
+    assert kept.step_due()

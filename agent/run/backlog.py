@@ -1,0 +1,77 @@
+"""The BPF records waiting for their step (run.kept), oldest first: in memory, and on disk past
+IN_MEMORY_BYTES.
+
+At a churn the steps cannot keep up with (tens of thousands of connections a second on two
+cores: making a row costs tens of microseconds of Python), records arrive faster than they
+are made into rows.  They are not dropped: they wait here, and the steps catch up later, or
+the end of the run does.  Past IN_MEMORY_BYTES they wait in an unnamed file ($TMPDIR, else
+/var/tmp), so the tracer's memory stays bounded however far behind it is.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import CannotWrite
+from ..record import layout
+from ..safefiles import scratch_directory
+
+IN_MEMORY_BYTES = 64 << 20  # about 400,000 records
+
+
+class Backlog:
+    def __init__(self, dtype: np.dtype = layout.EVENT_DTYPE):
+        self._dtype = dtype
+        self._memory: list[np.ndarray] = []
+        self._memory_bytes = 0
+        self._file = None
+        self._written = self._read = 0  # records in the file, and read from it
+        self.spilled = 0  # records that waited on disk, over the run
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._memory) + self._written - self._read
+
+    def add(self, raw: np.ndarray) -> None:
+        if not len(raw):
+            return
+        if self._file is None and self._memory_bytes + raw.nbytes <= IN_MEMORY_BYTES:
+            self._memory.append(raw)
+            self._memory_bytes += raw.nbytes
+            return
+        if self._file is None:  # from here on, until it is read to its end, arrivals go after it
+            directory = scratch_directory()
+            try:
+                self._file = tempfile.TemporaryFile(prefix="tcpclose-backlog-", dir=directory)
+            except OSError as exc:
+                raise CannotWrite(f"cannot make the backlog file in {directory or tempfile.gettempdir()}: "
+                                  f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(np.ascontiguousarray(raw, self._dtype).view(np.uint8))
+        self._written += len(raw)
+        self.spilled += len(raw)
+
+    def take(self, limit: int) -> np.ndarray:
+        """The oldest records, at most `limit` of them (memory first: it is older than the file)."""
+        if self._memory:
+            raw = np.concatenate(self._memory)
+            out, rest = raw[:limit], raw[limit:]
+            self._memory = [rest] if len(rest) else []
+            self._memory_bytes = rest.nbytes
+            return out
+        if self._file is None:
+            return np.empty(0, self._dtype)
+        n = min(limit, self._written - self._read)
+        self._file.seek(self._read * self._dtype.itemsize)
+        out = np.frombuffer(self._file.read(n * self._dtype.itemsize), self._dtype)
+        self._read += n
+        if self._read == self._written:  # read to its end: back to memory
+            self._file.close()
+            self._file, self._written, self._read = None, 0, 0
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

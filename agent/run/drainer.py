@@ -1,0 +1,53 @@
+"""The ring buffer emptied on a thread of its own, whatever the tracer's main thread is doing.
+
+The main thread makes the connection rows a step at a time (run.kept); at full churn a
+step takes most of a second of CPU, and a ring buffer read only between steps fills up and
+drops records however the steps are timed.  The drainer reads the ring every DRAIN_EVERY_S
+(the read is a few numpy operations on its memory map: kernel.ringbuf) and keeps what it
+read until the main thread takes it (then run.backlog holds what waits for a step).
+(Lowering the main thread's priority instead does not work: a thread the kernel puts off
+while it holds Python's GIL holds up the drainer too, and the ring fills: tried, 1.4 M
+records dropped in a minute of full churn.)
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+DRAIN_EVERY_S = 0.05
+
+class Drainer:
+    def __init__(self, poll: Callable[[], np.ndarray], every: float = DRAIN_EVERY_S):
+        """poll: reads the ring buffer (Probe.poll); called under this drainer's lock only."""
+        self._poll, self._every = poll, every
+        self._parts: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.backlog = 0  # records read and not taken yet
+        self._thread = threading.Thread(target=self._run, name="tcpclose-drainer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            self._read()
+
+    def _read(self) -> None:
+        with self._lock:
+            raw = self._poll()
+            if len(raw):
+                self._parts.append(raw)
+                self.backlog += len(raw)
+
+    def take(self) -> list[np.ndarray]:
+        """Everything read so far, up to now, in order."""
+        self._read()
+        with self._lock:
+            parts, self._parts, self.backlog = self._parts, [], 0
+        return parts
+
+    def stop(self) -> None:
+        """No read after this returns (the probe can be closed)."""
+        self._stopped.set()
+        self._thread.join()

@@ -1,0 +1,52 @@
+"""What waits for a step when the steps fall behind (run.backlog), and the thread that keeps
+the ring buffer from filling meanwhile (run.drainer)."""
+import threading
+import time
+
+import numpy as np
+
+from agent.record import layout
+from agent.run import backlog as backlogs
+from agent.run.backlog import Backlog
+from agent.run.drainer import Drainer
+
+
+def records(first: int, n: int) -> np.ndarray:
+    out = np.zeros(n, layout.EVENT_DTYPE)
+    out["pid"] = np.arange(first, first + n)
+    return out
+
+
+def test_records_wait_in_memory_then_on_disk_and_come_back_oldest_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(backlogs, "IN_MEMORY_BYTES", 10 * layout.EVENT_DTYPE.itemsize)
+    waiting = Backlog()
+    for first in range(0, 40, 8):  # 8 at a time: the first fits in memory, the rest go to disk
+        waiting.add(records(first, 8))
+    assert len(waiting) == 40 and waiting.spilled == 32
+    taken = [waiting.take(7)["pid"].tolist() for _ in range(3)]
+    waiting.add(records(40, 5))  # arrived while the file is read: after it
+    taken += [waiting.take(100)["pid"].tolist() for _ in range(3)]
+    assert sum(taken, []) == list(range(45))
+    assert len(waiting) == 0 and not list(tmp_path.iterdir())  # the file was unnamed, and is closed
+
+
+def test_the_drainer_reads_on_its_own_thread_until_it_stops():
+    reads, lock = [], threading.Lock()
+
+    def poll():
+        with lock:
+            reads.append(threading.get_native_id())
+            return records(len(reads), 1)
+
+    drainer = Drainer(poll, every=0.01)
+    try:
+        time.sleep(0.2)  # the main thread busy elsewhere: the ring is read anyway
+        assert len({tid for tid in reads if tid != threading.get_native_id()}) == 1
+        taken = np.concatenate(drainer.take())["pid"].tolist()
+        assert taken == sorted(taken) and len(taken) >= 5
+    finally:
+        drainer.stop()
+    count = len(reads)
+    time.sleep(0.05)
+    assert len(reads) == count  # stopped: no read after stop()
