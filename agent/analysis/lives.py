@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..record import layout
 from ..kernel.cgroups import workload
-from . import rules
+from . import listeners, rules
 from .rules import FOUR_TUPLE
 
 # the owner's cgroup v2 path and what it names (kernel.cgroups): container (runtime:id), pod uid, systemd unit
@@ -137,29 +137,6 @@ def _from_fd_tables(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
             out.loc[fixed, "cgroup"] = found["cgroup"].to_numpy(object)[guessed]
 
 
-def _shared_listeners(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
-    """A life credited to its listener's owner only (it ended with no syscall of its owner:
-    a reset, a handshake never completed) is ambiguous where that listener is held by several
-    processes at the end (a pre-forking server's master and workers): which one had the
-    socket, the kernel does not say, and the master that listened is the likeliest wrong."""
-    listening = seen_at_end[seen_at_end["last_state"] == "LISTEN"]
-    rows = np.flatnonzero((out["owner_src"] == "listener").to_numpy())
-    if not len(listening) or not len(rows):
-        return
-    shared = set()
-    for family, laddr, lport, pid in zip(listening["family"], listening["laddr"], listening["lport"],
-                                         listening["pid"].fillna(0)):
-        if int(pid) == 0:  # no one process holds it
-            shared.add((family, laddr, int(lport)))
-    if not shared:
-        return
-    wildcard = {"ipv4": "0.0.0.0", "ipv6": "::"}
-    hit = [i for i in rows if (out.at[i, "family"], out.at[i, "laddr"], int(out.at[i, "lport"])) in shared
-           or (out.at[i, "family"], wildcard.get(out.at[i, "family"]), int(out.at[i, "lport"])) in shared]
-    out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
-    out.loc[hit, "owner_src"] = "ambiguous"
-
-
 def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     """PLACE_COLUMNS, `pod_name` (the container's pod, "namespace/name", from `pods`) and
     `workload` (the container, else the unit, else the process name), from each credited
@@ -176,45 +153,11 @@ def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     out["workload"] = out["workload"].where(out["workload"].notna(), out["comm"])
 
 
-def listener_owners(out: pd.DataFrame) -> dict[tuple, set[int]]:
-    """Per listener (network namespace, "" where none was learnt; local address; port), the
-    processes whose own syscall closed one of its children (server lives, owner_src syscall)."""
-    server = (out["role"] == "server").to_numpy() & (out["owner_src"] == "syscall").to_numpy()
-    seen = out.loc[server, ["netns", "laddr", "lport", "pid"]]
-    seen = seen.assign(netns=seen["netns"].fillna("").astype(str), lport=seen["lport"].astype(int),
-                       pid=seen["pid"].astype(int)).drop_duplicates()
-    owners: dict[tuple, set[int]] = {}
-    for netns, laddr, lport, pid in seen.itertuples(index=False):
-        owners.setdefault((netns, laddr, lport), set()).add(pid)
-    return owners
-
-
-def _listeners_seen_shared(out: pd.DataFrame, earlier: dict[tuple, set[int]] | None = None) -> None:
-    """A life credited to its listener's owner only is ambiguous where other lives of the same
-    listener (network namespace, local address and port) were closed by another process's
-    syscall: the listener's children went to several processes (a pre-forking server's
-    workers, a dispatcher passing them on), so the one that listened is not the one that had
-    this socket.  This holds after that listener is gone too, where _shared_listeners, which
-    reads the snapshot at the end, cannot tell."""
-    guessed = np.flatnonzero((out["role"] == "server").to_numpy() & (out["owner_src"] == "listener").to_numpy())
-    if not len(guessed):
-        return
-    owners = listener_owners(out)
-    for key, pids in (earlier or {}).items():
-        owners[key] = owners.get(key, set()) | pids
-    listened = out.iloc[guessed]
-    hit = [i for i, key, pid in zip(guessed, zip(listened["netns"].fillna("").astype(str), listened["laddr"],
-                                                 listened["lport"].astype(int)), listened["pid"])
-           if owners.get(key, set()) - {int(pid)}]
-    out.loc[hit, ["pid", "comm", "thread_comm"]] = [None, "", None]
-    out.loc[hit, "owner_src"] = "ambiguous"
-
-
 @dataclass
 class Carried:
     """What a run analysed a batch of lives at a time (analysis.stream) carries from one batch
     to the next: the snapshot's connections no life has claimed yet, and the processes seen
-    per listener (listener_owners)."""
+    per listener (listeners.listener_owners)."""
     existing: pd.DataFrame
     owners: dict[tuple, set[int]] = field(default_factory=dict)
 
@@ -299,10 +242,10 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     out["netns"] = out["netns"].astype(object)
     seen_at_end = events[events["kind"] == "seen_at_end"]
     _from_fd_tables(out, seen_at_end)
-    _shared_listeners(out, seen_at_end)
-    _listeners_seen_shared(out, carried.owners if carried is not None else None)
+    listeners.shared_at_end(out, seen_at_end)
+    listeners.seen_shared(out, carried.owners if carried is not None else None)
     if carried is not None:
-        for key, pids in listener_owners(out).items():
+        for key, pids in listeners.listener_owners(out).items():
             carried.owners.setdefault(key, set()).update(pids)
     _place(out, pods or {})
     return out

@@ -13,7 +13,7 @@ needs of the batches before: lives.Carried).  A life's row is final
     by the timer (EV_TW_END) or by sock_diag (--timewait diag);
   - at the end of the run only, for two kinds only the whole run can settle: a life credited
     to its listener's owner (the fd tables at the end, and the other lives of that listener,
-    say whether that names one process: lives._shared_listeners, _listeners_seen_shared), and
+    say whether that names one process: analysis.listeners), and
     a TIME_WAIT cancelled where the BPF side saw no connect() take it, until a client
     opened on its 4-tuple within timewait.REUSE_WINDOW_S of the cancel shows up (then it
     was reused; the client can still be open at the end).  At most PARKED_MAX of them wait:
