@@ -109,7 +109,9 @@ class Kept:
     def note(self, out: OutputDir, run: RunInfo) -> bool:
         """The rows of the lives held, as if the run ended now (run.ended_at), and `run`, into
         `out` (each rewritten whole): with the rows made, what a run killed now leaves
-        (record.rundir).  False: they could not be written (a full disk)."""
+        (record.rundir).  False: they could not be written (a full disk).  Its time counts as a
+        step's (STEP_SHARE): with many lives held it is seconds."""
+        started = time.monotonic()
         try:
             with out.replacing_binary(rundir.PENDING) as f:
                 writer = rowfile.RowsWriter(f)
@@ -118,6 +120,9 @@ class Kept:
             out.write_text(rundir.RUN, run.to_json())
         except CannotWrite:
             return False
+        finally:
+            self.stepped_at = time.monotonic()
+            self._step_s = self.stepped_at - started
         return True
 
     def _take_arrived(self) -> pd.DataFrame:
