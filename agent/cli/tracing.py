@@ -53,7 +53,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
     Each connection's row is made as soon as nothing can change it (its
     TIME_WAIT ended) and kept on disk (DIR/connections.arrow with -o, else
     $TMPDIR or /var/tmp); the end makes the figures from all of them, up to
-    0.9 kB of memory a row: a run past 80 % of MemAvailable is counted per
+    1.5 kB of memory a row: a run past 80 % of MemAvailable is counted per
     process only.  For hours at high churn, use --aggregates.  A Ctrl-C or
     SIGTERM while the files are written only warns; the next one abandons them.
 

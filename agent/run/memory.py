@@ -9,10 +9,11 @@ run says so (RunInfo.analysis_skipped).
 """
 from __future__ import annotations
 
-# What analysing a run costs at its end, per connection row: the rows read back and the
-# figures made from them.  Measured when the end decoded every record too, at 0.70 kB a
-# row at 8.1 M and 17.0 M rows (docs/overhead.md); 0.9 kB leaves a margin.
-ANALYSIS_BYTES_PER_RECORD = 900
+# What the end of a run costs, per connection row: the rows still to make (the backlog),
+# those read back and the figures made from them.  Measured above the memory while tracing
+# at 1.27 kB a row after 60 s at full churn (2.64 M rows, most made at the end) and 0.83 kB
+# at 6,000 conn/s (docs/overhead.md, "Rows made as the run goes"); 1.5 kB leaves a margin.
+ANALYSIS_BYTES_PER_RECORD = 1500
 ANALYSIS_SHARE_OF_MEMORY = 0.8  # of MemAvailable, for a run analysed whole
 
 
