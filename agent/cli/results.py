@@ -46,7 +46,8 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
 
     def write() -> list:
         if a is None:
-            return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run)
+            return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run,
+                                          rows_there)
         return files.write(out, a, render(FILE_WIDTH), rows_there)
 
     summary_text = render(terminal_width(err) if not out or summary else FILE_WIDTH)

@@ -92,7 +92,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
                         attached=lambda: click.echo(tracing, err=True))
         conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
-                     rescue=True, view=view, rows_there=not run_info.counted_only)
+                     rescue=True, view=view, rows_there=not aggregates)
 
 
 @click.command(context_settings=CONTEXT)

@@ -82,13 +82,16 @@ def write(out: OutputDir, a: Analysis, text: str, rows_there: bool = False) -> l
     return [out.path / name for name in (*FILES, rundir.ROWS)]
 
 
-def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo) -> list:
+def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo,
+                     rows_there: bool = False) -> list:
     """What a --aggregates run has: per-process rows, the same per name (`names`:
-    analysis.workloads.folded), the summary and run.json.  The
-    per-connection files an earlier run left in the directory are removed: they are not this run's."""
+    analysis.workloads.folded), the summary and run.json.  The per-connection files an
+    earlier run left in the directory are removed: they are not this run's.  rows_there:
+    this run's rows are there (a run too big to analyse whole): connections.arrow stays."""
     out.write_text("run.json", run.to_json())
     out.write_text("summary.txt", text)
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
     _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
-    out.remove(name for name in (*FILES, rundir.ROWS, rundir.PENDING) if name not in AGGREGATE_FILES)
-    return [out.path / name for name in AGGREGATE_FILES]
+    kept = (*AGGREGATE_FILES, rundir.ROWS) if rows_there else AGGREGATE_FILES
+    out.remove(name for name in (*FILES, rundir.ROWS, rundir.PENDING) if name not in kept)
+    return [out.path / name for name in kept]

@@ -43,8 +43,9 @@ def analysis_skipped_line(skipped: dict) -> str:
     return (f"Too many socket lives to analyse in memory: {skipped['records']:,} records would need about "
             f"{skipped['needed_bytes'] / gib:.1f} GiB, with {skipped['available_bytes'] / gib:.1f} GiB available. "
             "They were counted per process only, as --aggregates does: no connections.csv and no report.html. "
-            "For per-connection files trace for less time (-d) or narrow it with filters; for long runs at "
-            "this rate use --aggregates.")
+            "With -o DIR the rows are whole in DIR/connections.arrow: 'tcpclose report DIR -o OTHER' on a host "
+            "with more memory writes every file. Else trace for less time (-d) or narrow it with filters; for "
+            "long runs at this rate use --aggregates.")
 
 
 def transitions_line(t: dict) -> str:

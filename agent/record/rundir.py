@@ -37,6 +37,8 @@ def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
         conns = rows.read(directory / ROWS)
     except (OSError, ValueError) as exc:
         raise BadRecording(f"{directory / ROWS} is not a tcpclose rows file: {exc}") from None
+    if run.analysis_skipped:  # counted per process where it ran, for want of memory: here, analysed
+        run.aggregates = run.analysis_skipped = None
     if run.cut_short:
         if (directory / PENDING).is_file():
             pending = rows.read(directory / PENDING)

@@ -91,7 +91,7 @@ class Kept:
         frame = self._take_arrived()
         behind = len(self._backlog) > 0
         now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
-        self._writer.append(self._stream.step(frame, now))
+        self.add(self._stream.step(frame, now))
         self.stepped_at = time.monotonic()
         self._step_s = self.stepped_at - started
 
@@ -102,7 +102,7 @@ class Kept:
         while len(self._backlog):
             self.step()
         self._frames += ends
-        self._writer.append(self._stream.finish(self._take_arrived(), ended_at))
+        self.add(self._stream.finish(self._take_arrived(), ended_at))
         self._backlog.close()
         return self._stream.settled_early
 
@@ -132,6 +132,7 @@ class Kept:
         return decode.concat([self._decoder(raw) if len(raw) else decode.empty_events(), *frames])
 
     def add(self, rows: pd.DataFrame) -> None:
+        """Rows made final, written."""
         self._writer.append(rows)
 
     def analysable(self, run: RunInfo) -> pd.DataFrame:

@@ -69,3 +69,38 @@ def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_c
     assert not kept.step_due()  # a second later: 0.5 s of 1 s would be half a core
     clock[0] = 100.0 + 0.5 / kept_module.STEP_SHARE
     assert kept.step_due()
+
+
+@pytest.mark.parametrize("rows_there", [True, False])
+def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tmp_path, rows_there):
+    """Past the guard a trace -o writes the counts only; its rows, whole in DIR, stay there
+    (report DIR can analyse them on a bigger host); another run's are removed."""
+    import pandas as pd
+
+    from agent.output import files
+    from agent.record.runinfo import RunInfo
+    from agent.safefiles import OutputDir
+
+    for name in ("connections.arrow", "connections.pending.arrow", "connections.csv"):
+        (tmp_path / name).write_bytes(b"x")
+    procs = pd.DataFrame(columns=files.PROCESS_COLUMNS + files.EXTRA_PROCESS_COLUMNS)
+    out = OutputDir(tmp_path)
+    files.write_aggregates(out, procs, procs, "summary\n", RunInfo(started_at=0.0, ended_at=1.0), rows_there)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert ("connections.arrow" in left) == rows_there
+    assert not left & {"connections.pending.arrow", "connections.csv"}
+
+
+def test_report_dir_analyses_the_rows_of_a_run_that_was_counted_for_want_of_memory(tmp_path):
+    from agent.record import rundir
+    from agent.record.runinfo import RunInfo
+
+    with open(tmp_path / rundir.ROWS, "wb") as f:
+        writer = rows.RowsWriter(f)
+        writer.append(conns_of(1, 2))
+        writer.close()
+    counted = RunInfo(started_at=0.0, ended_at=1.0, aggregates=[{"pid": 1, "comm": "app", "lives": 2}],
+                      analysis_skipped={"records": 2, "needed_bytes": 3, "available_bytes": 1})
+    (tmp_path / rundir.RUN).write_text(counted.to_json())
+    conns, run = rundir.read(tmp_path)
+    assert not run.counted_only and list(conns["pid"]) == [1, 2]
