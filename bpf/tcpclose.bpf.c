@@ -319,20 +319,26 @@ static __always_inline void track_listener(u64 sk, struct listener_key *k, int o
 	struct listener *l = listeners.lookup(k);
 	u64 id = bpf_get_current_pid_tgid();
 	if (new == TCP_LISTEN) {
-		if (l) {  /* another listening socket on the key: whose children are whose is unknown */
-			__sync_fetch_and_add(&l->members, 1);
-			if (l->pid != id >> 32)
-				l->shared = 1;
-			return;
+		if (!l) {
+			struct listener n = {};
+			n.skaddr = sk;
+			n.pid = id >> 32;
+			n.tid = (u32)id;
+			n.cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(n.comm, sizeof(n.comm));
+			n.members = 1;
+			/* only where there is none: two processes that listen() on the key at once,
+			 * on two CPUs, both find none, and the second must not overwrite the first */
+			if (listeners.insert(k, &n) == 0)
+				return;
+			l = listeners.lookup(k);
+			if (!l)
+				return;
 		}
-		struct listener n = {};
-		n.skaddr = sk;
-		n.pid = id >> 32;
-		n.tid = (u32)id;
-		n.cgroup_id = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(n.comm, sizeof(n.comm));
-		n.members = 1;
-		listeners.update(k, &n);
+		/* another listening socket on the key: whose children are whose is unknown */
+		__sync_fetch_and_add(&l->members, 1);
+		if (l->pid != id >> 32)
+			l->shared = 1;
 	} else if (l) {
 		if (l->members <= 1)
 			listeners.delete(k);
