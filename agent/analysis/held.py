@@ -16,6 +16,7 @@ import pandas as pd
 from ..record.decode import concat, empty_events
 from . import rules
 from .lives import initiators
+from .timewait import armed_micros
 
 COMPACT_SHARE = 0.5  # a chunk is filtered once this share of its rows is gone
 MERGE_CHUNKS, SMALL_CHUNK = 64, 4096  # past this many chunks, the small ones become one
@@ -26,7 +27,7 @@ def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     microsecond it was armed) and `key`, one integer mixing both, on which lives and ends are
     matched (end_of)."""
     timer = frame["tw_timer"].astype(np.uint64).to_numpy() if len(frame) else np.zeros(0, np.uint64)
-    micros = np.round(np.nan_to_num(frame["tw_start_at"].astype(float).to_numpy(), nan=-1.0) * 1e6).astype(np.int64)
+    micros = armed_micros(frame["tw_start_at"].astype(float).to_numpy())
     with np.errstate(over="ignore"):
         key = timer ^ (micros.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     return {"timer": timer, "micros": micros, "key": key}

@@ -28,10 +28,15 @@ TIME_WAIT_LEN_S = 60.0  # TCP_TIMEWAIT_LEN, a compile-time constant of the kerne
 TIMEWAIT_COLUMNS = ["kind", "event_at", "tw_timer", "tw_start_at", "tw_rearm_at", "tw_end", *FOUR_TUPLE]
 
 
+def armed_micros(start) -> np.ndarray:
+    """The microsecond a timewait socket was armed (-1e6 where not known): with its timer's
+    address, its name (timer memory is recycled)."""
+    return np.round(np.nan_to_num(np.asarray(start, dtype=float), nan=-1.0) * 1e6).astype(np.int64)
+
+
 def timewait_key(timer, start) -> pd.MultiIndex:
     """A timewait socket's name: its timer's address and the microsecond it was armed."""
-    micros = np.round(np.nan_to_num(np.asarray(start, dtype=float), nan=-1.0) * 1e6)
-    return pd.MultiIndex.from_arrays([np.asarray(timer, dtype=np.uint64), micros.astype(np.int64)])
+    return pd.MultiIndex.from_arrays([np.asarray(timer, dtype=np.uint64), armed_micros(start)])
 
 
 def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:

@@ -5,10 +5,8 @@ or, for a run too big to analyse in memory (run.memory), counted per owner a bat
 from __future__ import annotations
 
 import tempfile
-from typing import BinaryIO
-
 import time
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import pandas as pd
