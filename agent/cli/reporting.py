@@ -77,7 +77,7 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
             with stop_on_signals() as stop:
                 stop.finishing()
                 try:
-                    paths = fleet_summary.write(out, fleet, prometheus, text)
+                    paths = fleet_summary.write(out, fleet, prometheus, text, view.top)
                 finally:
                     out.close()
             click.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -5,7 +5,10 @@ Counts over the range are the counters' increase; a series that began inside the
 (a workload's first close since its agent started) counts from 0, where Prometheus'
 increase() would start from its first sample and miss it.  increase() extrapolates to the
 range's edges, so counts are rounded.  The gauges are read at the range's end (CLOSE_WAITs
-open) and at their worst within it (oldest CLOSE_WAIT, port headroom).
+open) and at their worst within it (oldest CLOSE_WAIT, port headroom).  What report.html
+plots over the range comes from range queries (/api/v1/query_range), POINTS steps of it;
+the series are summed per workload (or destination) by Prometheus and the busiest chosen
+here: no name read from Prometheus goes back into a query.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -27,6 +30,7 @@ DURATION = re.compile(r"^(\d+)(s|m|h|d)$")  # Prometheus' own way: 90s, 30m, 6h,
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 INSTANCE = re.compile(r"^[\w.:\[\]-]+$")  # HOST:PORT as Prometheus labels its targets
 ADDRESS = re.compile(r"^https?://[^\s/]+")
+POINTS = 240  # steps per plotted range
 
 
 @dataclass
@@ -39,6 +43,10 @@ class Fleet:
     headroom: pd.DataFrame  # the destinations with the least port headroom: instance, source, destination, headroom
     unseen: dict[str, int]
     overflows: int = 0  # TIME_WAITs the kernels did not make: tcp_max_tw_buckets reached
+    # over the range, for report.html: a frame per figure, indexed by time (epoch s), a column per
+    # workload or destination (OVER_TIME's keys)
+    over_time: dict[str, pd.DataFrame] = field(default_factory=dict)
+    lifetimes: pd.Series = None  # TIME_WAITs ended over the range per lifetime bucket (its upper bound, s)
 
 
 class Prometheus:
@@ -48,7 +56,15 @@ class Prometheus:
 
     def query(self, expr: str, at: float) -> list[dict]:
         """An instant query's series: [{"metric": {labels}, "value": [t, "v"]}, ...]."""
-        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
+        return self._ask("query", {"query": expr, "time": f"{at:.3f}"})
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
+        """A range query's series: [{"metric": {labels}, "values": [[t, "v"], ...]}, ...]."""
+        return self._ask("query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                         "step": f"{step:.3f}"})
+
+    def _ask(self, api: str, arguments: dict) -> list[dict]:
+        address = f"{self.url}/api/v1/{api}?" + urllib.parse.urlencode(arguments)
         try:
             with urllib.request.urlopen(address, timeout=TIMEOUT_S) as response:
                 answer = json.loads(response.read(64 << 20))
@@ -72,6 +88,30 @@ def _counted(metric: str, selector: str, seconds: int, by: str) -> str:
 def _rows(result: list[dict], keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame([{**{k: r["metric"].get(k, "") for k in keys}, "value": float(r["value"][1])}
                          for r in result], columns=[*keys, "value"])
+
+
+def _over_time(result: list[dict], label: str) -> pd.DataFrame:
+    """A range query's series as one frame: a row per step (epoch s), a column per `label` value."""
+    columns = {r["metric"].get(label, ""): pd.Series({float(t): float(v) for t, v in r["values"]}) for r in result}
+    return pd.DataFrame(columns).sort_index() if columns else pd.DataFrame()
+
+
+# what report.html plots over the range: name -> (query, with {sel} the selector and {window}
+# rate()'s, the label that names a series)
+OVER_TIME = {
+    "active_closes": ("sum by (workload) (rate(tcpclose_closes_total{{kind=\"active\"{inner}}}[{window}s]))", "workload"),
+    "close_waits": ("sum by (workload) (tcpclose_close_wait_sockets{sel})", "workload"),
+    "client_timewaits": ("sum by (destination) (tcpclose_client_timewaits{sel})", "destination"),
+    "headroom": ("min by (destination) (tcpclose_port_headroom_ratio{sel})", "destination"),
+}
+
+
+def _lifetimes(prometheus: Prometheus, end: float, seconds: int, selector: str) -> pd.Series:
+    """The TIME_WAITs ended over the range per lifetime bucket (the buckets' upper bounds, the
+    last +Inf), from the histogram's cumulative buckets."""
+    found = prometheus.query(_counted("tcpclose_timewait_lifetime_seconds_bucket", selector, seconds, "le"), end)
+    cumulative = pd.Series({float(r["metric"]["le"]): float(r["value"][1]) for r in found}, dtype=float).sort_index()
+    return cumulative.diff().fillna(cumulative).clip(lower=0).round().astype(int)
 
 
 def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None = None) -> Fleet:
@@ -121,7 +161,13 @@ def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None 
                    f"tcpclose_port_headroom_ratio{selector}[{seconds}s])))", ["instance", "source", "destination"])
     unseen = ask(_counted("tcpclose_unseen_total", selector, seconds, "what"), ["what"])
     overflows = ask(_counted("tcpclose_timewait_overflows_total", selector, seconds, "instance"), ["instance"])
+    step = max(seconds / POINTS, 1.0)
+    window = int(max(2 * step, 60))  # rate() wants two scrapes in its window
+    inner = f',instance="{instance}"' if instance else ""
+    over_time = {name: _over_time(prometheus.query_range(expr.format(sel=selector, inner=inner, window=window),
+                                                         end - seconds, end, step), label)
+                 for name, (expr, label) in OVER_TIME.items()}
     return Fleet(end, seconds, instances, out.reset_index(drop=True),
                  headroom.rename(columns={"value": "headroom"}).sort_values("headroom").reset_index(drop=True),
                  {r.what: int(round(r.value)) for r in unseen.itertuples()},
-                 int(round(overflows["value"].sum())))
+                 int(round(overflows["value"].sum())), over_time, _lifetimes(prometheus, end, seconds, selector))

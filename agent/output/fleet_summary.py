@@ -30,7 +30,7 @@ def _cell(value) -> str:
     return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
 
 
-def _span(seconds: int) -> str:
+def span(seconds: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size} {unit}"
@@ -45,7 +45,7 @@ def render(fleet: Fleet, source: str, width: int = 120, top: int | None = 20) ->
     console.print(
         f"tcpclose: {int(rows['connections'].sum()):,} socket lives closed in {len(rows):,} workloads, as "
         f"{len(fleet.instances)} agent(s) reported them to {printable(source)} in the "
-        f"{_span(fleet.seconds)} to {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(fleet.end))} UTC")
+        f"{span(fleet.seconds)} to {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(fleet.end))} UTC")
     table = Table(box=None, pad_edge=False, show_edge=False)
     for title, _ in COLUMNS:
         table.add_column(title, justify="left" if title == "WORKLOAD" else "right", no_wrap=True)
@@ -104,9 +104,11 @@ def render(fleet: Fleet, source: str, width: int = 120, top: int | None = 20) ->
     return out.getvalue()
 
 
-def write(out: OutputDir, fleet: Fleet, source: str, text: str) -> list:
-    """summary.txt, workloads.csv (a row per workload) and fleet.json (the range, the agents,
-    what they could not see)."""
+def write(out: OutputDir, fleet: Fleet, source: str, text: str, top: int | None = 20) -> list:
+    """summary.txt, workloads.csv (a row per workload), fleet.json (the range, the agents,
+    what they could not see) and report.html (output.fleet_report)."""
+    from . import fleet_report  # matplotlib: imported only when a report is written
+
     out.write_text("fleet.json", json.dumps({
         "prometheus": source, "end": fleet.end, "seconds": fleet.seconds, "instances": fleet.instances,
         "unseen": fleet.unseen, "timewait_overflows": fleet.overflows,
@@ -114,4 +116,5 @@ def write(out: OutputDir, fleet: Fleet, source: str, text: str) -> list:
     out.write_text("summary.txt", text)
     with out.replacing("workloads.csv") as f:
         spreadsheet_safe(fleet.workloads).to_csv(f, index=False, float_format="%.3f")
-    return [out.path / name for name in ("summary.txt", "workloads.csv", "fleet.json")]
+    out.write_text("report.html", fleet_report.render(fleet, source, text, top))
+    return [out.path / name for name in ("summary.txt", "workloads.csv", "fleet.json", "report.html")]

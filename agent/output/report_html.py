@@ -24,8 +24,8 @@ from ..analysis.workloads import BY, top
 from ..labels import who
 
 TOP = 10  # processes and destinations per plot
-_SEVERITY = {"problem": "#b00020", "warning": "#b26a00", "info": "#305080"}
-_CSS = """
+SEVERITY = {"problem": "#b00020", "warning": "#b26a00", "info": "#305080"}
+CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 .finding { border-left: 5px solid; padding: .3em .8em; margin: .6em 0; background: #f7f7f7; }
@@ -42,7 +42,7 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(section_id: str, title: str, draw, empty_because: str | None) -> str:
+def figure(section_id: str, title: str, draw, empty_because: str | None) -> str:
     """A section with one plot, or the reason there is nothing to plot."""
     head = f'<h2 id="{section_id}">{html.escape(title)}</h2>\n'
     if empty_because:
@@ -67,11 +67,11 @@ def _timewait_over_time(a: Analysis):
         ax.set(xlabel="seconds since tracing started", ylabel="per second",
                title="socket lives opened (a loopback connection is two)")
     note = "" if a.run.timewait_followed else " (TIME_WAIT ends not followed: each counted for 60 s)"
-    return _figure("timewait-over-time", "TIME_WAIT and CLOSE_WAIT sockets over time" + note, draw,
+    return figure("timewait-over-time", "TIME_WAIT and CLOSE_WAIT sockets over time" + note, draw,
                    None if len(a.conns) else "no socket life was traced")
 
 
-def _log_scale_if_decades(ax, values) -> None:
+def log_scale_if_decades(ax, values) -> None:
     """A log x axis where the bars' counts span two decades or more: with 3,000 of one and 3 of
     another, the 3 would not show at all on a linear one."""
     positive = np.asarray(values, dtype=float)
@@ -95,10 +95,10 @@ def _timewait_lifetimes(a: Analysis):
         ax = fig.add_subplot(1, 2, 2)
         reasons = made["tw_end_reason"].value_counts()
         ax.barh(reasons.index.astype(str), reasons.to_numpy())
-        _log_scale_if_decades(ax, reasons.to_numpy())
+        log_scale_if_decades(ax, reasons.to_numpy())
         ax.set(xlabel="TIME_WAITs", title="how they ended")
     why = None if len(made) else "no TIME_WAIT was made while tracing"
-    return _figure("timewait-lifetimes", "TIME_WAIT lifetimes and end reasons", draw, why)
+    return figure("timewait-lifetimes", "TIME_WAIT lifetimes and end reasons", draw, why)
 
 
 def _closes_per_process(a: Analysis):
@@ -115,11 +115,11 @@ def _closes_per_process(a: Analysis):
             values = procs[column].to_numpy(float)
             ax.barh(labels, values, left=left, label=name)
             left += values
-        _log_scale_if_decades(ax, left)  # (stacked: the totals decide)
+        log_scale_if_decades(ax, left)  # (stacked: the totals decide)
         ax.invert_yaxis()
         ax.set(xlabel="closes")
         ax.legend(loc="lower right")
-    return _figure("closes", "Who closes first: active vs passive closes per process", draw,
+    return figure("closes", "Who closes first: active vs passive closes per process", draw,
                    None if len(procs) else "no connection was closed with FINs while tracing")
 
 
@@ -146,7 +146,7 @@ def _churn_per_process(a: Analysis):
         ax.invert_yaxis()
         ax.set(xlabel="connection duration (ms)", title="duration percentiles")
         ax.legend(fontsize="small")
-    return _figure("churn", "Connection rate and duration per process (the 5 busiest)", draw,
+    return figure("churn", "Connection rate and duration per process (the 5 busiest)", draw,
                    None if len(procs) else "no connection was opened while tracing")
 
 
@@ -164,7 +164,7 @@ def _port_pressure(a: Analysis):
         ax.invert_yaxis()
         ax.set(xlabel="% of the ephemeral port range (net.ipv4.ip_local_port_range)")
         ax.legend(fontsize="small", loc="lower right")
-    return _figure("ports", "Ephemeral-port pressure per destination", draw,
+    return figure("ports", "Ephemeral-port pressure per destination", draw,
                    None if len(rows) else "this host opened no connection while tracing")
 
 
@@ -178,11 +178,22 @@ def _close_wait_ages(a: Analysis):
         ax.set(xlabel="age at the end of tracing (s; for those begun before tracing, at least)",
                ylabel="sockets in CLOSE_WAIT")
         ax.legend(fontsize="small")
-    return _figure("close-wait", "Open CLOSE_WAITs by age", draw,
+    return figure("close-wait", "Open CLOSE_WAITs by age", draw,
                    None if len(cw) else "no socket was left in CLOSE_WAIT")
 
 
-def _table(frame: pd.DataFrame, columns: list[str], left: tuple[str, ...] = ()) -> str:
+def page_head(title: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>")
+
+
+def finding_html(f: dict) -> str:
+    return (f'<div class="finding {f["severity"]}" style="border-color:{SEVERITY[f["severity"]]}">'
+            f'<b>{html.escape(f["severity"])}</b>: {html.escape(f["text"])}'
+            f'<div class="evidence">{html.escape(f["evidence"])}</div></div>')
+
+
+def table(frame: pd.DataFrame, columns: list[str], left: tuple[str, ...] = ()) -> str:
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
     body = []
     for row in frame[columns].itertuples(index=False):
@@ -198,23 +209,19 @@ def render(a: Analysis, text_summary: str) -> str:
     run = a.run
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.started_at))
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>tcpclose report {html.escape(started)}</title><style>{_CSS}</style></head><body>",
+        page_head(f"tcpclose report {started}"),
         f"<h1>tcpclose: {len(a.conns)} socket lives of {a.procs['pid'].nunique():,} processes, "
         f"traced {run.traced_s:.1f} s from {html.escape(started)}</h1>",
         '<h2 id="findings">Findings</h2>',
     ]
-    for f in a.findings:
-        parts.append(f'<div class="finding {f["severity"]}" style="border-color:{_SEVERITY[f["severity"]]}">'
-                     f'<b>{html.escape(f["severity"])}</b>: {html.escape(f["text"])}'
-                     f'<div class="evidence">{html.escape(f["evidence"])}</div></div>')
+    parts += [finding_html(f) for f in a.findings]
     parts += [_timewait_over_time(a), _timewait_lifetimes(a), _closes_per_process(a), _churn_per_process(a),
               _port_pressure(a), _close_wait_ages(a)]
     parts.append('<h2 id="processes">Processes' + (" by name" if a.by == "comm" else "") + '</h2>')
     rows = top(a.groups, a.top)
     several = "netns" in rows and rows["netns"].dropna().nunique() > 1  # containers: pids and names may repeat
     folded = ["processes", "pids"] if a.by == "comm" else []
-    parts.append(_table(rows, ["pid", "comm", *folded, *(["netns"] if several else []), "connections",
+    parts.append(table(rows, ["pid", "comm", *folded, *(["netns"] if several else []), "connections",
                                "active_closes", "passive_closes", "timewait_count", "close_wait_open",
                                "opened_per_s", "duration_p50_s", "short_share"], left=("comm", "pids", "netns")))
     parts.append('<h2 id="unseen">What this run could not see</h2><ul>')

@@ -175,6 +175,11 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                 summary = (fleet / "summary.txt").read_text()
                 assert f"tc-agclient closed first on {N} of {N} closes: {N} TIME_WAITs on its side" in summary
                 assert f"{CONTAINER}: {LEAKED} sockets in CLOSE_WAIT" in summary
+                page = (fleet / "report.html").read_text()  # the incident report of the range
+                assert f"tc-agclient closes first: {N} of its {N} closes were active" in page
+                assert f"{CONTAINER} leaks CLOSE_WAIT: {LEAKED} sockets" in page
+                for plot in ("closes", "close-wait", "ports", "timewait-lifetimes"):  # from range queries
+                    assert f'id="{plot}-plot"' in page, plot
             finally:  # before the cgroup is removed: it must be empty
                 for proc in procs:
                     proc.release()
