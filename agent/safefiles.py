@@ -92,6 +92,13 @@ class OutputDir:
         at its end (what a run killed midway leaves there is what it had written)."""
         return os.fdopen(self._new_fd(name, os.O_RDWR), "w+b")
 
+    def rename(self, name: str, new_name: str) -> None:
+        """`name` renamed over `new_name`, in this directory (a link there is replaced, not followed)."""
+        try:
+            os.replace(name, new_name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        except OSError as exc:
+            raise _refuse(self.path / new_name, exc.strerror) from None
+
     def replacing_binary(self, name: str):
         """replacing(), in bytes."""
         return self.replacing(name, binary=True)

@@ -61,6 +61,7 @@ def _columns(frame: pd.DataFrame, now: float) -> dict[str, np.ndarray]:
         "listener": (frame["owner_src"] == "listener").to_numpy(bool),
         "lport": frame["lport"].astype(np.int64).to_numpy(),
         "rport": frame["rport"].astype(np.int64).to_numpy(),
+        "noted": np.zeros(len(frame), dtype=bool),  # its provisional row written (Stream.provisional)
     }
 
 
@@ -99,6 +100,12 @@ class Held:
         for chunk, rows in self._split(positions):
             self._columns[chunk]["flags"][rows] |= bits
         self.columns["flags"][positions] |= bits
+
+    def note(self, positions: np.ndarray) -> None:
+        """Mark the lives at `positions` noted."""
+        for chunk, rows in self._split(positions):
+            self._columns[chunk]["noted"][rows] = True
+        self.columns["noted"][positions] = True
 
     def frame(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, as decoded, with their flags as set here."""

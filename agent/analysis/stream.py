@@ -87,17 +87,28 @@ class Stream:
         return connections(concat([lives, ends, events[~arriving]]), ended_at, self.method, self.pods,
                            self._carried, final=True)
 
-    def provisional(self, now: float) -> pd.DataFrame:
+    def provisional(self, now: float, everything: bool = True) -> pd.DataFrame:
         """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT
-        not ended yet is open), changing nothing: what a run killed before their rows were
-        final has of them (record.rundir)."""
+        not ended yet is open), changing nothing but what is noted: what a run killed before
+        their rows were final has of them (record.rundir).
+
+        Once its grace is over, a life's row changes only when its TIME_WAIT ends (and then it
+        is final), but for those parked to the end of the run (a listener's child, whose owner
+        the other lives of the listener may change; an unexplained cancel, which a client may
+        still show to be a reuse).  everything False: only the lives whose provisional row was
+        not made before or can still change; a TIME_WAIT's row, open, then stays as it was
+        made, its age taken again by whoever reads it (rundir.read): with a minute of a busy
+        host's TIME_WAITs held, each is made once, not every interval."""
         alive = np.flatnonzero(self._lives.alive)
         if not len(alive):
             return connections(empty_events(), now, self.method, self.pods, None)
-        lives = self._lives.frame(alive)
         columns = self._lives.columns
-        waiting = pd.isna(self._how_ended(columns["due"].astype(bool)))[alive] & (
-            (columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))[alive]
+        how = self._how_ended(columns["due"].astype(bool))
+        settled = (columns["arrived"] <= now - GRACE_S) & ~columns["listener"].astype(bool) & (how != "cancelled")
+        chosen = alive if everything else alive[~(settled & columns["noted"])[alive]]
+        waiting = (pd.isna(how) & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag"))))[chosen]
+        lives = self._lives.frame(chosen)
+        self._lives.note(alive[settled[alive]])
         carried = Carried(self._carried.existing, {k: set(v) for k, v in self._carried.owners.items()})
         return connections(concat([lives, self._ends, _still_open(lives[waiting], now)]), now, self.method,
                            self.pods, carried, final=False)

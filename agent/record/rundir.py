@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import pandas as pd
 
 from ..errors import BadRecording
+from ..safefiles import OutputDir
 from . import rows
 from .runinfo import RunInfo
 
@@ -17,6 +19,38 @@ ROWS = "connections.arrow"
 PENDING = "connections.pending.arrow"  # the rows not final yet, as they stood at the last run.json
 RUN = "run.json"
 LIFE = ["skaddr", "opened_at", "closed_at"]  # one life: its row, provisional or final, is made from one record
+ROTATE_SLACK = 10_000  # PENDING is made anew once it holds more rows than this and twice the lives held
+
+
+class Pending:
+    """PENDING as a run writes it: every interval, the rows of the lives held that were not
+    written before or may have changed (analysis.stream.Stream.provisional) are appended; a
+    life's latest row is the one that counts.  Once the file holds more than twice the lives
+    held (most of them made final since), it is made anew with those held only, under a
+    temporary name renamed into place, so that a kill at any moment leaves a whole file."""
+
+    def __init__(self, out: OutputDir):
+        self._out = out
+        self._file: BinaryIO | None = None
+        self._writer: rows.RowsWriter | None = None
+
+    def write(self, provisional: Callable[[bool], pd.DataFrame], held: int) -> None:
+        """provisional(everything): the rows of the lives held, all of them or those new or changed."""
+        if self._writer is not None and self._writer.rows <= 2 * held + ROTATE_SLACK:
+            self._writer.append(provisional(False))
+            return
+        temporary = f".{PENDING}.tcpclose-tmp"
+        file = self._out.appending(temporary)
+        writer = rows.RowsWriter(file)
+        writer.append(provisional(True))
+        self._out.rename(temporary, PENDING)
+        self.close()
+        self._file, self._writer = file, writer
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
 
 
 def is_run_directory(path: Path) -> bool:
@@ -26,8 +60,8 @@ def is_run_directory(path: Path) -> bool:
 def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
     """The rows and the run of a run directory.  run.json is rewritten as the run goes: a run
     that never finished (RunInfo.cut_short) ends where its rows stop, and its lives whose rows
-    were not final yet are taken as they stood at its last run.json (PENDING), those made final
-    since excepted."""
+    were not final yet are taken as they stood at its last run.json (PENDING: the last row of
+    each), those made final since excepted, a TIME_WAIT still open as old as the run."""
     directory = Path(directory)
     try:
         run = RunInfo.from_dict(json.loads((directory / RUN).read_text()))
@@ -42,9 +76,12 @@ def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
     if run.cut_short:
         if (directory / PENDING).is_file():
             pending = rows.read(directory / PENDING)
+            life = pd.MultiIndex.from_frame(pending[LIFE].fillna(-1.0))
             made = pd.MultiIndex.from_frame(conns[LIFE].fillna(-1.0))
-            pending = pending[~pd.MultiIndex.from_frame(pending[LIFE].fillna(-1.0)).isin(made)]
+            pending = pending[~life.duplicated(keep="last") & ~life.isin(made)]
             conns = pd.concat([conns, pending], ignore_index=True) if len(pending) else conns
         last = pd.concat([conns["closed_at"], conns["tw_end"]]).max()
         run.ended_at = max(run.ended_at, float(last)) if pd.notna(last) else run.ended_at
+        still = (conns["tw_end_reason"] == "open").to_numpy()  # (a row written intervals ago: its age then)
+        conns.loc[still, "tw_s"] = run.ended_at - conns.loc[still, "tw_start"]
     return conns, run

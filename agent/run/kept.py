@@ -50,6 +50,7 @@ class Kept:
         self._stream: Stream | None = None
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
         self.stepped_at, self._step_s = time.monotonic(), 0.0
+        self._pending: rundir.Pending | None = None  # (note())
 
     def step_due(self) -> bool:
         """Is it time for a step: STEP_EVERY_S since the last, or longer after a long one (STEP_SHARE)?"""
@@ -102,19 +103,20 @@ class Kept:
         self._frames += ends
         self.add(self._stream.finish(self._take_arrived(), ended_at))
         self._backlog.close()
+        if self._pending is not None:
+            self._pending.close()
         return self._stream.settled_early
 
     def note(self, out: OutputDir, run: RunInfo) -> bool:
         """The rows of the lives held, as if the run ended now (run.ended_at), and `run`, into
-        `out` (each rewritten whole): with the rows made, what a run killed now leaves
-        (record.rundir).  False: they could not be written (a full disk).  Its time counts as a
-        step's (STEP_SHARE): with many lives held it is seconds."""
+        `out`: with the rows made, what a run killed now leaves (record.rundir).  False: they
+        could not be written (a full disk).  Its time counts as a step's (STEP_SHARE)."""
         started = time.monotonic()
         try:
-            with out.replacing_binary(rundir.PENDING) as f:
-                writer = rowfile.RowsWriter(f)
-                writer.append(self._stream.provisional(run.ended_at))
-                writer.close()
+            if self._pending is None:
+                self._pending = rundir.Pending(out)
+            self._pending.write(lambda everything: self._stream.provisional(run.ended_at, everything),
+                                self._stream.held)
             out.write_text(rundir.RUN, run.to_json())
         except CannotWrite:
             return False

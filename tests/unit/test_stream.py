@@ -202,3 +202,56 @@ def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(
     conns, run = rundir.read(tmp_path)
     assert sorted(zip(conns["lport"], conns["tw_end_reason"])) == [(40001, "expired"), (40002, "open")]
     assert run.ended_at == pytest.approx(epoch(62.0))  # where its rows stop
+
+
+def test_each_interval_notes_only_the_held_lives_whose_rows_are_new_or_may_change(tmp_path, monkeypatch):
+    """A TIME_WAIT held for a minute has its provisional row written once, not every interval
+    (record.rundir.Pending); a life in its grace and one parked to the end are written again;
+    the file is made anew once most of its rows are of lives no longer held; and a run killed
+    then reads each life once, a TIME_WAIT still open as old as the run."""
+    from agent.record import rows, rundir
+    from agent.record.runinfo import RunInfo
+    from agent.safefiles import OutputDir
+
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       lport=40001, **ACTIVE_CLIENT),
+                         raw(skaddr=2, pid=8, comm="child", ts=3.0, lport=8080, rport=40009,
+                             **PASSIVE_SERVER),
+                         raw(skaddr=3, pid=7, comm="closer", ts=29.5, tw_timer=T1 + 0x100, tw_start=29.5,
+                             lport=40003, **ACTIVE_CLIENT),
+                         timewait("expired", timer=T1 + 0x100, start=29.5, end=89.5), ended=100.0, timewait="timers")
+    out = OutputDir(tmp_path / "run")
+    pending, stream = rundir.Pending(out), Stream("timers", {})
+
+    def note(now: float) -> list:
+        before = pending._writer.rows if pending._writer else 0
+        pending.write(lambda everything: stream.provisional(epoch(now), everything), stream.held)
+        table = rows.read(tmp_path / "run" / rundir.PENDING)
+        return sorted(table["lport"].iloc[before if pending._writer.rows > before else 0:])
+
+    assert stream.step(events.iloc[:2], epoch(30.0)).empty
+    assert note(33.0) == [8080, 40001]  # the first: every life held
+    assert stream.step(events.iloc[2:3], epoch(39.5)).empty
+    assert note(40.0) == [8080, 40003]  # the listener's child (parked) and the life that arrived
+    assert note(50.0) == [8080, 40003]  # the listener's child, and the other still in its grace at 40 s
+    assert note(60.0) == [8080]
+    assert stream.held == 3
+
+    monkeypatch.setattr(rundir, "ROTATE_SLACK", 0)
+    made = stream.step(events.iloc[3:], epoch(90.0))  # 40003's TIME_WAIT ended: final
+    assert list(made["lport"]) == [40003]
+    assert note(90.0) == [8080, 40001]  # 7 rows written > twice the 2 held: made anew with those held
+    assert len(rows.read(tmp_path / "run" / rundir.PENDING)) == 2
+    pending.write(lambda everything: stream.provisional(epoch(91.0), everything), stream.held)  # 3 rows, kept
+
+    with open(tmp_path / "run" / rundir.ROWS, "wb") as f:
+        writer = rows.RowsWriter(f)
+        writer.append(made)
+        writer.close()
+    (tmp_path / "run" / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(91.0),
+                                                       cut_short=True).to_json())
+    conns, run = rundir.read(tmp_path / "run")
+    assert sorted(conns["lport"]) == [8080, 40001, 40003]  # each once
+    still = conns.set_index("lport").loc[40001]
+    assert still["tw_end_reason"] == "open" and still["tw_s"] == pytest.approx(91.0 - 2.0)  # its row made at 30 s
+    pending.close()
