@@ -88,7 +88,7 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
     from ..record import rundir
     from ..record.recording import read_recording
 
-    rows_there = False
+    there: tuple[str, ...] = ()
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         if recording.is_dir():
@@ -97,9 +97,9 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
                                          param_hint="RECORDING")
             conns, run_info = rundir.read(recording)
             if out is None:  # finish the files there
-                out, rows_there = output_dir(recording, force), True
+                out, there = output_dir(recording, force), (rundir.ROWS,)  # (connections.csv: made anew)
         else:
             events, run_info = read_recording(recording)
             announce_long_end(len(events), announce)
             conns = connections_of(events, run_info)
-        results.show(conns, run_info, out, view=view, rows_there=rows_there)
+        results.show(conns, run_info, out, view=view, there=there)

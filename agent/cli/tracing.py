@@ -92,7 +92,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
                         attached=lambda: click.echo(tracing, err=True))
         conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
-                     rescue=True, view=view, rows_there=not aggregates)
+                     rescue=True, view=view, there=() if aggregates else tracer.rows_files)
 
 
 @click.command(context_settings=CONTEXT)

@@ -21,7 +21,6 @@ import json
 import pandas as pd
 
 from ..analysis.churn import CHURN_COLUMNS, PEER_COLUMNS
-from ..analysis.lives import CONNECTION_COLUMNS, CSV_EXTRA_COLUMNS
 from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
@@ -29,14 +28,12 @@ from ..analysis.workloads import WORKLOAD_COLUMNS
 from ..record import rows, rundir
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
-from . import summary_json
+from . import connections_csv, summary_json
 
 FILES = ("connections.csv", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
 AGGREGATE_FILES = ("processes.csv", "workloads.csv", "summary.txt", "run.json")
-# A cell a spreadsheet would run as a formula starts with one of these: a process name is
-# anyone's to choose, so those cells are written with a leading ' that makes them plain text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = connections_csv.FORMULA_STARTS  # (a cell a spreadsheet would run as a formula)
 FREE_TEXT = ("comm", "processes")  # the columns whose text comes from processes, not from tcpclose
 
 
@@ -58,10 +55,11 @@ def _csv(out: OutputDir, name: str, frame: pd.DataFrame, float_format: str) -> N
         spreadsheet_safe(frame).to_csv(f, index=False, float_format=float_format)
 
 
-def write(out: OutputDir, a: Analysis, text: str, rows_there: bool = False) -> list:
+def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = ()) -> list:
     """Every file of -o, each written whole under a temporary name and renamed into place; the
-    small ones that say what the run was first.  rows_there: connections.arrow is in `out`
-    already (a trace keeps its rows there as it goes); else it is written too."""
+    small ones that say what the run was first.  there: the files of the rows that are in
+    `out` already, whole (a trace writes connections.arrow and connections.csv as it goes;
+    `report DIR` finds connections.arrow); the others are written too."""
     out.write_text("run.json", a.run.to_json())
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
@@ -70,11 +68,12 @@ def write(out: OutputDir, a: Analysis, text: str, rows_there: bool = False) -> l
     _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
     _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
     _csv(out, "timeline.csv", a.timeline, "%.3f")
-    _csv(out, "connections.csv", a.conns[CONNECTION_COLUMNS + CSV_EXTRA_COLUMNS], "%.6f")
+    if connections_csv.NAME not in there:
+        connections_csv.write(out, a.conns)
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 
     out.write_text("report.html", report_html.render(a, text))
-    if not rows_there:
+    if rundir.ROWS not in there:
         with out.replacing_binary(rundir.ROWS) as f:
             writer = rows.RowsWriter(f)
             writer.append(a.conns)
@@ -83,15 +82,15 @@ def write(out: OutputDir, a: Analysis, text: str, rows_there: bool = False) -> l
 
 
 def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo,
-                     rows_there: bool = False) -> list:
+                     there: tuple[str, ...] = ()) -> list:
     """What a --aggregates run has: per-process rows, the same per name (`names`:
     analysis.workloads.folded), the summary and run.json.  The per-connection files an
-    earlier run left in the directory are removed: they are not this run's.  rows_there:
-    this run's rows are there (a run too big to analyse whole): connections.arrow stays."""
+    earlier run left in the directory are removed: they are not this run's.  there: the
+    files of this run's rows that are there, whole (a run too big to analyse whole): they stay."""
     out.write_text("run.json", run.to_json())
     out.write_text("summary.txt", text)
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
     _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
-    kept = (*AGGREGATE_FILES, rundir.ROWS) if rows_there else AGGREGATE_FILES
+    kept = (*AGGREGATE_FILES, *there)
     out.remove(name for name in (*FILES, rundir.ROWS, rundir.PENDING) if name not in kept)
     return [out.path / name for name in kept]

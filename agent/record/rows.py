@@ -28,7 +28,7 @@ SCHEMA = pa.schema([(c, _TYPE_OF.get(c, pa.string())) for c in CONNECTION_COLUMN
 NULLABLE_INTS = ("pid", "fd")  # read back as pandas' Int64: an owner or fd not known is <NA>, not NaN
 
 
-def _table(rows: pd.DataFrame) -> pa.Table:
+def table(rows: pd.DataFrame) -> pa.Table:
     """The rows in SCHEMA; text columns as text, None where a cell has none."""
     columns = {}
     for f in SCHEMA:
@@ -55,9 +55,13 @@ class RowsWriter:
         self.rows = 0
 
     def append(self, rows: pd.DataFrame) -> None:
-        if len(rows):
-            self._writer.write_table(_table(rows))
-            self.rows += len(rows)
+        self.append_table(table(rows))
+
+    def append_table(self, rows: pa.Table) -> None:
+        """Rows already in SCHEMA (table())."""
+        if rows.num_rows:
+            self._writer.write_table(rows)
+            self.rows += rows.num_rows
             self.file.flush()
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from ..record import rows as rowfile
 from ..kernel import procfs
 from ..record.runinfo import RunInfo
 from ..record import rundir
+from ..output import connections_csv
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
 from .backlog import Backlog
@@ -32,10 +33,11 @@ STEP_SHARE = 0.1
 
 
 class Kept:
-    def __init__(self, directory: str | None = None, file: BinaryIO | None = None):
+    def __init__(self, directory: str | None = None, file: BinaryIO | None = None, csv: BinaryIO | None = None):
         """file: where to keep the rows (open for reading and writing: trace -o's
         connections.arrow); None: a file of our own in `directory` (None: the scratch
-        directory), with no name, so that it goes with the process however that ends."""
+        directory), with no name, so that it goes with the process however that ends.
+        csv: where to write them as connections.csv too (trace -o), as they are made."""
         if file is None:
             directory = directory or scratch_directory()
             try:
@@ -45,6 +47,7 @@ class Kept:
                                   f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
         self._file = file
         self._writer = rowfile.RowsWriter(self._file)
+        self._csv = connections_csv.Writer(csv) if csv is not None else None
         self._backlog = Backlog()  # the BPF records not made into rows yet
         self._frames: list[pd.DataFrame] = []  # and sock_diag's TIME_WAIT ends
         self._stream: Stream | None = None
@@ -105,6 +108,9 @@ class Kept:
         self._backlog.close()
         if self._pending is not None:
             self._pending.close()
+        if self._csv is not None:
+            self._csv.close()
+            self._csv.file.close()
         return self._stream.settled_early
 
     def note(self, out: OutputDir, run: RunInfo) -> bool:
@@ -133,7 +139,10 @@ class Kept:
 
     def add(self, rows: pd.DataFrame) -> None:
         """Rows made final, written."""
-        self._writer.append(rows)
+        table = rowfile.table(rows)
+        self._writer.append_table(table)
+        if self._csv is not None:
+            self._csv.append(table)
 
     def analysable(self, run: RunInfo) -> pd.DataFrame:
         """The connection rows of the run, read back whole.  Unless that would not fit in

@@ -16,6 +16,7 @@ from ..filters import Filters
 from ..safefiles import OutputDir
 from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
+from ..output import connections_csv
 from ..record import decode, layout, transitions
 from ..record import rows as rowfile
 from ..record import rundir
@@ -85,7 +86,9 @@ class Tracer:
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
         self._out = out if keep and not aggregates else None
-        self._kept = (Kept(file=self._out.appending(rundir.ROWS)) if self._out else Kept()) if keep else None
+        self.rows_files = (rundir.ROWS, connections_csv.NAME) if self._out else ()  # written as the rows come
+        self._kept = (Kept(file=self._out.appending(rundir.ROWS), csv=self._out.appending(connections_csv.NAME))
+                      if self._out else Kept()) if keep else None
         self._interval, self._noted_at = interval, time.monotonic()
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)

@@ -292,7 +292,8 @@ def test_a_tracer_killed_with_sigkill_leaves_a_recording_that_report_reads(tmp_p
 
 
 def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tmp_path):
-    """trace -o keeps its connection rows in DIR as they are made, and every --interval the
+    """trace -o keeps its connection rows in DIR as they are made (connections.arrow and
+    connections.csv), and every --interval the
     rows not final yet and run.json: after a SIGKILL, `tcpclose report DIR` writes every file
     from them, with every connection closed before the last interval, those whose TIME_WAIT
     was still alive then included (as open)."""
@@ -305,9 +306,15 @@ def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tm
     trace.kill()
     trace.wait(timeout=30)
     server.release(), client.release()
-    assert sorted(p.name for p in out.iterdir()) == ["connections.arrow", "connections.pending.arrow", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["connections.arrow", "connections.csv",
+                                                     "connections.pending.arrow", "run.json"]
+    # connections.csv has the rows final by then: the server's; the client's wait for their TIME_WAITs
+    ours = lambda: [(r["comm"], r["initiator"]) for r in read_csv(out / "connections.csv")  # noqa: E731
+                    if r["pid"] in (str(client.pid), str(server.pid))]
+    assert ours() == [("tc-server", "passive")] * N
     report = subprocess.run([*TCPCLOSE, "report", str(out)], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
+    assert sorted(ours()) == [("tc-client", "active")] * N + [("tc-server", "passive")] * N  # made anew, whole
     procs = {r["comm"]: r for r in read_csv(out / "processes.csv") if r["pid"] in (str(client.pid), str(server.pid))}
     assert [procs["tc-client"][k] for k in ("connections", "active_closes", "timewait_count", "timewait_open")] == [
         str(N)] * 4

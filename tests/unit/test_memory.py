@@ -71,10 +71,11 @@ def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_c
     assert kept.step_due()
 
 
-@pytest.mark.parametrize("rows_there", [True, False])
-def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tmp_path, rows_there):
-    """Past the guard a trace -o writes the counts only; its rows, whole in DIR, stay there
-    (report DIR can analyse them on a bigger host); another run's are removed."""
+@pytest.mark.parametrize("there", [("connections.arrow", "connections.csv"), ()])
+def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tmp_path, there):
+    """Past the guard a trace -o writes the counts only; its rows, whole in DIR (connections.arrow
+    and connections.csv), stay there (report DIR can analyse them on a bigger host); another
+    run's are removed."""
     import pandas as pd
 
     from agent.output import files
@@ -85,10 +86,10 @@ def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tm
         (tmp_path / name).write_bytes(b"x")
     procs = pd.DataFrame(columns=files.PROCESS_COLUMNS + files.EXTRA_PROCESS_COLUMNS)
     out = OutputDir(tmp_path)
-    files.write_aggregates(out, procs, procs, "summary\n", RunInfo(started_at=0.0, ended_at=1.0), rows_there)
+    files.write_aggregates(out, procs, procs, "summary\n", RunInfo(started_at=0.0, ended_at=1.0), there)
     left = {p.name for p in tmp_path.iterdir()}
-    assert ("connections.arrow" in left) == rows_there
-    assert not left & {"connections.pending.arrow", "connections.csv"}
+    assert left & {"connections.arrow", "connections.csv"} == set(there)
+    assert "connections.pending.arrow" not in left
 
 
 def test_report_dir_analyses_the_rows_of_a_run_that_was_counted_for_want_of_memory(tmp_path):
