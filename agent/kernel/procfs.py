@@ -36,6 +36,17 @@ def hz() -> int | None:
     return None
 
 
+def idle_cpu_seconds() -> float | None:
+    """Seconds every CPU spent idle (or waiting for I/O) since boot, summed (/proc/stat's
+    first line, in USER_HZ ticks); None if it cannot be read."""
+    try:
+        with open(PROC / "stat") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_comm(pid: int) -> str | None:
     """A process's name (its main thread's comm, /proc/PID/comm); None once it is gone."""
     try:

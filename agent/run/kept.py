@@ -26,10 +26,15 @@ from .backlog import Backlog
 
 STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
 STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the rest wait in the backlog
-# Making a row costs about 35 us of Python (decoding, the joins, writing it): at full churn
-# more than a core.  While tracing, the steps take at most this share of a core, about 3,000
-# connections/s here; what arrives faster waits in the backlog for a quieter moment, or the end.
+# Making a row costs about 15 us of Python (decoding, the joins, writing it): at full churn
+# most of a core.  While tracing, the steps take at most STEP_SHARE of a core on a busy host,
+# about 3,000 connections/s here; what arrives faster waits in the backlog for a quieter
+# moment, or the end.  Where the CPUs were at least IDLE_CORES idle since the last step, the
+# steps take up to IDLE_SHARE: that CPU would be idle otherwise, and a run that keeps up
+# holds only what is alive and ends in seconds.  (The workload wanting it back shows as no
+# idle CPU at the next step.)
 STEP_SHARE = 0.1
+IDLE_CORES, IDLE_SHARE = 0.5, 0.5
 
 
 class Kept:
@@ -53,11 +58,32 @@ class Kept:
         self._stream: Stream | None = None
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
         self.stepped_at, self._step_s = time.monotonic(), 0.0
+        self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
         self._pending: rundir.Pending | None = None  # (note())
 
     def step_due(self) -> bool:
-        """Is it time for a step: STEP_EVERY_S since the last, or longer after a long one (STEP_SHARE)?"""
-        return time.monotonic() - self.stepped_at >= max(STEP_EVERY_S, self._step_s / STEP_SHARE)
+        """Is it time for a step: STEP_EVERY_S since the last, or longer after a long one, so
+        that the steps take their share of a core (STEP_SHARE; IDLE_SHARE while CPUs are idle)?"""
+        now = time.monotonic()
+        since = now - self.stepped_at
+        if since < STEP_EVERY_S:
+            return False
+        if since >= self._step_s / STEP_SHARE:
+            return True
+        return since >= self._step_s / IDLE_SHARE and self._idle_cores(now) >= IDLE_CORES
+
+    def _idle_cores(self, now: float) -> float:
+        """How many CPUs were idle, on average, since the last step ended (0: not known)."""
+        idle, (then, before) = procfs.idle_cpu_seconds(), self._idle_at
+        if idle is None or before is None or now <= then:
+            return 0.0
+        return (idle - before) / (now - then)
+
+    def _stepped(self, started: float) -> None:
+        """A step (or a note) that began at `started` ended now."""
+        self.stepped_at = time.monotonic()
+        self._step_s = self.stepped_at - started
+        self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
 
     def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame]) -> None:
         """Make rows from here on with `stream`; `decoder` decodes the BPF records (Tracer._decoded)."""
@@ -94,8 +120,7 @@ class Kept:
         behind = len(self._backlog) > 0
         now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
         self.add(self._stream.step(frame, now))
-        self.stepped_at = time.monotonic()
-        self._step_s = self.stepped_at - started
+        self._stepped(started)
 
     def finish(self, ends: list[pd.DataFrame], ended_at: float) -> int:
         """The rest of the rows: the records still waiting, a step at a time, then with what
@@ -127,8 +152,7 @@ class Kept:
         except CannotWrite:
             return False
         finally:
-            self.stepped_at = time.monotonic()
-            self._step_s = self.stepped_at - started
+            self._stepped(started)
         return True
 
     def _take_arrived(self) -> pd.DataFrame:
