@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..record.runinfo import RunInfo
-from . import churn, lives, ports, processes, workloads
+from . import churn, ports, processes, workloads
 from .findings import findings
 
 
@@ -27,14 +27,9 @@ class Analysis:
     top: int | None = workloads.DEFAULT_TOP  # --top: rows shown per table
 
 
-def connections_of(events: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
-    """A recorded run's events (record.decode's columns), whole -> its connection rows."""
-    return lives.connections(events, run.ended_at, run.timewait_method, run.pods)
-
-
 def analyse(conns: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
-    """A run's connection rows (analysis.lives; a trace makes them as it goes: analysis.stream)
-    -> everything the outputs show."""
+    """A run's connection rows (made as the records arrive by analysis.stream: a trace's, or a
+    recording's through run.replay) -> everything the outputs show."""
     started, ended = run.started_at, run.ended_at
     procs = churn.processes(conns, processes.processes(conns, ended), started, ended)
     per_comm = workloads.grouped(conns, procs, started, ended, "comm")

@@ -61,7 +61,7 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
       tcpclose report --prometheus http://prometheus:9090 --since 6h -o fleet/
       tcpclose report --prometheus http://prometheus:9090 --instance web1:9864
     """
-    from ..run.control import announce_long_end, stop_on_signals
+    from ..run.control import stop_on_signals
 
     if (recording is None) == (prometheus is None):
         raise click.UsageError("give a recording, or --prometheus URL")
@@ -84,9 +84,8 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
         else:
             click.echo(text, nl=False)
         return
-    from ..analysis.pipeline import connections_of
     from ..record import rundir
-    from ..record.recording import read_recording
+    from ..run.replay import rows_of
 
     there: tuple[str, ...] = ()
     with stop_on_signals() as stop:
@@ -99,7 +98,5 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
             if out is None:  # finish the files there
                 out, there = output_dir(recording, force), (rundir.ROWS,)  # (connections.csv: made anew)
         else:
-            events, run_info = read_recording(recording)
-            announce_long_end(len(events), announce)
-            conns = connections_of(events, run_info)
+            conns, run_info = rows_of(recording, announce)
         results.show(conns, run_info, out, view=view, there=there)

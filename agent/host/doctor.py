@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from ..analysis.findings import finding
-from ..analysis.pipeline import analyse, connections_of
+from ..analysis.pipeline import analyse
 from ..analysis.timewait import TIME_WAIT_LEN_S
 from ..errors import BadRecording
 from ..filters import Filters
@@ -22,8 +22,8 @@ from ..analysis import queues
 from ..kernel import diag, procfs
 from ..kernel.netns import in_netns
 from ..labels import owner
-from ..record.recording import read_recording
 from ..record.runinfo import RunInfo
+from ..run.replay import rows_of
 
 BUCKETS_NEAR = 0.8  # warn when the TIME_WAITs now fill this share of tcp_max_tw_buckets
 
@@ -155,8 +155,8 @@ def from_run(path: Path) -> list[dict]:
         if run_json.exists() and RunInfo.from_dict(json.loads(run_json.read_text())).counted_only:
             return [AGGREGATES_ONLY]
         raise BadRecording(f"{path} has no summary.json: give a directory that 'tcpclose trace -o' wrote")
-    events, run = read_recording(path)
-    return [AGGREGATES_ONLY] if run.counted_only else analyse(connections_of(events, run), run).findings
+    conns, run = rows_of(path)
+    return [AGGREGATES_ONLY] if run.counted_only else analyse(conns, run).findings
 
 
 def listen_queues(tcpext: dict, netns: Path | None) -> list[dict]:
@@ -182,8 +182,8 @@ def run_rate(path: Path | None) -> float | None:
 
         rates = pd.read_csv(ports_csv)["rate_now_per_s"]
         return float(rates.max()) if len(rates) else None
-    events, run = read_recording(path)
-    pressure = analyse(connections_of(events, run), run).pressure if not run.counted_only else None
+    conns, run = rows_of(path)
+    pressure = analyse(conns, run).pressure if not run.counted_only else None
     return float(pressure["rate_now_per_s"].max()) if pressure is not None and len(pressure) else None
 
 

@@ -12,6 +12,8 @@ import json
 import os
 import stat
 import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -114,33 +116,85 @@ def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
         yield number + 1, pending, False
 
 
+@dataclass
+class Survey:
+    """What a first pass over a recording finds without parsing its events (survey())."""
+    run: dict | None = None  # its run line (checked again when the events are read)
+    events: int = 0  # event lines
+    existing_until: int = 0  # event lines up to the last one of the snapshot at the start (kind "existing")
+
+
+def survey(path: Path) -> Survey:
+    """A recording's run line and how many event lines it has, read without parsing the
+    events (the run line comes last: what reads the events needs it first)."""
+    found = Survey()
+    with _opened(path) as f:
+        for _, line, whole in _lines(f):
+            if not line.strip():
+                continue
+            if b'"run"' in line and whole:
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    row = None
+                if isinstance(row, dict) and row.get("kind") == "run":
+                    found.run = None if run_problem(row) else row  # (a bad one is named by event_frames)
+                    continue
+            found.events += 1
+            if b'"existing"' in line:  # (a name "existing" too: the snapshot then ends later, never sooner)
+                found.existing_until = found.events
+    return found
+
+
+def event_frames(path: Path, found: dict) -> Iterator[pd.DataFrame]:
+    """A recording's events, checked, in frames of ROWS_PER_FRAME in the order recorded; its
+    run line (checked) into found["run"]; BadRecording names the first bad line."""
+    with _opened(path) as f:
+        for frame in _events(f, str(path), found):
+            frame["tw_timer"] = frame["tw_timer"].fillna(0)  # a column older recordings lack: no timer linked
+            yield frame
+
+
+TIMES = ["opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at"]
+
+
+def cut_short_run(path: Path, started: float, ended: float, events: int) -> RunInfo:
+    """The run of a recording the tracer was killed before it could finish (no run line):
+    bounded by the times of its events (`started`, `ended`: their least and greatest)."""
+    if not events:
+        raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
+    if pd.isna(started):
+        raise BadRecording(f"{path} has no run line and no event with a time: nothing bounds the run")
+    return RunInfo(started_at=started, ended_at=ended, cut_short=True)
+
+
 def read_recording(path: Path) -> tuple[pd.DataFrame, RunInfo]:
-    """Events and the run line of a recording; BadRecording names the first bad line.
+    """Events and the run line of a recording, whole; BadRecording names the first bad line.
     A recording cut short (no run line, its last line perhaps cut off mid-write) is bounded
     by the times of its events."""
+    found: dict = {}
+    frames = list(event_frames(path, found))
+    events = concat(frames) if frames else empty_events()
+    if found.get("run") is None:  # the tracer was killed before it could finish the file: bound the run by its events
+        times = events[TIMES].astype(float)
+        return events, cut_short_run(path, times.min().min(), times.max().max(), len(events))
+    return events, RunInfo.from_dict(found["run"])
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero never ends, a FIFO may never start
             raise BadRecording(f"{path} is not a regular file: give a file 'tcpclose trace --record' wrote")
         with open(path, "rb") as f:
-            frames, run = _events(f, str(path))
+            yield f
     except OSError as exc:
         raise BadRecording(f"cannot read recording {path}: {exc.strerror or exc}") from None
-    events = concat(frames) if frames else empty_events()
-    events["tw_timer"] = events["tw_timer"].fillna(0)  # a column older recordings lack: no timer linked
-    if run is None:  # the tracer was killed before it could finish the file: bound the run by its events
-        if not len(events):
-            raise BadRecording(f"{path} holds no events and no run: record again with 'tcpclose trace --record'")
-        times = events[["opened_at", "estab_at", "close_wait_at", "fin_at", "event_at", "tw_start_at"]].astype(float)
-        started, ended = times.min().min(), times.max().max()
-        if pd.isna(started):
-            raise BadRecording(f"{path} has no run line and no event with a time: nothing bounds the run")
-        return events, RunInfo(started_at=started, ended_at=ended, cut_short=True)
-    return events, RunInfo.from_dict(run)
 
 
-def _events(f: BinaryIO, path: str) -> tuple[list[pd.DataFrame], dict | None]:
-    """The event lines as frames of ROWS_PER_FRAME, checked line by line, and the run line."""
-    frames, rows, run = [], [], None
+def _events(f: BinaryIO, path: str, found: dict) -> Iterator[pd.DataFrame]:
+    """The event lines as frames of ROWS_PER_FRAME, checked line by line; the run line into found["run"]."""
+    rows = []
     for number, line, whole in _lines(f):
         if not line.strip():
             continue
@@ -156,7 +210,7 @@ def _events(f: BinaryIO, path: str) -> tuple[list[pd.DataFrame], dict | None]:
         if row["kind"] == "run":
             if (why := run_problem(row)):
                 raise BadRecording(f"{path}:{number}: not a tcpclose run line ({why})")
-            run = row
+            found["run"] = row
             continue
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing or row["kind"] not in (*layout.KIND_NAMES.values(), *SNAPSHOT_KINDS):
@@ -165,8 +219,7 @@ def _events(f: BinaryIO, path: str) -> tuple[list[pd.DataFrame], dict | None]:
             raise BadRecording(f"{path}:{number}: not a tcpclose event ({why})")
         rows.append(row)
         if len(rows) == ROWS_PER_FRAME:
-            frames.append(pd.DataFrame(rows, columns=EVENT_COLUMNS))
+            yield pd.DataFrame(rows, columns=EVENT_COLUMNS)
             rows = []
     if rows:
-        frames.append(pd.DataFrame(rows, columns=EVENT_COLUMNS))
-    return frames, run
+        yield pd.DataFrame(rows, columns=EVENT_COLUMNS)

@@ -39,10 +39,20 @@ def in_order(conns: pd.DataFrame) -> pd.DataFrame:
     return conns.sort_values(ORDER, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def whole_run(events: pd.DataFrame, run) -> pd.DataFrame:
+    """A recorded run's events analysed whole, at once: the reference the streaming core
+    (analysis.stream, and run.replay that reads recordings through it) is checked against."""
+    return lives.connections(events, run.ended_at, run.timewait_method, run.pods)
+
+
 def differences(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> pd.DataFrame:
     """The cells where streaming `events` in `cuts` batches and analysing them whole disagree."""
-    whole = in_order(lives.connections(events, run.ended_at, run.timewait_method, run.pods))
-    parts = in_order(streamed(events, run, cuts, seed)[0])
+    return cells_differ(whole_run(events, run), streamed(events, run, cuts, seed)[0])
+
+
+def cells_differ(whole: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
+    """The cells where two analyses of one run disagree (both sorted first: in_order)."""
+    whole, parts = in_order(whole), in_order(parts)
     columns = lives.CONNECTION_COLUMNS + lives.EXTRA_COLUMNS
     if len(whole) != len(parts):
         return pd.DataFrame({"rows": [len(whole), len(parts)]}, index=["whole", "streamed"])

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from agent.analysis.pipeline import connections_of
+from support.streaming import whole_run
 from agent.output import connections_csv
 from agent.record import rows
 from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER
@@ -18,7 +18,7 @@ def _rows(tmp_path) -> pd.DataFrame:
                                          lport=40000 + i, **(ACTIVE_CLIENT if i % 2 else PASSIVE_SERVER))
                                      for i, name in enumerate(["web", 'a,b "c"', "line\nbreak", "+SUM(A1)", "ok"])),
                          ended=9.0)
-    conns = connections_of(events, run)
+    conns = whole_run(events, run)
     conns.loc[0, "thread_comm"] = "=HYPERLINK(x)"
     return conns
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.analysis.pipeline import connections_of
+from support.streaming import whole_run
 from agent.cli import main
 from agent.errors import CannotWrite
 from agent.record.recording import Recorder
@@ -141,7 +141,7 @@ def test_a_trace_whose_files_cannot_be_written_is_kept_as_a_recording_elsewhere(
             except OSError:
                 pass
         with pytest.raises(CannotWrite, match="No space left"):
-            results.show(connections_of(events, run_info), run_info, out, rescue=True)
+            results.show(whole_run(events, run_info), run_info, out, rescue=True)
     kept = list(scratch.glob("tcpclose-rescue-*"))
     assert len(kept) == 1 and f"the run is kept in {kept[0]}" in capsys.readouterr().err
     assert (kept[0].stat().st_mode & 0o777) == 0o700  # root's alone

@@ -9,12 +9,13 @@ from agent.cli import main
 from click.testing import CliRunner
 from support.incidents import (SMALL_RANGE, churn_stream, cli_report,
                                incident_stream, pressed_stream)
+from support.streaming import whole_run
 from support.streams import raw, replay
 
 
 def analysis_of(tmp_path, *chunks, **replay_args):
     events, run = replay(tmp_path, *chunks, **replay_args)
-    return pipeline.analyse(pipeline.connections_of(events, run), run)
+    return pipeline.analyse(whole_run(events, run), run)
 
 
 def test_churn_per_process_counts_rates_durations_and_short_share(tmp_path):

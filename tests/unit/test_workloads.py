@@ -4,7 +4,7 @@ import csv
 
 from click.testing import CliRunner
 
-from agent.analysis.pipeline import connections_of
+from support.streaming import whole_run
 from agent.cli import main
 from support.streams import raw, replay
 
@@ -83,7 +83,7 @@ def test_the_summary_wraps_at_the_terminals_width(tmp_path, monkeypatch):
     events, run = read_recording(curl_loop(tmp_path))
     monkeypatch.setattr(sys, "stdout", Terminal())
     monkeypatch.setattr(results.shutil, "get_terminal_size", lambda fallback: os.terminal_size((70, 24)))
-    conns = connections_of(events, run)
+    conns = whole_run(events, run)
     results.show(conns, run, None)
     shown = sys.stdout.getvalue().splitlines()
     assert max(map(len, shown)) <= 70 and any(len(line) > 60 for line in shown)
