@@ -35,6 +35,7 @@ STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the
 # idle CPU at the next step.)
 STEP_SHARE = 0.1
 IDLE_CORES, IDLE_SHARE = 0.5, 0.5
+TRIM_EVERY_S = 10.0  # the heap's free pages handed back this often (run.memory.return_freed)
 
 
 class Kept:
@@ -59,6 +60,7 @@ class Kept:
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
         self.stepped_at, self._step_s = time.monotonic(), 0.0
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
+        self._trimmed_at = self.stepped_at
         self._pending: rundir.Pending | None = None  # (note())
 
     def step_due(self) -> bool:
@@ -81,6 +83,9 @@ class Kept:
 
     def _stepped(self, started: float) -> None:
         """A step (or a note) that began at `started` ended now."""
+        if time.monotonic() - self._trimmed_at >= TRIM_EVERY_S:
+            memory.return_freed()
+            self._trimmed_at = time.monotonic()
         self.stepped_at = time.monotonic()
         self._step_s = self.stepped_at - started
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
