@@ -25,6 +25,8 @@ timewait sockets not ended yet, GRACE_S of arrivals, and the parked lives above.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -37,6 +39,7 @@ from .timewait import REUSE_WINDOW_S, TIME_WAIT_LEN_S, diag_ends, taken_by_conne
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000
+PART_LIVES = 20_000  # provisional rows made this many lives at a time: a part costs ~2.5 kB a life while made
 END_KINDS = ("tw_end",)  # (tw_open: only at the end of a run, from the maps)
 ARRIVING = ("life", "reset_sent", *END_KINDS)  # what step() takes; the end of a run brings the rest
 
@@ -87,10 +90,11 @@ class Stream:
         return connections(concat([lives, ends, events[~arriving]]), ended_at, self.method, self.pods,
                            self._carried, final=True)
 
-    def provisional(self, now: float, everything: bool = True) -> pd.DataFrame:
+    def provisional(self, now: float, everything: bool = True) -> Iterator[pd.DataFrame]:
         """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT
         not ended yet is open), changing nothing but what is noted: what a run killed before
-        their rows were final has of them (record.rundir).
+        their rows were final has of them (record.rundir); in parts of at most PART_LIVES
+        lives that nothing but their own records decides on.
 
         Once its grace is over, a life's row changes only when its TIME_WAIT ends (and then it
         is final), but for those parked to the end of the run (a listener's child, whose owner
@@ -101,17 +105,22 @@ class Stream:
         host's TIME_WAITs held, each is made once, not every interval."""
         alive = np.flatnonzero(self._lives.alive)
         if not len(alive):
-            return connections(empty_events(), now, self.method, self.pods, None)
+            return
         columns = self._lives.columns
         how = self._how_ended(columns["due"].astype(bool))
         settled = (columns["arrived"] <= now - GRACE_S) & ~columns["listener"].astype(bool) & (how != "cancelled")
         chosen = alive if everything else alive[~(settled & columns["noted"])[alive]]
-        waiting = (pd.isna(how) & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag"))))[chosen]
-        lives = self._lives.frame(chosen)
+        waiting = pd.isna(how) & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))
         self._lives.note(alive[settled[alive]])
         carried = Carried(self._carried.existing, {k: set(v) for k, v in self._carried.owners.items()})
-        return connections(concat([lives, self._ends, _still_open(lives[waiting], now)]), now, self.method,
-                           self.pods, carried, final=False)
+        # the lives whose rows may depend on each other (a listener's children) in the first part
+        first, rest = chosen[~settled[chosen]], chosen[settled[chosen]]
+        parts = [first, *np.array_split(rest, -(-len(rest) // PART_LIVES))] if len(rest) else [first]
+        for part in parts:
+            if len(part):
+                lives = self._lives.frame(part)
+                yield connections(concat([lives, self._ends, _still_open(lives[waiting[part]], now)]), now,
+                                  self.method, self.pods, carried, final=False)
 
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on

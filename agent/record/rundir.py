@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import pandas as pd
 
@@ -34,15 +34,18 @@ class Pending:
         self._file: BinaryIO | None = None
         self._writer: rows.RowsWriter | None = None
 
-    def write(self, provisional: Callable[[bool], pd.DataFrame], held: int) -> None:
-        """provisional(everything): the rows of the lives held, all of them or those new or changed."""
+    def write(self, provisional: Callable[[bool], Iterable[pd.DataFrame]], held: int) -> None:
+        """provisional(everything): the rows of the lives held, all of them or those new or
+        changed, in parts."""
         if self._writer is not None and self._writer.rows <= 2 * held + ROTATE_SLACK:
-            self._writer.append(provisional(False))
+            for part in provisional(False):
+                self._writer.append(part)
             return
         temporary = f".{PENDING}.tcpclose-tmp"
         file = self._out.appending(temporary)
         writer = rows.RowsWriter(file)
-        writer.append(provisional(True))
+        for part in provisional(True):
+            writer.append(part)
         self._out.rename(temporary, PENDING)
         self.close()
         self._file, self._writer = file, writer

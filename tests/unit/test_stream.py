@@ -8,7 +8,7 @@ from agent.analysis import stream as streaming
 from agent.analysis.stream import GRACE_S, Stream
 from agent.record import decode, layout
 from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER, incident_stream
-from support.streaming import differences, streamed
+from support.streaming import cells_differ, differences, streamed
 from support.streams import churn, epoch, raw, replay, timewait
 
 T1 = 0xFFFF8881000A0000
@@ -189,7 +189,7 @@ def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(
                          timewait("expired", timer=T1, start=2.0, end=62.0), ended=70.0, timewait="timers")
     stream = Stream("timers", {})
     assert stream.step(events.iloc[:2], epoch(30.0)).empty
-    pending = stream.provisional(epoch(30.0))
+    pending = decode.concat(list(stream.provisional(epoch(30.0))))
     assert list(pending["tw_end_reason"]) == ["open", "open"] and list(pending["tw_s"]) == pytest.approx([28.0, 27.0])
     assert stream.held == 2  # changed nothing
     made = stream.step(events.iloc[2:], epoch(62.0))  # after the interval: one made final
@@ -255,3 +255,20 @@ def test_each_interval_notes_only_the_held_lives_whose_rows_are_new_or_may_chang
     still = conns.set_index("lport").loc[40001]
     assert still["tw_end_reason"] == "open" and still["tw_s"] == pytest.approx(91.0 - 2.0)  # its row made at 30 s
     pending.close()
+
+
+def test_provisional_rows_made_a_few_lives_at_a_time_are_those_made_all_at_once(tmp_path, monkeypatch):
+    """Stream.provisional makes its rows PART_LIVES lives at a time (what making them costs is
+    bounded so): the lives that decide on each other's rows, a listener's children, together."""
+    events, run = replay(tmp_path, *kinds_of_endings(), ended=150.0, timewait="timers")
+    arrivals = events[events["kind"].isin(streaming.ARRIVING)]
+
+    def provisional(part_lives: int) -> pd.DataFrame:
+        monkeypatch.setattr(streaming, "PART_LIVES", part_lives)
+        stream = Stream("timers", {})
+        stream.step(arrivals[arrivals["event_at"] <= epoch(8.0)], epoch(8.0))
+        parts = list(stream.provisional(epoch(12.0)))  # past their grace: the settled ones a life a part
+        return decode.concat(parts), len(parts)
+
+    (whole, one), (parts, many) = provisional(100_000), provisional(1)
+    assert many > one + 3 and len(whole) > 5 and cells_differ(whole, parts).empty
