@@ -78,7 +78,7 @@ def test_a_second_sigterm_while_the_files_are_written_is_warned_about_and_loses_
             made = int(client.communicate(timeout=60)[0])
             trace.send_signal(signal.SIGTERM)  # ends tracing
             deadline = time.monotonic() + 120
-            while not (out / "connections.csv").exists() and time.monotonic() < deadline:
+            while not (out / "summary.txt").exists() and time.monotonic() < deadline:  # (the end writes it first)
                 time.sleep(0.01)
             trace.send_signal(signal.SIGTERM)  # while the files are written: a warning only
             _, err = trace.communicate(timeout=300)
