@@ -61,7 +61,10 @@ def announce(text: str) -> None:
 
 
 def out_option(func):
-    """-o DIR and --force (the command opens the directory with output_dir())."""
+    """-o DIR, --format and --force (the command opens the directory with output_dir())."""
+    func = click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+                        help="With -o: the connection rows as connections.csv, or as connections.parquet (every "
+                             "column, typed, zstd: for tens of millions of rows).")(func)
     func = click.option("--force", is_flag=True,
                         help="Write into a directory that belongs to another user and that others can write in "
                              "(refused by default: a file there could be a planted link).")(func)

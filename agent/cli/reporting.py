@@ -47,7 +47,7 @@ def _instance(ctx, param, value: str | None) -> str | None:
 @out_option
 @view_options
 @expected_errors
-def report_command(recording, prometheus, seconds, instance, out, force, view):
+def report_command(recording, prometheus, seconds, instance, out, force, fmt, view):
     """The same reports from a --record file, or from the directory of a trace -o that was
     killed before it finished (its connections.arrow and run.json: every other file is
     written from them); needs no root.  Or, with --prometheus, the summary of what a
@@ -92,11 +92,11 @@ def report_command(recording, prometheus, seconds, instance, out, force, view):
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
         if recording.is_dir():
             if not rundir.is_run_directory(recording):
-                raise click.BadParameter(f"{recording} holds no {rundir.ROWS} and {rundir.RUN} of a trace -o",
-                                         param_hint="RECORDING")
+                raise click.BadParameter(f"{recording} holds no {rundir.ROWS} (or {rundir.PARQUET}) and "
+                                         f"{rundir.RUN} of a trace -o", param_hint="RECORDING")
             conns, run_info = rundir.read(recording)
             if out is None:  # finish the files there
-                out, there = output_dir(recording, force), (rundir.ROWS,)  # (connections.csv: made anew)
+                out, there = output_dir(recording, force), (rundir.rows_file(recording),)  # (the others made anew)
         else:
             conns, run_info = rows_of(recording, announce)
-        results.show(conns, run_info, out, view=view, there=there)
+        results.show(conns, run_info, out, view=view, there=there, fmt=fmt)

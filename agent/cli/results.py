@@ -19,14 +19,15 @@ FILE_WIDTH = 120  # summary.txt, and a summary that does not go to a terminal
 
 
 def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
-         rescue: bool = False, view: View = View(), there: tuple[str, ...] = ()) -> None:
+         rescue: bool = False, view: View = View(), there: tuple[str, ...] = (), fmt: str = "csv") -> None:
     """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `summary`).
     conns: the run's connection rows (analysis.lives); of a run counted per process, those of
     the lives still open.
     rescue: the rows exist nowhere else (a live trace): where `out` cannot be written, they
     are kept in a new directory of our own, for `tcpclose report` later.
     view: the grouping and the rows per table of the summary (--by, --top).
-    there: the files of these rows `out` holds already, whole (see output.files.write)."""
+    there: the files of these rows `out` holds already, whole (see output.files.write).
+    fmt: --format, the file of the connection rows (output.formats)."""
     from ..analysis import workloads
 
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
@@ -48,7 +49,7 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
         if a is None:
             return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run,
                                           there)
-        return files.write(out, a, render(FILE_WIDTH), there)
+        return files.write(out, a, render(FILE_WIDTH), there, fmt)
 
     summary_text = render(terminal_width(err) if not out or summary else FILE_WIDTH)
     if out:

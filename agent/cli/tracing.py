@@ -44,7 +44,7 @@ from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter
 @click.option("-q", "--quiet", is_flag=True, help="With -o, write the files only: no summary on the terminal.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF program and its compile flags, then exit.")
 @expected_errors
-def trace(duration, out, force, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, interval,
+def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregates, transitions_to, max_sockets, interval,
           progress, view, quiet, print_bpf):
     """Trace TCP closes on this host (root) until Ctrl-C or --duration.
 
@@ -88,11 +88,11 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
     with stop_on_signals() as stop:
         tracing = "Tracing TCP closes... " + ("Ctrl-C to end." if duration is None else f"for {duration:g} s.")
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
-                        transitions_to=transitions_to, max_socks=max_sockets, out=out, interval=interval,
+                        transitions_to=transitions_to, max_socks=max_sockets, out=out, fmt=fmt, interval=interval,
                         attached=lambda: click.echo(tracing, err=True))
         conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
-                     rescue=True, view=view, there=() if aggregates else tracer.rows_files)
+                     rescue=True, view=view, there=() if aggregates else tracer.rows_files, fmt=fmt)
 
 
 @click.command(context_settings=CONTEXT)
@@ -100,7 +100,7 @@ def trace(duration, out, force, filters, record, timewait, netns, aggregates, tr
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="Keep the event stream as gzip-compressed JSONL too.")
 @view_options
 @expected_errors
-def demo(out, force, record, view):
+def demo(out, force, fmt, record, view):
     """Trace a built-in loopback workload and show the summary (root, about 5 seconds);
     with -o, write every file and the incident report too.
 
@@ -138,4 +138,4 @@ def demo(out, force, record, view):
             conns, run_info = tracer.finish()
         finally:
             workload.release(procs)
-        results.show(conns, run_info, out, summary=True, rescue=True, view=view)
+        results.show(conns, run_info, out, summary=True, rescue=True, view=view, fmt=fmt)

@@ -29,6 +29,7 @@ from ..record import rows, rundir
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
 from . import connections_csv, summary_json
+from .formats import FORMATS, NAMES
 
 FILES = ("connections.csv", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
@@ -55,11 +56,12 @@ def _csv(out: OutputDir, name: str, frame: pd.DataFrame, float_format: str) -> N
         spreadsheet_safe(frame).to_csv(f, index=False, float_format=float_format)
 
 
-def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = ()) -> list:
+def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = (), fmt: str = "csv") -> list:
     """Every file of -o, each written whole under a temporary name and renamed into place; the
     small ones that say what the run was first.  there: the files of the rows that are in
     `out` already, whole (a trace writes connections.arrow and connections.csv as it goes;
-    `report DIR` finds connections.arrow); the others are written too."""
+    `report DIR` finds connections.arrow); the others are written too.  fmt: --format, the
+    file of the connection rows (output.formats); the other one an earlier run left is removed."""
     out.write_text("run.json", a.run.to_json())
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
@@ -68,8 +70,10 @@ def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = ()) -
     _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
     _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
     _csv(out, "timeline.csv", a.timeline, "%.3f")
-    if connections_csv.NAME not in there:
-        connections_csv.write(out, a.conns)
+    rows_file = FORMATS[fmt]
+    if rows_file.NAME not in there:
+        rows_file.write(out, a.conns)
+    out.remove(name for name in NAMES if name != rows_file.NAME and name not in there)
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 
     out.write_text("report.html", report_html.render(a, text))
@@ -78,7 +82,7 @@ def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = ()) -
             writer = rows.RowsWriter(f)
             writer.append(a.conns)
             writer.close()
-    return [out.path / name for name in (*FILES, rundir.ROWS)]
+    return [out.path / (rows_file.NAME if name == connections_csv.NAME else name) for name in (*FILES, rundir.ROWS)]
 
 
 def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo,
@@ -92,5 +96,5 @@ def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, t
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
     _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
     kept = (*AGGREGATE_FILES, *there)
-    out.remove(name for name in (*FILES, rundir.ROWS, rundir.PENDING) if name not in kept)
+    out.remove(name for name in (*FILES, *NAMES, rundir.ROWS, rundir.PENDING) if name not in kept)
     return [out.path / name for name in kept]

@@ -82,7 +82,7 @@ def batches(source: str | Path | BinaryIO) -> Iterator[pd.DataFrame]:
             return
         except (pa.ArrowInvalid, OSError):  # cut short mid-batch: what was whole is what there is
             return
-        yield _frame(batch)
+        yield frame(batch)
 
 
 def read(source: str | Path | BinaryIO) -> pd.DataFrame:
@@ -93,10 +93,11 @@ def read(source: str | Path | BinaryIO) -> pd.DataFrame:
 
 def empty() -> pd.DataFrame:
     """No rows, in the columns and types of the rows read back."""
-    return _frame(SCHEMA.empty_table())
+    return frame(SCHEMA.empty_table())
 
 
-def _frame(batch) -> pd.DataFrame:
+def frame(batch) -> pd.DataFrame:
+    """Rows in SCHEMA (an Arrow batch or table) as the rows read back are."""
     frame = batch.to_pandas()
     for column in NULLABLE_INTS:
         frame[column] = frame[column].astype("Int64")

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import BadRecording
 from ..safefiles import OutputDir
@@ -16,6 +18,7 @@ from . import rows
 from .runinfo import RunInfo
 
 ROWS = "connections.arrow"
+PARQUET = "connections.parquet"  # (--format parquet: output.connections_parquet) read where ROWS is not there
 PENDING = "connections.pending.arrow"  # the rows not final yet, as they stood at the last run.json
 RUN = "run.json"
 LIFE = ["skaddr", "opened_at", "closed_at"]  # one life: its row, provisional or final, is made from one record
@@ -57,7 +60,15 @@ class Pending:
 
 
 def is_run_directory(path: Path) -> bool:
-    return (Path(path) / ROWS).is_file() and (Path(path) / RUN).is_file()
+    return rows_file(path) is not None and (Path(path) / RUN).is_file()
+
+
+def rows_file(path: Path) -> str | None:
+    """The file of a run directory's rows: ROWS, else a closed PARQUET; None: neither."""
+    for name in (ROWS, PARQUET):
+        if (Path(path) / name).is_file():
+            return name
+    return None
 
 
 def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
@@ -70,10 +81,12 @@ def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
         run = RunInfo.from_dict(json.loads((directory / RUN).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise BadRecording(f"{directory / RUN} is not a tcpclose run.json: {exc}") from None
+    name = rows_file(directory)
     try:
-        conns = rows.read(directory / ROWS)
-    except (OSError, ValueError) as exc:
-        raise BadRecording(f"{directory / ROWS} is not a tcpclose rows file: {exc}") from None
+        conns = rows.read(directory / ROWS) if name == ROWS else rows.frame(pq.read_table(directory / PARQUET,
+                                                                                            schema=rows.SCHEMA))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise BadRecording(f"{directory / str(name)} is not a tcpclose rows file: {exc}") from None
     if run.analysis_skipped:  # counted per process where it ran, for want of memory: here, analysed
         run.aggregates = run.analysis_skipped = None
     if run.cut_short:

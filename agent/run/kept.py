@@ -19,7 +19,7 @@ from ..record import rows as rowfile
 from ..kernel import procfs
 from ..record.runinfo import RunInfo
 from ..record import rundir
-from ..output import connections_csv
+from ..output.formats import FORMATS
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
 from .backlog import Backlog
@@ -39,11 +39,12 @@ TRIM_EVERY_S = 10.0  # the heap's free pages handed back this often (run.memory.
 
 
 class Kept:
-    def __init__(self, directory: str | None = None, file: BinaryIO | None = None, csv: BinaryIO | None = None):
+    def __init__(self, directory: str | None = None, file: BinaryIO | None = None, also=None):
         """file: where to keep the rows (open for reading and writing: trace -o's
         connections.arrow); None: a file of our own in `directory` (None: the scratch
         directory), with no name, so that it goes with the process however that ends.
-        csv: where to write them as connections.csv too (trace -o), as they are made."""
+        also: a writer of the rows' file of -o (output.formats: connections.csv or .parquet), to
+        append them to as they are made."""
         if file is None:
             directory = directory or scratch_directory()
             try:
@@ -53,7 +54,8 @@ class Kept:
                                   f"{exc.strerror}; set TMPDIR to a writable directory on disk") from None
         self._file = file
         self._writer = rowfile.RowsWriter(self._file)
-        self._csv = connections_csv.Writer(csv) if csv is not None else None
+        self._also = also
+        self.files: tuple[str, ...] = ()  # those of -o the rows are written into (into())
         self._backlog = Backlog()  # the BPF records not made into rows yet
         self._frames: list[pd.DataFrame] = []  # and sock_diag's TIME_WAIT ends
         self._stream: Stream | None = None
@@ -62,6 +64,15 @@ class Kept:
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
         self._trimmed_at = self.stepped_at
         self._pending: rundir.Pending | None = None  # (note())
+
+    @classmethod
+    def into(cls, out: OutputDir, fmt: str) -> "Kept":
+        """Rows kept in -o's directory as they are made: connections.arrow, and the file of
+        --format `fmt` (output.formats)."""
+        rows_file = FORMATS[fmt]
+        kept = cls(file=out.appending(rundir.ROWS), also=rows_file.Writer(out.appending(rows_file.NAME)))
+        kept.files = (rundir.ROWS, rows_file.NAME)
+        return kept
 
     def step_due(self) -> bool:
         """Is it time for a step: STEP_EVERY_S since the last, or longer after a long one, so
@@ -138,9 +149,9 @@ class Kept:
         self._backlog.close()
         if self._pending is not None:
             self._pending.close()
-        if self._csv is not None:
-            self._csv.close()
-            self._csv.file.close()
+        if self._also is not None:
+            self._also.close()
+            self._also.file.close()
         return self._stream.settled_early
 
     def note(self, out: OutputDir, run: RunInfo) -> bool:
@@ -170,8 +181,8 @@ class Kept:
         """Rows made final, written."""
         table = rowfile.table(rows)
         self._writer.append_table(table)
-        if self._csv is not None:
-            self._csv.append(table)
+        if self._also is not None:
+            self._also.append(table)
 
     def analysable(self, run: RunInfo) -> pd.DataFrame:
         """The connection rows of the run, read back whole.  Unless that would not fit in

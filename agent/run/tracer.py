@@ -16,7 +16,6 @@ from ..filters import Filters
 from ..safefiles import OutputDir
 from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
-from ..output import connections_csv
 from ..record import decode, layout, transitions
 from ..record import rows as rowfile
 from ..record import rundir
@@ -37,7 +36,7 @@ class Tracer:
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
                  max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None,
-                 keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S):
+                 keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S, fmt: str = "csv"):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -54,7 +53,8 @@ class Tracer:
         keep: make the connection rows for finish() (False: the caller takes each drain's
         records, as tcpclose agent does; finish() then has only the end's).
         out: -o's directory: the rows are kept there (connections.arrow), with run.json every
-        `interval` seconds, for `tcpclose report DIR` to finish a run killed midway (record.rundir)."""
+        `interval` seconds, for `tcpclose report DIR` to finish a run killed midway (record.rundir),
+        and in the file of --format `fmt` (output.formats)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
         preflight.check_privileges()  # before any output file is made
         self.filters = filters
@@ -80,15 +80,13 @@ class Tracer:
         self._netns_of: dict[int, str | None] = {}
         self._process_comm: dict[int, str | None] = {}
         self._cgroups = cgroups.Placer()  # and its cgroup v2 path: its container or service
-        # bpf_ktime_get_ns() reads CLOCK_MONOTONIC; the outputs use epoch seconds
-        self._offset_ns = time.time_ns() - time.monotonic_ns()
+        self._offset_ns = time.time_ns() - time.monotonic_ns()  # BPF's clock is CLOCK_MONOTONIC; the outputs', epoch
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
         self._out = out if keep and not aggregates else None
-        self.rows_files = (rundir.ROWS, connections_csv.NAME) if self._out else ()  # written as the rows come
-        self._kept = (Kept(file=self._out.appending(rundir.ROWS), csv=self._out.appending(connections_csv.NAME))
-                      if self._out else Kept()) if keep else None
+        self._kept = (Kept.into(self._out, fmt) if self._out else Kept()) if keep else None
+        self.rows_files = self._kept.files if self._kept else ()  # in -o, written as the rows come
         self._interval, self._noted_at = interval, time.monotonic()
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)

@@ -56,6 +56,24 @@ def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
         assert read_csv(tmp_path / "replayed" / name) == read_csv(tmp_path / "live" / name)
 
 
+def test_trace_format_parquet_writes_the_rows_as_parquet_as_they_are_made(tmp_path):
+    import pyarrow.parquet as pq
+
+    server, port = start_server("wait_close", N, "tc-server")
+    trace = start_trace("-o", str(tmp_path), "--format", "parquet")
+    client = start_client("close_first", port, N, "tc-client")
+    client.done(), server.done()
+    server.release(), client.release()
+    trace.send_signal(signal.SIGTERM)
+    _, err = trace.communicate(timeout=30)
+    assert trace.returncode == 0, err
+    assert not (tmp_path / "connections.csv").exists()
+    table = pq.read_table(tmp_path / "connections.parquet").to_pandas()
+    ours = table[table["pid"].isin([client.pid, server.pid])]
+    assert sorted(zip(ours["comm"], ours["initiator"])) == [("tc-client", "active")] * N + [("tc-server", "passive")] * N
+    assert f"{tmp_path / 'connections.parquet'}" in err  # named among the files written
+
+
 @pytest.mark.parametrize("ending", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
 def test_a_dropped_session_or_a_quit_still_writes_every_file(tmp_path, ending):
     """SIGHUP (the ssh session dropped) and SIGQUIT end a trace as Ctrl-C does: files written."""
