@@ -30,9 +30,11 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
+def traced_pair(*trace_args) -> tuple:
+    """A server and a client that makes N connections and closes first, traced with
+    `trace_args` until SIGTERM: (client, server, the trace's stderr)."""
     server, port = start_server("wait_close", N, "tc-server")
-    trace = start_trace("-o", str(tmp_path / "live"), "--record", str(tmp_path / "rec.jsonl"))
+    trace = start_trace(*trace_args)
     client = start_client("close_first", port, N, "tc-client")
     client.done(), server.done()
     server.release(), client.release()
@@ -40,6 +42,11 @@ def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
     _, err = trace.communicate(timeout=30)
     assert trace.returncode == 0, err
     assert "Traceback" not in err
+    return client, server, err
+
+
+def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
+    client, server, _ = traced_pair("-o", str(tmp_path / "live"), "--record", str(tmp_path / "rec.jsonl"))
 
     procs = {(r["pid"], r["comm"]): r for r in read_csv(tmp_path / "live" / "processes.csv")}
     client_row = procs[(str(client.pid), "tc-client")]
@@ -59,14 +66,7 @@ def test_trace_until_sigterm_writes_everything_and_report_agrees(tmp_path):
 def test_trace_format_parquet_writes_the_rows_as_parquet_as_they_are_made(tmp_path):
     import pyarrow.parquet as pq
 
-    server, port = start_server("wait_close", N, "tc-server")
-    trace = start_trace("-o", str(tmp_path), "--format", "parquet")
-    client = start_client("close_first", port, N, "tc-client")
-    client.done(), server.done()
-    server.release(), client.release()
-    trace.send_signal(signal.SIGTERM)
-    _, err = trace.communicate(timeout=30)
-    assert trace.returncode == 0, err
+    client, server, err = traced_pair("-o", str(tmp_path), "--format", "parquet")
     assert not (tmp_path / "connections.csv").exists()
     table = pq.read_table(tmp_path / "connections.parquet").to_pandas()
     ours = table[table["pid"].isin([client.pid, server.pid])]
