@@ -39,5 +39,13 @@ def who(row) -> str:
     return owner(row.pid, row.comm)
 
 
+def span_text(seconds: int) -> str:
+    """A range of whole seconds as people say it: "6 h", "30 min", "90 s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def duration_text(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -27,7 +27,7 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
     are kept in a new directory of our own, for `tcpclose report` later.
     view: the grouping and the rows per table of the summary (--by, --top).
     there: the files of these rows `out` holds already, whole (see output.files.write).
-    fmt: --format, the file of the connection rows (output.formats)."""
+    fmt: --format, the file of the connection rows (record.formats)."""
     from ..analysis import workloads
 
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse

@@ -25,6 +25,7 @@ from ..analysis.rules import INITIATORS
 from ..errors import PrometheusUnreadable
 
 KINDS = [kind for kind in INITIATORS if kind != "open"]
+REASONS = ("expired", "reused", "killed", "unknown")  # how the agents say TIME_WAITs ended
 TIMEOUT_S = 30.0
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")  # Prometheus' own way: 90s, 30m, 6h, 2d
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -148,7 +149,7 @@ def read(prometheus: Prometheus, end: float, seconds: int, instance: str | None 
     for name, expr in wanted.items():
         out = out.join(column(expr).rename(name), how="outer")
     ends = ask(_counted("tcpclose_timewait_ends_total", selector, seconds, "workload, reason"), ["workload", "reason"])
-    for reason in ("expired", "reused", "killed", "unknown"):
+    for reason in REASONS:
         mine = ends[ends["reason"] == reason].set_index("workload")["value"]
         out = out.join(mine.rename(f"timewait_{reason}"), how="outer")
     for name, q in (("timewait_p50_s", 0.5), ("timewait_p95_s", 0.95)):

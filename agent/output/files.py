@@ -25,11 +25,11 @@ from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
 from ..analysis.workloads import WORKLOAD_COLUMNS
-from ..record import rows, rundir
+from ..record import connections_csv, rows, rundir
+from ..record.formats import FORMATS, NAMES
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
-from . import connections_csv, summary_json
-from .formats import FORMATS, NAMES
+from . import summary_json
 
 FILES = ("connections.csv", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
@@ -61,7 +61,7 @@ def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = (), f
     small ones that say what the run was first.  there: the files of the rows that are in
     `out` already, whole (a trace writes connections.arrow and connections.csv as it goes;
     `report DIR` finds connections.arrow); the others are written too.  fmt: --format, the
-    file of the connection rows (output.formats); the other one an earlier run left is removed."""
+    file of the connection rows (record.formats); the other one an earlier run left is removed."""
     out.write_text("run.json", a.run.to_json())
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")

@@ -12,9 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..analysis import ports
-from ..labels import printable
-from ..metrics.fleet import Fleet
-from .fleet_summary import REASONS, span
+from ..labels import printable, span_text
+from ..metrics.fleet import REASONS, Fleet
 from .report_html import figure, finding_html, log_scale_if_decades, page_head, table
 
 TOP = 5  # workloads and destinations per plot over time
@@ -157,7 +156,7 @@ def render(fleet: Fleet, source: str, text_summary: str, top: int | None) -> str
     parts = [
         page_head(f"tcpclose fleet report {end}"),
         f"<h1>tcpclose: {int(fleet.workloads['connections'].sum()):,} socket lives closed in "
-        f"{len(fleet.workloads):,} workloads on {len(fleet.instances)} agent(s), the {span(fleet.seconds)} to "
+        f"{len(fleet.workloads):,} workloads on {len(fleet.instances)} agent(s), the {span_text(fleet.seconds)} to "
         f"{html.escape(end)}</h1>",
         f"<p>As the agents reported them to {html.escape(printable(source))}.</p>",
         '<h2 id="findings">Findings</h2>',

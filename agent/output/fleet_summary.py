@@ -11,8 +11,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..labels import printable
-from ..metrics.fleet import Fleet
+from ..labels import printable, span_text
+from ..metrics.fleet import REASONS, Fleet
 from ..safefiles import OutputDir
 from .files import spreadsheet_safe
 
@@ -21,20 +21,12 @@ COLUMNS = [  # the rest (simultaneous closes, resets, overflows) in the lines be
     ("TIME_WAIT", "timewait_count"), ("TW_P50_S", "timewait_p50_s"), ("CLOSE_WAIT", "close_wait_open"),
     ("OLDEST_CW_S", "close_wait_max_age_s"),
 ]
-REASONS = ("expired", "reused", "killed", "unknown")
 
 
 def _cell(value) -> str:
     if pd.isna(value):
         return "-"
     return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
-
-
-def span(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 def render(fleet: Fleet, source: str, width: int = 120, top: int | None = 20) -> str:
@@ -45,7 +37,7 @@ def render(fleet: Fleet, source: str, width: int = 120, top: int | None = 20) ->
     console.print(
         f"tcpclose: {int(rows['connections'].sum()):,} socket lives closed in {len(rows):,} workloads, as "
         f"{len(fleet.instances)} agent(s) reported them to {printable(source)} in the "
-        f"{span(fleet.seconds)} to {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(fleet.end))} UTC")
+        f"{span_text(fleet.seconds)} to {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(fleet.end))} UTC")
     table = Table(box=None, pad_edge=False, show_edge=False)
     for title, _ in COLUMNS:
         table.add_column(title, justify="left" if title == "WORKLOAD" else "right", no_wrap=True)

@@ -18,7 +18,7 @@ from . import rows
 from .runinfo import RunInfo
 
 ROWS = "connections.arrow"
-PARQUET = "connections.parquet"  # (--format parquet: output.connections_parquet) read where ROWS is not there
+PARQUET = "connections.parquet"  # (--format parquet: record.connections_parquet) read where ROWS is not there
 PENDING = "connections.pending.arrow"  # the rows not final yet, as they stood at the last run.json
 RUN = "run.json"
 LIFE = ["skaddr", "opened_at", "closed_at"]  # one life: its row, provisional or final, is made from one record

@@ -19,7 +19,7 @@ from ..record import rows as rowfile
 from ..kernel import procfs
 from ..record.runinfo import RunInfo
 from ..record import rundir
-from ..output.formats import FORMATS
+from ..record.formats import FORMATS
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
 from .backlog import Backlog
@@ -43,7 +43,7 @@ class Kept:
         """file: where to keep the rows (open for reading and writing: trace -o's
         connections.arrow); None: a file of our own in `directory` (None: the scratch
         directory), with no name, so that it goes with the process however that ends.
-        also: a writer of the rows' file of -o (output.formats: connections.csv or .parquet), to
+        also: a writer of the rows' file of -o (record.formats: connections.csv or .parquet), to
         append them to as they are made."""
         if file is None:
             directory = directory or scratch_directory()
@@ -68,7 +68,7 @@ class Kept:
     @classmethod
     def into(cls, out: OutputDir, fmt: str) -> "Kept":
         """Rows kept in -o's directory as they are made: connections.arrow, and the file of
-        --format `fmt` (output.formats)."""
+        --format `fmt` (record.formats)."""
         rows_file = FORMATS[fmt]
         kept = cls(file=out.appending(rundir.ROWS), also=rows_file.Writer(out.appending(rows_file.NAME)))
         kept.files = (rundir.ROWS, rows_file.NAME)

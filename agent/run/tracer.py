@@ -54,7 +54,7 @@ class Tracer:
         records, as tcpclose agent does; finish() then has only the end's).
         out: -o's directory: the rows are kept there (connections.arrow), with run.json every
         `interval` seconds, for `tcpclose report DIR` to finish a run killed midway (record.rundir),
-        and in the file of --format `fmt` (output.formats)."""
+        and in the file of --format `fmt` (record.formats)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
         preflight.check_privileges()  # before any output file is made
         self.filters = filters

@@ -1,4 +1,4 @@
-"""connections.csv as Arrow's CSV writer makes it (output.connections_csv): what it holds reads
+"""connections.csv as Arrow's CSV writer makes it (record.connections_csv): what it holds reads
 back as the rows it was made from, appended a batch at a time or written whole."""
 import csv
 import io
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from support.streaming import whole_run
-from agent.output import connections_csv
+from agent.record import connections_csv
 from agent.record import rows
 from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER
 from support.streams import raw, replay

@@ -1,4 +1,4 @@
-"""--format parquet (output.connections_parquet): every column of the rows, in row groups as
+"""--format parquet (record.connections_parquet): every column of the rows, in row groups as
 they are appended, read back as they were; report writes it instead of connections.csv and
 reads it back from a run directory that has no connections.arrow."""
 import io
@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.output import connections_parquet
+from agent.record import connections_parquet
 from agent.record import rows, rundir
 from support.incidents import incident_stream
 from support.streaming import cells_differ, whole_run

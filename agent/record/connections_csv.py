@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..analysis.lives import CONNECTION_COLUMNS, CSV_EXTRA_COLUMNS
-from ..record import rows
+from . import rows
 
 NAME = "connections.csv"
 COLUMNS = CONNECTION_COLUMNS + CSV_EXTRA_COLUMNS

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..record import rows, rundir
+from . import rows, rundir
 
 NAME = rundir.PARQUET
 ROW_GROUP_ROWS = 100_000  # rows gathered before a row group is written: ~30 MB of them in memory
