@@ -42,6 +42,7 @@ PARKED_MAX = 100_000
 PART_LIVES = 20_000  # provisional rows made this many lives at a time: a part costs ~2.5 kB a life while made
 END_KINDS = ("tw_end",)  # (tw_open: only at the end of a run, from the maps)
 ARRIVING = ("life", "reset_sent", *END_KINDS)  # what step() takes; the end of a run brings the rest
+END_OF_RUN = ("open", "tw_open", "seen_at_end")  # what the end of a trace reads (finish()), after every arrival
 
 
 class Stream:

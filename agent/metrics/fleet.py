@@ -102,7 +102,6 @@ def _over_time(result: list[dict], label: str) -> pd.DataFrame:
 OVER_TIME = {
     "active_closes": ("sum by (workload) (rate(tcpclose_closes_total{{kind=\"active\"{inner}}}[{window}s]))", "workload"),
     "close_waits": ("sum by (workload) (tcpclose_close_wait_sockets{sel})", "workload"),
-    "client_timewaits": ("sum by (destination) (tcpclose_client_timewaits{sel})", "destination"),
     "headroom": ("min by (destination) (tcpclose_port_headroom_ratio{sel})", "destination"),
 }
 

@@ -12,14 +12,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..analysis.stream import Stream
+from ..analysis.stream import END_OF_RUN, Stream
 from ..record import recording
 from ..record.decode import concat
 from ..record.runinfo import RunInfo
 from .control import announce_long_end
 from .kept import Kept
-
-END_OF_RUN = ("open", "tw_open", "seen_at_end")  # what the end of a trace reads and records, after every arrival
 
 
 class _Bounds:

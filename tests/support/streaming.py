@@ -6,11 +6,9 @@ import numpy as np
 import pandas as pd
 
 from agent.analysis import lives
-from agent.analysis.stream import Stream
+from agent.analysis.stream import ARRIVING, END_OF_RUN, Stream
 from agent.record.decode import concat
 
-END_OF_RUN = ("open", "tw_open", "seen_at_end")  # what Tracer.finish reads, kept after every arrival
-ARRIVALS = ("life", "tw_end", "reset_sent")
 ORDER = ["family", "laddr", "lport", "raddr", "rport", "opened_at", "closed_at", "skaddr", "initiator"]
 
 
@@ -18,11 +16,11 @@ def streamed(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> tuple[pd.Da
     """The rows of `events` (a recording's, in arrival order) made by a Stream fed `cuts`
     batches cut at random, each step's clock the latest event time so far."""
     kind = events["kind"].to_numpy(object)
-    end_rows = np.flatnonzero(np.isin(kind, END_OF_RUN))
+    end_rows = np.flatnonzero(np.isin(kind, END_OF_RUN))  # (what Tracer.finish reads: after every arrival)
     first_end = end_rows[0] if len(end_rows) else len(events)
     arrivals = events.iloc[:first_end]
     stream = Stream(run.timewait_method, run.pods, arrivals[arrivals["kind"] == "existing"])
-    arrivals = arrivals[arrivals["kind"].isin(ARRIVALS)]
+    arrivals = arrivals[arrivals["kind"].isin(ARRIVING)]
     edges = np.sort(np.random.default_rng(seed).choice(np.arange(1, max(len(arrivals), 2)), size=min(cuts, max(len(arrivals) - 1, 0)), replace=False))
     rows, now = [], float("-inf")
     for start, stop in zip([0, *edges], [*edges, len(arrivals)]):
