@@ -12,8 +12,9 @@ import pandas as pd
 from ..labels import close_wait_age, duration_text, owner, who
 from .accounting import unseen
 from ..record.runinfo import RunInfo
-from . import churn, ports, queues
+from . import ports, queues
 from .processes import PER_PROCESS, open_close_waits
+from .tally import SHORT_S
 
 TOP = 3  # processes and peers named per finding
 SHORT_SHARE_CHURN = 0.5  # a process whose connections mostly close within 1 s is churning
@@ -75,7 +76,7 @@ def _churn(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) -> list[di
             "churn", "info",
             f"{who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
             f"(busiest second {row.peak_opened_per_s:.0f}/s), {row.short_share:.0%} closed within "
-            f"{churn.SHORT_S:.0f} s. Each costs a handshake, a close and, on the side that closes first, "
+            f"{SHORT_S:.0f} s. Each costs a handshake, a close and, on the side that closes first, "
             "a TIME_WAIT; reusing connections removes all three.",
             f"{row.opened} opened while tracing; duration p50 {duration_text(row.duration_p50_s)}, "
             f"p95 {duration_text(row.duration_p95_s)}, p99 {duration_text(row.duration_p99_s)}"))

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
-from .churn import quantiles
+from .churn import CHURN_COLUMNS, DURATION_QUANTILES, with_churn
 from .rules import INITIATORS, TIMEWAIT_CLOSES
+from .tally import TIMEWAIT_REASONS, Tally
 
 PROCESS_COLUMNS = [
     "pid", "comm", "connections", "active_closes", "passive_closes", "simultaneous_closes",
@@ -15,15 +15,7 @@ PROCESS_COLUMNS = [
     "timewait_max_s", "close_wait_open", "close_wait_max_age_s",
 ]
 # after the contract's columns: how the TIME_WAITs ended, and those never made
-TIMEWAIT_REASON_COLUMNS = {
-    "timewait_expired": "expired", "timewait_reused": "reused", "timewait_killed": "killed",
-    "timewait_open": "open", "timewait_unknown": "unknown",
-}
-EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASON_COLUMNS, "timewait_overflow", "netns", "closes_unseen", "container", "unit"]
-_CLOSE_COUNTS = {
-    "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
-    "resets_local": "reset_local", "resets_remote": "reset_remote", "closes_unseen": "close_unseen",
-}
+EXTRA_PROCESS_COLUMNS = [*TIMEWAIT_REASONS, "timewait_overflow", "netns", "closes_unseen", "container", "unit"]
 
 
 def open_close_waits(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
@@ -47,44 +39,30 @@ def pid_examples(pids: pd.Series) -> str:
     return " ".join(map(str, known[:PIDS_SHOWN])) + (" ..." if len(known) > PIDS_SHOWN else "")
 
 
-def processes(conns: pd.DataFrame, ended_at: float, keys: list[str] = PER_PROCESS) -> pd.DataFrame:
+def processes(tally: Tally, ended_at: float, keys: list[str] = PER_PROCESS) -> pd.DataFrame:
     """One row per owning process (keys PER_PROCESS), or per process name (PER_COMM: the
     pids folded in, with their count and a few of them; pid is set where the name is one
-    process's), sorted by connections; unknown owners have no pid."""
-    if not len(conns):
-        return pd.DataFrame(columns=PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS)
-    reason = conns["tw_end_reason"]
-    frame = conns.assign(
-        **{column: conns["initiator"] == initiator for column, initiator in _CLOSE_COUNTS.items()},
-        **{column: reason == value for column, value in TIMEWAIT_REASON_COLUMNS.items()},
-        # percentiles over the TIME_WAITs whose end was seen, not the ages of open ones
-        tw_ended_s=conns["tw_s"].where(conns["tw_ended"]),
-    )
-    frame["close_wait_age_s"] = np.where(frame["close_wait_open"], ended_at - frame["close_wait_at"], np.nan)
-    grouped = frame.groupby(keys, dropna=False, sort=False)
+    process's), or per workload (PER_WORKLOAD), sorted by connections; unknown owners have
+    no pid.  With the churn columns (CHURN_COLUMNS) up to ended_at."""
+    columns = PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS + CHURN_COLUMNS
+    owners = tally.owners
+    if not len(owners):
+        return pd.DataFrame(columns=columns)
     folded = {} if "pid" in keys else {"processes": ("pid", "nunique"), "pids": ("pid", pid_examples),
                                        "pid": ("pid", lambda s: s.iloc[0] if s.nunique() == 1 else pd.NA)}
-    out = grouped.agg(
-        connections=("initiator", "size"),
-        **folded,
-        **{column: (column, "sum") for column in _CLOSE_COUNTS},
-        timewait_count=("tw_made", "sum"),
-        timewait_max_s=("tw_ended_s", "max"),
-        close_wait_open=("close_wait_open", "sum"),
-        close_wait_max_age_s=("close_wait_age_s", "max"),
-        **{column: (column, "sum") for column in TIMEWAIT_REASON_COLUMNS},
-        timewait_overflow=("tw_overflow", "sum"),
-        netns=("netns", "first"),  # the owner's network namespace (first known; None: not known)
-        **{c: (c, "first") for c in ("container", "unit") if c in frame},
-    ).join(quantiles(grouped["tw_ended_s"], {"timewait_p50_s": 0.5, "timewait_p95_s": 0.95})).reset_index()
+    out = owners.summary(keys, {"timewait_p50_s": ("timewait", 0.5), "timewait_p95_s": ("timewait", 0.95),
+                                **DURATION_QUANTILES}, ended_at, extra={
+        **folded,  # the owner's network namespace, container and unit (first known; None: not known)
+        **{c: (c, "first") for c in ("netns", "container", "unit") if c not in keys}})
+    out["close_wait_max_age_s"] = ended_at - out["close_wait_since"]
+    out = with_churn(out, ended_at - tally.started_at)
     if "comm" not in keys:  # (grouped by workload: its label is the name shown)
         out["comm"] = out[keys[0]].astype(str)
     if "pid" in keys:
         out["processes"] = out["pid"].notna().astype(int)
-        out["pids"] = out["pid"].astype(str).where(out["pid"].notna(), "")
+        out["pids"] = out["pid"].astype("Int64").astype(str).where(out["pid"].notna(), "")
     out["pid"] = out["pid"].astype("Int64")
     out = out.sort_values(["connections", keys[0]], ascending=[False, True], kind="stable")
-    columns = PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS
     return out.reindex(columns=columns + [k for k in keys if k not in columns]).reset_index(drop=True)
 
 
@@ -121,7 +99,7 @@ def from_counts(counts: list[dict], open_conns: pd.DataFrame, ended_at: float) -
     ended = pd.DataFrame(counts, columns=["pid", "comm", "lives", *_FROM_COUNTS.values(), "never_established"])
     ended = ended.rename(columns={v: k for k, v in _FROM_COUNTS.items()}).rename(columns={"lives": "connections"})
     ended["pid"] = ended["pid"].astype("Int64")
-    still_open = processes(open_conns, ended_at)
+    still_open = processes(Tally.of(open_conns, ended_at), ended_at)  # (their counts only: none opened here)
     merged = pd.concat([ended, still_open], ignore_index=True)
     numeric = ["connections", *_FROM_COUNTS, "close_wait_open"]
     out = merged.groupby(["pid", "comm"], dropna=False, sort=False).agg(

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import churn, processes
+from . import processes
 from .churn import CHURN_COLUMNS
 from .processes import EXTRA_PROCESS_COLUMNS, GROUP_COLUMNS, PROCESS_COLUMNS
+from .tally import Tally
 
 BY = {"comm": processes.PER_COMM, "pid": processes.PER_PROCESS, "workload": processes.PER_WORKLOAD}  # --by
 DEFAULT_TOP = 20  # --top: rows of a table on the terminal and in the report (about a screenful)
@@ -24,15 +25,11 @@ _HIGHEST = ["timewait_max_s", "close_wait_max_age_s"]
 WORKLOAD_COLUMNS = ["comm", *GROUP_COLUMNS, *PROCESS_COLUMNS[2:], *EXTRA_PROCESS_COLUMNS, *CHURN_COLUMNS]
 
 
-def grouped(conns: pd.DataFrame, procs: pd.DataFrame, started_at: float, ended_at: float,
-            by: str = "comm") -> pd.DataFrame:
+def grouped(tally: Tally, procs: pd.DataFrame, ended_at: float, by: str = "comm") -> pd.DataFrame:
     """The rows the summary, the findings and the report show: procs itself (by "pid"), or
     one row per process name (by "comm") or per workload (its label in comm), with the same
     columns."""
-    if by == "pid":
-        return procs
-    keys = BY[by]
-    return churn.processes(conns, processes.processes(conns, ended_at, keys), started_at, ended_at, keys)
+    return procs if by == "pid" else processes.processes(tally, ended_at, BY[by])
 
 
 def folded(procs: pd.DataFrame, by: str) -> pd.DataFrame:

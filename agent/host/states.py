@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.churn import peer_keys
+from ..analysis.tally import peer_keys
 from ..filters import Filters
 from ..kernel import diag
 from ..labels import owner

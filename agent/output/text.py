@@ -8,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..analysis.churn import SHORT_S
+from ..analysis.tally import SHORT_S
 from ..analysis.findings import close_wait_owner, listen_queues
 from ..analysis.ports import describe
 from ..analysis.processes import PER_PROCESS, open_close_waits
@@ -148,7 +148,7 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
            pressure: pd.DataFrame | None = None, keys: list[str] = PER_PROCESS) -> str:
     """The terminal summary.  procs: its rows, per process or grouped by name (keys, see
     analysis.workloads), cut to the top ones or not; with the churn columns
-    (analysis.churn.processes) it adds the churn section, pressure (analysis.ports.pressure)
+    (analysis.processes.processes) it adds the churn section, pressure (analysis.ports.pressure)
     the ephemeral-port one."""
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from agent.analysis import churn, processes
+from agent.analysis.tally import Tally
+from agent.analysis import processes
 from agent.filters import Filters
 from agent.kernel.netns import named_netns, netns_id_of
 from agent.demo.workload import Process, start_client, start_server
@@ -405,8 +406,7 @@ def test_containers_and_units_are_told_apart_by_their_cgroups(tmp_path, monkeypa
     assert set(served["pod_name"]) == {"shop/web-7d9f"} and set(made["pod_name"]) == {None}
     assert set(served["cgroup"]) == {scope_path}
     assert set(made["unit"]) == {"tc-poller.service"} and set(made["container"]) == {None}
-    procs = processes.processes(conns, run.ended_at)
-    groups = workloads.grouped(conns, churn.processes(conns, procs, run.started_at, run.ended_at),
-                               run.started_at, run.ended_at, "workload")
+    tally = Tally.of(conns, run.started_at)
+    groups = workloads.grouped(tally, processes.processes(tally, run.ended_at), run.ended_at, "workload")
     labels = dict(zip(groups["comm"], groups["connections"]))
     assert labels["docker:3f2a9c000000"] == N and labels["tc-poller.service"] == N

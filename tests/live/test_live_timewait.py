@@ -17,6 +17,7 @@ import time
 import pandas as pd
 import pytest
 
+from agent.analysis.tally import Tally
 from agent.analysis import accounting, processes, reconcile
 from agent.kernel import probe
 from agent.output import text
@@ -119,7 +120,7 @@ def test_a_time_wait_lives_60_s_and_expires(natural_expiry, closer, peer):
 
 def test_per_process_time_wait_figures(natural_expiry):
     traced, conns, run, _ = natural_expiry
-    procs = processes.processes(conns, run.ended_at).set_index("comm")
+    procs = processes.processes(Tally.of(conns, run.started_at), run.ended_at).set_index("comm")
     for comm in ("tc-closer", "tc-web"):
         row = procs.loc[comm]
         assert (row.timewait_count, row.timewait_expired) == (3, 3)
@@ -297,7 +298,7 @@ def test_no_time_wait_when_tcp_max_tw_buckets_is_full():
         assert set(mine["tw_end_reason"]) == {"none"} and mine["tw_overflow"].all()
         row = traced.counts(conns, run)
         assert row["kernel"]["TCPTimeWaitOverflow"] == row["tcpclose"]["TCPTimeWaitOverflow"] == 5
-        summary = text.render(conns, processes.processes(conns, run.ended_at), run)
+        summary = text.render(conns, processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
         assert "5 never made (tcp_max_tw_buckets full" in summary
 
 
@@ -331,8 +332,8 @@ def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
     late = cw[cw["comm"] == "tc-lateleak"].iloc[0]
     assert late.pid == late_leak.pid and late.owner_src == "snapshot"
     assert 0 < late.close_wait_age_s < 1.0  # the close came during tracing: its age is exact
-    procs_table = processes.processes(conns, run.ended_at).set_index("comm")
+    procs_table = processes.processes(Tally.of(conns, run.started_at), run.ended_at).set_index("comm")
     assert procs_table.loc["tc-oldleak", "close_wait_open"] == 3
     assert procs_table.loc["tc-oldleak", "close_wait_max_age_s"] >= 1.0
-    summary = text.render(conns, processes.processes(conns, run.ended_at), run)
+    summary = text.render(conns, processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
     assert f"tc-oldleak (pid {old_leak.pid}): 3 sockets in CLOSE_WAIT, oldest at least" in summary

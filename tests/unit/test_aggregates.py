@@ -4,6 +4,7 @@ import json
 
 from click.testing import CliRunner
 
+from agent.analysis.tally import Tally
 from agent.analysis import processes
 from agent.cli import main
 from support.streams import raw, replay
@@ -74,7 +75,7 @@ def test_counts_of_rows_in_batches_match_the_full_analysis(tmp_path):
     ]
     events = decode.decode(b"".join(lives), OFFSET_NS, HZ)
     conns = life_rows.connections(events, 10.0 + OFFSET_NS / 1e9)
-    whole = processes.processes(conns, 10.0 + OFFSET_NS / 1e9).set_index("comm")
+    whole = processes.processes(Tally.of(conns, OFFSET_NS / 1e9), 10.0 + OFFSET_NS / 1e9).set_index("comm")
     ended = conns[conns["initiator"] != "open"]  # (Kept.counted leaves the open lives' rows as rows)
     for size in (1, 2, 4, len(lives)):
         frames = (ended.iloc[i:i + size] for i in range(0, len(ended), size))

@@ -4,6 +4,7 @@ import math
 import pandas as pd
 import pytest
 
+from agent.analysis.tally import Tally
 from agent.analysis import lives, processes
 from support.streams import D, epoch, raw, replay
 
@@ -129,7 +130,7 @@ def test_per_process_counts(tmp_path):
     ]
     events, run = replay(tmp_path, *stream, ended=10.0)
     conns = lives.connections(events, run.ended_at)
-    procs = processes.processes(conns, run.ended_at).set_index("comm")
+    procs = processes.processes(Tally.of(conns, run.started_at), run.ended_at).set_index("comm")
     assert list(procs.index) == ["server", "client"]  # sorted by connections
     assert procs.loc["client", ["connections", "active_closes", "resets_remote", "timewait_count"]].tolist() == [4, 3, 1, 3]
     assert procs.loc["server", ["connections", "passive_closes", "resets_local", "close_wait_open"]].tolist() == [6, 3, 1, 2]
