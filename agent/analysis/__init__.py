@@ -6,11 +6,16 @@
   held       the lives a stream holds until then
   listeners  whose are a listener's children where only the listener names them
   timewait   how each TIME_WAIT ended and how long it lived
+  tally      the figures, kept as the rows are made: what every table is made from
+  grouped    counts, extremes, sketches and busiest bins per group of rows
+  sketches   percentiles that stream (DDSketch)
+  quanta     counts of moments per short stretch of time
+  occupancy  what is alive over time: the host's and each destination's
   processes  per-process counts and TIME_WAIT figures
   churn      rates, durations, peers and the timeline
   ports      ephemeral-port pressure per destination
   reconcile  the kernel's TcpExt counters beside tcpclose's own counts
   accounting what a run could not see, from its counters
   findings   what it all means, in plain words
-  pipeline   analyse(): connection rows and run -> everything the outputs show
+  pipeline   analyse(): a run's figures -> everything the outputs show
 """

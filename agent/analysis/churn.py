@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .tally import PEER_KEYS, opened_here
-from .timewait import TIME_WAIT_LEN_S
+from .tally import PEER_KEYS
 
 MAX_BINS = 600  # the timeline has at most this many bins: 1 s each for a 10 minute trace
 CHURN_COLUMNS = [
@@ -54,42 +53,26 @@ def peers(tally, ended_at: float) -> pd.DataFrame:
     return out[PEER_COLUMNS].reset_index(drop=True)
 
 
-def timewait_intervals(conns: pd.DataFrame, followed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(start, stop) of every TIME_WAIT tracing saw begin.  stop is its end where seen,
-    infinity for one still open at the end of a run that followed ends (`followed`),
-    and start + 60 s where the end was not followed (--timewait none, or an end not
-    seen): the natural length, an estimate."""
-    made = conns["tw_made"].to_numpy(bool)
-    start = conns["tw_start"].to_numpy(float)[made]
-    end = conns["tw_end"].to_numpy(float)[made]
-    still_open = followed & (conns["tw_end_reason"].to_numpy(object)[made] == "open")
-    stop = np.where(~np.isnan(end), end, np.where(still_open, np.inf, start + TIME_WAIT_LEN_S))
-    return start, stop
-
-
-def alive_at(times: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """How many [start, stop) intervals hold each time in `times`."""
-    return (np.searchsorted(np.sort(start), times, side="right")
-            - np.searchsorted(np.sort(stop), times, side="right"))
-
-
-def timeline(conns: pd.DataFrame, started_at: float, ended_at: float, timewait_followed: bool) -> pd.DataFrame:
+def timeline(tally, ended_at: float) -> pd.DataFrame:
     """timeline.csv: per bin, connections opened and closed, and TIME_WAIT and CLOSE_WAIT
-    sockets alive at its end (those tracing saw begin).  With timewait_followed False
-    a TIME_WAIT is taken to last 60 s."""
+    sockets alive at its end (those tracing saw begin).  Where the run did not follow
+    TIME_WAIT ends, a TIME_WAIT is taken to last 60 s (analysis.occupancy)."""
+    started_at, host = tally.started_at, tally.occupancy.host
     width = timeline_step(ended_at - started_at)
     ended_at = max(ended_at, started_at + 1e-6)  # a recording of one instant still has one bin
-    edges = np.append(np.arange(started_at, ended_at, width, dtype=float), ended_at)  # the last bin may be short
-    ends = edges[1:]
-    here = opened_here(conns, started_at)
-    opened = np.histogram(conns["opened_at"].to_numpy(float)[here], bins=edges)[0]
-    closed_at = conns["closed_at"].to_numpy(float)
-    closed = np.histogram(closed_at[~np.isnan(closed_at)], bins=edges)[0]
-    tw_start, tw_stop = timewait_intervals(conns, timewait_followed)
-    cw = conns["close_wait_at"].notna().to_numpy()
-    cw_start = conns["close_wait_at"].to_numpy(float)[cw]
-    cw_stop = np.nan_to_num(closed_at[cw], nan=np.inf)  # still open: alive to the end
+    ends = np.append(np.arange(started_at, ended_at, width, dtype=float), ended_at)[1:]  # the last bin may be short
+    per_bin = max(int(round(width / host.quantum)), 1)  # (a whole number of quanta: analysis.quanta)
+    last = host.index_of(ended_at)
+    at_ends = np.minimum(np.arange(1, len(ends) + 1) * per_bin, last)
+    at_ends[-1] = last
+
+    def binned(name):
+        return host.counts(name, len(ends) * per_bin).reshape(len(ends), per_bin).sum(axis=1)
+
+    def alive(begun, ended):
+        length = last + 1
+        return host.cumulative(begun, length)[at_ends] - host.cumulative(ended, length)[at_ends]
     return pd.DataFrame({
-        "t": ends, "since_start_s": ends - started_at, "opened": opened, "closed": closed,
-        "timewait": alive_at(ends, tw_start, tw_stop), "close_wait": alive_at(ends, cw_start, cw_stop),
+        "t": ends, "since_start_s": ends - started_at, "opened": binned("opened"), "closed": binned("closed"),
+        "timewait": alive("tw_start", "tw_stop"), "close_wait": alive("cw_start", "cw_stop"),
     })

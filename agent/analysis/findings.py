@@ -14,7 +14,7 @@ from .accounting import unseen
 from ..record.runinfo import RunInfo
 from . import ports, queues
 from .processes import PER_PROCESS, open_close_waits
-from .tally import SHORT_S
+from .tally import SHORT_S, Tally
 
 TOP = 3  # processes and peers named per finding
 SHORT_SHARE_CHURN = 0.5  # a process whose connections mostly close within 1 s is churning
@@ -24,13 +24,14 @@ def finding(topic: str, severity: str, text: str, evidence: str) -> dict:
     return {"topic": topic, "severity": severity, "text": text, "evidence": evidence}
 
 
-def of(conns: pd.DataFrame, row, keys: list[str]) -> pd.Series:
-    """The connections of one row of a grouped table (keys: analysis.processes.PER_PROCESS or
-    PER_COMM); an unknown owner's row has no pid, and is the lives with none."""
-    mask = pd.Series(True, index=conns.index)
+def of(frame: pd.DataFrame, row, keys: list[str]) -> pd.Series:
+    """The rows of `frame` (connection rows, or a tally's summary) that belong to one row of a
+    grouped table (keys: analysis.processes.PER_PROCESS, PER_COMM or PER_WORKLOAD); an unknown
+    owner's row has no pid, and is the lives with none."""
+    mask = pd.Series(True, index=frame.index)
     for key in keys:
         value = getattr(row, key)
-        mask &= conns[key].isna() if pd.isna(value) else (conns[key] == value).fillna(False)
+        mask &= frame[key].isna() if pd.isna(value) else (frame[key] == value).fillna(False)
     return mask
 
 
@@ -42,23 +43,23 @@ def close_wait_owner(group: pd.DataFrame) -> str:
     return owner(pids[0] if len(pids) else None, group["comm"].iloc[0])
 
 
-def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) -> list[dict]:
+def _timewait_makers(tally: Tally, procs: pd.DataFrame, keys: list[str]) -> list[dict]:
     """The processes holding the TIME_WAITs, and what on their side would remove them."""
     out = []
     makers = procs[procs["timewait_count"] > 0].sort_values("timewait_count", ascending=False, kind="stable")
+    towards = tally.makers.summary([*keys, "raddr", "rport"], {}) if len(makers) else None
     for row in makers.head(TOP).itertuples(index=False):
-        mine = conns[of(conns, row, keys) & conns["tw_made"]]
-        as_server = int((mine["role"] == "server").sum())
+        as_server = int(row.tw_as_server)
         evidence = (f"closed first on {row.active_closes} of {row.connections} connections "
                     f"({row.simultaneous_closes} simultaneous); {row.timewait_count} TIME_WAITs, "
                     f"{as_server} of them as the server")
-        if as_server * 2 > len(mine):
+        if as_server * 2 > row.timewait_count:
             advice = ("it is a server that closes first, so the TIME_WAITs pile up on the server. Let clients close "
                       "first (keep-alive with idle timeouts on the client side, or wait for the client's FIN before "
                       "close()); tcp_tw_reuse cannot help here, it only helps the connecting side")
         else:
-            top_peer = mine.groupby(["raddr", "rport"]).size().sort_values(ascending=False)
-            peer = f"{top_peer.index[0][0]}:{top_peer.index[0][1]}" if len(top_peer) else "its peers"
+            top_peer = towards[of(towards, row, keys)].sort_values("timewait_count", ascending=False, kind="stable")
+            peer = f"{top_peer.iloc[0].raddr}:{top_peer.iloc[0].rport}" if len(top_peer) else "its peers"
             advice = (f"it is the client and closes first: keep its connections to {peer} open and reuse them "
                       "(HTTP keep-alive, a connection pool) and the TIME_WAITs go with the churn")
         out.append(finding("timewait", "warning" if row.timewait_count >= 1000 else "info",
@@ -66,12 +67,11 @@ def _timewait_makers(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) 
     return out
 
 
-def _churn(conns: pd.DataFrame, procs: pd.DataFrame, keys: list[str]) -> list[dict]:
+def _churn(procs: pd.DataFrame) -> list[dict]:
     out = []
     churners = procs[(procs["short_share"] >= SHORT_SHARE_CHURN) & (procs["opened"] > 0)]
     for row in churners.sort_values("opened_per_s", ascending=False, kind="stable").head(TOP).itertuples(index=False):
-        roles = conns.loc[of(conns, row, keys), "role"]
-        verb = "accepts" if (roles == "server").sum() * 2 > len(roles) else "opens"
+        verb = "accepts" if row.servers * 2 > row.connections else "opens"
         out.append(finding(
             "churn", "info",
             f"{who(row)} {verb} short connections: {row.opened_per_s:.1f}/s on average "
@@ -94,9 +94,9 @@ def _port_pressure(pressure: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _close_wait(conns: pd.DataFrame, run: RunInfo, keys: list[str]) -> list[dict]:
+def _close_wait(tally: Tally, run: RunInfo, keys: list[str]) -> list[dict]:
     out = []
-    cw = open_close_waits(conns, run.ended_at)
+    cw = open_close_waits(tally.close_waits(), run.ended_at)
     for _, group in cw.groupby(keys, dropna=False, sort=False):
         oldest = group.iloc[0]
         fds = ", ".join(str(fd) for fd in group["fd"].dropna().head(5))
@@ -156,14 +156,14 @@ def listen_queues(run: RunInfo) -> list[dict]:
     return out
 
 
-def findings(conns: pd.DataFrame, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo,
+def findings(tally: Tally, procs: pd.DataFrame, pressure: pd.DataFrame, run: RunInfo,
              keys: list[str] = PER_PROCESS) -> list[dict]:
     """procs: the grouped rows (analysis.workloads.grouped) whose `keys` name them."""
-    out = (_port_pressure(pressure) + _close_wait(conns, run, keys) + _overflow(procs, run) + listen_queues(run)
-           + _timewait_makers(conns, procs, keys) + _churn(conns, procs, keys))
+    out = (_port_pressure(pressure) + _close_wait(tally, run, keys) + _overflow(procs, run) + listen_queues(run)
+           + _timewait_makers(tally, procs, keys) + _churn(procs))
     if not out:
         out.append(finding("quiet", "info", "No TIME_WAIT, CLOSE_WAIT leak or port pressure was seen while tracing.",
-                            f"{len(conns)} socket lives traced"))
+                            f"{tally.lives} socket lives traced"))
     missed = {what: n for what, n in unseen(run).items() if n}
     if missed:
         out.append(finding("unseen", "info", "Some of the run could not be seen; the numbers above leave it out.",

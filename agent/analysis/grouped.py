@@ -69,10 +69,13 @@ class Grouped:
     def _codes(self, frame: pd.DataFrame) -> np.ndarray:
         """The group of each row, new groups made."""
         parts = [pd.factorize(frame[k], use_na_sentinel=False) for k in self.keys]
-        uniq, inverse = np.unique(np.stack([codes for codes, _ in parts]), axis=1, return_inverse=True)
-        ids = np.empty(uniq.shape[1], dtype=np.int64)
-        for j in range(uniq.shape[1]):
-            label = tuple(_plain(values[uniq[i, j]]) for i, (_, values) in enumerate(parts))
+        combined = parts[0][0].astype(np.int64)  # (factorize numbers them 0, 1, ... as first met)
+        for codes, values in parts[1:]:  # (numbered again at each step: the numbers stay below rows x values)
+            combined = pd.factorize(combined * len(values) + codes)[0].astype(np.int64)
+        first = np.unique(combined, return_index=True)[1]  # the first row of each
+        ids = np.empty(len(first), dtype=np.int64)
+        for j, row in enumerate(first.tolist()):
+            label = tuple(_plain(values[codes[row]]) for codes, values in parts)
             group = self._groups.get(label)
             if group is None:
                 group = self._groups[label] = len(self._labels)
@@ -83,7 +86,7 @@ class Grouped:
             self._sum = np.vstack([self._sum, np.zeros((grown, self._sum.shape[1]), dtype=np.int64)])
             self._max = np.vstack([self._max, np.full((grown, self._max.shape[1]), np.nan)])
             self._min = np.vstack([self._min, np.full((grown, self._min.shape[1]), np.nan)])
-        return ids[np.asarray(inverse).reshape(-1)]
+        return ids[combined]
 
     def add(self, rows: pd.DataFrame) -> None:
         """A batch: the key columns, the measures, and opened_at where started_at is set."""
@@ -177,6 +180,21 @@ class Grouped:
         for (cell, b), n in self._opened.items():
             out[(int(new[cell]), b)] += n
         return out
+
+    def opened_rates(self, by: list[str], ended_at: float) -> dict[tuple, pd.Series]:
+        """Per group of `by` (its key values, missing ones None): connections opened per second
+        in each bin (bin_seconds of the run), indexed by the bin's start in seconds since tracing
+        began; bins with none are left out."""
+        self._widen(max(self.bin_s, bin_seconds(ended_at - self.started_at)))
+        cells = self.cells()
+        label_of = [tuple(_plain(v) for v in values) for values in cells[by].itertuples(index=False)]
+        counted: Counter = Counter()
+        for (cell, b), n in self._opened.items():
+            counted[(label_of[cell], b)] += n
+        out: dict[tuple, dict] = {}
+        for (label, b), n in counted.items():
+            out.setdefault(label, {})[b * self.bin_s] = n / self.bin_s
+        return {label: pd.Series(rates).sort_index() for label, rates in out.items()}
 
     def sketch(self, measure: str, groups: Iterable[int] | None = None):
         """The merged sketch of a measure over some groups (None: all of them)."""

@@ -1,5 +1,5 @@
-"""The analysis of a run, in one call: connections -> per-process, per-peer,
-port-pressure and timeline figures -> findings."""
+"""The analysis of a run, in one call: its figures (analysis.tally) -> per-process, per-peer,
+port-pressure and timeline tables -> findings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +14,9 @@ from .tally import Tally
 
 @dataclass
 class Analysis:
-    """Everything the outputs show, computed once from the events of a run."""
+    """Everything the outputs show, computed once from the figures of a run."""
     run: RunInfo
-    conns: pd.DataFrame
+    tally: Tally  # the figures kept as the rows were made (analysis.tally)
     procs: pd.DataFrame  # processes.processes: per process, with the churn columns
     groups: pd.DataFrame  # what the summary, findings and report show: procs, or per name (--by)
     workloads: pd.DataFrame  # per process name, always (workloads.csv)
@@ -28,16 +28,15 @@ class Analysis:
     top: int | None = workloads.DEFAULT_TOP  # --top: rows shown per table
 
 
-def analyse(conns: pd.DataFrame, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
-    """A run's connection rows (made as the records arrive by analysis.stream: a trace's, or a
-    recording's through run.replay) -> everything the outputs show."""
-    started, ended = run.started_at, run.ended_at
-    tally = Tally.of(conns, started)
+def analyse(tally: Tally, run: RunInfo, by: str = "comm", top: int | None = workloads.DEFAULT_TOP) -> Analysis:
+    """A run's figures (its connection rows, made as the records arrive by analysis.stream
+    and added to `tally` as they were: a trace's, or a recording's through run.replay) ->
+    everything the outputs show."""
+    ended = run.ended_at
     procs = processes.processes(tally, ended)
     per_comm = workloads.grouped(tally, procs, ended, "comm")
     groups = per_comm if by == "comm" else workloads.grouped(tally, procs, ended, by)
-    peers = churn.peers(tally, ended)
-    pressure = ports.pressure(conns, run)
-    timeline = churn.timeline(conns, started, ended, run.timewait_followed)
-    return Analysis(run, conns, procs, groups, per_comm, peers, pressure, timeline,
-                    findings(conns, groups, pressure, run, workloads.BY[by]), by, top)
+    pressure = ports.pressure(tally, run)
+    return Analysis(run, tally, procs, groups, per_comm, churn.peers(tally, ended), pressure,
+                    churn.timeline(tally, ended), findings(tally, groups, pressure, run, workloads.BY[by]), by, top)
+

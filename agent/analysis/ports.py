@@ -19,8 +19,6 @@ import pandas as pd
 from ..kernel.procfs import port_range_size
 from ..labels import printable
 from ..record.runinfo import RunInfo
-from . import churn
-from .timewait import TIME_WAIT_LEN_S
 
 RATE_WINDOW_S = 10.0  # the "current" rate: connections opened in the last this many seconds of the trace
 WARN_SHARE = 0.5  # warn once a destination's TIME_WAITs hold this share of the range
@@ -30,17 +28,6 @@ PRESSURE_COLUMNS = [
     "peak_share", "now_share", "rate_now_per_s", "max_rate_per_s", "timewait_len_s", "tw_reuse",
     "seconds_left", "warning",
 ]
-DESTINATION = ["laddr", "raddr", "rport"]
-
-
-def timewait_length(conns: pd.DataFrame) -> float:
-    """The TIME_WAIT length this run saw: the median of those that expired in TIME_WAIT, else
-    the kernel's 60 s.  One that expired in the FIN_WAIT2 substate (tcp_fin_timeout, the
-    peer never closed) says nothing of how long a TIME_WAIT holds its port."""
-    expired = conns[conns["tw_end_reason"] == "expired"]
-    in_time_wait = (expired["tw_s"] - expired["tw_fin_wait2_s"].fillna(0.0)).dropna()  # after the peer's FIN
-    in_time_wait = in_time_wait[in_time_wait > 1.0]  # 0: it expired in the substate, never in TIME_WAIT
-    return float(in_time_wait.median()) if len(in_time_wait) else TIME_WAIT_LEN_S
 
 
 def tw_reuse_applies(value: str | None, raddr: str, timestamps: str | None) -> bool:
@@ -54,24 +41,28 @@ def tw_reuse_applies(value: str | None, raddr: str, timestamps: str | None) -> b
         return False
 
 
-def pressure(conns: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
-    """One row per destination this host connected to, the most pressed first."""
-    clients = conns[conns["role"] == "client"]
-    if not len(clients):
+def pressure(tally, run: RunInfo) -> pd.DataFrame:
+    """One row per destination this host connected to, the most pressed first.  The TIME_WAITs
+    at peak and the rate in the last RATE_WINDOW_S are read to the quantum of the run's
+    counts (analysis.quanta: 0.1 s up to 5 minutes)."""
+    destinations = tally.occupancy.destinations
+    if not destinations:
         return pd.DataFrame(columns=PRESSURE_COLUMNS)
     sysctls = run.sysctls or {}
     size = port_range_size(sysctls.get("ip_local_port_range") or DEFAULT_RANGE)
-    followed = run.timewait_followed
     started, ended = run.started_at, run.ended_at
-    length = timewait_length(conns)
+    length = tally.timewait_length()
     window = min(RATE_WINDOW_S, max(ended - started, 1e-9))
     rows = []
-    for (laddr, raddr, rport), group in clients.groupby(DESTINATION, sort=False):
-        start, stop = churn.timewait_intervals(group, followed)
-        peak = int(churn.alive_at(start, start, stop).max()) if len(start) else 0
-        now = int(churn.alive_at(np.array([ended]), start, stop)[0])
-        opened = group["opened_at"].to_numpy(float)
-        rate = float(((opened > ended - window) & ~group["partial"].to_numpy(bool)).sum() / window)
+    for (laddr, raddr, rport), dest in destinations.items():
+        quanta = dest.quanta
+        last = quanta.index_of(ended)
+        held = quanta.cumulative("tw_start", last + 1) - quanta.cumulative("tw_stop", last + 1)
+        began = quanta.counts("tw_start", last + 1) > 0
+        peak = int(held[began].max()) if began.any() else 0
+        now = int(held[-1])
+        recent = quanta.counts("opened", last + 1)[max(int((ended - window - started) // quanta.quantum), 0):]
+        rate = float(recent.sum() / window)
         reuse = tw_reuse_applies(sysctls.get("tcp_tw_reuse"), raddr, sysctls.get("tcp_timestamps"))
         warn = max(peak, now) > WARN_SHARE * size
         # the range fills at the opening rate less the rate TIME_WAITs end, about now / length
@@ -79,8 +70,8 @@ def pressure(conns: pd.DataFrame, run: RunInfo) -> pd.DataFrame:
         left = (size - now) / growth if warn and growth > 0 else np.nan
         rows.append({
             "laddr": laddr, "raddr": raddr, "rport": int(rport),
-            "processes": " ".join(sorted(set(group["comm"].replace("", "?")))),
-            "connections": len(group), "timewait_peak": peak, "timewait_now": now, "port_range": size,
+            "processes": " ".join(sorted(dest.names)),
+            "connections": dest.connections, "timewait_peak": peak, "timewait_now": now, "port_range": size,
             "peak_share": peak / size, "now_share": now / size, "rate_now_per_s": rate,
             "max_rate_per_s": size / length, "timewait_len_s": length, "tw_reuse": reuse,
             "seconds_left": max(left, 0.0), "warning": warn,

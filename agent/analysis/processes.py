@@ -1,12 +1,10 @@
 """Per-process figures from the connection rows (processes.csv), and from per-process counts."""
 from __future__ import annotations
 
-from typing import Iterable
 
 import pandas as pd
 
 from .churn import CHURN_COLUMNS, DURATION_QUANTILES, with_churn
-from .rules import INITIATORS, TIMEWAIT_CLOSES
 from .tally import TIMEWAIT_REASONS, Tally
 
 PROCESS_COLUMNS = [
@@ -25,6 +23,7 @@ def open_close_waits(conns: pd.DataFrame, ended_at: float) -> pd.DataFrame:
     return cw.sort_values("close_wait_age_s", ascending=False)
 
 
+FOR_FINDINGS = ["servers", "tw_as_server"]  # (not in processes.csv) its lives as the server, and TIME_WAITs so
 PER_PROCESS = ["pid", "comm"]  # processes.csv: one row per process (a pid and its name)
 PER_COMM = ["comm"]  # workloads.csv and the summary: what people mean by "the application"
 PER_WORKLOAD = ["workload"]  # the container, else the systemd unit, else the name (analysis.lives._place)
@@ -47,7 +46,7 @@ def processes(tally: Tally, ended_at: float, keys: list[str] = PER_PROCESS) -> p
     columns = PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + GROUP_COLUMNS + CHURN_COLUMNS
     owners = tally.owners
     if not len(owners):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns + FOR_FINDINGS)
     folded = {} if "pid" in keys else {"processes": ("pid", "nunique"), "pids": ("pid", pid_examples),
                                        "pid": ("pid", lambda s: s.iloc[0] if s.nunique() == 1 else pd.NA)}
     out = owners.summary(keys, {"timewait_p50_s": ("timewait", 0.5), "timewait_p95_s": ("timewait", 0.95),
@@ -63,27 +62,7 @@ def processes(tally: Tally, ended_at: float, keys: list[str] = PER_PROCESS) -> p
         out["pids"] = out["pid"].astype("Int64").astype(str).where(out["pid"].notna(), "")
     out["pid"] = out["pid"].astype("Int64")
     out = out.sort_values(["connections", keys[0]], ascending=[False, True], kind="stable")
-    return out.reindex(columns=columns + [k for k in keys if k not in columns]).reset_index(drop=True)
-
-
-def counts_of_rows(frames: Iterable[pd.DataFrame]) -> list[dict]:
-    """The lives' counts per owner, as the procs map of --aggregates holds them (one dict per
-    owner: pid, None when not known, comm, lives and one count per close kind), made from
-    connection rows one frame at a time: for a run too big to analyse whole."""
-    kinds = [kind for kind in INITIATORS if kind != "open"]
-    total = None
-    for frame in frames:
-        if not len(frame):
-            continue
-        part = pd.crosstab([frame["pid"].fillna(0).astype(int).to_numpy(), frame["comm"].fillna("").to_numpy()],
-                           frame["initiator"].to_numpy()).reindex(columns=kinds, fill_value=0)
-        total = part if total is None else total.add(part, fill_value=0)
-    if total is None:
-        return []
-    total = total.astype(int)
-    return [{"pid": int(pid) or None, "comm": comm, "lives": int(row.sum()), **row.to_dict(),
-             "timewait": int(sum(row[kind] for kind in TIMEWAIT_CLOSES))}  # each hands over to a timewait socket
-            for (pid, comm), row in total.iterrows()]
+    return out.reindex(columns=columns + FOR_FINDINGS + [k for k in keys if k not in columns]).reset_index(drop=True)
 
 
 # --aggregates: the procs map's counts (bpf/tcpclose.h A_x) and the columns they fill

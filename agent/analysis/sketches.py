@@ -52,13 +52,17 @@ def add(sketches: dict, groups: np.ndarray, values: np.ndarray) -> None:
     # which the sketch counts apart (a duration of 0 is a close within the clock's resolution)
     keys = np.zeros(len(values), dtype=np.int64)
     keys[positive] = np.ceil(np.log(values[positive]) / _LOG_GAMMA).astype(np.int64)
-    pairs, weights = np.unique(np.stack([groups.astype(np.int64), keys, positive.astype(np.int64)]),
-                               axis=1, return_counts=True)
-    for (group, key, is_positive), weight in zip(pairs.T.tolist(), weights.tolist()):
+    # one number per (group, bucket, positive or not): the keys of positive values are within
+    # +-2**20 (a DDSketch of this accuracy spans 1e-308 to 1e308 in some 350,000 of them)
+    slot = (keys + 2**20) * 2 + positive
+    pairs, weights = np.unique(groups.astype(np.int64) * 2**22 + slot, return_counts=True)
+    for pair, weight in zip(pairs.tolist(), weights.tolist()):
+        group, slot = divmod(pair, 2**22)
+        key, is_positive = divmod(slot, 2)
         sketch = sketches.get(group)
         if sketch is None:
             sketch = sketches[group] = new()
-        sketch.add(_MAPPING.value(key) if is_positive else 0.0, weight)
+        sketch.add(_MAPPING.value(key - 2**20) if is_positive else 0.0, weight)
 
 
 def merged(parts: Iterable) -> LogCollapsingLowestDenseDDSketch | None:

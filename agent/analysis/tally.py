@@ -11,13 +11,20 @@ counters are set beside.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 
+from . import sketches
+from .lives import CONNECTION_COLUMNS, EXTRA_COLUMNS
 from .grouped import HIGHEST, LOWEST, SKETCH, SUM, Grouped
+from .occupancy import Occupancy
 from .rules import TIMEWAIT_CLOSES
+from .timewait import TIME_WAIT_LEN_S
 
 SHORT_S = 1.0  # a connection closed within this of its open is "short": churn a pool would remove
+LIFETIME_BIN_S, LIFETIME_MAX_S = 0.1, 180.0  # report.html's histogram of TIME_WAIT lifetimes (longer: in the last bin)
 KERNEL_KILLED_S = 4.0  # the kernel counts a timewait armed for this long or less as TWKilled, else TW
 PEER_KEYS = ["direction", "raddr", "rport", "lport"]  # see peer_keys
 OWNER = ["pid", "comm", "netns", "container", "unit", "workload"]
@@ -59,7 +66,7 @@ def peer_keys(conns: pd.DataFrame) -> pd.DataFrame:
         "raddr": conns["raddr"].to_numpy(),
         "rport": pd.array(np.where(inbound, None, conns["rport"]), dtype="Int64"),
         "lport": pd.array(np.where(inbound, conns["lport"], None), dtype="Int64"),
-    })
+    }, index=conns.index)
 
 
 def measures(rows: pd.DataFrame, started_at: float) -> pd.DataFrame:
@@ -95,27 +102,89 @@ def measures(rows: pd.DataFrame, started_at: float) -> pd.DataFrame:
     keys = {k: (rows[k] if k in rows else pd.Series(None, index=rows.index, dtype=object)).reset_index(drop=True)
             for k in OWNER}
     comm = keys["comm"]
-    return pd.concat([pd.DataFrame({**keys, **out, "who": comm.where(comm != "", "?")}), peer_keys(rows)], axis=1)
+    return pd.concat([pd.DataFrame({**keys, **out, "who": comm.where(comm != "", "?")}),
+                      peer_keys(rows).reset_index(drop=True)], axis=1)
 
 
 class Tally:
-    """The figures of a run so far.  add() each batch of final rows; processes.processes and
-    the others read them."""
+    """The figures of a run so far.  add() each batch of final rows; processes.processes,
+    churn.peers, churn.timeline, ports.pressure and the outputs read them."""
 
-    def __init__(self, started_at: float):
+    def __init__(self, started_at: float, timewait_followed: bool = True):
+        """timewait_followed: the run followed TIME_WAIT ends (RunInfo.timewait_followed)."""
         self.started_at = started_at
         self.owners = Grouped(OWNER, OWNER_MEASURES, started_at=started_at)
         self.peers = Grouped(PEER_KEYS, PEER_MEASURES, started_at=started_at, names_of="who")
+        # the TIME_WAITs made per owner and peer: whom an owner's TIME_WAITs are towards
+        self.makers = Grouped([*OWNER, "raddr", "rport"], {"timewait_count": SUM})
+        self.occupancy = Occupancy(started_at, timewait_followed)
+        self.owner_src: Counter = Counter()  # how the owners were learnt
+        self.end_reasons: Counter = Counter()  # of the TIME_WAITs made
+        self._host: dict[str, dict] = {"fin_wait2": {}, "in_time_wait": {}}  # sketches (analysis.sketches)
+        self.fin_wait2_max = float("nan")
+        # the lifetimes of the TIME_WAITs whose end was seen, in LIFETIME_BIN_S bins (report.html's histogram)
+        self.lifetimes = np.zeros(int(LIFETIME_MAX_S / LIFETIME_BIN_S) + 1, dtype=np.int64)
+        self._close_waits: list[pd.DataFrame] = []  # the rows of the CLOSE_WAITs open at the end
 
     @classmethod
-    def of(cls, rows: pd.DataFrame, started_at: float) -> "Tally":
+    def of(cls, rows: pd.DataFrame, started_at: float, timewait_followed: bool = True) -> "Tally":
         """The figures of rows at hand (a run's, whole)."""
-        tally = cls(started_at)
+        tally = cls(started_at, timewait_followed)
         tally.add(rows)
         return tally
 
     def add(self, rows: pd.DataFrame) -> None:
-        if len(rows):
-            measured = measures(rows, self.started_at)
-            self.owners.add(measured)
-            self.peers.add(measured)
+        if not len(rows):
+            return
+        measured = measures(rows, self.started_at)
+        self.owners.add(measured)
+        self.peers.add(measured)
+        made = rows["tw_made"].to_numpy(bool)
+        if made.any():
+            self.makers.add(measured[made])
+        self.occupancy.add(rows, measured["opened"].to_numpy(bool))
+        if "owner_src" in rows:
+            self.owner_src.update(rows["owner_src"].value_counts().to_dict())
+        self.end_reasons.update(rows.loc[made, "tw_end_reason"].value_counts().to_dict())
+        self._add_lifetimes(rows, measured["timewait"].to_numpy(float))
+        cw = rows["close_wait_open"].to_numpy(bool)
+        if cw.any():
+            self._close_waits.append(rows[cw])
+
+    def _add_lifetimes(self, rows: pd.DataFrame, ended_s: np.ndarray) -> None:
+        fin_wait2 = rows["tw_fin_wait2_s"].to_numpy(float)
+        sketches.add(self._host["fin_wait2"], np.zeros(len(rows), dtype=np.int64), fin_wait2)
+        if (~np.isnan(fin_wait2)).any():
+            self.fin_wait2_max = np.fmax(self.fin_wait2_max, np.nanmax(fin_wait2))
+        # how long a TIME_WAIT holds its port: those that expired in TIME_WAIT, after the peer's
+        # FIN (one that expired in the FIN_WAIT2 substate, tcp_fin_timeout, says nothing of that)
+        expired = rows["tw_end_reason"].to_numpy(object) == "expired"
+        in_time_wait = rows["tw_s"].to_numpy(float) - np.nan_to_num(fin_wait2)
+        sketches.add(self._host["in_time_wait"], np.zeros(len(rows), dtype=np.int64),
+                     np.where(expired & (in_time_wait > 1.0), in_time_wait, np.nan))
+        seen = ended_s[~np.isnan(ended_s)]
+        bins = np.minimum((seen // LIFETIME_BIN_S).astype(np.int64), len(self.lifetimes) - 1)
+        self.lifetimes += np.bincount(bins, minlength=len(self.lifetimes))
+
+    @property
+    def lives(self) -> int:
+        """The socket lives (connection rows) added."""
+        return int(self.owners.cells()["connections"].sum()) if len(self.owners) else 0
+
+    def timewait_length(self) -> float:
+        """The TIME_WAIT length this run saw: the median of those that expired in TIME_WAIT,
+        else the kernel's 60 s."""
+        value = sketches.quantile(self._host["in_time_wait"].get(0), 0.5)
+        return TIME_WAIT_LEN_S if np.isnan(value) else value
+
+    def fin_wait2(self) -> tuple[int, float, float]:
+        """The lives that waited in the FIN_WAIT2 substate: how many, p50 and max of the wait."""
+        sketch = self._host["fin_wait2"].get(0)
+        count = int(sketch.count) if sketch is not None else 0
+        return count, sketches.quantile(sketch, 0.5), self.fin_wait2_max
+
+    def close_waits(self) -> pd.DataFrame:
+        """The rows of the sockets in CLOSE_WAIT at the end (few: each is a socket open)."""
+        if self._close_waits:
+            return pd.concat(self._close_waits, ignore_index=True)
+        return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS).astype({"close_wait_open": bool})

@@ -94,9 +94,9 @@ def report_command(recording, prometheus, seconds, instance, out, force, fmt, vi
             if not rundir.is_run_directory(recording):
                 raise click.BadParameter(f"{recording} holds no {rundir.ROWS} (or {rundir.PARQUET}) and "
                                          f"{rundir.RUN} of a trace -o", param_hint="RECORDING")
-            conns, run_info = rundir.read(recording)
+            kept, run_info = rundir.read(recording)
             if out is None:  # finish the files there
                 out, there = output_dir(recording, force), (rundir.rows_file(recording),)  # (the others made anew)
         else:
-            conns, run_info = rows_of(recording, announce)
-        results.show(conns, run_info, out, view=view, there=there, fmt=fmt)
+            kept, run_info = rows_of(recording, announce)
+        results.show(kept, run_info, out, view=view, there=there, fmt=fmt)

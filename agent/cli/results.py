@@ -7,22 +7,22 @@ import tempfile
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from ..errors import CannotWrite
 from ..output import files, text
 from ..record.runinfo import RunInfo
+from ..record.runrows import RunRows
 from ..safefiles import OutputDir, scratch_directory
 from .options import View
 
 FILE_WIDTH = 120  # summary.txt, and a summary that does not go to a terminal
 
 
-def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
+def show(kept: RunRows, run: RunInfo, out: OutputDir | None, summary: bool = False, err: bool = False,
          rescue: bool = False, view: View = View(), there: tuple[str, ...] = (), fmt: str = "csv") -> None:
     """The summary on stdout (stderr if `err`), or the files in `out` (and the summary too if `summary`).
-    conns: the run's connection rows (analysis.lives); of a run counted per process, those of
-    the lives still open.
+    kept: the run's connection rows (analysis.lives) and their figures; of a run counted per
+    process, those of the lives still open.
     rescue: the rows exist nowhere else (a live trace): where `out` cannot be written, they
     are kept in a new directory of our own, for `tcpclose report` later.
     view: the grouping and the rows per table of the summary (--by, --top).
@@ -33,23 +33,22 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
     if run.counted_only:  # counted in BPF: no per-connection rows to analyse
         from ..analysis import processes
 
-        procs = processes.from_counts(run.aggregates, conns, run.ended_at)
+        procs = processes.from_counts(run.aggregates, kept.frame(), run.ended_at)
         groups, pressure, a = workloads.folded(procs, view.by), None, None
     else:
         from ..analysis.pipeline import analyse
 
-        a = analyse(conns, run, view.by, view.top)
-        conns, groups, pressure = a.conns, a.groups, a.pressure
+        a = analyse(kept.tally, run, view.by, view.top)
+        groups, pressure = a.groups, a.pressure
 
     def render(width: int) -> str:
-        return text.render(conns, workloads.top(groups, view.top), run, width, pressure=pressure,
+        return text.render(kept.tally, workloads.top(groups, view.top), run, width, pressure=pressure,
                            keys=workloads.BY[view.by])
 
     def write() -> list:
         if a is None:
-            return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run,
-                                          there)
-        return files.write(out, a, render(FILE_WIDTH), there, fmt)
+            return files.write_aggregates(out, procs, workloads.folded(procs, "comm"), render(FILE_WIDTH), run)
+        return files.write(out, a, kept.batches, render(FILE_WIDTH), there, fmt)
 
     summary_text = render(terminal_width(err) if not out or summary else FILE_WIDTH)
     if out:
@@ -58,7 +57,7 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
         except CannotWrite:  # a disk that filled up at the end: the summary at least is not lost
             _echo(summary_text, err=True)
             if rescue:
-                _echo(_rescued(conns, run), err=True, nl=True)
+                _echo(_rescued(kept, run), err=True, nl=True)
             raise
         finally:
             out.close()
@@ -74,7 +73,7 @@ def show(conns: pd.DataFrame, run: RunInfo, out: OutputDir | None, summary: bool
             _echo(f"the incident report: {out.path / 'report.html'}", err=True, nl=True)
 
 
-def _rescued(conns: pd.DataFrame, run: RunInfo) -> str:
+def _rescued(kept: RunRows, run: RunInfo) -> str:
     """Keep a finished trace whose files could not be written: its rows and run.json, in a
     directory made for it ($TMPDIR, else /var/tmp: mkdtemp makes it new, ours alone, 0700)."""
     from ..record import rows, rundir
@@ -83,7 +82,8 @@ def _rescued(conns: pd.DataFrame, run: RunInfo) -> str:
         directory = OutputDir(Path(tempfile.mkdtemp(prefix="tcpclose-rescue-", dir=scratch_directory())))
         with directory.appending(rundir.ROWS) as f:
             writer = rows.RowsWriter(f)
-            writer.append(conns)
+            for part in kept.batches():
+                writer.append(part)
             writer.close()
         directory.write_text(rundir.RUN, run.to_json())
         directory.close()

@@ -90,8 +90,8 @@ def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregate
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
                         transitions_to=transitions_to, max_socks=max_sockets, out=out, fmt=fmt, interval=interval,
                         attached=lambda: click.echo(tracing, err=True))
-        conns, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
-        results.show(conns, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
+        kept, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
+        results.show(kept, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
                      rescue=True, view=view, there=() if aggregates else tracer.rows_files, fmt=fmt)
 
 
@@ -135,7 +135,7 @@ def demo(out, force, fmt, record, view):
                            err=True)
             stop.wait(workload.SETTLE_S)  # the last ACKs land; the FIN_WAIT2 timewaits expire
             stop.finishing()
-            conns, run_info = tracer.finish()
+            kept, run_info = tracer.finish()
         finally:
             workload.release(procs)
-        results.show(conns, run_info, out, summary=True, rescue=True, view=view, fmt=fmt)
+        results.show(kept, run_info, out, summary=True, rescue=True, view=view, fmt=fmt)

@@ -155,8 +155,8 @@ def from_run(path: Path) -> list[dict]:
         if run_json.exists() and RunInfo.from_dict(json.loads(run_json.read_text())).counted_only:
             return [AGGREGATES_ONLY]
         raise BadRecording(f"{path} has no summary.json: give a directory that 'tcpclose trace -o' wrote")
-    conns, run = rows_of(path)
-    return [AGGREGATES_ONLY] if run.counted_only else analyse(conns, run).findings
+    kept, run = rows_of(path)
+    return [AGGREGATES_ONLY] if run.counted_only else analyse(kept.tally, run).findings
 
 
 def listen_queues(tcpext: dict, netns: Path | None) -> list[dict]:
@@ -182,8 +182,8 @@ def run_rate(path: Path | None) -> float | None:
 
         rates = pd.read_csv(ports_csv)["rate_now_per_s"]
         return float(rates.max()) if len(rates) else None
-    conns, run = rows_of(path)
-    pressure = analyse(conns, run).pressure if not run.counted_only else None
+    kept, run = rows_of(path)
+    pressure = analyse(kept.tally, run).pressure if not run.counted_only else None
     return float(pressure["rate_now_per_s"].max()) if pressure is not None and len(pressure) else None
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -56,12 +57,14 @@ def _csv(out: OutputDir, name: str, frame: pd.DataFrame, float_format: str) -> N
         spreadsheet_safe(frame).to_csv(f, index=False, float_format=float_format)
 
 
-def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = (), fmt: str = "csv") -> list:
+def write(out: OutputDir, a: Analysis, batches: Callable[[], Iterable[pd.DataFrame]], text: str,
+          there: tuple[str, ...] = (), fmt: str = "csv") -> list:
     """Every file of -o, each written whole under a temporary name and renamed into place; the
-    small ones that say what the run was first.  there: the files of the rows that are in
-    `out` already, whole (a trace writes connections.arrow and connections.csv as it goes;
-    `report DIR` finds connections.arrow); the others are written too.  fmt: --format, the
-    file of the connection rows (record.formats); the other one an earlier run left is removed."""
+    small ones that say what the run was first.  batches: the run's connection rows, a batch
+    at a time (record.runrows), for the files of them not `there`: in `out` already, whole (a
+    trace writes connections.arrow and connections.csv as it goes; `report DIR` finds
+    connections.arrow).  fmt: --format, the file of the connection rows (record.formats); the
+    other one an earlier run left is removed."""
     out.write_text("run.json", a.run.to_json())
     out.write_text("summary.txt", text)
     out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
@@ -72,7 +75,7 @@ def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = (), f
     _csv(out, "timeline.csv", a.timeline, "%.3f")
     rows_file = FORMATS[fmt]
     if rows_file.NAME not in there:
-        rows_file.write(out, a.conns)
+        rows_file.write(out, batches())
     out.remove(name for name in NAMES if name != rows_file.NAME and name not in there)
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 
@@ -80,21 +83,19 @@ def write(out: OutputDir, a: Analysis, text: str, there: tuple[str, ...] = (), f
     if rundir.ROWS not in there:
         with out.replacing_binary(rundir.ROWS) as f:
             writer = rows.RowsWriter(f)
-            writer.append(a.conns)
+            for part in batches():
+                writer.append(part)
             writer.close()
     return [out.path / (rows_file.NAME if name == connections_csv.NAME else name) for name in (*FILES, rundir.ROWS)]
 
 
-def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo,
-                     there: tuple[str, ...] = ()) -> list:
+def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo) -> list:
     """What a --aggregates run has: per-process rows, the same per name (`names`:
     analysis.workloads.folded), the summary and run.json.  The per-connection files an
-    earlier run left in the directory are removed: they are not this run's.  there: the
-    files of this run's rows that are there, whole (a run too big to analyse whole): they stay."""
+    earlier run left in the directory are removed: they are not this run's."""
     out.write_text("run.json", run.to_json())
     out.write_text("summary.txt", text)
     _csv(out, "processes.csv", procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS], "%.3f")
     _csv(out, "workloads.csv", names.reindex(columns=WORKLOAD_COLUMNS[:-len(CHURN_COLUMNS)]), "%.3f")
-    kept = (*AGGREGATE_FILES, *there)
-    out.remove(name for name in (*FILES, *NAMES, rundir.ROWS, rundir.PENDING) if name not in kept)
-    return [out.path / name for name in kept]
+    out.remove(name for name in (*FILES, *NAMES, rundir.ROWS, rundir.PENDING) if name not in AGGREGATE_FILES)
+    return [out.path / name for name in AGGREGATE_FILES]

@@ -17,9 +17,10 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display n
 
 from ..analysis import ports
 from ..analysis.accounting import unseen
-from ..analysis.findings import close_wait_owner, of
+from ..analysis.findings import close_wait_owner
 from ..analysis.pipeline import Analysis
 from ..analysis.processes import open_close_waits
+from ..analysis.tally import LIFETIME_BIN_S
 from ..analysis.workloads import BY, top
 from ..labels import who
 
@@ -68,7 +69,7 @@ def _timewait_over_time(a: Analysis):
                title="socket lives opened (a loopback connection is two)")
     note = "" if a.run.timewait_followed else " (TIME_WAIT ends not followed: each counted for 60 s)"
     return figure("timewait-over-time", "TIME_WAIT and CLOSE_WAIT sockets over time" + note, draw,
-                   None if len(a.conns) else "no socket life was traced")
+                   None if a.tally.lives else "no socket life was traced")
 
 
 def log_scale_if_decades(ax, values) -> None:
@@ -81,23 +82,27 @@ def log_scale_if_decades(ax, values) -> None:
 
 
 def _timewait_lifetimes(a: Analysis):
-    made = a.conns[a.conns["tw_made"]]
-    ended = made.loc[made["tw_ended"], "tw_s"]
+    made = int(a.procs["timewait_count"].sum())
+    counts = a.tally.lifetimes  # per LIFETIME_BIN_S
+    ended = int(counts.sum())
 
     def draw(fig):
         ax = fig.add_subplot(1, 2, 1)
-        if len(ended):
-            ax.hist(ended, bins=40)
+        if ended:
+            seen = np.flatnonzero(counts)
+            lows = np.arange(len(counts)) * LIFETIME_BIN_S
+            ax.hist(lows[seen], bins=40, weights=counts[seen])
         else:
             ax.text(0.5, 0.5, "none ended while tracing:\na TIME_WAIT lasts 60 s, trace longer", ha="center",
                     va="center", transform=ax.transAxes)
-        ax.set(xlabel="TIME_WAIT lifetime (s)", ylabel="sockets", title=f"{len(ended)} ended while tracing")
+        ax.set(xlabel=f"TIME_WAIT lifetime (s, to {LIFETIME_BIN_S} s)", ylabel="sockets",
+               title=f"{ended} ended while tracing")
         ax = fig.add_subplot(1, 2, 2)
-        reasons = made["tw_end_reason"].value_counts()
+        reasons = pd.Series(a.tally.end_reasons).sort_values(ascending=False)
         ax.barh(reasons.index.astype(str), reasons.to_numpy())
         log_scale_if_decades(ax, reasons.to_numpy())
         ax.set(xlabel="TIME_WAITs", title="how they ended")
-    why = None if len(made) else "no TIME_WAIT was made while tracing"
+    why = None if made else "no TIME_WAIT was made while tracing"
     return figure("timewait-lifetimes", "TIME_WAIT lifetimes and end reasons", draw, why)
 
 
@@ -125,16 +130,15 @@ def _closes_per_process(a: Analysis):
 
 def _churn_per_process(a: Analysis):
     procs = a.groups[a.groups["opened"] > 0].sort_values("opened", ascending=False).head(5)
-    width = float(a.timeline["since_start_s"].diff().max()) if len(a.timeline) > 1 else 1.0
 
     def draw(fig):
         ax = fig.add_subplot(1, 2, 1)
-        edges = np.r_[0, a.timeline["since_start_s"].to_numpy()]
+        keys = BY[a.by]
+        rates = a.tally.owners.opened_rates(keys, a.run.ended_at)
         for row in procs.itertuples(index=False):
-            mine = a.conns[of(a.conns, row, BY[a.by])]
-            since = mine["opened_at"].to_numpy(float) - a.run.started_at
-            counts = np.histogram(since[since >= 0], bins=edges)[0]
-            ax.plot(edges[1:], counts / max(width, 1e-9), label=who(row))
+            mine = rates.get(tuple(None if pd.isna(getattr(row, k)) else getattr(row, k) for k in keys))
+            if mine is not None:
+                ax.step(mine.index, mine.to_numpy(), where="post", label=who(row))
         ax.set(xlabel="seconds since tracing started", ylabel="opened per second", title="connection rate")
         ax.legend(fontsize="small")
         ax = fig.add_subplot(1, 2, 2)
@@ -169,7 +173,7 @@ def _port_pressure(a: Analysis):
 
 
 def _close_wait_ages(a: Analysis):
-    cw = open_close_waits(a.conns, a.run.ended_at).dropna(subset=["close_wait_age_s"])
+    cw = open_close_waits(a.tally.close_waits(), a.run.ended_at).dropna(subset=["close_wait_age_s"])
 
     def draw(fig):
         ax = fig.add_subplot(1, 1, 1)
@@ -210,7 +214,7 @@ def render(a: Analysis, text_summary: str) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.started_at))
     parts = [
         page_head(f"tcpclose report {started}"),
-        f"<h1>tcpclose: {len(a.conns)} socket lives of {a.procs['pid'].nunique():,} processes, "
+        f"<h1>tcpclose: {a.tally.lives} socket lives of {a.procs['pid'].nunique():,} processes, "
         f"traced {run.traced_s:.1f} s from {html.escape(started)}</h1>",
         '<h2 id="findings">Findings</h2>',
     ]

@@ -7,7 +7,8 @@ import pandas as pd
 
 from ..analysis.accounting import unseen
 from ..analysis.pipeline import Analysis
-from ..analysis.processes import open_close_waits
+from ..analysis import sketches
+from ..analysis.processes import FOR_FINDINGS, open_close_waits
 from ..analysis.reconcile import reconcile
 
 MAX_ROWS = 200  # peers and CLOSE_WAITs listed; the counts say how many there were
@@ -19,36 +20,37 @@ def _records(frame: pd.DataFrame, columns: list[str] | None = None) -> list[dict
 
 
 def _timewait(a: Analysis) -> dict:
-    conns = a.conns
-    made = conns["tw_made"]
-    ended = conns["tw_s"].where(conns["tw_ended"]).dropna()
-    quantile = lambda q: float(ended.quantile(q)) if len(ended) else None  # noqa: E731
+    procs, tally = a.procs, a.tally
+    ended = tally.owners.sketch("timewait")  # (percentiles: analysis.sketches)
+    count = int(ended.count) if ended is not None else 0
+    quantile = lambda q: sketches.quantile(ended, q) if count else None  # noqa: E731
     return {
-        "method": a.run.timewait_method, "made": int(made.sum()),
-        "ended": len(ended), "p50_s": quantile(0.5), "p95_s": quantile(0.95), "max_s": quantile(1.0),
-        "end_reasons": {k: int(v) for k, v in conns.loc[made, "tw_end_reason"].value_counts().items()},
-        "never_made_overflow": int(conns["tw_overflow"].sum()),
-        "fin_wait2_substate": int(conns["tw_fin_wait2_s"].notna().sum()),
+        "method": a.run.timewait_method, "made": int(procs["timewait_count"].sum()),
+        "ended": count, "p50_s": quantile(0.5), "p95_s": quantile(0.95),
+        "max_s": float(procs["timewait_max_s"].max()) if count else None,
+        "end_reasons": {k: int(v) for k, v in tally.end_reasons.items()},
+        "never_made_overflow": int(procs["timewait_overflow"].sum()),
+        "fin_wait2_substate": tally.fin_wait2()[0],
     }
 
 
 def build(a: Analysis) -> dict:
     run = a.run
-    cw = open_close_waits(a.conns, run.ended_at)
+    cw = open_close_waits(a.tally.close_waits(), run.ended_at)
     return {
         "run": {k: getattr(run, k) for k in ("started_at", "ended_at", "timewait_method", "kernel_release",
                                               "sysctls", "netns")}
                | {"traced_s": run.traced_s},
         "findings": a.findings,
-        "totals": {"socket_lives": len(a.conns), "processes": len(a.procs), "peers": len(a.peers),
+        "totals": {"socket_lives": a.tally.lives, "processes": len(a.procs), "peers": len(a.peers),
                    "close_wait_open": len(cw)},
-        "processes": _records(a.procs),
+        "processes": _records(a.procs.drop(columns=FOR_FINDINGS)),
         "peers": _records(a.peers),
         "port_pressure": _records(a.pressure),
         "timewait": _timewait(a),
         "close_wait_open": _records(cw, ["pid", "comm", "fd", "laddr", "lport", "raddr", "rport",
                                          "close_wait_age_s", "partial"]),
-        "kernel_counters": reconcile(a.conns, run),
+        "kernel_counters": reconcile(a.tally, run),
         "not_seen": unseen(run),
-        "owner_src": {k: int(v) for k, v in a.conns["owner_src"].value_counts().items()},  # how owners were learnt
+        "owner_src": {k: int(v) for k, v in a.tally.owner_src.items()},  # how owners were learnt
     }

@@ -8,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..analysis.tally import SHORT_S
+from ..analysis.tally import SHORT_S, Tally
 from ..analysis.findings import close_wait_owner, listen_queues
 from ..analysis.ports import describe
 from ..analysis.processes import PER_PROCESS, open_close_waits
@@ -61,7 +61,7 @@ def transitions_line(t: dict) -> str:
     return line
 
 
-def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo) -> None:
+def _timewait_section(console: Console, tally: Tally, procs: pd.DataFrame, run: RunInfo) -> None:
     method = run.timewait_method
     console.print("\nTIME_WAIT lifetimes")
     why = run.timewait_method_why or "an older recording"
@@ -89,16 +89,16 @@ def _timewait_section(console: Console, conns: pd.DataFrame, procs: pd.DataFrame
         if row.timewait_overflow:
             parts.append(f"{row.timewait_overflow} never made (tcp_max_tw_buckets full: no TIME_WAIT protection)")
         console.print(f"  {who(row)}: " + "; ".join(parts))
-    fin_wait2 = conns["tw_fin_wait2_s"].dropna()
-    if len(fin_wait2):
-        console.print(f"  {len(fin_wait2)} waited in FIN_WAIT2 substate for the peer's FIN first "
-                      f"(p50 {fin_wait2.quantile(0.5):.1f} s, max {fin_wait2.max():.1f} s)")
+    waited, p50, longest = tally.fin_wait2()
+    if waited:
+        console.print(f"  {waited} waited in FIN_WAIT2 substate for the peer's FIN first "
+                      f"(p50 {p50:.1f} s, max {longest:.1f} s)")
 
-    _reconciliation(console, conns, run)
+    _reconciliation(console, tally, run)
 
 
-def _reconciliation(console: Console, conns: pd.DataFrame, run: RunInfo) -> None:
-    namespaces = reconcile(conns, run)
+def _reconciliation(console: Console, tally: Tally, run: RunInfo) -> None:
+    namespaces = reconcile(tally, run)
     console.print("\nKernel counters (TcpExt, per network namespace) beside tcpclose's own counts")
     grid = Table(box=None, pad_edge=False, show_edge=False)
     for title in ("NETWORK NAMESPACE / COUNTER", "KERNEL", "TCPCLOSE"):
@@ -144,9 +144,9 @@ def _ports_section(console: Console, pressure: pd.DataFrame) -> None:
         console.print(f"  {'WARNING ' if row.warning else ''}{describe(row)}")
 
 
-def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 120,
+def render(tally: Tally, procs: pd.DataFrame, run: RunInfo, width: int = 120,
            pressure: pd.DataFrame | None = None, keys: list[str] = PER_PROCESS) -> str:
-    """The terminal summary.  procs: its rows, per process or grouped by name (keys, see
+    """The terminal summary of a run's figures (analysis.tally).  procs: its rows, per process or grouped by name (keys, see
     analysis.workloads), cut to the top ones or not; with the churn columns
     (analysis.processes.processes) it adds the churn section, pressure (analysis.ports.pressure)
     the ephemeral-port one."""
@@ -191,7 +191,7 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
     if not lines:
         console.print("  no connection was closed with FINs while tracing")
 
-    cw = open_close_waits(conns, ended)
+    cw = open_close_waits(tally.close_waits(), ended)
     console.print("\nOpen CLOSE_WAIT (the peer closed; the owner has not called close())")
     if not len(cw):
         console.print("  none")
@@ -202,7 +202,7 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
             fd = "fd ?" if pd.isna(row.fd) else f"fd {row.fd}"
             console.print(f"    {fd:>7}  {row.laddr}:{row.lport} <- {row.raddr}:{row.rport}  {close_wait_age(row)}")
 
-    _timewait_section(console, conns, procs, run)
+    _timewait_section(console, tally, procs, run)
     if "opened_per_s" in procs:
         _churn_section(console, procs)
     if pressure is not None:
@@ -211,7 +211,7 @@ def render(conns: pd.DataFrame, procs: pd.DataFrame, run: RunInfo, width: int = 
         console.print(f"\nListen queues\n  {found['text']}\n  evidence: {found['evidence']}")
 
     console.print("\nNot seen: " + ", ".join(f"{count} {what}" for what, count in unseen(run).items()))
-    owners = conns["owner_src"].value_counts() if "owner_src" in conns else {}
+    owners = tally.owner_src
     if owners.get("ambiguous", 0) or owners.get("fd_table", 0):
         console.print(f"Owners: {owners.get('fd_table', 0)} lives credited from the fd tables at the end; "
                       f"{owners.get('ambiguous', 0)} ambiguous (a listener several processes share, and "

@@ -10,7 +10,9 @@ that would start a spreadsheet formula gets a leading ' (files.FORMULA_STARTS).
 """
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
+
+import pandas as pd
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,9 +73,10 @@ class Writer:
         self.file.flush()
 
 
-def write(out, connections) -> None:
-    """connections.csv written whole into `out` (safefiles.OutputDir), from rows (a frame)."""
+def write(out, parts: Iterable[pd.DataFrame]) -> None:
+    """connections.csv written whole into `out` (safefiles.OutputDir), from rows (frames)."""
     with out.replacing_binary(NAME) as f:
         writer = Writer(f)
-        writer.append(rows.table(connections))
+        for part in parts:
+            writer.append(rows.table(part))
         writer.close()

@@ -8,7 +8,7 @@ writes it again from connections.arrow.  pyarrow, polars, DuckDB and Spark read 
 `tcpclose report DIR` reads it too, where connections.arrow is not there."""
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -48,11 +48,12 @@ class Writer:
         self.file.flush()
 
 
-def write(out, connections: pd.DataFrame) -> None:
-    """connections.parquet written whole into `out` (safefiles.OutputDir), from rows (a frame)."""
+def write(out, parts: Iterable[pd.DataFrame]) -> None:
+    """connections.parquet written whole into `out` (safefiles.OutputDir), from rows (frames)."""
     with out.replacing_binary(NAME) as f:
         writer = Writer(f)
-        table = rows.table(connections)
-        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
-            writer.append(table.slice(start, ROW_GROUP_ROWS))
+        for part in parts:
+            table = rows.table(part)
+            for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+                writer.append(table.slice(start, ROW_GROUP_ROWS))
         writer.close()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,12 +17,14 @@ from ..errors import BadRecording
 from ..safefiles import OutputDir
 from . import rows
 from .runinfo import RunInfo
+from .runrows import RunRows
 
 ROWS = "connections.arrow"
 PARQUET = "connections.parquet"  # (--format parquet: record.connections_parquet) read where ROWS is not there
 PENDING = "connections.pending.arrow"  # the rows not final yet, as they stood at the last run.json
 RUN = "run.json"
 LIFE = ["skaddr", "opened_at", "closed_at"]  # one life: its row, provisional or final, is made from one record
+BATCH_ROWS = 100_000  # rows read from a Parquet file at a time
 ROTATE_SLACK = 10_000  # PENDING is made anew once it holds more rows than this and twice the lives held
 
 
@@ -71,33 +74,60 @@ def rows_file(path: Path) -> str | None:
     return None
 
 
-def read(directory: Path) -> tuple[pd.DataFrame, RunInfo]:
-    """The rows and the run of a run directory.  run.json is rewritten as the run goes: a run
-    that never finished (RunInfo.cut_short) ends where its rows stop, and its lives whose rows
-    were not final yet are taken as they stood at its last run.json (PENDING: the last row of
-    each), those made final since excepted, a TIME_WAIT still open as old as the run."""
+def read(directory: Path) -> tuple[RunRows, RunInfo]:
+    """The rows (with their figures) and the run of a run directory.  run.json is rewritten as
+    the run goes: a run that never finished (RunInfo.cut_short) ends where its rows stop, and
+    its lives whose rows were not final yet are taken as they stood at its last run.json
+    (PENDING: the last row of each), those made final since excepted, a TIME_WAIT still open
+    as old as the run."""
     directory = Path(directory)
     try:
         run = RunInfo.from_dict(json.loads((directory / RUN).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise BadRecording(f"{directory / RUN} is not a tcpclose run.json: {exc}") from None
     name = rows_file(directory)
-    try:
-        conns = rows.read(directory / ROWS) if name == ROWS else rows.frame(pq.read_table(directory / PARQUET,
-                                                                                            schema=rows.SCHEMA))
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise BadRecording(f"{directory / str(name)} is not a tcpclose rows file: {exc}") from None
+
+    def made() -> Iterator[pd.DataFrame]:
+        try:
+            if name == ROWS:
+                yield from rows.batches(directory / ROWS)
+            else:
+                yield from (rows.frame(b) for b in pq.ParquetFile(directory / PARQUET).iter_batches(BATCH_ROWS))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise BadRecording(f"{directory / str(name)} is not a tcpclose rows file: {exc}") from None
     if run.analysis_skipped:  # counted per process where it ran, for want of memory: here, analysed
         run.aggregates = run.analysis_skipped = None
-    if run.cut_short:
-        if (directory / PENDING).is_file():
-            pending = rows.read(directory / PENDING)
-            life = pd.MultiIndex.from_frame(pending[LIFE].fillna(-1.0))
-            made = pd.MultiIndex.from_frame(conns[LIFE].fillna(-1.0))
-            pending = pending[~life.duplicated(keep="last") & ~life.isin(made)]
-            conns = pd.concat([conns, pending], ignore_index=True) if len(pending) else conns
-        last = pd.concat([conns["closed_at"], conns["tw_end"]]).max()
-        run.ended_at = max(run.ended_at, float(last)) if pd.notna(last) else run.ended_at
-        still = (conns["tw_end_reason"] == "open").to_numpy()  # (a row written intervals ago: its age then)
-        conns.loc[still, "tw_s"] = run.ended_at - conns.loc[still, "tw_start"]
-    return conns, run
+    if not run.cut_short:
+        return RunRows.tallied(made, run), run
+    pending, last = _pending_and_last(directory, made)
+    run.ended_at = max(run.ended_at, last) if pd.notna(last) else run.ended_at
+
+    def finished(part: pd.DataFrame) -> pd.DataFrame:
+        still = (part["tw_end_reason"] == "open").to_numpy()  # (a row written intervals ago: its age then)
+        part.loc[still, "tw_s"] = run.ended_at - part.loc[still, "tw_start"]
+        return part
+
+    def batches() -> Iterator[pd.DataFrame]:
+        yield from (finished(part) for part in made())
+        if len(pending):
+            yield finished(pending.copy())
+    return RunRows.tallied(batches, run), run
+
+
+def _pending_and_last(directory: Path, made: Callable[[], Iterator[pd.DataFrame]]) -> tuple[pd.DataFrame, float]:
+    """Of a run cut short: the last row of each life PENDING holds that has no final row,
+    and the last moment any row shows."""
+    lives, last = [], float("nan")
+    for part in made():
+        lives.append(pd.MultiIndex.from_frame(part[LIFE].fillna(-1.0)))
+        last = np.fmax(last, np.nanmax(np.r_[part["closed_at"].to_numpy(float), part["tw_end"].to_numpy(float),
+                                             np.nan]))
+    if not (directory / PENDING).is_file():
+        return rows.empty(), last
+    pending = rows.read(directory / PENDING)
+    life = pd.MultiIndex.from_frame(pending[LIFE].fillna(-1.0))
+    final = lives[0].append(lives[1:]) if lives else life[:0]
+    pending = pending[~life.duplicated(keep="last") & ~life.isin(final)].reset_index(drop=True)
+    last = np.fmax(last, np.nanmax(np.r_[pending["closed_at"].to_numpy(float), pending["tw_end"].to_numpy(float),
+                                         np.nan]))
+    return pending, last

@@ -1,7 +1,8 @@
 """What a run keeps until its end: what arrived since the last step, the lives the stream
-holds (analysis.stream), and the connection rows made so far, on disk (record.rows), so that
-the tracer's memory stays flat however long it runs; the rows are read back whole at the end,
-or, for a run too big to analyse in memory (run.memory), counted per owner a batch at a time."""
+holds (analysis.stream), the connection rows made so far, on disk (record.rows), and the
+figures made from them as they came (analysis.tally), so that the tracer's memory stays flat
+however long it runs, and its end makes the tables from the figures without reading the rows
+back."""
 from __future__ import annotations
 
 import tempfile
@@ -11,14 +12,15 @@ from typing import BinaryIO, Callable
 import numpy as np
 import pandas as pd
 
-from ..analysis.processes import counts_of_rows
 from ..analysis.stream import Stream
+from ..analysis.tally import Tally
 from ..errors import CannotWrite
 from ..record import decode
 from ..record import rows as rowfile
 from ..kernel import procfs
 from ..record.runinfo import RunInfo
 from ..record import rundir
+from ..record.runrows import RunRows
 from ..record.formats import FORMATS
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
@@ -64,6 +66,7 @@ class Kept:
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
         self._trimmed_at = self.stepped_at
         self._pending: rundir.Pending | None = None  # (note())
+        self.tally: Tally | None = None  # (start())
 
     @classmethod
     def into(cls, out: OutputDir, fmt: str) -> "Kept":
@@ -101,9 +104,10 @@ class Kept:
         self._step_s = self.stepped_at - started
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
 
-    def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame]) -> None:
-        """Make rows from here on with `stream`; `decoder` decodes the BPF records (Tracer._decoded)."""
-        self._stream, self._decoder = stream, decoder
+    def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame], tally: Tally) -> None:
+        """Make rows from here on with `stream`, and add them to `tally`; `decoder` decodes the
+        BPF records (Tracer._decoded)."""
+        self._stream, self._decoder, self.tally = stream, decoder, tally
 
     @property
     def rows(self) -> int:
@@ -178,47 +182,21 @@ class Kept:
         return decode.concat([self._decoder(raw) if len(raw) else decode.empty_events(), *frames])
 
     def add(self, rows: pd.DataFrame) -> None:
-        """Rows made final, written."""
+        """Rows made final, written and counted in the figures."""
+        if self.tally is not None:
+            self.tally.add(rows)
         table = rowfile.table(rows)
         self._writer.append_table(table)
         if self._also is not None:
             self._also.append(table)
 
-    def analysable(self, run: RunInfo) -> pd.DataFrame:
-        """The connection rows of the run, read back whole.  Unless that would not fit in
-        memory (a long run at a high churn, see run.memory): then the lives are counted per
-        owner, a batch of rows at a time (RunInfo.aggregates, as --aggregates makes them, with
-        .analysis_skipped saying why), and the rows are those of the lives still open."""
-        skipped = memory.too_big(self.rows, procfs.mem_available())
-        if skipped is None:
-            return self.connections()
-        run.aggregates, still_open = self.counted()
-        run.analysis_skipped = skipped
-        return still_open
-
-    def connections(self) -> pd.DataFrame:
-        """Every row kept, in the order made; the file is closed."""
+    def rows_of_run(self, run: RunInfo) -> RunRows:
+        """The run's rows, once finished: the figures made as they came (made now, a batch at
+        a time, where no tally was fed: a recording's, whose start was not known before its
+        end), and the file of the rows to read them again from (see RunRows)."""
         self._writer.close()
-        self._file.seek(0)
-        try:
-            return rowfile.read(self._file)
-        finally:
-            self._file.close()
 
-    def counted(self) -> tuple[list[dict], pd.DataFrame]:
-        """For a run too big to analyse whole: the ended lives counted per owner, a batch at a
-        time (as --aggregates counts them in BPF), and the rows of the lives still open."""
-        self._writer.close()
-        self._file.seek(0)
-        still_open = []
-
-        def ended():
-            for batch in rowfile.batches(self._file):
-                is_open = (batch["initiator"] == "open").to_numpy()
-                still_open.append(batch[is_open])
-                yield batch[~is_open]
-        try:
-            counts = counts_of_rows(ended())
-        finally:
-            self._file.close()
-        return counts, pd.concat(still_open, ignore_index=True) if still_open else rowfile.empty()
+        def batches():
+            self._file.seek(0)
+            yield from rowfile.batches(self._file)
+        return RunRows(self.tally, batches) if self.tally is not None else RunRows.tallied(batches, run)

@@ -1,9 +1,8 @@
 """A recording (trace --record) made into connection rows as the trace made them, for
 `tcpclose report` and `doctor`: its events go through analysis.stream a frame at a time, in
 the order recorded, and the rows are kept on disk (run.kept), so that what is held is what
-was alive at that point of the run, however long the recording.  The rows are read back
-whole for the analysis, or counted per owner where they would not fit in memory
-(run.memory), as at the end of a trace."""
+was alive at that point of the run, however long the recording.  The figures are made from
+the rows a batch at a time once they are all made (analysis.tally)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +15,7 @@ from ..analysis.stream import END_OF_RUN, Stream
 from ..record import recording
 from ..record.decode import concat
 from ..record.runinfo import RunInfo
+from ..record.runrows import RunRows
 from .control import announce_long_end
 from .kept import Kept
 
@@ -33,8 +33,9 @@ class _Bounds:
             self.ended = np.nanmax([self.ended, np.nanmax(times)])
 
 
-def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, RunInfo]:
-    """The connection rows and the run of the recording at `path` (BadRecording: it is not one)."""
+def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[RunRows, RunInfo]:
+    """The connection rows (with their figures) and the run of the recording at `path`
+    (BadRecording: it is not one)."""
     surveyed = recording.survey(path)
     announce_long_end(surveyed.events, announce)
     recorded = RunInfo.from_dict(surveyed.run) if surveyed.run else RunInfo(0.0, 0.0)  # (cut short: none followed)
@@ -69,4 +70,4 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[
         stream = Stream(method, pods, concat(snapshot))
         ends = waiting
     kept.add(stream.finish(concat(ends), run.ended_at))
-    return kept.analysable(run), run
+    return kept.rows_of_run(run), run

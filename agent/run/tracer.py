@@ -11,16 +11,18 @@ import pandas as pd
 
 from ..analysis import queues, rules
 from ..analysis.stream import Stream
+from ..analysis.tally import Tally
 from ..errors import TracepointMissing
 from ..filters import Filters
 from ..safefiles import OutputDir
 from ..kernel import cgroups, diag, procfs
 from ..kernel import netns as namespaces
 from ..record import decode, layout, transitions
-from ..record import rows as rowfile
 from ..record import rundir
 from ..record.recording import Recorder
+from ..record import rows as rowfile
 from ..record.runinfo import RunInfo
+from ..record.runrows import RunRows
 from .drainer import Drainer
 from .kept import Kept
 
@@ -44,11 +46,9 @@ class Tracer:
         TcpExt); None: tcpclose's own.  The tracepoints see every namespace.
         aggregates: count each life for its owner in BPF, with no record per life
         (RunInfo.aggregates); TIME_WAITs are then counted, not timed.
-        transitions_to: write every transition there as CSV ("-": stdout), with
-        what was lost in RunInfo.transitions.
+        transitions_to: write every transition there as CSV ("-": stdout), what was lost in RunInfo.transitions.
         max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS).
-        force: write --record and --transitions into a directory of another user's too (safefiles).
-        attached: called once the probe is attached and the listeners are known, before the
+        force: write --record and --transitions into another user's directory too (safefiles). attached: called once the probe is attached and the listeners are known, before the
         snapshot of the connections already open (seconds with 100,000 sockets).
         keep: make the connection rows for finish() (False: the caller takes each drain's
         records, as tcpclose agent does; finish() then has only the end's).
@@ -157,7 +157,8 @@ class Tracer:
         if self._recorder:
             self._recorder.write(existing)
         if self._kept is not None:
-            self._kept.start(Stream(self.timewait_method, self._cgroups.pods, existing), self._decoded)
+            self._kept.start(Stream(self.timewait_method, self._cgroups.pods, existing), self._decoded,
+                             Tally(self.started_at, self.timewait_method in ("timers", "diag")))
 
     def _learn_owners(self, raw: np.ndarray) -> None:
         """Learn the network namespace and the process name of each new owner from its /proc
@@ -241,11 +242,10 @@ class Tracer:
             return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), counters["ringbuf_drops"]
         return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
 
-    def finish(self) -> tuple[pd.DataFrame, RunInfo]:
+    def finish(self) -> tuple[RunRows, RunInfo]:
         """Last drain, the lives still open, the counters; unloads the probe.  Returns the
-        connection rows (analysis.lives) and the run; a run too big to analyse in memory comes
-        back counted per process instead, with the rows of the lives still open only
-        (RunInfo.aggregates and .analysis_skipped: see Kept.analysable)."""
+        connection rows (analysis.lives) with their figures, and the run (with --aggregates:
+        the rows of the lives still open, RunInfo.aggregates the counts of the others)."""
         self._drainer.stop()  # the ring is read here from now on, last as the run ends
         self.drain()
         if self._transitions:  # what is left of the stream, whole: the run is over
@@ -291,10 +291,10 @@ class Tracer:
             self._recorder.finish(run)
             run.recording_stopped = self._recorder.stopped
         if self._kept is None:  # (keep=False: the caller took the records as they came)
-            return rowfile.empty(), run
+            return RunRows.at_hand(rowfile.empty(), run), run
         run.rows_settled_early = self._kept.finish(ends, ended_at)
         if self._out is not None:  # every row is made: none is provisional any more
             self._out.remove([rundir.PENDING])
-        return self._kept.analysable(run), run
+        return self._kept.rows_of_run(run), run
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pytest
 
+from agent.analysis.tally import Tally
 from agent.analysis import processes
 from agent.filters import Filters
 from agent.run.tracer import Tracer
@@ -41,7 +42,8 @@ def run_pair(server_mode, client_mode, count=N, host="127.0.0.1", port=None, fil
         client_said = client.done()
         server_said = server.done() if server else None
         time.sleep(0.3)  # the last ACKs
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         if server:
             server.release()
@@ -49,7 +51,7 @@ def run_pair(server_mode, client_mode, count=N, host="127.0.0.1", port=None, fil
     server_lives = conns[conns["lport"] == port]
     client_lives = conns[(conns["rport"] == port) & (conns["raddr"] == host)]
     mine = pd.concat([server_lives, client_lives])
-    procs = processes.processes(mine, run.ended_at).set_index("comm")
+    procs = processes.processes(Tally.of(mine, run.started_at), run.ended_at).set_index("comm")
     return (
         Side(server.pid, "tc-server", server_said, server_lives) if server else None,
         Side(client.pid, "tc-client", client_said, client_lives),
@@ -164,7 +166,8 @@ def filtered_pair(filters_of, client_comm: str = "tc-client"):
         client = start_client("close_first", port, N, client_comm)
         client.done(), server.done()
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         server.release()
     client.release()
@@ -179,14 +182,13 @@ def test_pid_filter_keeps_only_that_process():
     assert run.counters["lives_filtered"] >= N
 
 
-def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, tmp_path):
-    """When analysing every life would not fit in memory, the lives are counted per owner from
-    the rows kept, a batch at a time, and the report says so."""
+def test_the_figures_made_as_the_rows_came_are_those_of_the_rows_kept(tmp_path):
+    """The end of a trace makes its tables from the figures kept while it ran (analysis.tally),
+    without reading the rows back: they are those the rows kept give, and what the processes did."""
+    from agent.analysis import pipeline
     from agent.cli import results
     from agent.safefiles import OutputDir
-    from agent.run import memory
 
-    monkeypatch.setattr(memory, "ANALYSIS_BYTES_PER_RECORD", 2 ** 50)  # nothing fits
     tracer = Tracer(Filters())
     server, port = start_server("wait_close", N, "tc-server")
     try:
@@ -194,22 +196,24 @@ def test_a_run_too_big_to_analyse_in_memory_is_counted_per_process(monkeypatch, 
         client.done()
         server.done()
         time.sleep(0.3)  # the last ACKs
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
     finally:
         server.release()
     client.release()
-    counts = {c["comm"]: c for c in run.aggregates}
-    assert counts["tc-client"]["pid"] == client.pid
-    assert [counts["tc-client"][k] for k in ("lives", "active", "passive", "timewait")] == [N, N, 0, N]
-    assert counts["tc-server"]["pid"] == server.pid
-    assert [counts["tc-server"][k] for k in ("lives", "active", "passive", "timewait")] == [N, 0, N, 0]
-    assert run.analysis_skipped["records"] >= 2 * N
+    live = pipeline.analyse(kept.tally, run)
+    again = pipeline.analyse(Tally.of(kept.frame(), run.started_at, run.timewait_followed), run)
+    pd.testing.assert_frame_equal(live.procs, again.procs)
+    pd.testing.assert_frame_equal(live.peers, again.peers)
+    pd.testing.assert_frame_equal(live.timeline, again.timeline)
+    procs = live.procs.set_index("comm")
+    assert procs.loc["tc-client", ["pid", "connections", "active_closes", "timewait_count"]].tolist() == [
+        client.pid, N, N, N]
+    assert procs.loc["tc-server", ["pid", "connections", "passive_closes"]].tolist() == [server.pid, N, N]
     out = tmp_path / "out"
-    results.show(conns, run, OutputDir(out))
-    assert not (out / "connections.csv").exists()
-    procs = pd.read_csv(out / "processes.csv").set_index("comm")
-    assert procs.loc["tc-client", ["connections", "active_closes", "timewait_count"]].tolist() == [N, N, N]
-    assert "Too many socket lives to analyse in memory" in (out / "summary.txt").read_text()
+    results.show(kept, run, OutputDir(out))
+    written = pd.read_csv(out / "connections.csv")
+    assert len(written[written["comm"] == "tc-client"]) == N
+    assert pd.read_csv(out / "processes.csv").set_index("comm").loc["tc-client", "active_closes"] == N
 
 
 def test_a_comm_filter_is_data_any_15_bytes_quotes_and_backslashes_included():

@@ -51,7 +51,8 @@ def finished(tracer: Tracer, server: Process, client: Process) -> tuple:
         client.done()
         done = server.done()
         time.sleep(0.3)
-        return (*tracer.finish(), done)
+        kept, run = tracer.finish()
+        return kept.frame(), run, done
     finally:
         server.release(), client.release()
 
@@ -71,7 +72,8 @@ def reuseport_group(server_mode: str, client_mode: str, comm: str, host: str = "
         client.done()
         dones = [s.done() for s in servers]
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         for proc in (*servers, client):
             proc.release()
@@ -99,7 +101,8 @@ def test_a_pre_forking_servers_workers_not_its_master_hold_the_close_waits():
         client.done()
         dones = [master.done(), master.done()]  # one line from each worker
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         master.release(), client.release()
     assert {d["pid"] for d in dones}.isdisjoint({master.pid}) and sum(d["connections"] for d in dones) == N
@@ -122,7 +125,8 @@ def test_the_same_address_and_port_in_two_namespaces_is_told_apart():
                 client.done()
             dones = {ns: server.done() for ns, server in servers.items()}
             time.sleep(0.3)
-            conns, run = tracer.finish()
+            kept, run = tracer.finish()
+            conns = kept.frame()
         finally:
             for proc in (*servers.values(), *clients):
                 proc.release()
@@ -142,7 +146,8 @@ def test_a_child_of_a_shared_listener_that_no_owner_touches_is_ambiguous_never_g
     assert len(served) == N == sum(d["connections"] for d in dones)
     assert set(served["initiator"]) == {"reset_remote"}
     assert set(served["owner_src"]) == {"ambiguous"} and served["pid"].isna().all()
-    summary = text.render(conns, processes.processes(conns, run.ended_at), run)
+    tally = Tally.of(conns, run.started_at)
+    summary = text.render(tally, processes.processes(tally, run.ended_at), run)
     assert f"{N} ambiguous" in summary  # counted where the user reads the run
 
 
@@ -200,7 +205,8 @@ def test_a_socket_whose_maker_is_gone_is_credited_to_the_process_that_holds_it()
         heir_pid = int(heir.stdout.readline())
         server.done()
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         heir.stdin.close()
         server.release()
@@ -263,7 +269,8 @@ def test_a_socket_passed_to_another_process_is_the_receivers_never_the_acceptors
         client.done()
         lines = [json.loads(passer.stdout.readline()) for _ in range(2)]
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         passer.stdin.close()
         passer.wait(timeout=10)
@@ -295,7 +302,7 @@ def test_a_threaded_server_is_one_process_with_its_threads_names_kept_apart():
     assert len(served) == N == done["connections"]
     assert set(served["pid"]) == {server.pid} and set(served["comm"]) == {"tc-threaded"}
     assert set(served["thread_comm"]) <= {f"tc-threaded-t{i}" for i in range(3)} and served["thread_comm"].notna().all()
-    procs = processes.processes(conns, run.ended_at)
+    procs = processes.processes(Tally.of(conns, run.started_at), run.ended_at)
     assert (procs["pid"] == server.pid).sum() == 1  # one row for the process, not one per thread
 
 
@@ -312,7 +319,8 @@ def test_a_pre_forking_servers_aborted_connections_are_ambiguous_not_the_masters
         client.done()
         dones = [master.done(), master.done()]
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         master.release(), client.release()
     served = conns[(conns["lport"] == port) & (conns["role"] == "server")]
@@ -337,7 +345,8 @@ def test_a_pre_forking_servers_aborted_connections_stay_ambiguous_after_it_stopp
         dones = [master.done(), master.done()]
         assert master.release() == 0  # the master and its workers exited: no listener left
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         master.release(), closing.release()
         if client:

@@ -41,12 +41,12 @@ def test_an_overflowing_accept_queue_is_found_with_the_listeners_process_and_the
             subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", BURST, str(port), "8"], check=True,
                            timeout=30)
             time.sleep(0.2)
-            conns, run = tracer.finish()
+            kept, run = tracer.finish()
             doctor = CliRunner().invoke(main, ["doctor", "--netns", ns])
             states = CliRunner().invoke(main, ["states", "--netns", ns])
         finally:
             server.release()
-    found = [f for f in analyse(conns, run).findings if f["topic"] == "listen_queue"]
+    found = [f for f in analyse(kept.tally, run).findings if f["topic"] == "listen_queue"]
     assert len(found) == 1 and found[0]["severity"] == "problem", found
     assert "ListenOverflows +" in found[0]["evidence"] or "ListenDrops +" in found[0]["evidence"]
     assert f"tc-slowacc (pid {server.pid})" in found[0]["text"] and "accept queue 2 of 1" in found[0]["text"], (found, run.listen_queues)

@@ -109,7 +109,8 @@ def test_nginx_and_redis_closes_agree_with_the_packet_capture_on_every_connectio
                 assert subprocess.run([*in_client, "redis-cli", "-h", SERVER, "-p", str(REDIS_PORT), "PING"],
                                       capture_output=True, text=True, timeout=10).stdout.strip() == "PONG"
             time.sleep(0.5)  # the last FINs and ACKs
-            conns, run = tracer.finish()
+            kept, run = tracer.finish()
+            conns = kept.frame()
         finally:
             for proc in (nginx, redis):
                 proc.send_signal(signal.SIGTERM)
@@ -117,7 +118,7 @@ def test_nginx_and_redis_closes_agree_with_the_packet_capture_on_every_connectio
             capture.send_signal(signal.SIGINT)
             capture.wait(timeout=10)
     out = OutputDir(tmp_path / "out")
-    results.show(conns, run, out)
+    results.show(kept, run, out)
     conns = pd.read_csv(tmp_path / "out" / "connections.csv")
     packets = subprocess.run(["tcpdump", "-r", str(tmp_path / "cap.pcap"), "-nn", "-tt", "-S"], capture_output=True,
                              text=True, check=True).stdout

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from agent.analysis.tally import Tally
+from support.quantiles import near_quantile
 from agent.analysis import accounting, processes, reconcile
 from agent.kernel import probe
 from agent.output import text
@@ -63,7 +64,8 @@ class Traced:
 
     def result(self):
         try:
-            conns, run = self.tracer.finish()
+            kept, run = self.tracer.finish()
+            conns = kept.frame()
         finally:
             for proc in self.procs:
                 proc.release()
@@ -72,7 +74,8 @@ class Traced:
     def counts(self, conns, run) -> dict:
         """This namespace's row of the summary's reconciliation: {"kernel": ..., "tcpclose": ...}."""
         ns_id = next(ns for ns, info in run.tcpext["start"].items() if info["name"] == self.ns)
-        return next(row for row in reconcile.reconcile(conns, run) if row["netns"] == ns_id)
+        tally = Tally.of(conns, run.started_at, run.timewait_followed)
+        return next(row for row in reconcile.reconcile(tally, run) if row["netns"] == ns_id)
 
 
 def of(conns, comm):
@@ -124,7 +127,9 @@ def test_per_process_time_wait_figures(natural_expiry):
     for comm in ("tc-closer", "tc-web"):
         row = procs.loc[comm]
         assert (row.timewait_count, row.timewait_expired) == (3, 3)
-        assert TIME_WAIT_S[0] <= row.timewait_p50_s <= row.timewait_p95_s <= row.timewait_max_s <= TIME_WAIT_S[1]
+        assert TIME_WAIT_S[0] <= row.timewait_max_s <= TIME_WAIT_S[1]
+        lifetimes = of(conns, comm)["tw_s"].dropna()  # (the percentiles: from a sketch, analysis.sketches)
+        assert near_quantile(row.timewait_p50_s, lifetimes, 0.5) and near_quantile(row.timewait_p95_s, lifetimes, 0.95)
     assert procs.loc["tc-poller", "timewait_count"] == 0
 
 
@@ -298,7 +303,7 @@ def test_no_time_wait_when_tcp_max_tw_buckets_is_full():
         assert set(mine["tw_end_reason"]) == {"none"} and mine["tw_overflow"].all()
         row = traced.counts(conns, run)
         assert row["kernel"]["TCPTimeWaitOverflow"] == row["tcpclose"]["TCPTimeWaitOverflow"] == 5
-        summary = text.render(conns, processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
+        summary = text.render(Tally.of(conns, run.started_at), processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
         assert "5 never made (tcp_max_tw_buckets full" in summary
 
 
@@ -318,7 +323,8 @@ def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
         tracer = Tracer(Filters())
         late_closer.done()  # its close() came after tracing began
         time.sleep(0.3)
-        conns, run = tracer.finish()
+        kept, run = tracer.finish()
+        conns = kept.frame()
     finally:
         for proc in procs:
             proc.release()
@@ -335,5 +341,5 @@ def test_close_waits_begun_before_tracing_show_with_owner_age_and_fd():
     procs_table = processes.processes(Tally.of(conns, run.started_at), run.ended_at).set_index("comm")
     assert procs_table.loc["tc-oldleak", "close_wait_open"] == 3
     assert procs_table.loc["tc-oldleak", "close_wait_max_age_s"] >= 1.0
-    summary = text.render(conns, processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
+    summary = text.render(Tally.of(conns, run.started_at), processes.processes(Tally.of(conns, run.started_at), run.ended_at), run)
     assert f"tc-oldleak (pid {old_leak.pid}): 3 sockets in CLOSE_WAIT, oldest at least" in summary

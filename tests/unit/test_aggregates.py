@@ -4,8 +4,6 @@ import json
 
 from click.testing import CliRunner
 
-from agent.analysis.tally import Tally
-from agent.analysis import processes
 from agent.cli import main
 from support.streams import raw, replay
 
@@ -50,47 +48,6 @@ def test_doctor_given_an_aggregates_run_says_what_it_cannot_tell(tmp_path):
         result = CliRunner().invoke(main, ["doctor", str(run), "--json"])
         assert result.exit_code == 0, result.output
         assert [f["topic"] for f in json.loads(result.output)["recording"]] == ["aggregates"]
-
-
-def test_counts_of_rows_in_batches_match_the_full_analysis(tmp_path):
-    """A run too big to analyse whole is counted batch by batch: the same counts per owner
-    as the connections of the whole run give, whatever the batches."""
-    from agent.analysis import lives as life_rows
-    from agent.record import decode
-    from support.streams import HZ, OFFSET_NS
-
-    lives = [
-        raw(skaddr=1, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")),
-        raw(skaddr=2, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING"),
-            last="CLOSING"),
-        raw(skaddr=3, pid=10, comm="client", states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED", flags=1),
-        raw(skaddr=4, pid=10, comm="client", states=("SYN_SENT",), last="SYN_SENT"),
-        raw(skaddr=5, pid=20, comm="server", owner="listener",
-            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
-        raw(skaddr=6, pid=20, comm="server", owner="listener",
-            states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),
-        raw(skaddr=7, pid=20, comm="server", states=("ESTABLISHED",), last="ESTABLISHED"),
-        raw(skaddr=8, pid=0, comm="", owner="none", states=("FIN_WAIT2",), flags=4),
-        raw("open", skaddr=9, pid=20, comm="server", states=("SYN_RECV", "ESTABLISHED"), last="ESTABLISHED"),
-    ]
-    events = decode.decode(b"".join(lives), OFFSET_NS, HZ)
-    conns = life_rows.connections(events, 10.0 + OFFSET_NS / 1e9)
-    whole = processes.processes(Tally.of(conns, OFFSET_NS / 1e9), 10.0 + OFFSET_NS / 1e9).set_index("comm")
-    ended = conns[conns["initiator"] != "open"]  # (Kept.counted leaves the open lives' rows as rows)
-    for size in (1, 2, 4, len(lives)):
-        frames = (ended.iloc[i:i + size] for i in range(0, len(ended), size))
-        counts = {c["comm"]: c for c in processes.counts_of_rows(frames)}
-        assert sorted(counts) == sorted(whole.index)
-        for comm, c in counts.items():
-            row = whole.loc[comm]
-            still_open = int(((events["kind"] == "open") & (events["comm"] == comm)).sum())
-            assert c["pid"] == (None if comm == "" else row["pid"])
-            assert c["lives"] == row["connections"] - still_open
-            assert (c["active"], c["passive"], c["simultaneous"], c["reset_local"], c["reset_remote"]) == (
-                row["active_closes"], row["passive_closes"], row["simultaneous_closes"],
-                row["resets_local"], row["resets_remote"])
-            assert c["timewait"] == row["active_closes"] + row["simultaneous_closes"]
-    assert counts["client"]["never_established"] == 1 and counts[""]["active"] == 1
 
 
 def test_a_run_counted_only_says_why_and_what_to_do(tmp_path):

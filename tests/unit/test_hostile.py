@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from support.streaming import whole_run
+from agent.record.runrows import RunRows
 from agent.cli import main
 from agent.errors import CannotWrite
 from agent.record.recording import Recorder
@@ -141,7 +142,7 @@ def test_a_trace_whose_files_cannot_be_written_is_kept_as_a_recording_elsewhere(
             except OSError:
                 pass
         with pytest.raises(CannotWrite, match="No space left"):
-            results.show(whole_run(events, run_info), run_info, out, rescue=True)
+            results.show(RunRows.at_hand(whole_run(events, run_info), run_info), run_info, out, rescue=True)
     kept = list(scratch.glob("tcpclose-rescue-*"))
     assert len(kept) == 1 and f"the run is kept in {kept[0]}" in capsys.readouterr().err
     assert (kept[0].stat().st_mode & 0o777) == 0o700  # root's alone

@@ -160,11 +160,11 @@ def test_no_overflow_is_claimed_where_the_kernel_counted_none(tmp_path):
     stream = raw(skaddr=1, states=CLIENT_OPEN + ("FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
     counters = {"net:[1]": {"name": "", "counters": {"TCPTimeWaitOverflow": 7}}}
     events, run = replay(tmp_path, stream, timewait="timers", tcpext={"start": counters, "end": counters})
-    (found,) = [f for f in analyse(whole_run(events, run), run).findings if f["topic"] == "overflow"]
+    (found,) = [f for f in analyse(Tally.of(whole_run(events, run), run.started_at), run).findings if f["topic"] == "overflow"]
     assert found["severity"] == "info" and "no tcp_max_tw_buckets overflow" in found["text"]
     moved = {"net:[1]": {"name": "", "counters": {"TCPTimeWaitOverflow": 8}}}
     events, run = replay(tmp_path, stream, timewait="timers", tcpext={"start": counters, "end": moved})
-    (found,) = [f for f in analyse(whole_run(events, run), run).findings if f["topic"] == "overflow"]
+    (found,) = [f for f in analyse(Tally.of(whole_run(events, run), run.started_at), run).findings if f["topic"] == "overflow"]
     assert found["severity"] == "problem"
 
 

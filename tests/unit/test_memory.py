@@ -1,12 +1,12 @@
 """The end of a default-mode run: what it keeps until then (run.kept: the connection rows, on
-disk in record.rows' format) and whether it is analysed whole or counted per process (run.memory)."""
+disk in record.rows' format)."""
 import io
 
 import pytest
 
 from agent.analysis import lives
 from agent.record import decode, rows
-from agent.run import memory
+from agent.record.runinfo import RunInfo
 from agent.run.kept import Kept
 from support.streams import OFFSET_NS, raw
 
@@ -17,31 +17,13 @@ def conns_of(*pids: int, state: str = "life"):
     return lives.connections(events, 10.0 + OFFSET_NS / 1e9)
 
 
-@pytest.mark.parametrize("available, skipped", [(20_000, False), (18_000, True), (None, False)])
-def test_the_guard_holds_the_rows_at_1500_bytes_against_80_percent_of_what_is_available(available, skipped):
-    """10 rows at 1,500 bytes need 15,000: more than 80 % of 18,000, less than of 20,000; unknown: try."""
-    verdict = memory.too_big(10, available)
-    assert (verdict is not None) == skipped
-    if skipped:
-        assert verdict == {"records": 10, "needed_bytes": 15_000, "available_bytes": 18_000}
-
-
 def test_the_rows_kept_come_back_whole_and_in_order(tmp_path):
     kept = Kept(str(tmp_path))
     for part in (conns_of(1, 2), conns_of(3), conns_of(4, state="open")):
         kept.add(part)
     assert kept.rows == 4
-    back = kept.connections()
+    back = kept.rows_of_run(RunInfo(OFFSET_NS / 1e9, 10.0 + OFFSET_NS / 1e9)).frame()
     assert list(back["pid"]) == [1, 2, 3, 4] and list(back["initiator"]) == ["active"] * 3 + ["open"]
-
-
-def test_counted_the_ended_lives_are_counted_per_owner_and_the_open_ones_stay_rows(tmp_path):
-    kept = Kept(str(tmp_path))
-    kept.add(conns_of(1, 1, 2))
-    kept.add(conns_of(5, state="open"))
-    counts, still_open = kept.counted()
-    assert {c["pid"]: c["lives"] for c in counts} == {1: 2, 2: 1}
-    assert list(still_open["pid"]) == [5]
 
 
 def test_a_rows_file_cut_short_reads_up_to_its_last_whole_batch():
@@ -82,11 +64,9 @@ def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_c
     assert kept.step_due()
 
 
-@pytest.mark.parametrize("there", [("connections.arrow", "connections.csv"), ()])
-def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tmp_path, there):
-    """Past the guard a trace -o writes the counts only; its rows, whole in DIR (connections.arrow
-    and connections.csv), stay there (report DIR can analyse them on a bigger host); another
-    run's are removed."""
+def test_a_run_counted_per_process_leaves_no_rows_file_of_another_run(tmp_path):
+    """A trace --aggregates -o writes the counts only: the per-connection files of an earlier
+    run in DIR are removed, not left to be taken for this one's."""
     import pandas as pd
 
     from agent.output import files
@@ -97,10 +77,9 @@ def test_a_run_counted_per_process_keeps_its_own_rows_file_and_no_other_run_s(tm
         (tmp_path / name).write_bytes(b"x")
     procs = pd.DataFrame(columns=files.PROCESS_COLUMNS + files.EXTRA_PROCESS_COLUMNS)
     out = OutputDir(tmp_path)
-    files.write_aggregates(out, procs, procs, "summary\n", RunInfo(started_at=0.0, ended_at=1.0), there)
+    files.write_aggregates(out, procs, procs, "summary\n", RunInfo(started_at=0.0, ended_at=1.0))
     left = {p.name for p in tmp_path.iterdir()}
-    assert left & {"connections.arrow", "connections.csv"} == set(there)
-    assert "connections.pending.arrow" not in left
+    assert not left & {"connections.arrow", "connections.csv", "connections.pending.arrow"}
 
 
 def test_report_dir_analyses_the_rows_of_a_run_that_was_counted_for_want_of_memory(tmp_path):
@@ -114,5 +93,6 @@ def test_report_dir_analyses_the_rows_of_a_run_that_was_counted_for_want_of_memo
     counted = RunInfo(started_at=0.0, ended_at=1.0, aggregates=[{"pid": 1, "comm": "app", "lives": 2}],
                       analysis_skipped={"records": 2, "needed_bytes": 3, "available_bytes": 1})
     (tmp_path / rundir.RUN).write_text(counted.to_json())
-    conns, run = rundir.read(tmp_path)
+    kept, run = rundir.read(tmp_path)
+    conns = kept.frame()
     assert not run.counted_only and list(conns["pid"]) == [1, 2]

@@ -25,7 +25,8 @@ def test_a_recording_read_a_frame_at_a_time_gives_the_rows_of_the_whole_run(tmp_
                                                                             build, method):
     events, run = replay(tmp_path, *build(), ended=150.0, timewait=method)
     monkeypatch.setattr(recording, "ROWS_PER_FRAME", frame_rows)
-    conns, read_run = replaying.rows_of(tmp_path / "stream.jsonl")
+    kept, read_run = replaying.rows_of(tmp_path / "stream.jsonl")
+    conns = kept.frame()
     assert read_run.to_dict() == run.to_dict()
     assert len(conns) and cells_differ(_whole(events, run), conns).empty
 
@@ -49,7 +50,8 @@ def test_a_snapshot_recorded_after_the_first_lives_still_goes_first(tmp_path, mo
     run = recording.RunInfo(started_at=epoch(0.5), ended_at=epoch(20.0))
     recorder.finish(run)
     monkeypatch.setattr(recording, "ROWS_PER_FRAME", 1)
-    conns, _ = replaying.rows_of(path)
+    kept, _ = replaying.rows_of(path)
+    conns = kept.frame()
     by_port = conns.set_index("lport")
     assert (by_port.loc[40001, "comm"], by_port.loc[40001, "initiator"]) == ("old", "active")
     assert (by_port.loc[40002, "comm"], by_port.loc[40002, "initiator"]) == ("older", "open")
@@ -62,6 +64,7 @@ def test_a_recording_cut_short_is_bounded_by_its_events_as_when_read_whole(tmp_p
     cut = tmp_path / "cut.jsonl"
     cut.write_text(text[:text.rindex('{"kind": "run"')][:-200])  # no run line, and a last line cut mid-way
     events, whole_run = recording.read_recording(cut)
-    conns, run = replaying.rows_of(cut)
+    kept, run = replaying.rows_of(cut)
+    conns = kept.frame()
     assert run.cut_short and (run.started_at, run.ended_at) == (whole_run.started_at, whole_run.ended_at)
     assert len(conns) and cells_differ(_whole(events, whole_run), conns).empty

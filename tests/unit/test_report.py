@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from agent.analysis.tally import Tally
 from agent.analysis.sketches import RELATIVE_ACCURACY
 from agent.analysis import pipeline, ports
 from agent.cli import main
@@ -16,7 +17,7 @@ from support.streams import raw, replay
 
 def analysis_of(tmp_path, *chunks, **replay_args):
     events, run = replay(tmp_path, *chunks, **replay_args)
-    return pipeline.analyse(whole_run(events, run), run)
+    return pipeline.analyse(Tally.of(whole_run(events, run), run.started_at, run.timewait_followed), run)
 
 
 def test_churn_per_process_counts_rates_durations_and_short_share(tmp_path):
@@ -147,7 +148,7 @@ def test_the_summary_shows_the_namespace_beside_the_process_where_there_are_seve
     from agent.output import text
 
     a = analysis_of(tmp_path, raw(skaddr=1, pid=7, comm="web", states=("SYN_SENT", "ESTABLISHED", "FIN_WAIT1")))
-    assert "NETNS" not in text.render(a.conns, a.procs, a.run)
+    assert "NETNS" not in text.render(a.tally, a.procs, a.run)
     two_containers = a.procs.iloc[[0, 0]].assign(netns=["net:[4026532001]", "net:[4026532002]"])
-    shown = text.render(a.conns, two_containers, a.run)
+    shown = text.render(a.tally, two_containers, a.run)
     assert "NETNS" in shown and "net:[4026532001]" in shown and "net:[4026532002]" in shown

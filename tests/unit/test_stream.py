@@ -199,7 +199,8 @@ def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(
             writer.append(frame)
             writer.close()
     (tmp_path / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(30.0), cut_short=True).to_json())
-    conns, run = rundir.read(tmp_path)
+    kept, run = rundir.read(tmp_path)
+    conns = kept.frame()
     assert sorted(zip(conns["lport"], conns["tw_end_reason"])) == [(40001, "expired"), (40002, "open")]
     assert run.ended_at == pytest.approx(epoch(62.0))  # where its rows stop
 
@@ -250,7 +251,8 @@ def test_each_interval_notes_only_the_held_lives_whose_rows_are_new_or_may_chang
         writer.close()
     (tmp_path / "run" / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(91.0),
                                                        cut_short=True).to_json())
-    conns, run = rundir.read(tmp_path / "run")
+    kept, run = rundir.read(tmp_path / "run")
+    conns = kept.frame()
     assert sorted(conns["lport"]) == [8080, 40001, 40003]  # each once
     still = conns.set_index("lport").loc[40001]
     assert still["tw_end_reason"] == "open" and still["tw_s"] == pytest.approx(91.0 - 2.0)  # its row made at 30 s

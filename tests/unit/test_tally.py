@@ -24,22 +24,31 @@ def rows(n: int, span: float, seed: int = 0) -> pd.DataFrame:
     pid = rng.integers(100, 112, n)
     made = np.isin(initiator, ["active", "simultaneous"]) & (rng.random(n) < 0.95)
     reason = np.where(made, rng.choice(["expired", "killed", "open", "unknown"], n, p=[.8, .1, .05, .05]), "none")
-    tw_s = np.where(reason == "expired", 60.0 + rng.exponential(0.05, n), rng.exponential(5.0, n))
-    opened = STARTED - 5.0 + rng.random(n) * (span + 5.0)
-    duration = np.exp(rng.uniform(np.log(1e-4), np.log(100.0), n))
+    # times in whole milliseconds and 0.3 ms, never within a float's error of a bin's edge
+    tw_s = np.round(np.where(reason == "expired", 60.0 + rng.exponential(0.05, n), rng.exponential(5.0, n)), 3) + 1e-3
+    opened = STARTED - 5.0 + np.round(rng.random(n) * (span + 4.99), 3) + 3e-4
+    duration = np.round(np.exp(rng.uniform(np.log(1e-3), np.log(100.0), n)), 3)
     is_open = initiator == "open"
     cw_open = is_open & (rng.random(n) < 0.5)
+    tw_start = np.where(made, opened + duration, np.nan)
+    ended_tw = np.isin(reason, ["expired", "killed"])
+    fin_wait2 = np.where(made & (rng.random(n) < 0.1), rng.uniform(0.5, 3.0, n), np.nan)
+    role = rng.choice(["client", "server", "unknown"], n, p=[.5, .45, .05])
     return pd.DataFrame({
         "pid": pd.array(np.where(pid == 111, None, pid), dtype="Int64"),
         "comm": np.where(pid == 111, "", np.char.add("app", (pid % 4).astype(str))).astype(object),
         "netns": "4026531840", "container": None, "unit": None,
         "workload": np.char.add("w", (pid % 3).astype(str)).astype(object),
-        "role": rng.choice(["client", "server", "unknown"], n, p=[.5, .45, .05]),
-        "raddr": rng.choice(["10.0.0.1", "10.0.0.2", "10.0.0.3"], n), "rport": rng.choice([80, 443], n),
-        "lport": rng.integers(32768, 61000, n), "initiator": initiator,
+        "role": role, "raddr": rng.choice(["10.0.0.1", "10.0.0.2", "10.0.0.3"], n),
+        # a client's local port is ephemeral, a server's its service's; the other way round for the remote one
+        "rport": np.where(role == "server", rng.integers(32768, 61000, n), rng.choice([80, 443], n)),
+        "lport": np.where(role == "server", rng.choice([80, 8080], n), rng.integers(32768, 61000, n)),
+        "initiator": initiator,
         "opened_at": opened, "partial": opened < STARTED,
         "closed_at": np.where(is_open, np.nan, opened + duration), "duration_s": np.where(is_open, np.nan, duration),
-        "tw_made": made, "tw_ended": np.isin(reason, ["expired", "killed"]), "tw_s": np.where(made, tw_s, np.nan),
+        "laddr": "127.0.0.1", "owner_src": rng.choice(["syscall", "listener"], n),
+        "tw_start": tw_start, "tw_end": np.where(ended_tw, tw_start + tw_s, np.nan), "tw_fin_wait2_s": fin_wait2,
+        "tw_made": made, "tw_ended": ended_tw, "tw_s": np.where(made, tw_s, np.nan),
         "tw_end_reason": reason, "tw_overflow": np.isin(initiator, ["active"]) & ~made,
         "tw_timeout_s": np.where(made, 60.0, np.nan),
         "close_wait_open": cw_open, "close_wait_at": np.where(cw_open, opened + 1.0, np.nan),
@@ -118,3 +127,65 @@ def test_the_busiest_bin_of_a_long_run_is_counted_in_bins_that_widened_as_it_wen
         last = (span // width)  # the last bin is cut short by the end of tracing
         rates = [n / (min(width, span - b * width)) for b, n in per_bin.items()]
         assert procs.loc[comm].peak_opened_per_s == pytest.approx(max(rates)), (comm, last)
+
+
+def ended_by(conns: pd.DataFrame, ended: float) -> pd.DataFrame:
+    """The rows of a run that ended then: nothing closed or ended after it."""
+    return conns[~(conns["tw_end"] > ended) & ~(conns["closed_at"] > ended)]
+
+
+def exact_alive(times, start, stop):
+    """How many [start, stop) hold each time, from every interval (what the quanta replace)."""
+    return np.searchsorted(np.sort(start), times, side="right") - np.searchsorted(np.sort(stop), times, side="right")
+
+
+@pytest.mark.parametrize("span", [40.0, 250.0, 2000.0])  # quanta of 0.1 s and 1 s, bins of 0.1 s to 5 s
+def test_the_timeline_is_the_one_every_row_gives(span):
+    conns = rows(30_000, span=span, seed=7)
+    conns = ended_by(conns, STARTED + span)
+    ended = STARTED + span
+    timeline = churn.timeline(in_batches(conns, 25), ended)
+    step = churn.timeline_step(span)
+    edges = np.append(np.arange(STARTED, ended, step), ended)
+    here = (~conns["partial"]) & (conns["opened_at"] >= STARTED)
+    assert timeline["opened"].tolist() == np.histogram(conns.loc[here, "opened_at"], bins=edges)[0].tolist()
+    assert timeline["closed"].tolist() == np.histogram(conns["closed_at"].dropna(), bins=edges)[0].tolist()
+    made = conns[conns["tw_made"]]
+    stop = np.where(made["tw_end"].notna(), made["tw_end"],
+                    np.where(made["tw_end_reason"] == "open", np.inf, made["tw_start"] + 60.0))
+    assert timeline["timewait"].tolist() == exact_alive(edges[1:], made["tw_start"], stop).tolist()
+    cw = conns[conns["close_wait_at"].notna()]
+    assert timeline["close_wait"].tolist() == exact_alive(edges[1:], cw["close_wait_at"],
+                                                          cw["closed_at"].fillna(np.inf)).tolist()
+
+
+def test_port_pressure_is_the_exact_one_to_the_quantum():
+    """TIME_WAITs held towards each destination: at the end exactly, at their busiest within
+    what began or ended in one quantum (0.1 s); the rate of the last 10 s within one quantum's."""
+    from agent.analysis import ports
+    from agent.record.runinfo import RunInfo
+
+    span = 120.0
+    conns = rows(30_000, span=span, seed=9)
+    conns = ended_by(conns, STARTED + span)
+    run = RunInfo(started_at=STARTED, ended_at=STARTED + span, timewait_method="timers")
+    tally = in_batches(conns, 25)
+    pressure = ports.pressure(tally, run).set_index(["raddr", "rport"])
+    quantum = tally.occupancy.quantum
+    for (raddr, rport), mine in conns[conns["role"] == "client"].groupby(["raddr", "rport"]):
+        row = pressure.loc[(raddr, rport)]
+        made = mine[mine["tw_made"]]
+        stop = np.where(made["tw_end"].notna(), made["tw_end"],
+                        np.where(made["tw_end_reason"] == "open", np.inf, made["tw_start"] + 60.0))
+        assert row.connections == len(mine)
+        assert row.timewait_now == exact_alive(np.array([run.ended_at]), made["tw_start"], stop)[0]
+        peak = exact_alive(made["tw_start"].to_numpy(), made["tw_start"], stop).max()
+        moments = np.r_[made["tw_start"], stop[np.isfinite(stop)]]
+        busiest_quantum = np.bincount(np.maximum((moments - STARTED) // quantum, 0).astype(int)).max()
+        assert abs(row.timewait_peak - peak) <= busiest_quantum, (row.timewait_peak, peak)
+        here = mine[~mine["partial"]]
+        recent = (here["opened_at"] > run.ended_at - ports.RATE_WINDOW_S).sum()
+        assert abs(row.rate_now_per_s * ports.RATE_WINDOW_S - recent) <= np.bincount(
+            np.maximum((here["opened_at"] - STARTED) // quantum, 0).astype(int)).max()
+    assert tally.timewait_length() == pytest.approx(
+        conns.loc[conns["tw_end_reason"] == "expired", "tw_s"].median(), rel=0.01)

@@ -5,6 +5,7 @@ import csv
 from click.testing import CliRunner
 
 from support.streaming import whole_run
+from agent.record.runrows import RunRows
 from agent.cli import main
 from support.streams import raw, replay
 
@@ -83,10 +84,10 @@ def test_the_summary_wraps_at_the_terminals_width(tmp_path, monkeypatch):
     events, run = read_recording(curl_loop(tmp_path))
     monkeypatch.setattr(sys, "stdout", Terminal())
     monkeypatch.setattr(results.shutil, "get_terminal_size", lambda fallback: os.terminal_size((70, 24)))
-    conns = whole_run(events, run)
-    results.show(conns, run, None)
+    kept = RunRows.at_hand(whole_run(events, run), run)
+    results.show(kept, run, None)
     shown = sys.stdout.getvalue().splitlines()
     assert max(map(len, shown)) <= 70 and any(len(line) > 60 for line in shown)
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # not a terminal
-    results.show(conns, run, None)
+    results.show(kept, run, None)
     assert max(map(len, sys.stdout.getvalue().splitlines())) > 70
