@@ -11,6 +11,7 @@ import click
 from ..errors import CannotWrite
 from ..output import files, text
 from ..record.runinfo import RunInfo
+from ..analysis.tally import Tally
 from ..record.runrows import RunRows
 from ..safefiles import OutputDir, scratch_directory
 from .options import View
@@ -71,6 +72,19 @@ def show(kept: RunRows, run: RunInfo, out: OutputDir | None, summary: bool = Fal
             _echo("--aggregates keeps per-process counts only: no connections.csv and no report.html", err=True, nl=True)
         else:
             _echo(f"the incident report: {out.path / 'report.html'}", err=True, nl=True)
+
+
+def write_interval(out: OutputDir, tally: Tally, run: RunInfo, view: View) -> None:
+    """The tables of a trace -o still running (output.files.write_tables), made from the
+    figures of its rows final by now: what a SIGKILL leaves beside its rows (report DIR finishes
+    them, report.html included).  Called every --interval (run.kept.Kept.note)."""
+    from ..analysis import workloads
+    from ..analysis.pipeline import analyse
+
+    a = analyse(tally, run, view.by, view.top)
+    summary = text.render(tally, workloads.top(a.groups, view.top), run, FILE_WIDTH, pressure=a.pressure,
+                          keys=workloads.BY[view.by])
+    files.write_tables(out, a, summary)
 
 
 def _rescued(kept: RunRows, run: RunInfo) -> str:

@@ -34,6 +34,7 @@ from . import summary_json
 
 FILES = ("connections.csv", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv", "summary.txt",
          "summary.json", "report.html", "run.json")
+TABLES = ("summary.txt", "summary.json", "processes.csv", "workloads.csv", "peers.csv", "ports.csv", "timeline.csv")
 AGGREGATE_FILES = ("processes.csv", "workloads.csv", "summary.txt", "run.json")
 FORMULA_STARTS = connections_csv.FORMULA_STARTS  # (a cell a spreadsheet would run as a formula)
 FREE_TEXT = ("comm", "processes")  # the columns whose text comes from processes, not from tcpclose
@@ -66,13 +67,7 @@ def write(out: OutputDir, a: Analysis, batches: Callable[[], Iterable[pd.DataFra
     connections.arrow).  fmt: --format, the file of the connection rows (record.formats); the
     other one an earlier run left is removed."""
     out.write_text("run.json", a.run.to_json())
-    out.write_text("summary.txt", text)
-    out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
-    _csv(out, "processes.csv", a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS], "%.3f")
-    _csv(out, "workloads.csv", a.workloads[WORKLOAD_COLUMNS], "%.3f")
-    _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
-    _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
-    _csv(out, "timeline.csv", a.timeline, "%.3f")
+    write_tables(out, a, text)
     rows_file = FORMATS[fmt]
     if rows_file.NAME not in there:
         rows_file.write(out, batches())
@@ -87,6 +82,18 @@ def write(out: OutputDir, a: Analysis, batches: Callable[[], Iterable[pd.DataFra
                 writer.append(part)
             writer.close()
     return [out.path / (rows_file.NAME if name == connections_csv.NAME else name) for name in (*FILES, rundir.ROWS)]
+
+
+def write_tables(out: OutputDir, a: Analysis, text: str) -> None:
+    """The summary and the tables (TABLES), each whole under a temporary name renamed into
+    place: at the end of a run, and every --interval while a trace -o runs."""
+    out.write_text("summary.txt", text)
+    out.write_text("summary.json", json.dumps(summary_json.build(a), indent=1) + "\n")
+    _csv(out, "processes.csv", a.procs[PROCESS_COLUMNS + EXTRA_PROCESS_COLUMNS + CHURN_COLUMNS], "%.3f")
+    _csv(out, "workloads.csv", a.workloads[WORKLOAD_COLUMNS], "%.3f")
+    _csv(out, "peers.csv", a.peers[PEER_COLUMNS], "%.4f")
+    _csv(out, "ports.csv", a.pressure[PRESSURE_COLUMNS], "%.4f")
+    _csv(out, "timeline.csv", a.timeline, "%.3f")
 
 
 def write_aggregates(out: OutputDir, procs: pd.DataFrame, names: pd.DataFrame, text: str, run: RunInfo) -> list:

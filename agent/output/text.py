@@ -223,6 +223,10 @@ def render(tally: Tally, procs: pd.DataFrame, run: RunInfo, width: int = 120,
     if run.recording_stopped:
         console.print(f"The recording stopped early ({run.recording_stopped}): what it holds is readable, "
                       "up to where it stopped.")
+    if run.lives_pending:
+        console.print(f"Still tracing: {run.lives_pending:,} lives whose rows are not final yet (TIME_WAITs alive, "
+                      "or records still to read) are not in these figures; the end of the run counts them, "
+                      "or 'tcpclose report DIR' if it was killed.")
     if run.cut_short:
         console.print("The run was cut short: the tracer did not finish it (its figures end where its records do).")
     return out.getvalue()

@@ -97,6 +97,7 @@ def read(directory: Path) -> tuple[RunRows, RunInfo]:
             raise BadRecording(f"{directory / str(name)} is not a tcpclose rows file: {exc}") from None
     if run.analysis_skipped:  # counted per process where it ran, for want of memory: here, analysed
         run.aggregates = run.analysis_skipped = None
+    run.lives_pending = None  # (a run.json of a run still tracing: its lives held are in PENDING)
     if not run.cut_short:
         return RunRows.tallied(made, run), run
     pending, last = _pending_and_last(directory, made)

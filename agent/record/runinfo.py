@@ -31,16 +31,17 @@ class RunInfo:
     kernel_release: str | None = None
     # present only where they apply (absent from run.json otherwise)
     aggregates: list[dict] | None = None  # per-process counts: --aggregates, or a run too big to analyse whole
-    analysis_skipped: dict | None = None  # why a run was counted per process only (run.memory)
+    analysis_skipped: dict | None = None  # why a run was counted per process only (older runs: a memory guard)
     transitions: dict | None = None  # --transitions: what the stream offered, lost and wrote
     recording_stopped: str | None = None  # --record stopped early: where and why (a full disk)
     listen_queues: list[dict] | None = None  # listeners near full at the end (analysis.queues.pressed)
+    lives_pending: int | None = None  # of a run still tracing: lives held, not in its figures yet (run.kept)
     pods: dict[str, str] = field(default_factory=dict)  # container (runtime:id) -> Kubernetes pod "namespace/name"
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
     # lives whose row was made before what it waited for came (analysis.stream.Stream.settled_early)
     rows_settled_early: int = 0
 
-    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues")
+    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues", "lives_pending")
 
     @property
     def traced_s(self) -> float:

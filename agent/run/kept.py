@@ -158,9 +158,10 @@ class Kept:
             self._also.file.close()
         return self._stream.settled_early
 
-    def note(self, out: OutputDir, run: RunInfo) -> bool:
+    def note(self, out: OutputDir, run: RunInfo, tables: Callable[[Tally, RunInfo], None] | None = None) -> bool:
         """The rows of the lives held, as if the run ended now (run.ended_at), and `run`, into
-        `out`: with the rows made, what a run killed now leaves (record.rundir).  False: they
+        `out`: with the rows made, what a run killed now leaves (record.rundir); and `tables`,
+        the run's tables so far, made from the figures of its rows final by now.  False: they
         could not be written (a full disk).  Its time counts as a step's (STEP_SHARE)."""
         started = time.monotonic()
         try:
@@ -168,7 +169,10 @@ class Kept:
                 self._pending = rundir.Pending(out)
             self._pending.write(lambda everything: self._stream.provisional(run.ended_at, everything),
                                 self._stream.held)
+            run.lives_pending = self._stream.held + len(self._backlog)  # (not in the tables: not final yet)
             out.write_text(rundir.RUN, run.to_json())
+            if tables is not None:
+                tables(self.tally, run)
         except CannotWrite:
             return False
         finally:

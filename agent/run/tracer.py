@@ -38,7 +38,8 @@ class Tracer:
     def __init__(self, filters: Filters, record_path: Path | None = None, timewait: str = "auto",
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
                  max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None,
-                 keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S, fmt: str = "csv"):
+                 keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S, fmt: str = "csv",
+                 tables: Callable | None = None):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -52,9 +53,9 @@ class Tracer:
         snapshot of the connections already open (seconds with 100,000 sockets).
         keep: make the connection rows for finish() (False: the caller takes each drain's
         records, as tcpclose agent does; finish() then has only the end's).
-        out: -o's directory: the rows are kept there (connections.arrow), with run.json every
-        `interval` seconds, for `tcpclose report DIR` to finish a run killed midway (record.rundir),
-        and in the file of --format `fmt` (record.formats)."""
+        out: -o's directory: the rows are kept there (connections.arrow), with run.json and
+        `tables(tally, run)` (the tables so far) every `interval` seconds, for `tcpclose report DIR`
+        to finish a run killed midway (record.rundir), and in the file of --format `fmt` (record.formats)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
         preflight.check_privileges()  # before any output file is made
         self.filters = filters
@@ -87,7 +88,7 @@ class Tracer:
         self._out = out if keep and not aggregates else None
         self._kept = (Kept.into(self._out, fmt) if self._out else Kept()) if keep else None
         self.rows_files = self._kept.files if self._kept else ()  # in -o, written as the rows come
-        self._interval, self._noted_at = interval, time.monotonic()
+        self._interval, self._noted_at, self._tables = interval, time.monotonic(), tables
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
         self._drainer = Drainer(self._probe.poll)  # (from now on: the snapshots below take seconds)
@@ -201,10 +202,10 @@ class Tracer:
         return raw
 
     def _note_run(self) -> None:
-        """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with
-        the counters of both sides now: what `tcpclose report DIR` reads of a run killed midway."""
+        """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with the
+        counters of both sides now, and the tables: what a run killed midway leaves (report DIR finishes it)."""
         self._noted_at = time.monotonic()
-        if not self._kept.note(self._out, self._run(time.time(), self.counters(), cut_short=True)):
+        if not self._kept.note(self._out, self._run(time.time(), self.counters(), cut_short=True), self._tables):
             self._interval = float("inf")  # a full disk: the rows go on (the end says what it could not write)
 
     def _run(self, ended_at: float, counters: dict, **more) -> RunInfo:
@@ -259,8 +260,7 @@ class Tracer:
         if self._watch:
             ends.append(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = decode.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
-        programs = self._probe.program_stats()
-        counters = self.counters()
+        programs, counters = self._probe.program_stats(), self.counters()
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
         for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
             name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))

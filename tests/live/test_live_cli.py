@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.demo.workload import start_client, start_server
+from agent.output import files
 
 pytestmark = pytest.mark.live
 N = 23
@@ -311,10 +312,10 @@ def test_a_tracer_killed_with_sigkill_leaves_a_recording_that_report_reads(tmp_p
 
 def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tmp_path):
     """trace -o keeps its connection rows in DIR as they are made (connections.arrow and
-    connections.csv), and every --interval the
-    rows not final yet and run.json: after a SIGKILL, `tcpclose report DIR` writes every file
-    from them, with every connection closed before the last interval, those whose TIME_WAIT
-    was still alive then included (as open)."""
+    connections.csv), and every --interval the rows not final yet, run.json and the tables of
+    the rows final by then: after a SIGKILL, `tcpclose report DIR` writes every file from
+    them, with every connection closed before the last interval, those whose TIME_WAIT was
+    still alive then included (as open)."""
     out = tmp_path / "out"
     trace = start_trace("-o", str(out), "--interval", "1")
     server, port = start_server("wait_close", N, "tc-server")
@@ -324,8 +325,13 @@ def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tm
     trace.kill()
     trace.wait(timeout=30)
     server.release(), client.release()
-    assert sorted(p.name for p in out.iterdir()) == ["connections.arrow", "connections.csv",
-                                                     "connections.pending.arrow", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["connections.arrow", "connections.csv",
+                                                            "connections.pending.arrow", "run.json", *files.TABLES])
+    # the tables of the last interval: the server's rows, final; the client's, waiting for their TIME_WAITs
+    mine = {r["comm"]: r for r in read_csv(out / "processes.csv") if r["pid"] in (str(client.pid), str(server.pid))}
+    assert [mine["tc-server"][k] for k in ("connections", "passive_closes")] == [str(N), str(N)]
+    assert "tc-client" not in mine and "Still tracing" in (out / "summary.txt").read_text()
+    assert json.loads((out / "run.json").read_text())["lives_pending"] >= N
     # connections.csv has the rows final by then: the server's; the client's wait for their TIME_WAITs
     ours = lambda: [(r["comm"], r["initiator"]) for r in read_csv(out / "connections.csv")  # noqa: E731
                     if r["pid"] in (str(client.pid), str(server.pid))]

@@ -1,5 +1,6 @@
 """The incident report from recorded streams (no root): churn per process and peer,
 port pressure, the findings, summary.json and report.html."""
+import csv
 import json
 
 import pytest
@@ -152,3 +153,25 @@ def test_the_summary_shows_the_namespace_beside_the_process_where_there_are_seve
     two_containers = a.procs.iloc[[0, 0]].assign(netns=["net:[4026532001]", "net:[4026532002]"])
     shown = text.render(a.tally, two_containers, a.run)
     assert "NETNS" in shown and "net:[4026532001]" in shown and "net:[4026532002]" in shown
+
+
+def test_the_tables_of_a_run_still_tracing_are_written_with_what_they_leave_out(tmp_path):
+    """Every --interval a trace -o rewrites its tables from the rows final so far; the summary
+    says how many lives wait for their row (a SIGKILL leaves these files; report DIR finishes them)."""
+    from agent.cli import results
+    from agent.cli.options import View
+    from agent.output import files
+    from agent.safefiles import OutputDir
+
+    a = analysis_of(tmp_path, *churn_stream(), started=0.5, ended=10.5)
+    a.run.lives_pending, a.run.cut_short = 7, True
+    out = OutputDir(tmp_path / "out")
+    results.write_interval(out, a.tally, a.run, View())
+    out.close()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files.TABLES)
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "Still tracing: 7 lives whose rows are not final yet" in summary
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["totals"]["socket_lives"] == a.tally.lives == 34
+    procs = {r["comm"]: r for r in csv.DictReader(open(tmp_path / "out" / "processes.csv"))}
+    assert procs["churner"]["connections"] == "30" and procs["churner"]["opened"] == "30"
