@@ -40,24 +40,24 @@ def test_a_rows_file_cut_short_reads_up_to_its_last_whole_batch():
     assert rows.read(io.BytesIO(data[:5])).empty  # not even the schema: no rows, not an error
 
 
-@pytest.mark.parametrize("idle_cores, due_after", [(0.0, 0.8 / 0.1), (0.3, 0.8 / 0.1), (1.2, 0.8 / 0.5),
-                                                    (None, 0.8 / 0.1)])
+@pytest.mark.parametrize("idle_cores, due_after", [(0.0, 1.6 / 0.1), (0.3, 1.6 / 0.1), (0.7, 1.6 / 0.5),
+                                                    (1.2, 1.6 / 0.9), (None, 1.6 / 0.1)])
 def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_core(tmp_path, monkeypatch,
                                                                                     idle_cores, due_after):
-    """A step that took 0.8 s: on a busy host the next waits until the steps have taken a
-    tenth of a core (STEP_SHARE); where the CPUs were idle meanwhile (IDLE_CORES), half a core
-    (IDLE_SHARE); where /proc/stat cannot be read, as on a busy host."""
+    """A step that took 1.6 s: on a busy host the next waits until the steps have taken a
+    tenth of a core (STEP_SHARE); where the CPUs were half a core idle meanwhile, half a core,
+    a whole core idle, 0.9 of one (IDLE_SHARES); where /proc/stat cannot be read, as on a busy host."""
     from agent.run import kept as kept_module
 
-    assert (kept_module.STEP_SHARE, kept_module.IDLE_SHARE, kept_module.IDLE_CORES) == (0.1, 0.5, 0.5)
+    assert (kept_module.STEP_SHARE, kept_module.IDLE_SHARES) == (0.1, ((1.0, 0.9), (0.5, 0.5)))
     clock = [100.0]
     monkeypatch.setattr(kept_module.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(kept_module.procfs, "idle_cpu_seconds",
                         lambda: None if idle_cores is None else 5000.0 + idle_cores * (clock[0] - 100.0))
     kept = Kept(str(tmp_path))
-    kept._stepped(99.2)  # a step that took 0.8 s, just ended
+    kept._stepped(98.4)  # a step that took 1.6 s, just ended
     clock[0] = 100.0 + kept_module.STEP_EVERY_S
-    assert not kept.step_due()  # a second later: 0.8 s of 1.8 s would be almost half a core
+    assert not kept.step_due()  # a second later: 1.6 s of 2.6 s would be more than half a core
     clock[0] = 100.0 + due_after - 0.01
     assert not kept.step_due()
     clock[0] = 100.0 + due_after
