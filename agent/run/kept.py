@@ -113,8 +113,9 @@ class Kept:
 
     @property
     def rows(self) -> int:
-        """The rows the end of the run will analyse: made so far, and still to make (held, waiting)."""
-        return self._writer.rows + (self._stream.held if self._stream else 0) + len(self._backlog)
+        """The rows the end of the run has still to make: of the lives held, and of the records
+        waiting (those made are not read again: the figures were made as they came)."""
+        return (self._stream.held if self._stream else 0) + len(self._backlog)
 
     @property
     def behind(self) -> int:

@@ -220,7 +220,7 @@ class Tracer:
 
     @property
     def records_kept(self) -> int:
-        """Rows the end of the run will analyse (made, held, or records waiting)."""
+        """Rows the end of the run has still to make (the lives held, the records waiting)."""
         return self._kept.rows if self._kept else 0
 
     def counters(self) -> dict[str, int]:
