@@ -26,7 +26,7 @@ from ..analysis.pipeline import Analysis
 from ..analysis.ports import PRESSURE_COLUMNS
 from ..analysis.processes import EXTRA_PROCESS_COLUMNS, PROCESS_COLUMNS
 from ..analysis.workloads import WORKLOAD_COLUMNS
-from ..record import connections_csv, rows, rundir
+from ..record import connections_csv, formats, rows, rundir
 from ..record.formats import FORMATS, NAMES
 from ..record.runinfo import RunInfo
 from ..safefiles import OutputDir
@@ -70,7 +70,7 @@ def write(out: OutputDir, a: Analysis, batches: Callable[[], Iterable[pd.DataFra
     write_tables(out, a, text)
     rows_file = FORMATS[fmt]
     if rows_file.NAME not in there:
-        rows_file.write(out, batches())
+        formats.write(out, fmt, batches())
     out.remove(name for name in NAMES if name != rows_file.NAME and name not in there)
     from . import report_html  # matplotlib: imported when a report is written, not before tracing starts
 

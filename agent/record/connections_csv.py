@@ -10,9 +10,7 @@ that would start a spreadsheet formula gets a leading ' (files.FORMULA_STARTS).
 """
 from __future__ import annotations
 
-from typing import BinaryIO, Iterable
-
-import pandas as pd
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,11 +70,3 @@ class Writer:
         self._writer.close()
         self.file.flush()
 
-
-def write(out, parts: Iterable[pd.DataFrame]) -> None:
-    """connections.csv written whole into `out` (safefiles.OutputDir), from rows (frames)."""
-    with out.replacing_binary(NAME) as f:
-        writer = Writer(f)
-        for part in parts:
-            writer.append(rows.table(part))
-        writer.close()

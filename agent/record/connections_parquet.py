@@ -8,9 +8,8 @@ writes it again from connections.arrow.  pyarrow, polars, DuckDB and Spark read 
 `tcpclose report DIR` reads it too, where connections.arrow is not there."""
 from __future__ import annotations
 
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,11 +29,14 @@ class Writer:
         self._count = 0
 
     def append(self, connections: pa.Table) -> None:
-        if connections.num_rows:
-            self._gathered.append(connections)
-            self._count += connections.num_rows
-        if self._count >= ROW_GROUP_ROWS:
-            self._flush()
+        start = 0
+        while start < connections.num_rows:  # (a row group of ROW_GROUP_ROWS, the last of a file fewer)
+            part = connections.slice(start, ROW_GROUP_ROWS - self._count)
+            self._gathered.append(part)
+            self._count += part.num_rows
+            start += part.num_rows
+            if self._count >= ROW_GROUP_ROWS:
+                self._flush()
 
     def _flush(self) -> None:
         if self._gathered:
@@ -47,13 +49,3 @@ class Writer:
         self._writer.close()
         self.file.flush()
 
-
-def write(out, parts: Iterable[pd.DataFrame]) -> None:
-    """connections.parquet written whole into `out` (safefiles.OutputDir), from rows (frames)."""
-    with out.replacing_binary(NAME) as f:
-        writer = Writer(f)
-        for part in parts:
-            table = rows.table(part)
-            for start in range(0, table.num_rows, ROW_GROUP_ROWS):
-                writer.append(table.slice(start, ROW_GROUP_ROWS))
-        writer.close()
