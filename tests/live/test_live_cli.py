@@ -321,7 +321,14 @@ def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tm
     server, port = start_server("wait_close", N, "tc-server")
     client = start_client("close_first", port, N, "tc-client")
     client.done(), server.done()
-    time.sleep(4.0)  # past a step's grace (2 s), and a run.json after that
+
+    def servers_rows_in_the_tables():  # a step past the grace (2 s) made them final, an interval wrote them
+        if not (out / "processes.csv").is_file():
+            return False
+        return any(r["pid"] == str(server.pid) and r["connections"] == str(N) for r in read_csv(out / "processes.csv"))
+    deadline = time.monotonic() + 30
+    while not servers_rows_in_the_tables() and time.monotonic() < deadline:
+        time.sleep(0.2)
     trace.kill()
     trace.wait(timeout=30)
     server.release(), client.release()
