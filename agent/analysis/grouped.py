@@ -12,7 +12,6 @@ exactly, so a figure does not depend on how the rows were cut into batches.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -196,7 +195,6 @@ class Grouped:
             out.setdefault(label, {})[b * self.bin_s] = n / self.bin_s
         return {label: pd.Series(rates).sort_index() for label, rates in out.items()}
 
-    def sketch(self, measure: str, groups: Iterable[int] | None = None):
-        """The merged sketch of a measure over some groups (None: all of them)."""
-        kept = self._sketches[measure]
-        return sketches.merged(kept.values() if groups is None else (kept.get(g) for g in groups))
+    def sketch(self, measure: str):
+        """The merged sketch of a measure over all the groups (None: no value)."""
+        return sketches.merged(self._sketches[measure].values())
