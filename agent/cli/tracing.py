@@ -35,8 +35,9 @@ from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter
 @click.option("--interval", type=click.FloatRange(min=1, max=MAX_DURATION_S), default=10, show_default=True,
               metavar="SECONDS", callback=lambda ctx, param, value: finite(value, param),
               help="With -o: the connection rows go to DIR/connections.arrow and connections.csv (or "
-                   ".parquet) as they become final, and DIR/run.json says this often how far the run got; "
-                   "after a kill, 'tcpclose report DIR' writes every file from them.")
+                   ".parquet) as they become final; this often DIR/run.json says how far the run got and the "
+                   "summary and tables are rewritten from the rows final by then; after a kill, "
+                   "'tcpclose report DIR' writes every file from the rows.")
 @click.option("--progress/--no-progress", default=None,
               help="A live line of elapsed time, connections, TIME_WAITs and drops [default: on a terminal; "
                    "--progress elsewhere writes one every 10 s].")
