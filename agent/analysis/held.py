@@ -16,7 +16,7 @@ import pandas as pd
 from ..record.decode import concat, empty_events
 from . import rules
 from .lives import initiators
-from .timewait import armed_micros
+from .timewait import armed_micros, server_side
 
 COMPACT_SHARE = 0.5  # a chunk is filtered once this share of its rows is gone
 MERGE_CHUNKS, SMALL_CHUNK = 64, 4096  # past this many chunks, the small ones become one
@@ -59,6 +59,7 @@ def _columns(frame: pd.DataFrame, now: float) -> dict[str, np.ndarray]:
         "due": rules.timewait_due(initiators(frame)) if len(frame) else np.zeros(0, bool),
         "timeout": frame["tw_timeout_s"].astype(float).to_numpy(),
         "listener": (frame["owner_src"] == "listener").to_numpy(bool),
+        "server": server_side(frame["states_raw"]) if len(frame) else np.zeros(0, bool),
         "lport": frame["lport"].astype(np.int64).to_numpy(),
         "rport": frame["rport"].astype(np.int64).to_numpy(),
         "noted": np.zeros(len(frame), dtype=bool),  # its provisional row written (Stream.provisional)

@@ -14,9 +14,10 @@ needs of the batches before: lives.Carried).  A life's row is final
   - at the end of the run only, for two kinds only the whole run can settle: a life credited
     to its listener's owner (the fd tables at the end, and the other lives of that listener,
     say whether that names one process: analysis.listeners), and
-    a TIME_WAIT cancelled where the BPF side saw no connect() take it, until a client
+    a client's TIME_WAIT cancelled where the BPF side saw no connect() take it, until a client
     opened on its 4-tuple within timewait.REUSE_WINDOW_S of the cancel shows up (then it
-    was reused; the client can still be open at the end).  At most PARKED_MAX of them wait:
+    was reused; the client can still be open at the end; a server's is killed: see
+    timewait.server_side).  At most PARKED_MAX of them wait:
     past that the oldest are settled with what is known so far (counted in `settled_early`,
     with the TIME_WAITs whose end never came, settled as unknown once no end can come).
 
@@ -109,7 +110,8 @@ class Stream:
             return
         columns = self._lives.columns
         how = self._how_ended(columns["due"].astype(bool))
-        settled = (columns["arrived"] <= now - GRACE_S) & ~columns["listener"].astype(bool) & (how != "cancelled")
+        unexplained = (how == "cancelled") & ~columns["server"].astype(bool)  # (a cancel with no connect() seen: parked)
+        settled = (columns["arrived"] <= now - GRACE_S) & ~columns["listener"].astype(bool) & ~unexplained
         chosen = alive if everything else alive[~(settled & columns["noted"])[alive]]
         waiting = pd.isna(how) & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))
         self._lives.note(alive[settled[alive]])
@@ -171,7 +173,7 @@ class Stream:
         timeout = np.nan_to_num(columns["timeout"], nan=TIME_WAIT_LEN_S)
         lost = no_end & (closed_at + timeout + 2 * TIME_WAIT_LEN_S < now)
         no_end &= ~lost
-        unexplained = np.flatnonzero(self._lives.alive & (how == "cancelled"))
+        unexplained = np.flatnonzero(self._lives.alive & (how == "cancelled") & ~columns["server"].astype(bool))
         ports = columns["lport"] * 65536 + columns["rport"]
         # a client that took one over closes after the cancel: it can only be among the lives
         # that just arrived, so only the cancels on the ports of one of those are looked at

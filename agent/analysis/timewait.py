@@ -47,6 +47,16 @@ def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame
     return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
 
 
+def server_side(states_raw) -> np.ndarray:
+    """Which lives were a server's (accepted from a listener): a connect() never takes over
+    their TIME_WAITs.  connect() takes a TIME_WAIT only on the 4-tuple it chose itself
+    (tcp_twsk_unique, from __inet_check_established): from its own local port, which for a
+    server-side TIME_WAIT is the listener's port, that no client binds while it listens.  A
+    cancel of one is a SYN from the peer reopening the 4-tuple (tcp_timewait_state_process),
+    an RST, or the namespace going: killed, known at the cancel."""
+    return entered(states_raw, "SYN_RECV") & ~entered(states_raw, "SYN_SENT")
+
+
 def taken_by_connect(lives: pd.DataFrame, rows: np.ndarray, end_at: np.ndarray, window: float) -> np.ndarray:
     """Which cancelled timewaits (lives[rows], ended at end_at) a new connect() took over.
 
@@ -127,7 +137,7 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     # explain (older recordings, sock_diag, a connect() that moved CPU midway): joined here
     cancelled = linked & np.isin(how, ["cancelled", "reused"])
     reused = linked & (how == "reused")
-    unexplained = linked & (how == "cancelled")
+    unexplained = linked & (how == "cancelled") & ~server_side(lives["states_raw"])
     # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
     reused[unexplained] = taken_by_connect(lives, np.flatnonzero(unexplained), end_at[unexplained], window)

@@ -274,3 +274,23 @@ def test_provisional_rows_made_a_few_lives_at_a_time_are_those_made_all_at_once(
 
     (whole, one), (parts, many) = provisional(100_000), provisional(1)
     assert many > one + 3 and len(whole) > 5 and cells_differ(whole, parts).empty
+
+
+def test_a_servers_timewait_cancelled_is_killed_at_once_a_clients_waits_for_a_taker(tmp_path):
+    """No connect() takes over a server's TIME_WAIT (its local port is the listener's): a cancel
+    the BPF side did not mark is a kill, final as it comes; a client's may still be shown a
+    reuse by a client opened on its 4-tuple, which arrives when that one closes."""
+    events, run = replay(tmp_path,
+                         raw(skaddr=1, pid=13, comm="web", opened=1.0, ts=2.0, lport=8080, rport=43000, tw_timer=T1,
+                             tw_start=2.0, **SERVER_CLOSER),
+                         raw(skaddr=2, pid=12, comm="rebinder", opened=1.0, ts=2.0, lport=42001,
+                             tw_timer=T1 + 0x100, tw_start=2.0, **ACTIVE_CLIENT),
+                         timewait("cancelled", timer=T1, start=2.0, end=3.0),
+                         timewait("cancelled", timer=T1 + 0x100, start=2.0, end=3.0),
+                         ended=30.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events, epoch(3.0)).empty  # (within their grace)
+    rows = stream.step(events.iloc[:0], epoch(3.0 + GRACE_S + 0.1))
+    assert list(rows["comm"]) == ["web"] and list(rows["tw_end_reason"]) == ["killed"]
+    assert stream.held == 1  # the client's, parked
+    assert list(stream.finish(events.iloc[:0], run.ended_at)["tw_end_reason"]) == ["killed"]
