@@ -40,9 +40,12 @@ def timewait_key(timer, start) -> pd.MultiIndex:
 
 
 def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:
-    """For each life, the end record of the timewait socket it made (NaN/None where none)."""
+    """For each life, the end record of the timewait socket it made (NaN/None where none): the
+    last that arrived, an end before one read open (the end of a run reads the timewaits still
+    followed, then the ring once more: one that ended meanwhile is in both)."""
     ends = timewaits.assign(key=timewait_key(timewaits["tw_timer"], timewaits["tw_start_at"]))
-    ends = ends.drop_duplicates("key", keep="last").set_index("key")
+    ended_first = np.argsort((ends["kind"] != "tw_open").to_numpy(), kind="stable")  # (opens, then ends)
+    ends = ends.iloc[ended_first].drop_duplicates("key", keep="last").set_index("key")
     found = ends.reindex(timewait_key(lives["tw_timer"], lives["tw_start_at"]))
     return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
 

@@ -1,6 +1,7 @@
 """tcpclose trace and tcpclose demo: the commands that load the BPF program (root)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -91,7 +92,7 @@ def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregate
         tracer = Tracer(filters, record, timewait=timewait, netns=netns_path, aggregates=aggregates, force=force,
                         transitions_to=transitions_to, max_socks=max_sockets, out=out, fmt=fmt, interval=interval,
                         attached=lambda: click.echo(tracing, err=True),
-                        tables=lambda tally, so_far: results.write_interval(out, tally, so_far, view))
+                        tables=functools.partial(results.write_interval, view=view))
         kept, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
         results.show(kept, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
                      rescue=True, view=view, there=() if aggregates else tracer.rows_files, fmt=fmt)

@@ -227,6 +227,9 @@ def render(tally: Tally, procs: pd.DataFrame, run: RunInfo, width: int = 120,
         console.print(f"Still tracing: {run.lives_pending:,} lives whose rows are not final yet (TIME_WAITs alive, "
                       "or records still to read) are not in these figures; the end of the run counts them, "
                       "or 'tcpclose report DIR' if it was killed.")
+    if run.lives_carried:
+        console.print(f"{run.lives_carried:,} lives whose rows were not final as this period ended (TIME_WAITs "
+                      "alive, or records still to read) are in the next period's files.")
     if run.cut_short:
         console.print("The run was cut short: the tracer did not finish it (its figures end where its records do).")
     return out.getvalue()

@@ -36,12 +36,14 @@ class RunInfo:
     recording_stopped: str | None = None  # --record stopped early: where and why (a full disk)
     listen_queues: list[dict] | None = None  # listeners near full at the end (analysis.queues.pressed)
     lives_pending: int | None = None  # of a run still tracing: lives held, not in its figures yet (run.kept)
+    lives_carried: int | None = None  # of a period of agent -o, ended: lives whose rows the next period has
     pods: dict[str, str] = field(default_factory=dict)  # container (runtime:id) -> Kubernetes pod "namespace/name"
     cut_short: bool = False  # a recording the tracer did not finish: bounded by its events
     # lives whose row was made before what it waited for came (analysis.stream.Stream.settled_early)
     rows_settled_early: int = 0
 
-    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues", "lives_pending")
+    _OPTIONAL = ("aggregates", "analysis_skipped", "transitions", "recording_stopped", "listen_queues", "lives_pending",
+                 "lives_carried")
 
     @property
     def traced_s(self) -> float:

@@ -17,6 +17,7 @@ from .runinfo import RunInfo
 class RunRows:
     tally: Tally
     batches: Callable[[], Iterable[pd.DataFrame]]  # the rows, a batch at a time, each time called
+    release: Callable[[], None] = lambda: None  # called once they are no longer wanted (their file closed)
 
     def frame(self) -> pd.DataFrame:
         """Every row at once (the lives still open of a run counted per process; tests)."""

@@ -68,7 +68,8 @@ RUN_FIELDS = {  # run line key -> the types its value may have (None: null); the
     "open_lives": (int,), "open_timewaits": (int,), "timewaits_swept": (int,), "hz": (int, None),
     "timewait_method": (str, None), "timewait_method_why": (str,), "netns": (str, None),
     "kernel_release": (str, None), "cut_short": (bool,), "rows_settled_early": (int,), "transitions": (dict, None),
-    "analysis_skipped": (dict, None), "lives_pending": (int, None), "recording_stopped": (str, None), "counters": (dict,), "tcpext": (dict,),
+    "analysis_skipped": (dict, None), "lives_pending": (int, None), "lives_carried": (int, None),
+    "recording_stopped": (str, None), "counters": (dict,), "tcpext": (dict,),
     "sysctls": (dict,), "programs": (dict,), "aggregates": (list, None), "listen_queues": (list, None),
 }
 AGGREGATE_COUNTS = ("lives", "active", "passive", "simultaneous", "reset_local", "reset_remote", "never_established",

@@ -156,12 +156,15 @@ class Kept:
         self._backlog.close()
         if self._pending is not None:
             self._pending.close()
+        self._close_also()
+        return self._stream.settled_early
+
+    def _close_also(self) -> None:
         if self._also is not None:
             self._also.close()
             self._also.file.close()
-        return self._stream.settled_early
 
-    def note(self, out: OutputDir, run: RunInfo, tables: Callable[[Tally, RunInfo], None] | None = None) -> bool:
+    def note(self, out: OutputDir, run: RunInfo, tables: Callable[[OutputDir, Tally, RunInfo], None] | None = None) -> bool:
         """The rows of the lives held, as if the run ended now (run.ended_at), and `run`, into
         `out`: with the rows made, what a run killed now leaves (record.rundir); and `tables`,
         the run's tables so far, made from the figures of its rows final by now.  False: they
@@ -175,7 +178,7 @@ class Kept:
             run.lives_pending = self._stream.held + len(self._backlog)  # (not in the tables: not final yet)
             out.write_text(rundir.RUN, run.to_json())
             if tables is not None:
-                tables(self.tally, run)
+                tables(out, self.tally, run)
         except CannotWrite:
             return False
         finally:
@@ -202,8 +205,23 @@ class Kept:
         a time, where no tally was fed: a recording's, whose start was not known before its
         end), and the file of the rows to read them again from (see RunRows)."""
         self._writer.close()
+        file = self._file
 
         def batches():
-            self._file.seek(0)
-            yield from rowfile.batches(self._file)
-        return RunRows(self.tally, batches) if self.tally is not None else RunRows.tallied(batches, run)
+            file.seek(0)
+            yield from rowfile.batches(file)
+        return RunRows(self.tally, batches, file.close) if self.tally is not None else RunRows.tallied(batches, run)
+
+    def rotate(self, out: OutputDir, fmt: str, tally: Tally, run: RunInfo) -> RunRows:
+        """The rows made final since the last rotation (`run`: that period), and from now on,
+        rows kept in `out` (as into()) and added to `tally`.  The lives held and the records
+        waiting stay: their rows go to the period in which they become final."""
+        rows = self.rows_of_run(run)
+        if self._pending is not None:  # (the caller removes its file: those rows are not this period's)
+            self._pending.close()
+            self._pending = None
+        self._close_also()
+        new = Kept.into(out, fmt)
+        self._file, self._writer, self._also, self.files = new._file, new._writer, new._also, new.files
+        self.tally = tally
+        return rows

@@ -15,7 +15,7 @@ from ..analysis.tally import Tally
 from ..errors import TracepointMissing
 from ..filters import Filters
 from ..safefiles import OutputDir
-from ..kernel import cgroups, diag, procfs
+from ..kernel import diag, procfs
 from ..kernel import netns as namespaces
 from ..record import decode, layout, transitions
 from ..record import rundir
@@ -25,8 +25,8 @@ from ..record.runinfo import RunInfo
 from ..record.runrows import RunRows
 from .drainer import Drainer
 from .kept import Kept
+from .owners import Owners
 
-MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
 TW_SWEEP_EVERY_S = 30.0  # timewaits followed that went stale are dropped this often (Probe.sweep_timewaits)
 NOTE_EVERY_S = 10.0  # with -o, run.json says this often how far the run got (--interval)
 GUESSED = [layout.DEFINES[f"OWNER_{src.upper()}"] for src in rules.OWNERS_GUESSED]
@@ -54,7 +54,7 @@ class Tracer:
         keep: make the connection rows for finish() (False: the caller takes each drain's
         records, as tcpclose agent does; finish() then has only the end's).
         out: -o's directory: the rows are kept there (connections.arrow), with run.json and
-        `tables(tally, run)` (the tables so far) every `interval` seconds, for `tcpclose report DIR`
+        `tables(out, tally, run)` (the tables so far) every `interval` seconds, for `tcpclose report DIR`
         to finish a run killed midway (record.rundir), and in the file of --format `fmt` (record.formats)."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
         preflight.check_privileges()  # before any output file is made
@@ -75,17 +75,12 @@ class Tracer:
         self.hz = procfs.hz()
         self._tcpext_start = procfs.all_tcp_counters()
         self._sysctls = procfs.sysctls(netns)  # the port range and TIME_WAIT sysctls
-        # of each owner (a tgid), read from /proc while it is alive: its network namespace, and
-        # its process name (the BPF side has the name of the thread that acted: a threaded
-        # server's worker threads are one process, whatever they call themselves)
-        self._netns_of: dict[int, str | None] = {}
-        self._process_comm: dict[int, str | None] = {}
-        self._cgroups = cgroups.Placer()  # and its cgroup v2 path: its container or service
+        self._owners = Owners()
         self._offset_ns = time.time_ns() - time.monotonic_ns()  # BPF's clock is CLOCK_MONOTONIC; the outputs', epoch
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
-        self._out = out if keep and not aggregates else None
+        self._out, self._fmt = out if keep and not aggregates else None, fmt
         self._kept = (Kept.into(self._out, fmt) if self._out else Kept()) if keep else None
         self.rows_files = self._kept.files if self._kept else ()  # in -o, written as the rows come
         self._interval, self._noted_at, self._tables = interval, time.monotonic(), tables
@@ -96,7 +91,8 @@ class Tracer:
         self._programs: dict[str, dict[str, int]] = {}  # the programs' stats, as counters() last read them
         self.timewaits_swept = 0
         self._swept_at = time.monotonic()
-        self.started_at = time.time()
+        self.started_at = time.time()  # (of the period, rotate())
+        self._counted_before: dict[str, int] = {}  # the BPF counters, and the timewaits swept, at its start
         holders = diag.socket_holders()  # read once for both snapshots at start
         self._seed_listeners(holders)
         if attached:
@@ -113,38 +109,23 @@ class Tracer:
             self._kept.arrive(part)
 
     def workload_of(self, pid: int) -> str | None:
-        """A live owner's workload: its container, else its systemd unit, else its process name,
-        as read from /proc when its first record arrived (None: never read, or gone by then)."""
-        placed = cgroups.workload(self._cgroups.path_of(pid))
-        return (placed.name if placed else None) or self._process_comm.get(pid)
+        """A live owner's workload (run.owners.Owners.workload_of)."""
+        return self._owners.workload_of(pid)
 
     def open_lives_now(self) -> np.ndarray:
         """The records of the lives followed in BPF right now (not yet closed), their owners
         learnt (workload_of): the CLOSE_WAITs open now are among them."""
         raw = self._probe.open_lives()
-        self._learn_owners(raw)
+        self._owners.learn(raw)
         return raw
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
-        frame = decode.decode(raw, self._offset_ns, self.hz)
-        frame["netns"] = frame["pid"].map(self._netns_of).to_numpy(object)
-        frame["cgroup"] = self._cgroups.paths(frame["pid"], frame["cgroup_id"])
-        process = frame["pid"].map(self._process_comm)
-        other = process.notna() & (process != frame["comm"])
-        frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
-        frame.loc[other, "comm"] = process[other]
-        return frame
+        return self._owners.named(decode.decode(raw, self._offset_ns, self.hz))
 
     def _seed_listeners(self, holders: diag.Holders) -> None:
         """The listeners there before tracing, of every namespace, into the BPF side, so that
         their new children start with their owner.  Done once the probe is attached."""
         self._probe.seed_listeners(diag.listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
-
-    def _placed(self, snap: pd.DataFrame) -> pd.DataFrame:
-        """Snapshot rows (decode.from_snapshot) with the cgroup of each socket's holder."""
-        for pid in set(snap["pid"][snap["pid"] > 0].tolist()):
-            self._cgroups.learn(int(pid))
-        return snap.assign(cgroup=self._cgroups.paths(snap["pid"], snap["cgroup_id"]))
 
     def _snapshot_at_start(self, holders: diag.Holders) -> None:
         """What tracing cannot see: the connections that were there before it began.
@@ -154,40 +135,31 @@ class Tracer:
         `Tracing` is announced.  A connection opened while it runs is in it too, and
         analysis.lives drops it there: tracing saw it begin."""
         existing = diag.snapshot(self.filters, netns=self.netns, holders=holders)
-        existing = self._placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
+        existing = self._owners.placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
         if self._recorder:
             self._recorder.write(existing)
         if self._kept is not None:
-            self._kept.start(Stream(self.timewait_method, self._cgroups.pods, existing), self._decoded,
-                             Tally(self.started_at, self.timewait_method in ("timers", "diag")))
+            stream = Stream(self.timewait_method, self._owners.cgroups.pods, existing)
+            self._kept.start(stream, self._decoded, self._tally())
 
-    def _learn_owners(self, raw: np.ndarray) -> None:
-        """Learn the network namespace and the process name of each new owner from its /proc
-        entry, while it is alive.
+    def _tally(self) -> Tally:
+        return Tally(self.started_at, self.timewait_method in ("timers", "diag"))
 
-        One readlink per new pid; a process gone before this drain stays unknown."""
-        owned = raw["pid"][np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)]
-        if len(self._netns_of) > MAX_PIDS_KNOWN:  # a long run meets millions of short-lived processes
-            for known in (self._netns_of, self._process_comm):
-                for pid in list(known)[:MAX_PIDS_KNOWN // 2]:  # the oldest half (dicts keep their order)
-                    del known[pid]
-            self._cgroups.forget(MAX_PIDS_KNOWN // 2)
-        for pid in set(np.unique(owned).tolist()) - self._netns_of.keys():
-            self._netns_of[pid] = namespaces.netns_id(pid)
-            self._process_comm[pid] = procfs.process_comm(pid)
-            self._cgroups.learn(pid)
+    def rotate(self, out: OutputDir) -> tuple[RunRows, RunInfo]:
+        """-o's rows and run of the period that ends now (the rows made final in it, with their
+        figures), and from now on those of the next, kept in `out` (tcpclose agent --out): the
+        lives held and the records waiting go on to the period in which their rows are made."""
+        ended_at, counters = time.time(), self.counters()
+        run = self._run(ended_at, counters, lives_carried=self._kept.rows)
+        self.started_at, self._tcpext_start = ended_at, run.tcpext["end"]
+        self._counted_before = {**counters, "timewaits_swept": self.timewaits_swept}
+        self._out, self._noted_at = out, time.monotonic()
+        return self._kept.rotate(out, self._fmt, self._tally(), run), run
 
     def drain(self) -> np.ndarray:
-        """Take the records that arrived (returned raw: decode.decode() reads them)."""
-        parts = self._drainer.take()
-        raw = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
-        if len(raw):
-            self._learn_owners(raw)
-            self._keep(raw)
-            closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
-            self.tally["lives"] += int(closed.sum())
-            if self._kept is not None:  # the progress line is trace's: the agent's figures count these themselves
-                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
+        """Take the records that arrived (returned raw: decode.decode() reads them), and make
+        rows of them, write -o's files, sweep, when it is time."""
+        raw = self._take()
         if self._watch:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         if time.monotonic() - self._swept_at >= TW_SWEEP_EVERY_S:
@@ -201,6 +173,19 @@ class Tracer:
             self._note_run()
         return raw
 
+    def _take(self) -> np.ndarray:
+        """The records that arrived, kept (and counted for the progress line)."""
+        parts = self._drainer.take()
+        raw = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
+        if len(raw):
+            self._owners.learn(raw)
+            self._keep(raw)
+            closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
+            self.tally["lives"] += int(closed.sum())
+            if self._kept is not None:  # the progress line is trace's: the agent's figures count these themselves
+                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
+        return raw
+
     def _note_run(self) -> None:
         """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with the
         counters of both sides now, and the tables: what a run killed midway leaves (report DIR finishes it)."""
@@ -210,13 +195,16 @@ class Tracer:
 
     def _run(self, ended_at: float, counters: dict, **more) -> RunInfo:
         """The run up to `ended_at`, with the BPF side's `counters` and the kernel's now."""
-        return RunInfo(started_at=self.started_at, ended_at=ended_at, counters=counters, hz=self.hz,
-                       timewaits_swept=self.timewaits_swept, timewait_method=self.timewait_method,
+        before = self._counted_before  # (since the period began)
+        return RunInfo(started_at=self.started_at, ended_at=ended_at, hz=self.hz,
+                       counters={name: n - before.get(name, 0) for name, n in counters.items()},
+                       timewaits_swept=self.timewaits_swept - before.get("timewaits_swept", 0),
+                       timewait_method=self.timewait_method,
                        timewait_method_why=self.timewait_method_why,
                        # the kernel's own counts, per network namespace: see analysis.reconcile
                        netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": procfs.all_tcp_counters()},
                        sysctls=self._sysctls, kernel_release=os.uname().release,
-                       pods=dict(self._cgroups.pods), **more)  # (the Kubernetes pods of the containers met)
+                       pods=dict(self._owners.cgroups.pods), **more)  # (the Kubernetes pods of the containers met)
 
     @property
     def records_kept(self) -> int:
@@ -248,14 +236,19 @@ class Tracer:
         connection rows (analysis.lives) with their figures, and the run (with --aggregates:
         the rows of the lives still open, RunInfo.aggregates the counts of the others)."""
         self._drainer.stop()  # the ring is read here from now on, last as the run ends
-        self.drain()
+        self._take()  # (no step here: the lives and timewaits still followed are read next, at once)
         if self._transitions:  # what is left of the stream, whole: the run is over
             self._transitions.write(self._probe.poll_transitions())
         ended_at = time.time()
-        open_raw = self._probe.open_lives()
-        self._learn_owners(open_raw)
+        open_raw, followed = self._probe.open_lives(), self._probe.open_timewaits()
+        # A life that closed, or a timewait that ended, while the maps were read left them and
+        # handed its record to the ring: read after, it is there (an end read open too is
+        # preferred by the analysis; a life read open too is the one that closed).
+        late = self._take()
+        open_raw = open_raw[~_among(open_raw, late[late["kind"] == layout.DEFINES["EV_LIFE"]])]
+        self._owners.learn(open_raw)
         still_open = self._decoded(open_raw)
-        timewaits = decode.from_followed_timewaits(self._probe.open_timewaits(), self._offset_ns, self.hz, ended_at)
+        timewaits = decode.from_followed_timewaits(followed, self._offset_ns, self.hz, ended_at)
         ends = []  # what the end of the run reads, for the last rows (Kept.finish)
         if self._watch:
             ends.append(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
@@ -263,7 +256,7 @@ class Tracer:
         programs, counters = self._probe.program_stats(), self.counters()
         aggregates = self._probe.process_counts() if self._probe.aggregates else None
         for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
-            name = row["pid"] and (self._process_comm.get(row["pid"]) or procfs.process_comm(row["pid"]))
+            name = row["pid"] and self._owners.comm_of(row["pid"])
             row["comm"] = name or row["comm"]
         run = self._run(ended_at, counters, open_lives=len(still_open), open_timewaits=len(timewaits),
                         programs=programs, aggregates=aggregates)  # (what each BPF program cost, with BPF stats on)
@@ -280,7 +273,7 @@ class Tracer:
             self._transitions.close()
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
-        ends += [still_open, timewaits, self._placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
+        ends += [still_open, timewaits, self._owners.placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
         for frame in ends if self._recorder else ():
             self._recorder.write(frame)
         run.listen_queues = pressed.astype(object).where(pressed.notna(), None).to_dict("records")
@@ -298,3 +291,9 @@ class Tracer:
         return self._kept.rows_of_run(run), run
 
 
+def _among(lives: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Which of these life records (raw) are of a life among `others`: the same socket
+    (skaddr), opened at the same moment (its address is reused within a second)."""
+    closed = set(zip(others["skaddr"].tolist(), others["opened_ns"].tolist()))
+    return np.fromiter(((a, o) in closed for a, o in zip(lives["skaddr"].tolist(), lives["opened_ns"].tolist())),
+                       dtype=bool, count=len(lives))

@@ -294,3 +294,16 @@ def test_a_servers_timewait_cancelled_is_killed_at_once_a_clients_waits_for_a_ta
     assert list(rows["comm"]) == ["web"] and list(rows["tw_end_reason"]) == ["killed"]
     assert stream.held == 1  # the client's, parked
     assert list(stream.finish(events.iloc[:0], run.ended_at)["tw_end_reason"]) == ["killed"]
+
+
+def test_a_timewait_that_ended_while_the_end_of_the_run_read_the_maps_has_its_end(tmp_path):
+    """The end of a run reads the timewaits still followed, then the ring once more: one that
+    ended in between is read open and its end record comes after; the end is what happened."""
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       **ACTIVE_CLIENT),
+                         timewait(None, timer=T1, start=2.0), timewait("cancelled", timer=T1, start=2.0, end=9.99),
+                         ended=10.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events[events["kind"] == "life"], epoch(3.0)).empty
+    rows = stream.finish(events[events["kind"] != "life"], epoch(10.0))
+    assert list(rows["tw_end_reason"]) == ["killed"] and rows["tw_s"].iloc[0] == pytest.approx(7.99)

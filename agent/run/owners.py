@@ -1,0 +1,63 @@
+"""What the tracer learns of each owner (a tgid) from /proc while it is alive: its network
+namespace, its process name and its cgroup v2 path (its container or service).
+
+The BPF side has the name of the thread that acted: a threaded server's worker threads are one
+process, whatever they call themselves, so a record's comm is the process's where it is known."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import rules
+from ..kernel import cgroups, procfs
+from ..kernel import netns as namespaces
+
+MAX_PIDS_KNOWN = 65536  # owners whose /proc entries are remembered; the oldest half go past it
+
+
+class Owners:
+    def __init__(self):
+        self.netns_of: dict[int, str | None] = {}
+        self.process_comm: dict[int, str | None] = {}
+        self.cgroups = cgroups.Placer()
+
+    def learn(self, raw: np.ndarray) -> None:
+        """The owners of these records (raw) not met before: one readlink each, while they are
+        alive (a process gone before this drain stays unknown)."""
+        owned = raw["pid"][np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)]
+        if len(self.netns_of) > MAX_PIDS_KNOWN:  # a long run meets millions of short-lived processes
+            for known in (self.netns_of, self.process_comm):
+                for pid in list(known)[:MAX_PIDS_KNOWN // 2]:  # the oldest half (dicts keep their order)
+                    del known[pid]
+            self.cgroups.forget(MAX_PIDS_KNOWN // 2)
+        for pid in set(np.unique(owned).tolist()) - self.netns_of.keys():
+            self.netns_of[pid] = namespaces.netns_id(pid)
+            self.process_comm[pid] = procfs.process_comm(pid)
+            self.cgroups.learn(pid)
+
+    def workload_of(self, pid: int) -> str | None:
+        """A live owner's workload: its container, else its systemd unit, else its process name,
+        as read from /proc when its first record arrived (None: never read, or gone by then)."""
+        placed = cgroups.workload(self.cgroups.path_of(pid))
+        return (placed.name if placed else None) or self.process_comm.get(pid)
+
+    def named(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Decoded records with each owner's network namespace, cgroup path and process name
+        (the thread's name kept in thread_comm where it differs)."""
+        frame["netns"] = frame["pid"].map(self.netns_of).to_numpy(object)
+        frame["cgroup"] = self.cgroups.paths(frame["pid"], frame["cgroup_id"])
+        process = frame["pid"].map(self.process_comm)
+        other = process.notna() & (process != frame["comm"])
+        frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
+        frame.loc[other, "comm"] = process[other]
+        return frame
+
+    def placed(self, snap: pd.DataFrame) -> pd.DataFrame:
+        """Snapshot rows (decode.from_snapshot) with the cgroup of each socket's holder."""
+        for pid in set(snap["pid"][snap["pid"] > 0].tolist()):
+            self.cgroups.learn(int(pid))
+        return snap.assign(cgroup=self.cgroups.paths(snap["pid"], snap["cgroup_id"]))
+
+    def comm_of(self, pid: int) -> str | None:
+        """The process name of `pid`: as learnt, else read now."""
+        return self.process_comm.get(pid) or procfs.process_comm(pid)
