@@ -62,12 +62,47 @@ class OutputDir:
     """The directory of -o: opened (and made) before tracing starts, so that one that cannot
     be written fails at once, not after the run."""
 
-    def __init__(self, path: Path, force: bool = False):
+    def __init__(self, path: Path, force: bool = False, fd: int | None = None):
+        """fd: the directory, opened already (subdirectory())."""
         self.path = Path(path)
-        self._fd = _open_directory(self.path, force, create=True)
+        self._fd = _open_directory(self.path, force, create=True) if fd is None else fd
         with self._new(".tcpclose-probe") as f:  # a read-only or full file system says so now
             f.write("")
         os.unlink(".tcpclose-probe", dir_fd=self._fd)
+
+    def subdirectory(self, name: str) -> "OutputDir":
+        """Directory `name` in this one, made new (it must not be there: a link or a directory
+        planted at the name is refused), opened by its name in this one, never through a link."""
+        try:
+            os.mkdir(name, 0o755, dir_fd=self._fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        except OSError as exc:
+            raise _refuse(self.path / name, exc.strerror, "give a directory of your own") from None
+        return OutputDir(self.path / name, fd=fd)
+
+    def names(self) -> list[str]:
+        """What this directory holds, by name."""
+        return os.listdir(self._fd)
+
+    def remove_subdirectory(self, name: str) -> None:
+        """Directory `name` and the files in it (only files: a directory in it stays, and so
+        does it), never through a link: one planted at `name` is left alone."""
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        except OSError:  # gone, or a link planted there
+            return
+        try:
+            for entry in os.listdir(fd):
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        try:
+            os.rmdir(name, dir_fd=self._fd)
+        except OSError:
+            pass
 
     @contextmanager
     def _new(self, name: str, binary: bool = False) -> Iterator[TextIO | BinaryIO]:

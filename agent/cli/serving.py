@@ -1,9 +1,11 @@
 """tcpclose agent: the always-on mode, for Prometheus (root)."""
 from __future__ import annotations
 
+import functools
+
 import click
 
-from .options import CONTEXT, expected_errors, filter_options
+from .options import CONTEXT, View, expected_errors, filter_options, out_option
 
 DEFAULT_LISTEN = "127.0.0.1:9864"  # docs/metrics.md: why this port
 
@@ -26,8 +28,13 @@ def listen_address(ctx, param, value: str) -> tuple[str, int]:
               metavar="SECONDS", help="How often the CLOSE_WAITs open now and the lost counters are read.")
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
+@out_option
+@click.option("--rotate", "rotate_s", type=click.FloatRange(min=10), default=3600.0, show_default=True,
+              metavar="SECONDS", help="With -o: a new directory of files this often (named for when it began, UTC).")
+@click.option("--keep", type=click.IntRange(min=1), default=24, show_default=True,
+              help="With -o: the directories of this many periods at most; the oldest are removed.")
 @expected_errors
-def agent_command(listen, filters, max_series, refresh_s, duration):
+def agent_command(listen, filters, max_series, refresh_s, duration, out, force, fmt, rotate_s, keep):
     """Trace TCP closes until stopped and serve the figures to Prometheus (root).
 
     Counters of closes by workload and kind, TIME_WAITs made and how they ended,
@@ -37,9 +44,16 @@ def agent_command(listen, filters, max_series, refresh_s, duration):
     metric is in docs/metrics.md.
 
     \b
+    With -o DIR, the files of 'trace -o' too, a directory each --rotate
+    seconds (DIR/20261204T130000Z/...: the rows made final in that period, its
+    tables every 10 s, report.html when it ends), --keep of them at most.  That
+    makes a row of every connection, as trace does, at its cost.
+
+    \b
     Examples:
       sudo tcpclose agent                              # http://127.0.0.1:9864/metrics
       sudo tcpclose agent --listen 0.0.0.0:9864 -L 80,443
+      sudo tcpclose agent -o /var/lib/tcpclose --rotate 3600 --keep 48
     """
     from ..kernel.preflight import check_privileges
     from ..kernel.procfs import port_range_size, sysctls
@@ -48,6 +62,9 @@ def agent_command(listen, filters, max_series, refresh_s, duration):
     from ..run.control import stop_on_signals
     from ..run.serving import serve_figures
     from ..run.tracer import Tracer
+    from .options import output_dir
+    from .periods import Periods
+    from .results import write_interval
 
     check_privileges()
     host, port = listen
@@ -56,17 +73,21 @@ def agent_command(listen, filters, max_series, refresh_s, duration):
         server = serve(exposition, host, port)
     except OSError as exc:
         raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; give another --listen") from None
+    periods = Periods(output_dir(out, force), rotate_s, keep, fmt, View()) if out else None
     with stop_on_signals() as stop:
-        tracer = Tracer(filters, keep=False)
+        tracer = Tracer(filters, keep=periods is not None, out=periods and periods.current, fmt=fmt,
+                        tables=functools.partial(write_interval, view=View()))
         click.echo(f"Tracing TCP closes; serving http://{host}:{port}/metrics", err=True)
         try:
             figures = Figures(max_series // SERIES_PER_WORKLOAD, follows_timewaits=tracer.timewait_method == "timers",
                               port_range=port_range_size(sysctls()["ip_local_port_range"]))
-            serve_figures(tracer, figures, exposition, stop, refresh_s, duration)
+            serve_figures(tracer, figures, exposition, stop, refresh_s, duration, periods)
         finally:
             stop.finishing()
-            tracer.finish()
+            rows, run = tracer.finish()
             server.shutdown()
+        if periods:
+            periods.finish(rows, run, tracer.rows_files)
 
 
 SERIES_PER_WORKLOAD = 50  # closes by kind, TIME_WAITs and their ends, two histograms' buckets, two gauges

@@ -23,11 +23,12 @@ PUBLISH_SHARE = 0.1
 
 
 def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop: Stop,
-                  refresh_s: float = 10.0, duration: float | None = None) -> None:
+                  refresh_s: float = 10.0, duration: float | None = None, periods=None) -> None:
     """Until stopped (or `duration` seconds): every poll, the records that arrived into the
     figures; every second the counters of what was lost; every `refresh_s`, the CLOSE_WAITs
     open now (a dump of the BPF map); a snapshot published for the scrapes as often as
-    PUBLISH_EVERY_S and PUBLISH_SHARE allow.  The tracer keeps no records (keep=False):
+    PUBLISH_EVERY_S and PUBLISH_SHARE allow; a new period of files when `periods` (--out:
+    cli.periods.Periods) says so.  Without them, the tracer keeps no records (keep=False):
     memory stays what the figures hold."""
     deadline = None if duration is None else time.monotonic() + duration
     refreshed = counted = published = float("-inf")
@@ -47,5 +48,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
             published = time.monotonic()
             exposition.publish(figures.snapshot())
             cost = time.monotonic() - published
+        if periods is not None and periods.due():
+            periods.rotate(tracer)
         exposition.alive()
         stop.wait(POLL_INTERVAL_S)

@@ -194,3 +194,62 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
     assert agent.returncode == 0 and "Traceback" not in err, err
+
+
+def test_agent_out_writes_a_directory_a_period_and_keeps_the_newest(tmp_path):
+    """agent -o: each period's directory holds the rows made final in it (a passive close's
+    within seconds; an active closer's once its TIME_WAIT ends, else in the last period, open),
+    finished with report.html when it ends; past --keep the oldest is removed."""
+    out = tmp_path / "periods"
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{free_port()}",
+                              "-o", str(out), "--rotate", "10", "--keep", "2"], stderr=subprocess.PIPE, text=True)
+    procs = []
+
+    def periods(count: int, timeout: float = 40) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(list(out.glob("*Z"))) < count:
+            time.sleep(0.2)
+        return sorted(out.glob("*Z"))
+
+    try:
+        assert agent.stderr.readline().startswith("Tracing")
+        with netns() as ns:
+            try:
+                echo, port = start_server("wait_close", N, "tc-poecho", netns=ns)
+                procs += [echo, start_client("close_first", port, N, "tc-poclient", netns=ns)]
+                for proc in procs:
+                    proc.done()
+                first, deadline = periods(2)[0], time.monotonic() + 30
+                while not (first / "report.html").exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)  # (written once the next period began)
+                ended = pd.read_csv(first / "processes.csv").groupby("comm")["connections"].sum()
+                assert ended.get("tc-poecho") == N  # passive: final 2 s after its close
+                assert "tc-poclient" not in ended  # its TIME_WAITs (60 s) outlive the period
+                run = json.loads((first / "run.json").read_text())
+                assert run["lives_carried"] >= N and not run.get("cut_short")
+                done = subprocess.run([sys.executable, "-m", "agent", "report", str(first), "-o",
+                                       str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stderr
+                again = pd.read_csv(tmp_path / "again" / "processes.csv").groupby("comm")["connections"].sum()
+                assert again.get("tc-poecho") == N
+                deadline = time.monotonic() + 30
+                while first.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert not first.exists() and len(periods(2)) == 2  # --keep 2: the oldest went for the third
+            finally:
+                for proc in procs:
+                    proc.release()
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0 and "Traceback" not in err, err
+    second, last = sorted(out.glob("*Z"))
+    runs = [json.loads((d / "run.json").read_text()) for d in (second, last)]
+    assert runs[0]["ended_at"] == runs[1]["started_at"]  # one period after the other, nothing between
+    rows = pd.concat(pd.read_csv(d / "connections.csv") for d in (second, last))
+    client = rows[rows["comm"] == "tc-poclient"]
+    # their TIME_WAITs, killed as the namespace went (its cleanup runs on the kernel's own time:
+    # before or after the agent read the ones still followed), none whose end was missed
+    assert len(client) == N and set(client["tw_end_reason"]) <= {"killed", "open"}
+    assert (rows["comm"] == "tc-poecho").sum() == 0  # all in the first period
+    assert (last / "report.html").exists() and not (last / "connections.pending.arrow").exists()

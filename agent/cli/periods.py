@@ -1,0 +1,70 @@
+"""tcpclose agent --out DIR: the files of trace -o, a directory a period, the oldest removed.
+
+DIR holds one directory per period (--rotate seconds), named for the moment it began in UTC
+(20261204T130000Z): the connection rows made final in that period, the tables made from them,
+run.json (its counters those of the period), and report.html once it has ended.  While a
+period runs, its tables are rewritten every interval as trace -o's are, so that a kill leaves
+a directory `tcpclose report` finishes.  A life's row is final once its TIME_WAIT has ended:
+the period that holds it is the one in which that happened, up to a minute after its close
+(its opened_at may be in the period before).  Past --keep periods, the oldest directories
+are removed, and only those: the names that are periods' (PERIOD_NAME), opened without
+following a link.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from ..record import rundir
+from ..record.runinfo import RunInfo
+from ..record.runrows import RunRows
+from ..safefiles import OutputDir
+from . import results
+from .options import View
+
+PERIOD_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+SAME_SECOND = 10  # periods begun within one second (a restart) get -1 ... -9 after their name
+
+
+class Periods:
+    def __init__(self, root: OutputDir, every_s: float, keep: int, fmt: str = "csv", view: View = View()):
+        """root: --out's directory; a new period every `every_s` seconds; `keep` periods at most."""
+        self.root, self.every_s, self.keep, self.fmt, self.view = root, every_s, keep, fmt, view
+        self.current = self._new()
+        self._began = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._began >= self.every_s
+
+    def rotate(self, tracer) -> None:
+        """The period that ends now finished in its directory, the next begun in a new one
+        (run.tracer.Tracer.rotate)."""
+        ended, self.current = self.current, self._new()
+        self._began = time.monotonic()
+        rows, run = tracer.rotate(self.current)
+        self._finish(ended, rows, run, tracer.rows_files)
+
+    def finish(self, rows: RunRows, run: RunInfo, there: tuple[str, ...]) -> None:
+        """The last period, as the agent stops (the rows of Tracer.finish: every life's)."""
+        self._finish(self.current, rows, run, there)
+
+    def _finish(self, out: OutputDir, rows: RunRows, run: RunInfo, there: tuple[str, ...]) -> None:
+        out.remove([rundir.PENDING])  # (the lives held then: their rows go to a later period)
+        try:
+            results.show(rows, run, out, view=self.view, there=there, fmt=self.fmt)
+        finally:
+            rows.release()
+
+    def _new(self) -> OutputDir:
+        """A directory for a period beginning now, the oldest removed first to make room."""
+        self._prune(self.keep - 1)
+        name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        taken = set(self.root.names())
+        free = [n for n in [name, *(f"{name}-{i}" for i in range(1, SAME_SECOND))] if n not in taken]
+        return self.root.subdirectory(free[0] if free else name)  # (none free: refused, with the reason)
+
+    def _prune(self, keep: int) -> None:
+        """The oldest periods removed, `keep` left."""
+        periods = sorted(n for n in self.root.names() if PERIOD_NAME.match(n))
+        for name in periods[:max(len(periods) - keep, 0)]:
+            self.root.remove_subdirectory(name)
