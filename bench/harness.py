@@ -238,6 +238,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                 reasons = pd.read_csv(out / "connections.csv", usecols=["tw_end_reason"])["tw_end_reason"]
                 unknown = int((reasons == "unknown").sum())
             row["tw_unknown"] = unknown + counters.get("tw_unlinked", 0)
+            row["tw_end_unknown"], row["tw_unlinked"] = unknown, counters.get("tw_unlinked", 0)  # (apart)
+            row["rows_settled_early"] = run.rows_settled_early
             if run.transitions:
                 written = pd.read_csv(out / "transitions.csv", usecols=["lport", "rport"])
                 ours = written["lport"].isin([PORT, PORT + 1]) | written["rport"].isin([PORT, PORT + 1])
