@@ -6,6 +6,7 @@
   host       states, doctor (the host now)
   serving    agent (root: always on, for Prometheus)
   results    a finished run shown as a summary or written as files
+  periods    agent -o: trace -o's files, a directory a period
 """
 from __future__ import annotations
 
