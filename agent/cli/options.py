@@ -60,17 +60,22 @@ def announce(text: str) -> None:
     click.echo(f"tcpclose: {text}", err=True)
 
 
-def out_option(func):
-    """-o DIR, --format and --force (the command opens the directory with output_dir())."""
+OUT_HELP = ("Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, summary.json, "
+            "report.html and run.json into this directory.")
+
+
+def out_option(func=None, *, what: str = OUT_HELP):
+    """-o DIR, --format and --force (the command opens the directory with output_dir());
+    @out_option(what=...) says what -o writes where the command writes it otherwise."""
+    if func is None:
+        return functools.partial(out_option, what=what)
     func = click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
                         help="With -o: the connection rows as connections.csv, or as connections.parquet (every "
                              "column, typed, zstd: for tens of millions of rows).")(func)
     func = click.option("--force", is_flag=True,
                         help="Write into a directory that belongs to another user and that others can write in "
                              "(refused by default: a file there could be a planted link).")(func)
-    return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-                        help="Write connections.csv, processes.csv, peers.csv, ports.csv, timeline.csv, summary.txt, "
-                             "summary.json, report.html and run.json into this directory.")(func)
+    return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), help=what)(func)
 
 
 @dataclass(frozen=True)

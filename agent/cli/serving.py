@@ -28,7 +28,8 @@ def listen_address(ctx, param, value: str) -> tuple[str, int]:
               metavar="SECONDS", help="How often the CLOSE_WAITs open now and the lost counters are read.")
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
-@out_option
+@out_option(what="Also write the files of 'trace -o' into a new directory in this one every --rotate "
+                  "seconds (DIR/20261204T130000Z/), each a period's.")
 @click.option("--rotate", "rotate_s", type=click.FloatRange(min=10), default=3600.0, show_default=True,
               metavar="SECONDS", help="With -o: a new directory of files this often (named for when it began, UTC).")
 @click.option("--keep", type=click.IntRange(min=1), default=24, show_default=True,
