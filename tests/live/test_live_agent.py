@@ -64,6 +64,20 @@ def shipped_queries() -> list[str]:
     return exprs
 
 
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until Prometheus answers on its readiness endpoint (it replays its log and opens its
+    storage first: seconds on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if get(f"http://127.0.0.1:{port}/-/ready").strip():
+                return
+        except OSError:  # (URLError: not listening yet; 503 while it starts)
+            assert process.poll() is None, "prometheus exited"
+            assert time.monotonic() < deadline, f"prometheus not ready after {timeout:g} s"
+            time.sleep(0.2)
+
+
 def has_data(port: int, expr: str) -> bool:
     answer = json.loads(get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
     return answer["status"] == "success" and bool(answer["data"]["result"])
@@ -85,6 +99,7 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                                        f"--storage.tsdb.path={tmp_path / 'data'}",
                                        f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+        wait_ready(prom_port, prometheus)
         # the caller's FIN_WAIT2 timewaits expire after 2 s in the namespace; the leaking server
         # runs in a cgroup named as docker names a container's
         with netns(tcp_fin_timeout=2) as ns, runtime_cgroups(f"docker-{CONTAINER_ID}.scope") as boxes:
