@@ -15,6 +15,9 @@ from __future__ import annotations
 import re
 import time
 
+import click
+
+from ..errors import CannotWrite
 from ..record import rundir
 from ..record.runinfo import RunInfo
 from ..record.runrows import RunRows
@@ -42,7 +45,10 @@ class Periods:
         ended, self.current = self.current, self._new()
         self._began = time.monotonic()
         rows, run = tracer.rotate(self.current)
-        self._finish(ended, rows, run, tracer.rows_files)
+        try:
+            self._finish(ended, rows, run, tracer.rows_files)
+        except CannotWrite as exc:  # (a full disk: the agent goes on, and so do the next periods)
+            click.echo(f"tcpclose: the period in {ended.path} is left unfinished: {exc.message}", err=True)
 
     def finish(self, rows: RunRows, run: RunInfo, there: tuple[str, ...]) -> None:
         """The last period, as the agent stops (the rows of Tracer.finish: every life's)."""

@@ -87,7 +87,7 @@ def agent_command(listen, filters, max_series, refresh_s, duration, out, force, 
             stop.finishing()
             rows, run = tracer.finish()
             server.shutdown()
-        if periods:
+        if periods:  # (inside the signals' handling: a second Ctrl-C warns, a third abandons)
             periods.finish(rows, run, tracer.rows_files)
 
 

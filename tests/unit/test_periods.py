@@ -39,3 +39,29 @@ def test_a_link_planted_at_a_period_is_neither_followed_nor_removed_through(tmp_
     with pytest.raises(CannotWrite, match="20200101T000000Z"):  # a period's directory is made new, never reused
         root.subdirectory("20200101T000000Z")
     assert os.listdir(victim) == ["precious"]
+
+
+def test_a_period_that_cannot_be_written_is_left_and_the_next_goes_on(tmp_path, monkeypatch, capsys):
+    from agent.cli import periods as module
+    from agent.record import rows as rowfile
+    from agent.record.runinfo import RunInfo
+    from agent.record.runrows import RunRows
+
+    def full_disk(*args, **kwargs):
+        raise CannotWrite("cannot write to x: No space left on device; free some")
+    monkeypatch.setattr(module.results, "show", full_disk)
+    released = []
+
+    class Tracer:
+        rows_files = ()
+
+        def rotate(self, out):
+            run = RunInfo(started_at=0.0, ended_at=1.0)
+            rows = RunRows.at_hand(rowfile.empty(), run)
+            return RunRows(rows.tally, rows.batches, lambda: released.append(out)), run
+    periods = Periods(OutputDir(tmp_path), every_s=3600, keep=5)
+    first = periods.current.path
+    periods.rotate(Tracer())
+    assert periods.current.path != first and periods.current.path.is_dir()
+    assert f"the period in {first} is left unfinished: cannot write to x" in capsys.readouterr().err
+    assert len(released) == 1  # its rows' file closed all the same
