@@ -80,6 +80,33 @@ class OutputDir:
             raise _refuse(self.path / name, exc.strerror, "give a directory of your own") from None
         return OutputDir(self.path / name, fd=fd)
 
+    def existing_subdirectory(self, name: str) -> "OutputDir | None":
+        """Directory `name` in this one as it is, opened by its name in this one, never through
+        a link; None: not there, or not a directory (a link planted at the name)."""
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        except OSError:
+            return None
+        try:
+            return OutputDir(self.path / name, fd=fd)
+        except CannotWrite:
+            os.close(fd)
+            raise
+
+    def holds_file(self, name: str) -> bool:
+        """Is `name` here a regular file with one link (not a link, FIFO or device planted there)?"""
+        try:
+            st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+    @property
+    def opened_path(self) -> Path:
+        """A path to this very directory for code that reads by path (/proc/self/fd/N): what
+        its name points to now does not matter."""
+        return Path(f"/proc/self/fd/{self._fd}")
+
     def names(self) -> list[str]:
         """What this directory holds, by name."""
         return os.listdir(self._fd)
@@ -169,7 +196,10 @@ class OutputDir:
                 pass
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Done with the directory (again: nothing more)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def open_stream(path, what: str, force: bool = False, binary: bool = False) -> TextIO | BinaryIO:

@@ -268,3 +268,44 @@ def test_agent_out_writes_a_directory_a_period_and_keeps_the_newest(tmp_path):
     assert len(client) == N and set(client["tw_end_reason"]) <= {"killed", "open"}
     assert (rows["comm"] == "tc-poecho").sum() == 0  # all in the first period
     assert (last / "report.html").exists() and not (last / "connections.pending.arrow").exists()
+
+
+def test_a_period_an_agent_killed_left_is_finished_when_the_agent_starts_again(tmp_path):
+    """kill -9 mid-period leaves its rows and interval tables; the next agent on the same
+    -o finishes that period (report.html, the server's passive closes) before it traces."""
+    out = tmp_path / "periods"
+    command = [sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{free_port()}", "-o", str(out)]
+    agent = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    procs = []
+    try:
+        assert agent.stderr.readline().startswith("Tracing")
+        with netns() as ns:
+            try:
+                echo, port = start_server("wait_close", N, "tc-kpecho", netns=ns)
+                procs += [echo, start_client("close_first", port, N, "tc-kpclient", netns=ns)]
+                for proc in procs:
+                    proc.done()
+                period, deadline = next(out.glob("*Z")), time.monotonic() + 40
+                while time.monotonic() < deadline:  # the interval tables hold the server's rows
+                    tables = period / "processes.csv"
+                    if tables.exists() and "tc-kpecho" in tables.read_text():
+                        break
+                    time.sleep(0.5)
+                else:
+                    pytest.fail("the period's tables never held the server's rows")
+            finally:
+                for proc in procs:
+                    proc.release()
+    finally:
+        agent.kill()
+        agent.wait()
+    assert not (period / "report.html").exists()
+    again = subprocess.Popen([*command, "-d", "1"], stderr=subprocess.PIPE, text=True)
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0 and "Traceback" not in err, err
+    assert f"finishing {period}" in err
+    assert err.index(f"finishing {period}") < err.index("Tracing")  # before it traces
+    assert (period / "report.html").exists() and not (period / "connections.pending.arrow").exists()
+    ended = pd.read_csv(period / "processes.csv").groupby("comm")["connections"].sum()
+    assert ended.get("tc-kpecho") == N
+    assert len(list(out.glob("*Z"))) == 2  # and the new agent's own period beside it
