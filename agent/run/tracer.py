@@ -17,12 +17,12 @@ from ..filters import Filters
 from ..safefiles import OutputDir
 from ..kernel import diag, procfs
 from ..kernel import netns as namespaces
-from ..record import decode, layout, transitions
-from ..record import rundir
+from ..record import decode, layout, rundir, transitions
 from ..record.recording import Recorder
 from ..record import rows as rowfile
 from ..record.runinfo import RunInfo
 from ..record.runrows import RunRows
+from . import memory
 from .drainer import Drainer
 from .kept import Kept
 from .owners import Owners
@@ -86,6 +86,7 @@ class Tracer:
         self._interval, self._noted_at, self._tables = interval, time.monotonic(), tables
         self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
                                   transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
+        memory.release_compiler()  # (its ~100 MB, resident for nothing from now on)
         self._drainer = Drainer(self._probe.poll)  # (from now on: the snapshots below take seconds)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self._programs: dict[str, dict[str, int]] = {}  # the programs' stats, as counters() last read them

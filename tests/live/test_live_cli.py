@@ -375,3 +375,30 @@ def test_a_loop_of_curl_runs_is_one_application_in_the_summary(tmp_path):
     per_process = read_csv(tmp_path / "processes.csv")
     assert len(per_process) == runs and {r["comm"] for r in per_process} == {"curl"}
     assert [(r["comm"], r["processes"]) for r in read_csv(tmp_path / "workloads.csv")] == [("curl", str(runs))]
+
+
+def test_the_compilers_memory_is_handed_back_once_the_program_is_loaded(tmp_path):
+    """bcc compiles in the tracer's process: clang's and LLVM's libraries (some 85 MB) were
+    resident for the whole run (run.memory.release_compiler).  Pages another process maps
+    too (this one imports bcc) stay: the kernel pages out only what the tracer alone holds,
+    and the relocated (dirty) pages stay too, so its clean private pages are what tell."""
+    from agent.run.memory import COMPILER
+
+    tracer = subprocess.Popen([*TCPCLOSE, "trace", "-d", "60", "-o", str(tmp_path / "out")],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert tracer.stderr.readline().startswith("Tracing")
+        kb, name = {"Size:": 0, "Private_Clean:": 0}, ""
+        with open(f"/proc/{tracer.pid}/smaps") as smaps:
+            for line in smaps:
+                fields = line.split()
+                if "-" in fields[0] and len(fields[0]) > 12:  # a mapping's first line
+                    name = fields[5] if len(fields) >= 6 else ""
+                elif COMPILER.search(name) and fields[0] in kb:
+                    kb[fields[0]] += int(fields[1])
+        assert kb["Size:"] > 20_000  # the libraries are there, mapped
+        assert kb["Private_Clean:"] < 4_000, f"{kb['Private_Clean:']} kB of the compiler's libraries resident"
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=60)
+    assert tracer.returncode == 0
