@@ -115,8 +115,11 @@ class Grouped:
             return
         while bins.max() // self.bin_s >= 2 * MAX_BINS:  # a long run: the bins kept twice as wide
             self._widen(self.bin_s * 2)
-        pairs, counts = np.unique(np.stack([codes[opened], bins // self.bin_s]), axis=1, return_counts=True)
-        self._opened.update(dict(zip(map(tuple, pairs.T.tolist()), counts.tolist())))
+        bins //= self.bin_s
+        low = int(bins.min())
+        width = int(bins.max()) - low + 1  # (one int64 names a (group, bin) pair: sorted flat, not by rows)
+        pairs, counts = np.unique(codes[opened].astype(np.int64) * width + (bins - low), return_counts=True)
+        self._opened.update(dict(zip(zip((pairs // width).tolist(), (pairs % width + low).tolist()), counts.tolist())))
 
     def _widen(self, width: int) -> None:
         factor = width // self.bin_s

@@ -50,13 +50,31 @@ def empty_events() -> pd.DataFrame:
 def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     """16-byte address fields -> text, converting each distinct address once.
 
-    The bytes are viewed as two u64 and factorized by hashing: a batch holds
-    thousands of records but only a handful of distinct addresses.
+    The bytes are viewed as two u64, mixed with the family into one u64 and factorized by
+    hashing that: a batch holds thousands of records but only a handful of distinct
+    addresses.  Each row is then checked to be its group's first, field by field; two
+    addresses that mixed alike (never seen) are told apart by all three fields instead.
     """
     halves = np.ascontiguousarray(raw).view("<u8")
-    keys = pd.MultiIndex.from_arrays([family, halves[:, 0], halves[:, 1]])
-    codes, uniques = keys.factorize()
-    return np.array([address_text(fam, first, second) for fam, first, second in uniques], dtype=object)[codes]
+    family = np.asarray(family).astype(np.uint64)
+    mixed = family
+    for part in (halves[:, 0], halves[:, 1]):
+        mixed = (mixed ^ part) * np.uint64(0x100000001B3)  # FNV-style: wraps modulo 2^64
+    codes, uniques = pd.factorize(mixed)
+    first = _first_of_each(codes)
+    if not ((halves[first[codes]] == halves).all(axis=1) & (family[first[codes]] == family)).all():
+        codes, uniques = pd.MultiIndex.from_arrays([family, halves[:, 0], halves[:, 1]]).factorize()
+        first = _first_of_each(codes)
+    names = [address_text(int(family[i]), int(halves[i, 0]), int(halves[i, 1])) for i in first.tolist()]
+    return np.array(names, dtype=object)[codes]
+
+
+def _first_of_each(codes: np.ndarray) -> np.ndarray:
+    """The first row of each group, in the order of their numbers: factorize numbers the
+    groups 0, 1, ... as it first meets them, so a group's first row is where the running
+    highest number grows."""
+    highest = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.r_[len(codes) > 0, highest[1:] > highest[:-1]][:len(codes)])
 
 
 def address_text(family: int, first: int, second: int) -> str:

@@ -34,6 +34,26 @@ def test_ipv6_addresses_decode_in_full():
     assert (row.family, row.laddr, row.raddr) == ("ipv6", "::1", "2001:db8::7")
 
 
+@pytest.mark.parametrize("mixing", ["as it is", "every address alike"])
+def test_each_address_of_a_batch_is_its_own_however_they_hash(monkeypatch, mixing):
+    """addresses() groups rows by a hash of their fields; where two hash alike (forced here)
+    it must still name each row's own address."""
+    import ipaddress
+
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    fields = np.zeros((500, 16), np.uint8)
+    fields[:, :4] = rng.integers(0, 3, (500, 4))
+    fields[250:, 4:] = rng.integers(0, 2, (250, 12))  # the IPv6 half: differences past the 4th byte
+    family = np.where(np.arange(500) < 250, 2, 10)
+    if mixing != "as it is":
+        monkeypatch.setattr(decode.pd, "factorize", lambda values: (np.zeros(len(values), np.int64), values[:1]))
+    names = decode.addresses(fields, family)
+    assert list(names) == [str(ipaddress.IPv4Address(bytes(f[:4]))) if fam == 2 else str(ipaddress.IPv6Address(bytes(f)))
+                           for f, fam in zip(fields, family)]
+
+
 def test_a_partial_record_is_refused():
     with pytest.raises(ValueError, match="whole number"):
         decode.decode(raw()[:100], OFFSET_NS)
