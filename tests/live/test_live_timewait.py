@@ -218,7 +218,10 @@ def test_under_full_churn_every_time_wait_killed_has_its_end(monkeypatch, slot_b
     # every life recorded, or its record one of the ring-buffer drops, which are counted
     assert 2 * made - counters["ringbuf_drops"] <= len(mine) <= 2 * made, (len(mine), 2 * made, counters)
     assert reasons.get("reused", 0) > 1000 and reasons.get("killed", 0) > 1000
-    assert reasons.get("unknown", 0) <= counters["ringbuf_drops"]  # only a lost end record, counted
+    # only a lost end record, or a timer event or ->CLOSE whose program the kernel skipped
+    # (BPF recursion on a CPU: a few dozen a run here, most on timer_start), both counted
+    assert reasons.get("unknown", 0) <= counters["ringbuf_drops"] + counters["recursion_misses"], (reasons, counters,
+                                                                                                   run.programs)
     # the timewaits still followed at the end are those alive, but for the ones never linked;
     # each one ended is no longer followed (its slot freed, or its map entry deleted)
     unlinked = counters["missed_close"] + counters["ringbuf_drops"] + run.programs[
