@@ -16,36 +16,10 @@ import pandas as pd
 from ..record.decode import concat, empty_events
 from . import rules
 from .lives import initiators
-from .timewait import armed_micros, server_side
+from .timewait import server_side, timewait_name
 
 COMPACT_SHARE = 0.5  # a chunk is filtered once this share of its rows is gone
 MERGE_CHUNKS, SMALL_CHUNK = 64, 4096  # past this many chunks, the small ones become one
-
-
-def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A timewait socket's name (timewait.timewait_key's two parts: its timer's address and the
-    microsecond it was armed) and `key`, one integer mixing both, on which lives and ends are
-    matched (end_of)."""
-    timer = frame["tw_timer"].astype(np.uint64).to_numpy() if len(frame) else np.zeros(0, np.uint64)
-    micros = armed_micros(frame["tw_start_at"].astype(float).to_numpy())
-    with np.errstate(over="ignore"):
-        key = timer ^ (micros.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    return {"timer": timer, "micros": micros, "key": key}
-
-
-def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndarray:
-    """For each life (timewait_name's arrays), the position in `ends` of its timewait socket's
-    end (the last one of that name), -1 where none: matched on the mixed key, then both parts
-    checked, so that two names that mix to one key never match."""
-    if not len(lives["key"]) or not len(ends["key"]):
-        return np.full(len(lives["key"]), -1)
-    index = pd.Index(ends["key"])
-    last = ~index.duplicated(keep="last")
-    positions = np.flatnonzero(last)
-    found = pd.Index(ends["key"][last]).get_indexer(lives["key"])
-    at = np.where(found >= 0, positions[np.maximum(found, 0)], 0)
-    same = (ends["timer"][at] == lives["timer"]) & (ends["micros"][at] == lives["micros"])
-    return np.where((found >= 0) & same, at, -1)
 
 
 def _columns(frame: pd.DataFrame, now: float) -> dict[str, np.ndarray]:

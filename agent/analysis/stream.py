@@ -33,10 +33,10 @@ import pandas as pd
 
 from ..record import layout
 from ..record.decode import concat, empty_events
-from .held import Held, end_of, timewait_name
+from .held import Held
 from .lives import Carried, connections, rst_sent_after_close
 from .rules import FOUR_TUPLE
-from .timewait import REUSE_WINDOW_S, TIME_WAIT_LEN_S, diag_ends, taken_by_connect
+from .timewait import REUSE_WINDOW_S, TIME_WAIT_LEN_S, diag_ends, end_of, taken_by_connect, timewait_name
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000

@@ -34,20 +34,45 @@ def armed_micros(start) -> np.ndarray:
     return np.round(np.nan_to_num(np.asarray(start, dtype=float), nan=-1.0) * 1e6).astype(np.int64)
 
 
-def timewait_key(timer, start) -> pd.MultiIndex:
-    """A timewait socket's name: its timer's address and the microsecond it was armed."""
-    return pd.MultiIndex.from_arrays([np.asarray(timer, dtype=np.uint64), armed_micros(start)])
+def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A timewait socket's name (its timer's address and the microsecond it was armed: timer
+    memory is recycled) and `key`, one integer mixing both, on which lives and ends are
+    matched (end_of)."""
+    timer = frame["tw_timer"].astype(np.uint64).to_numpy() if len(frame) else np.zeros(0, np.uint64)
+    micros = armed_micros(frame["tw_start_at"].astype(float).to_numpy())
+    with np.errstate(over="ignore"):
+        key = timer ^ (micros.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return {"timer": timer, "micros": micros, "key": key}
+
+
+def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndarray:
+    """For each life (timewait_name's arrays), the position in `ends` of its timewait socket's
+    end (the last one of that name), -1 where none: matched on the mixed key, then both parts
+    checked, so that two names that mix to one key never match."""
+    if not len(lives["key"]) or not len(ends["key"]):
+        return np.full(len(lives["key"]), -1)
+    index = pd.Index(ends["key"])
+    last = ~index.duplicated(keep="last")
+    positions = np.flatnonzero(last)
+    found = pd.Index(ends["key"][last]).get_indexer(lives["key"])
+    at = np.where(found >= 0, positions[np.maximum(found, 0)], 0)
+    same = (ends["timer"][at] == lives["timer"]) & (ends["micros"][at] == lives["micros"])
+    return np.where((found >= 0) & same, at, -1)
 
 
 def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:
-    """For each life, the end record of the timewait socket it made (NaN/None where none): the
+    """For each life, the end record of the timewait socket it made (None/NaN where none): the
     last that arrived, an end before one read open (the end of a run reads the timewaits still
     followed, then the ring once more: one that ended meanwhile is in both)."""
-    ends = timewaits.assign(key=timewait_key(timewaits["tw_timer"], timewaits["tw_start_at"]))
-    ended_first = np.argsort((ends["kind"] != "tw_open").to_numpy(), kind="stable")  # (opens, then ends)
-    ends = ends.iloc[ended_first].drop_duplicates("key", keep="last").set_index("key")
-    found = ends.reindex(timewait_key(lives["tw_timer"], lives["tw_start_at"]))
-    return found[["kind", "event_at", "tw_end", "tw_rearm_at"]].reset_index(drop=True)
+    ends = timewaits.iloc[np.argsort((timewaits["kind"] != "tw_open").to_numpy(), kind="stable")]  # (opens first)
+    at = end_of(timewait_name(lives), timewait_name(ends))
+    found, pick = at >= 0, np.maximum(at, 0)
+    out = {}
+    for column in ("kind", "event_at", "tw_end", "tw_rearm_at"):
+        values = ends[column].to_numpy(object if column in ("kind", "tw_end") else float)
+        none = None if values.dtype == object else np.nan
+        out[column] = np.where(found, values[pick], none) if len(values) else np.full(len(lives), none, dtype=values.dtype)
+    return pd.DataFrame(out)
 
 
 def server_side(states_raw) -> np.ndarray:
