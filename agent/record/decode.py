@@ -48,7 +48,13 @@ def empty_events() -> pd.DataFrame:
 
 
 def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
-    """16-byte address fields -> text, converting each distinct address once.
+    """16-byte address fields -> text, converting each distinct address once."""
+    codes, names = _address_codes(raw, family)
+    return np.array(names, dtype=object)[codes]
+
+
+def _address_codes(raw: np.ndarray, family: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """16-byte address fields -> a number each, and each number's address as text.
 
     The bytes are viewed as two u64, mixed with the family into one u64 and factorized by
     hashing that: a batch holds thousands of records but only a handful of distinct
@@ -65,8 +71,7 @@ def addresses(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
     if not ((halves[first[codes]] == halves).all(axis=1) & (family[first[codes]] == family)).all():
         codes, uniques = pd.MultiIndex.from_arrays([family, halves[:, 0], halves[:, 1]]).factorize()
         first = _first_of_each(codes)
-    names = [address_text(int(family[i]), int(halves[i, 0]), int(halves[i, 1])) for i in first.tolist()]
-    return np.array(names, dtype=object)[codes]
+    return codes, [address_text(int(family[i]), int(halves[i, 0]), int(halves[i, 1])) for i in first.tolist()]
 
 
 def _first_of_each(codes: np.ndarray) -> np.ndarray:
@@ -83,10 +88,25 @@ def address_text(family: int, first: int, second: int) -> str:
     return str(ipaddress.IPv6Address(packed)) if family == 10 else str(ipaddress.IPv4Address(packed[:4]))
 
 
-def _comms(raw: np.ndarray) -> np.ndarray:
-    """Task names -> text, decoding each distinct name once (and sharing its str between rows)."""
+# what pandas makes of a column of text (str under pandas 3, object before): decode builds
+# each text column in it from a row's number into its few distinct values (TEXT.take), not
+# from an array of Python strings, which costs 7 times as much to convert
+TEXT = pd.DataFrame({"text": np.array(["x"], dtype=object)})["text"].dtype
+
+
+def _text(codes: np.ndarray, names: list, bare: np.ndarray | None = None):
+    """The column whose row i is names[codes[i]], None where `bare` (the record has no such
+    field)."""
+    values = pd.array(np.array([*names, None], dtype=object), dtype=TEXT)
+    if bare is not None and bare.any():
+        codes = np.where(bare, len(names), codes)
+    return values.take(codes)
+
+
+def _comm_codes(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Task names -> a number each, and each number's name as text (each decoded once)."""
     codes, uniques = pd.factorize(raw)
-    return np.array([name.decode("utf-8", "replace") for name in uniques], dtype=object)[codes]
+    return codes, [name.decode("utf-8", "replace") for name in uniques]
 
 
 def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None = None) -> pd.DataFrame:
@@ -104,25 +124,28 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         rec = np.frombuffer(raw, dtype=layout.EVENT_DTYPE)
     if len(rec) == 0:
         return empty_events()
+    kind = _named(rec["kind"], layout.KIND_NAMES)
+    # a reset record carries only its socket and time, a timewait record only its tw_* fields
+    bare = np.isin(kind, ("reset_sent", *_TIMEWAIT_KINDS))
     out = {
-        "kind": pd.Series(rec["kind"]).map(layout.KIND_NAMES).to_numpy(object),
+        "kind": _text(*_codes(rec["kind"], layout.KIND_NAMES)),
         "skaddr": rec["skaddr"].astype(np.uint64),
         "pid": rec["pid"].astype(np.int64),
         "tid": rec["tid"].astype(np.int64),
-        "comm": _comms(rec["comm"]),
+        "comm": _text(*_comm_codes(rec["comm"])),
         "cgroup_id": rec["cgroup_id"].astype(np.uint64),
-        "owner_src": pd.Series(rec["owner_src"]).map(layout.OWNER_SRC_NAMES).to_numpy(object),
-        "family": pd.Series(rec["family"]).map(FAMILY_NAMES).to_numpy(object),
-        "laddr": addresses(rec["saddr"], rec["family"]),
+        "owner_src": _text(*_codes(rec["owner_src"], layout.OWNER_SRC_NAMES), bare),
+        "family": _text(*_codes(rec["family"], FAMILY_NAMES), bare),
+        "laddr": _text(*_address_codes(rec["saddr"], rec["family"]), bare),
         "lport": rec["sport"].astype(np.int64),
-        "raddr": addresses(rec["daddr"], rec["family"]),
+        "raddr": _text(*_address_codes(rec["daddr"], rec["family"]), bare),
         "rport": rec["dport"].astype(np.int64),
         "states_raw": rec["states"].astype(np.int64),
-        "last_state": pd.Series(rec["last_state"]).map(layout.TCP_STATE_NAMES).to_numpy(object),
+        "last_state": _text(*_codes(rec["last_state"], layout.TCP_STATE_NAMES), bare),
         "flags_raw": rec["flags"].astype(np.int64),
         "tw_timer": rec["tw_timer"].astype(np.uint64),
         "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
-        "tw_end": pd.Series(rec["tw_end"]).map(layout.TW_END_NAMES).to_numpy(object),
+        "tw_end": _text(*_codes(rec["tw_end"], layout.TW_END_NAMES)),
         "netns": None,
         "thread_comm": None,
         "fd": np.nan,
@@ -131,11 +154,23 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
     for field, column in _TIMES.items():
         ns = rec[field].astype(np.int64)
         out[column] = np.where(ns > 0, (ns + monotonic_to_epoch_ns) / 1e9, np.nan)
-    frame = pd.DataFrame(out, columns=EVENT_COLUMNS)
-    # a reset record carries only its socket and time, a timewait record only its tw_* fields
-    bare = frame["kind"].isin(("reset_sent", *_TIMEWAIT_KINDS)).to_numpy()
-    frame.loc[bare, ["family", "laddr", "raddr", "last_state", "owner_src"]] = None
-    return frame
+    return pd.DataFrame(out, columns=EVENT_COLUMNS)
+
+
+def _named(codes: np.ndarray, names: dict) -> np.ndarray:
+    """Small codes -> their names (None where a code has none)."""
+    numbers, table = _codes(codes, names)
+    return np.array([*table, None], dtype=object)[numbers]
+
+
+def _codes(codes: np.ndarray, names: dict) -> tuple[np.ndarray, list]:
+    """Small codes (a record's u8 or u16 field) -> a number each into the list of their names
+    (None for a code that has none, as Series.map gives NaN)."""
+    top = int(codes.max()) + 1 if len(codes) else 1
+    if top > 256:  # (a u16 field: its values found, not every value up to the highest)
+        uniques, numbers = np.unique(codes, return_inverse=True)
+        return numbers.ravel(), [names.get(int(code)) for code in uniques]
+    return codes.astype(np.intp), [names.get(code) for code in range(top)]
 
 
 def from_snapshot(snap: pd.DataFrame, kind: str, at: float, netns: str | None) -> pd.DataFrame:
