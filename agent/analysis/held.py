@@ -55,7 +55,12 @@ def _unpacked(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
     for column, values in frame.items():
         was = dtypes.get(column, values.dtype)
         if not pd.api.types.is_numeric_dtype(was):  # (chunks of other categories concatenated: object)
-            values = values.astype(was) if values.dtype != was else values
+            if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.dtype == was != object:
+                # (each code's text taken from the categories: astype would make a Python str of each)
+                codes = values.cat.codes.to_numpy()
+                values = pd.Series(values.cat.categories.array.take(codes, allow_fill=True), index=values.index)
+            elif values.dtype != was:
+                values = values.astype(was)
             if was == object:
                 values = values.where(values.notna(), None)
         out[column] = values

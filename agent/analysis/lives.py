@@ -61,7 +61,8 @@ def rst_sent_after_close(lives: pd.DataFrame, resets: pd.DataFrame) -> np.ndarra
 
 def initiators(lives: pd.DataFrame) -> np.ndarray:
     """rules.initiators of decoded lives (kind "life" ended, "open" not yet)."""
-    last = lives["last_state"].map(_STATE_CODES).fillna(0).to_numpy(np.int64)
+    codes, names = pd.factorize(lives["last_state"])  # (each distinct state looked up once; -1: none)
+    last = np.array([*(_STATE_CODES.get(name, 0) for name in names), 0], dtype=np.int64)[codes]
     return rules.initiators(lives["kind"].to_numpy(object) == "open", lives["states_raw"].to_numpy(np.int64),
                             last, lives["flags_raw"].to_numpy(np.int64))
 

@@ -77,7 +77,7 @@ class Occupancy:
             if dest is None:
                 dest = self.destinations[key] = Destination(self.started_at, self.quantum)
             dest.connections += len(group)
-            dest.names.update(group["comm"].replace("", "?"))
+            dest.names.update("?" if name == "" else name for name in group["comm"].unique())
             dest.quanta.add("opened", group["opened_at"].to_numpy(float)[group["_here"].to_numpy(bool)])
             start, stop = timewait_intervals(group, self.followed)
             dest.quanta.add("tw_start", start)

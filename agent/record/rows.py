@@ -34,6 +34,9 @@ def table(rows: pd.DataFrame) -> pa.Table:
     for f in SCHEMA:
         values = pd.Series(rows[f.name]).reset_index(drop=True)
         if pa.types.is_string(f.type):
+            if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+                columns[f.name] = pa.array(values.array, type=f.type)  # (pandas' str: Arrow's text already)
+                continue
             try:  # (None and NaN both null)
                 columns[f.name] = pa.array(values.astype(object), type=f.type, from_pandas=True)
                 continue
