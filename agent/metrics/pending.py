@@ -116,6 +116,7 @@ class Pending:
         mixed = np.where(client, lives["family"].astype(np.uint64), np.uint64(0))
         for part in (local[:, 0], local[:, 1], remote[:, 0], remote[:, 1], lives["dport"].astype(np.uint64)):
             mixed = (mixed ^ part) * np.uint64(0x100000001B3)  # FNV-style: wraps modulo 2^64
+        mixed[~client] = 0  # (a server's: one group, whatever its peer's port, named None once)
         codes, uniques = pd.factorize(mixed)
         at = np.zeros(len(uniques), dtype=np.int64)
         at[codes[::-1]] = np.arange(len(codes))[::-1]  # a life of each: its first

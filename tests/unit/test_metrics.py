@@ -117,6 +117,25 @@ def test_the_kernels_overflows_are_summed_over_namespaces_from_the_first_reading
     assert "tcpclose_timewait_overflows_total 7.0" in exposed(figures)
 
 
+def test_a_servers_time_waits_are_named_no_destination_once_a_batch_whatever_their_peers(monkeypatch):
+    """A server's TIME_WAITs hold no local port: each batch names its destinations once per
+    distinct one, and all of a server's peers (each a port of its own) are one, None."""
+    from agent.metrics.pending import Pending
+
+    named = []
+    real = Pending._destination
+    monkeypatch.setattr(Pending, "_destination", lambda self, key: named.append(key) or real(self, key))
+    figures = Figures()
+    records = [raw(skaddr=i + 1, pid=20, comm="server", lport=8080, rport=30000 + i, tw_timer=0x9000 + 0x100 * i,
+                   tw_start=2.0, states=("SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2")
+               for i in range(300)]
+    records += [raw(skaddr=1000 + i, pid=10, comm="client", lport=40000 + i, rport=5432, tw_timer=0x90000 + 0x100 * i,
+                    tw_start=2.0, **CLIENT) for i in range(300)]
+    figures.add(batch(*records), by_name, now=0.0)
+    assert len(named) <= 2  # the client's one destination, and the server's None
+    assert figures.pending.held == {("127.0.0.1", "127.0.0.1:5432"): 300}
+
+
 def test_client_time_waits_held_per_destination_with_the_headroom_they_leave():
     figures = Figures(port_range=100, top_destinations=2)
     to = [("10.0.0.1", 5432, 5), ("10.0.0.2", 80, 3), ("fd00::3", 443, 1)]
