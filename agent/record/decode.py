@@ -124,11 +124,11 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         rec = np.frombuffer(raw, dtype=layout.EVENT_DTYPE)
     if len(rec) == 0:
         return empty_events()
-    kind = _named(rec["kind"], layout.KIND_NAMES)
+    kinds, kind_names = _codes(rec["kind"], layout.KIND_NAMES)
     # a reset record carries only its socket and time, a timewait record only its tw_* fields
-    bare = np.isin(kind, ("reset_sent", *_TIMEWAIT_KINDS))
+    bare = np.isin(kinds, [i for i, name in enumerate(kind_names) if name in ("reset_sent", *_TIMEWAIT_KINDS)])
     out = {
-        "kind": _text(*_codes(rec["kind"], layout.KIND_NAMES)),
+        "kind": _text(kinds, kind_names),
         "skaddr": rec["skaddr"].astype(np.uint64),
         "pid": rec["pid"].astype(np.int64),
         "tid": rec["tid"].astype(np.int64),
@@ -155,12 +155,6 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
         ns = rec[field].astype(np.int64)
         out[column] = np.where(ns > 0, (ns + monotonic_to_epoch_ns) / 1e9, np.nan)
     return pd.DataFrame(out, columns=EVENT_COLUMNS)
-
-
-def _named(codes: np.ndarray, names: dict) -> np.ndarray:
-    """Small codes -> their names (None where a code has none)."""
-    numbers, table = _codes(codes, names)
-    return np.array([*table, None], dtype=object)[numbers]
 
 
 def _codes(codes: np.ndarray, names: dict) -> tuple[np.ndarray, list]:
