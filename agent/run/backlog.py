@@ -55,10 +55,14 @@ class Backlog:
     def take(self, limit: int) -> np.ndarray:
         """The oldest records, at most `limit` of them (memory first: it is older than the file)."""
         if self._memory:
-            raw = np.concatenate(self._memory)
+            taken, count = 0, 0  # (only the parts the limit reaches are joined: memory holds 64 MiB)
+            while taken < len(self._memory) and count < limit:
+                count += len(self._memory[taken])
+                taken += 1
+            raw = np.concatenate(self._memory[:taken]) if taken > 1 else self._memory[0]
             out, rest = raw[:limit], raw[limit:]
-            self._memory = [rest] if len(rest) else []
-            self._memory_bytes = rest.nbytes
+            self._memory = ([rest] if len(rest) else []) + self._memory[taken:]
+            self._memory_bytes = sum(p.nbytes for p in self._memory)
             return out
         if self._file is None:
             return np.empty(0, self._dtype)

@@ -31,6 +31,21 @@ def test_records_wait_in_memory_then_on_disk_and_come_back_oldest_first(tmp_path
     assert len(waiting) == 0 and not list(tmp_path.iterdir())  # the file was unnamed, and is closed
 
 
+def test_takes_across_the_parts_held_in_memory_come_oldest_first():
+    waiting = Backlog()
+    sizes = [3, 1, 7, 2, 9, 4]
+    first = 0
+    for n in sizes:
+        waiting.add(records(first, n))
+        first += n
+    taken = []
+    for limit in (2, 5, 1, 9, 100):  # within a part, across several, past the end
+        part = waiting.take(limit)["pid"].tolist()
+        assert len(part) == min(limit, first - len(sum(taken, [])))
+        taken.append(part)
+    assert sum(taken, []) == list(range(first)) and len(waiting) == 0
+
+
 def test_the_drainer_reads_on_its_own_thread_until_it_stops():
     reads, lock = [], threading.Lock()
 
