@@ -246,5 +246,9 @@ def from_followed_timewaits(states: np.ndarray, monotonic_to_epoch_ns: int, hz: 
 
 
 def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one after the other, numbered from 0 (one alone: itself, renumbered; pandas
+    copies it only where it is written to: copy on write)."""
     frames = [f for f in frames if len(f)]
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True) if frames else empty_events()
