@@ -143,11 +143,12 @@ def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     `workload` (the container, else the unit, else the process name), from each credited
     owner's cgroup path, each distinct path parsed once."""
     known = out["owner_src"].isin(rules.OWNERS_KNOWN).to_numpy()
-    paths = [p if isinstance(p, str) and k else None for p, k in zip(out["cgroup"].tolist(), known)]  # NaN: none
-    placed = {path: workload(path) for path in set(paths) if path is not None}
-    for column in PLACE_COLUMNS:  # (cgroup too: an owner not credited has none)
-        out[column] = pd.Series([getattr(placed[p], column) if p is not None else None for p in paths],
-                                index=out.index, dtype=object)
+    codes, paths = pd.factorize(out["cgroup"].to_numpy(object))  # (-1: none, NaN or None)
+    placed = [workload(path) if isinstance(path, str) else None for path in paths]
+    codes = np.where(known & (codes >= 0), codes, len(placed))  # (an owner not credited: none)
+    for column in PLACE_COLUMNS:  # (cgroup too)
+        values = np.array([*(getattr(p, column) if p is not None else None for p in placed), None], dtype=object)
+        out[column] = pd.Series(values[codes], index=out.index, dtype=object)
     out["pod_name"] = out["container"].map(pods).astype(object)
     out["pod_name"] = out["pod_name"].where(out["pod_name"].notna(), None)
     out["workload"] = out["container"].where(out["container"].notna(), out["unit"])
