@@ -76,7 +76,7 @@ class Stream:
         final = alive & ~waiting & (self._lives.columns["arrived"] <= now - GRACE_S)
         self.settled_early += int((final & early).sum())
         lives = self._lives.take(np.flatnonzero(final))
-        rows = connections(concat([lives, self._ends]) if len(lives) else empty_events(), now, self.method,
+        rows = connections(concat([lives, self._ends_of(lives)]) if len(lives) else empty_events(), now, self.method,
                            self.pods, self._carried, final=False)
         self._keep_ends(lives, now)
         self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
@@ -122,8 +122,17 @@ class Stream:
         for part in parts:
             if len(part):
                 lives = self._lives.frame(part)
-                yield connections(concat([lives, self._ends, _still_open(lives[waiting[part]], now)]), now,
+                yield connections(concat([lives, self._ends_of(lives), _still_open(lives[waiting[part]], now)]), now,
                                   self.method, self.pods, carried, final=False)
+
+    def _ends_of(self, lives: pd.DataFrame) -> pd.DataFrame:
+        """The ends held of these lives' timewait sockets: the last of each name, which is the
+        one connections() takes (sock_diag's, matched by 4-tuple: all of them).  Not the others:
+        a minute of a busy host's ends would be copied at every step."""
+        if self.method != "timers" or not len(self._ends):
+            return self._ends
+        found = end_of(timewait_name(lives), self._end_names)
+        return self._ends.iloc[np.unique(found[found >= 0])]
 
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
