@@ -28,8 +28,8 @@ from .backlog import Backlog
 
 STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
 STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the rest wait in the backlog
-# Making a row costs about 15 us of Python (decoding, the joins, writing it): at full churn
-# most of a core.  While tracing, the steps take at most STEP_SHARE of a core on a busy host,
+# Making a row costs 10 to 20 us of Python (decoding, the joins, writing it; docs/overhead.md):
+# at full churn most of a core.  While tracing, the steps take at most STEP_SHARE of a core on a busy host,
 # about 3,000 connections/s here; what arrives faster waits in the backlog for a quieter
 # moment, or the end.  Where the CPUs were idle since the last step, the steps take more
 # (IDLE_SHARES: half a core where half a core was idle, 0.9 where a whole one was): that CPU
