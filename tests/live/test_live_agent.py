@@ -3,6 +3,7 @@ a known workload in a namespace of the test's own, then Prometheus' own answers 
 against what the processes did."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -211,6 +212,23 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
     assert agent.returncode == 0 and "Traceback" not in err, err
 
 
+@contextlib.contextmanager
+def closes_in_a_namespace(server: str, client: str):
+    """N connections in a namespace of the test's own: `client` closes first, `server` waits
+    for it; inside the block both are done, after it the namespace is gone."""
+    procs = []
+    with netns() as ns:
+        try:
+            echo, port = start_server("wait_close", N, server, netns=ns)
+            procs += [echo, start_client("close_first", port, N, client, netns=ns)]
+            for proc in procs:
+                proc.done()
+            yield
+        finally:
+            for proc in procs:
+                proc.release()
+
+
 def test_agent_out_writes_a_directory_a_period_and_keeps_the_newest(tmp_path):
     """agent -o: each period's directory holds the rows made final in it (a passive close's
     within seconds; an active closer's once its TIME_WAIT ends, else in the last period, open),
@@ -218,7 +236,6 @@ def test_agent_out_writes_a_directory_a_period_and_keeps_the_newest(tmp_path):
     out = tmp_path / "periods"
     agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{free_port()}",
                               "-o", str(out), "--rotate", "10", "--keep", "2"], stderr=subprocess.PIPE, text=True)
-    procs = []
 
     def periods(count: int, timeout: float = 40) -> list:
         deadline = time.monotonic() + timeout
@@ -228,32 +245,24 @@ def test_agent_out_writes_a_directory_a_period_and_keeps_the_newest(tmp_path):
 
     try:
         assert agent.stderr.readline().startswith("Tracing")
-        with netns() as ns:
-            try:
-                echo, port = start_server("wait_close", N, "tc-poecho", netns=ns)
-                procs += [echo, start_client("close_first", port, N, "tc-poclient", netns=ns)]
-                for proc in procs:
-                    proc.done()
-                first, deadline = periods(2)[0], time.monotonic() + 30
-                while not (first / "report.html").exists() and time.monotonic() < deadline:
-                    time.sleep(0.2)  # (written once the next period began)
-                ended = pd.read_csv(first / "processes.csv").groupby("comm")["connections"].sum()
-                assert ended.get("tc-poecho") == N  # passive: final 2 s after its close
-                assert "tc-poclient" not in ended  # its TIME_WAITs (60 s) outlive the period
-                run = json.loads((first / "run.json").read_text())
-                assert run["lives_carried"] >= N and not run.get("cut_short")
-                done = subprocess.run([sys.executable, "-m", "agent", "report", str(first), "-o",
-                                       str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
-                assert done.returncode == 0, done.stderr
-                again = pd.read_csv(tmp_path / "again" / "processes.csv").groupby("comm")["connections"].sum()
-                assert again.get("tc-poecho") == N
-                deadline = time.monotonic() + 30
-                while first.exists() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                assert not first.exists() and len(periods(2)) == 2  # --keep 2: the oldest went for the third
-            finally:
-                for proc in procs:
-                    proc.release()
+        with closes_in_a_namespace("tc-poecho", "tc-poclient"):
+            first, deadline = periods(2)[0], time.monotonic() + 30
+            while not (first / "report.html").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)  # (written once the next period began)
+            ended = pd.read_csv(first / "processes.csv").groupby("comm")["connections"].sum()
+            assert ended.get("tc-poecho") == N  # passive: final 2 s after its close
+            assert "tc-poclient" not in ended  # its TIME_WAITs (60 s) outlive the period
+            run = json.loads((first / "run.json").read_text())
+            assert run["lives_carried"] >= N and not run.get("cut_short")
+            done = subprocess.run([sys.executable, "-m", "agent", "report", str(first), "-o",
+                                   str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            again = pd.read_csv(tmp_path / "again" / "processes.csv").groupby("comm")["connections"].sum()
+            assert again.get("tc-poecho") == N
+            deadline = time.monotonic() + 30
+            while first.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not first.exists() and len(periods(2)) == 2  # --keep 2: the oldest went for the third
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=120)
@@ -276,26 +285,17 @@ def test_a_period_an_agent_killed_left_is_finished_when_the_agent_starts_again(t
     out = tmp_path / "periods"
     command = [sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{free_port()}", "-o", str(out)]
     agent = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    procs = []
     try:
         assert agent.stderr.readline().startswith("Tracing")
-        with netns() as ns:
-            try:
-                echo, port = start_server("wait_close", N, "tc-kpecho", netns=ns)
-                procs += [echo, start_client("close_first", port, N, "tc-kpclient", netns=ns)]
-                for proc in procs:
-                    proc.done()
-                period, deadline = next(out.glob("*Z")), time.monotonic() + 40
-                while time.monotonic() < deadline:  # the interval tables hold the server's rows
-                    tables = period / "processes.csv"
-                    if tables.exists() and "tc-kpecho" in tables.read_text():
-                        break
-                    time.sleep(0.5)
-                else:
-                    pytest.fail("the period's tables never held the server's rows")
-            finally:
-                for proc in procs:
-                    proc.release()
+        with closes_in_a_namespace("tc-kpecho", "tc-kpclient"):
+            period, deadline = next(out.glob("*Z")), time.monotonic() + 40
+            while time.monotonic() < deadline:  # the interval tables hold the server's rows
+                tables = period / "processes.csv"
+                if tables.exists() and "tc-kpecho" in tables.read_text():
+                    break
+                time.sleep(0.5)
+            else:
+                pytest.fail("the period's tables never held the server's rows")
     finally:
         agent.kill()
         agent.wait()

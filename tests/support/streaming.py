@@ -61,3 +61,17 @@ def cells_differ(whole: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
             same[column] |= np.isclose(whole[column].astype(float), parts[column].astype(float), rtol=0, atol=1e-6)
     bad = ~same
     return pd.concat({"whole": a[bad.any(axis=1)], "streamed": b[bad.any(axis=1)]}, axis=1) if bad.any().any() else pd.DataFrame()
+
+
+def left_by_a_kill(directory, made: pd.DataFrame, pending: pd.DataFrame, started_at: float, noted_at: float) -> None:
+    """What trace -o leaves in `directory` when killed (record.rundir): the rows made final,
+    the held lives' rows as the last interval wrote them, and run.json cut short then."""
+    from agent.record import rows, rundir
+    from agent.record.runinfo import RunInfo
+
+    for name, frame in ((rundir.ROWS, made), (rundir.PENDING, pending)):
+        with open(directory / name, "wb") as f:
+            writer = rows.RowsWriter(f)
+            writer.append(frame)
+            writer.close()
+    (directory / rundir.RUN).write_text(RunInfo(started_at=started_at, ended_at=noted_at, cut_short=True).to_json())

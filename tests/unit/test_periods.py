@@ -71,9 +71,9 @@ def _killed_period(directory, pid: int):
     """A period as an agent killed midway leaves it: rows made final, the held lives' rows as
     they stood at the last interval, run.json cut short, no report.html."""
     from agent.analysis import stream
-    from agent.record import decode, rows, rundir
-    from agent.record.runinfo import RunInfo
+    from agent.record import decode
     from support.incidents import ACTIVE_CLIENT
+    from support.streaming import left_by_a_kill
     from support.streams import epoch, raw, replay, timewait
 
     timer = 0xFFFF8881000A0000
@@ -89,12 +89,7 @@ def _killed_period(directory, pid: int):
     lives.step(events.iloc[:2], epoch(30.0))
     pending = decode.concat(list(lives.provisional(epoch(30.0))))
     made = lives.step(events.iloc[2:], epoch(62.0))
-    for name, frame in ((rundir.ROWS, made), (rundir.PENDING, pending)):
-        with open(directory / name, "wb") as f:
-            writer = rows.RowsWriter(f)
-            writer.append(frame)
-            writer.close()
-    (directory / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(30.0), cut_short=True).to_json())
+    left_by_a_kill(directory, made, pending, epoch(0.0), epoch(30.0))
 
 
 def test_a_period_a_killed_agent_left_is_finished_when_it_starts_again(tmp_path, capsys):

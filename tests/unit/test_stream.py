@@ -8,7 +8,7 @@ from agent.analysis import stream as streaming
 from agent.analysis.stream import GRACE_S, Stream
 from agent.record import decode, layout
 from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER, incident_stream
-from support.streaming import cells_differ, differences, streamed
+from support.streaming import cells_differ, differences, left_by_a_kill, streamed
 from support.streams import churn, epoch, raw, replay, timewait
 
 T1 = 0xFFFF8881000A0000
@@ -179,8 +179,7 @@ def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(
     """What trace -o leaves behind (record.rundir): the rows made, and at each interval the
     rows of the lives held, as if the run ended then; a life made final after that interval is
     read once, as final."""
-    from agent.record import rows, rundir
-    from agent.record.runinfo import RunInfo
+    from agent.record import rundir
 
     events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
                                        lport=40001, **ACTIVE_CLIENT),
@@ -193,12 +192,7 @@ def test_a_run_killed_midway_has_its_held_lives_as_they_stood_and_no_life_twice(
     assert list(pending["tw_end_reason"]) == ["open", "open"] and list(pending["tw_s"]) == pytest.approx([28.0, 27.0])
     assert stream.held == 2  # changed nothing
     made = stream.step(events.iloc[2:], epoch(62.0))  # after the interval: one made final
-    for name, frame in ((rundir.ROWS, made), (rundir.PENDING, pending)):
-        with open(tmp_path / name, "wb") as f:
-            writer = rows.RowsWriter(f)
-            writer.append(frame)
-            writer.close()
-    (tmp_path / rundir.RUN).write_text(RunInfo(started_at=epoch(0.0), ended_at=epoch(30.0), cut_short=True).to_json())
+    left_by_a_kill(tmp_path, made, pending, epoch(0.0), epoch(30.0))
     kept, run = rundir.read(tmp_path)
     conns = kept.frame()
     assert sorted(zip(conns["lport"], conns["tw_end_reason"])) == [(40001, "expired"), (40002, "open")]
