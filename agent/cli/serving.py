@@ -47,8 +47,9 @@ def agent_command(listen, filters, max_series, refresh_s, duration, out, force, 
     \b
     With -o DIR, the files of 'trace -o' too, a directory each --rotate
     seconds (DIR/20261204T130000Z/...: the rows made final in that period, its
-    tables every 10 s, report.html when it ends), --keep of them at most.  That
-    makes a row of every connection, as trace does, at its cost.
+    tables every 10 s, report.html when it ends), --keep of them at most; the
+    periods a kill left without report.html are finished when it starts again.
+    That makes a row of every connection, as trace does, at its cost.
 
     \b
     Examples:
