@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ..run import memory
 from .host import doctor, states
 from .options import CONTEXT
 from .reporting import report_command
@@ -29,6 +30,7 @@ def main():
     Start with:  sudo tcpclose demo
     Then:        sudo tcpclose trace -d 60 -o out/
     """
+    memory.arrow_on_the_c_heap()
 
 
 for command in (trace, report_command, states, doctor, demo, agent_command):

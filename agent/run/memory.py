@@ -24,6 +24,16 @@ MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (a clean file page is dr
 COMPILER = re.compile(r"/lib(LLVM|clang)[^/]*\.so[^/]*$")
 
 
+def arrow_on_the_c_heap() -> None:
+    """pyarrow's buffers (pandas' text columns, the rows files) allocated with malloc rather
+    than with pyarrow's default, mimalloc: mimalloc keeps the segments a step freed for later,
+    where return_freed cannot hand them back, and a run's memory then shows its biggest step.
+    (Not slower: the rows of a replayed stream cost a little less on malloc, docs/overhead.md.)"""
+    import pyarrow  # (loaded by pandas anyway)
+
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
 def return_freed() -> None:
     """Hand the free pages of the C heap back to the kernel (glibc's malloc_trim).  glibc
     keeps what a step freed for later allocations, so a tracer's resident memory would show

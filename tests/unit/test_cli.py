@@ -59,6 +59,20 @@ def test_report_writes_the_contract_files(tmp_path, recording):
     assert "Not seen: 0 ring-buffer drops" in text
 
 
+def test_a_command_allocates_pyarrows_buffers_on_the_c_heap(recording):
+    """run.memory.arrow_on_the_c_heap: mimalloc, pyarrow's default, keeps what a step freed
+    where malloc_trim cannot hand it back."""
+    import pyarrow
+
+    before = pyarrow.default_memory_pool()
+    try:
+        pyarrow.set_memory_pool(pyarrow.mimalloc_memory_pool())
+        assert run("report", str(recording)).exit_code == 0
+        assert pyarrow.default_memory_pool().backend_name == "system"
+    finally:
+        pyarrow.set_memory_pool(before)
+
+
 def test_report_without_out_prints_the_summary(recording):
     result = run("report", str(recording))
     assert result.exit_code == 0
