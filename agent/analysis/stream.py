@@ -84,13 +84,48 @@ class Stream:
 
     def finish(self, events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
         """The end of the run's events (the lives still open, the timewait sockets still
-        followed, the sockets seen at the end); return every row left."""
-        arriving = events["kind"].isin(ARRIVING).to_numpy()
+        followed, the sockets seen at the end); return every row left (finish_parts, joined)."""
+        return pd.concat(list(self.finish_parts(events, ended_at)), ignore_index=True)
+
+    def finish_parts(self, events: pd.DataFrame, ended_at: float) -> Iterator[pd.DataFrame]:
+        """finish() a part at a time: a minute of a busy host's TIME_WAITs is held at the end,
+        and their rows made at once would cost ~2.5 kB a life while made.  First the held lives
+        whose rows nothing but their own records decides on, PART_LIVES at a time (as a step
+        makes them); last the rest together, which the parts before may decide on (a listener's
+        owners, carried), with the lives still open and the sockets seen at the end: the lives
+        credited to a listener, those whose unexplained cancel a client may show to be a reuse,
+        and those clients."""
+        kind = events["kind"].to_numpy(object)
+        arriving = np.isin(kind, ARRIVING)
         self._add(events[arriving], ended_at)
-        lives = self._lives.take(np.flatnonzero(self._lives.alive))
-        ends, self._ends = self._ends, empty_events()
-        return connections(concat([lives, ends, events[~arriving]]), ended_at, self.method, self.pods,
-                           self._carried, final=True)
+        # held as ends, each to go with its life's part; before the others, so that an end that
+        # came after the maps were read is the last of its name (timewait._timewait_ends)
+        still_open = events[kind == "tw_open"]
+        if len(still_open):
+            self._ends = concat([still_open.assign(arrived=ended_at), self._ends])
+            self._end_names = timewait_name(self._ends)
+        alive = np.flatnonzero(self._lives.alive)
+        alone = alive[self._alone()[alive]]
+        for part in np.array_split(alone, -(-len(alone) // PART_LIVES)) if len(alone) else []:
+            lives = self._lives.frame(part)
+            yield connections(concat([lives, self._ends_of(lives)]), ended_at, self.method, self.pods,
+                              self._carried, final=False)
+        lives = self._lives.frame(np.setdiff1d(alive, alone))
+        ends = self._ends_of(lives)
+        self._lives, self._ends, self._end_names = Held(), empty_events(), timewait_name(empty_events())
+        yield connections(concat([lives, ends, events[~arriving & (kind != "tw_open")]]), ended_at, self.method,
+                          self.pods, self._carried, final=True)
+
+    def _alone(self) -> np.ndarray:
+        """Per held life: can its final row be made apart from the others (finish_parts)?  Not
+        for a life credited to its listener, nor for a client's TIME_WAIT cancelled with no
+        connect() seen taking it, nor for a life on the same two ports as one of those (the
+        client that may have taken it over: timewait.taken_by_connect)."""
+        columns = self._lives.columns
+        how = self._how_ended(columns["due"].astype(bool))
+        unexplained = (how == "cancelled") & ~columns["server"].astype(bool)
+        ports = columns["lport"] * 65536 + columns["rport"]
+        return ~columns["listener"].astype(bool) & ~np.isin(ports, ports[unexplained])
 
     def provisional(self, now: float, everything: bool = True) -> Iterator[pd.DataFrame]:
         """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT

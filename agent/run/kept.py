@@ -152,7 +152,8 @@ class Kept:
         while len(self._backlog):
             self.step()
         self._frames += ends
-        self.add(self._stream.finish(self._take_arrived(), ended_at))
+        for rows in self._stream.finish_parts(self._take_arrived(), ended_at):
+            self.add(rows)
         self._backlog.close()
         if self._pending is not None:
             self._pending.close()

@@ -69,5 +69,6 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[
     if stream is None:
         stream = Stream(method, pods, concat(snapshot))
         ends = waiting
-    kept.add(stream.finish(concat(ends), run.ended_at))
+    for rows in stream.finish_parts(concat(ends), run.ended_at):
+        kept.add(rows)
     return kept.rows_of_run(run), run

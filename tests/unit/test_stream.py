@@ -67,16 +67,40 @@ STREAMS = {
 
 @pytest.mark.parametrize("name", STREAMS)
 @pytest.mark.parametrize("cuts", [0, 3, 1000])  # one batch, a few, a record a batch
-def test_the_rows_made_as_records_arrive_are_those_of_the_whole_run(tmp_path, name, cuts):
+def test_the_rows_made_as_records_arrive_are_those_of_the_whole_run(tmp_path, monkeypatch, name, cuts):
+    monkeypatch.setattr(streaming, "PART_LIVES", 2)  # (the end of the run makes its rows in parts)
     build, method = STREAMS[name]
     events, run = replay(tmp_path, *build(), ended=150.0, timewait=method)
     for seed in range(3):
         assert differences(events, run, cuts, seed).empty
 
 
-def test_a_recorded_churn_streamed_a_second_at_a_time_gives_the_same_rows(tmp_path):
+def test_a_recorded_churn_streamed_a_second_at_a_time_gives_the_same_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "PART_LIVES", 100)
     events, run = replay(tmp_path, churn(3000, span=30.0), ended=100.0, timewait="timers")
     assert differences(events, run, cuts=30).empty
+
+
+def test_a_client_that_came_with_the_end_of_the_run_shows_a_cancel_a_reuse(tmp_path, monkeypatch):
+    """The end of the run makes its rows in parts; a client's cancelled TIME_WAIT and the
+    client that took it over, both still held then (its own TIME_WAIT open, its life read in
+    the last drain), are made in one."""
+    monkeypatch.setattr(streaming, "PART_LIVES", 1)
+    fillers = [raw(skaddr=50 + i, pid=10, comm="client", opened=1.0, ts=2.0 + i, lport=41000 + i,
+                   tw_timer=T1 + 0x100 * i, tw_start=2.0 + i, **ACTIVE_CLIENT) for i in range(3)]
+    events, run = replay(tmp_path, *fillers,
+                         raw(skaddr=31, pid=12, comm="rebinder", opened=3.0, ts=3.2, lport=42001,
+                             tw_timer=T1 + 0x2000, tw_start=3.2, **ACTIVE_CLIENT),
+                         timewait("cancelled", timer=T1 + 0x2000, start=3.2, end=7.0),
+                         *(timewait(None, timer=T1 + 0x100 * i, start=2.0 + i) for i in range(3)),
+                         timewait(None, timer=T1 + 0x3000, start=9.0),
+                         raw(skaddr=32, pid=12, comm="rebinder", opened=7.0, ts=9.0, lport=42001,
+                             tw_timer=T1 + 0x3000, tw_start=9.0, **ACTIVE_CLIENT),
+                         ended=10.0, timewait="timers")
+    for cuts in (0, 2):
+        assert differences(events, run, cuts).empty
+    rows, _ = streamed(events, run, cuts=0)
+    assert rows.set_index("skaddr")["tw_end_reason"].loc[31] == "reused"
 
 
 def test_a_snapshot_at_the_start_completes_the_lives_it_found_and_stays_open_for_the_rest(tmp_path):
@@ -158,8 +182,9 @@ def test_lives_parked_to_the_end_are_bounded(tmp_path, monkeypatch):
     assert sorted(stream.finish(events.iloc[:0], run.ended_at)["rport"]) == [40002, 40003, 40004]
 
 
-def test_the_sock_diag_fallback_gives_the_same_rows_streamed(tmp_path):
+def test_the_sock_diag_fallback_gives_the_same_rows_streamed(tmp_path, monkeypatch):
     """--timewait diag: the ends are sightings named by 4-tuple, arriving as the polls see them go."""
+    monkeypatch.setattr(streaming, "PART_LIVES", 1)
     closers = [raw(skaddr=1 + i, pid=7, comm="closer", opened=1.0 + i, ts=2.0 + i, lport=40000 + i, **ACTIVE_CLIENT)
                for i in range(3)]
     newcomer = raw(skaddr=9, pid=7, comm="closer", opened=4.5, ts=30.0, lport=40001, **ACTIVE_CLIENT)
