@@ -3,7 +3,7 @@
   tracer    loads the probe, drains it, keeps what arrives, finishes the run (a RunInfo)
   owners    what the tracer learns of each owner from /proc: its namespace, name, cgroup
   drainer   the ring buffer read on a thread of its own, whatever the steps are doing
-  backlog   the records waiting for a step (in memory, on disk past 64 MiB)
+  backlog   the records waiting for a step (in memory, on disk past 16 MiB)
   kept      what a run keeps until its end: the steps, the connection rows on disk, the figures
   memory    the heap's free pages, and the BPF compiler's once loaded, handed back to the system
   control   Ctrl-C and SIGTERM, and the loop that polls the tracer

@@ -18,7 +18,7 @@ from ..errors import CannotWrite
 from ..record import layout
 from ..safefiles import scratch_directory
 
-IN_MEMORY_BYTES = 64 << 20  # about 400,000 records
+IN_MEMORY_BYTES = 16 << 20  # about 100,000 records: two steps (run.kept.STEP_RECORDS)
 
 
 class Backlog:
@@ -55,7 +55,7 @@ class Backlog:
     def take(self, limit: int) -> np.ndarray:
         """The oldest records, at most `limit` of them (memory first: it is older than the file)."""
         if self._memory:
-            taken, count = 0, 0  # (only the parts the limit reaches are joined: memory holds 64 MiB)
+            taken, count = 0, 0  # (only the parts the limit reaches are joined: memory holds 16 MiB)
             while taken < len(self._memory) and count < limit:
                 count += len(self._memory[taken])
                 taken += 1
