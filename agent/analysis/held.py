@@ -59,13 +59,22 @@ def _packed(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     return packed.astype({**dict.fromkeys(text, "category"), **dict.fromkeys(narrow, np.int32)}), frame.dtypes
 
 
-def _restored(packed: pd.DataFrame, columns: dict[str, np.ndarray], dtypes: pd.Series) -> pd.DataFrame:
-    """Rows of a _packed chunk with the IN_COLUMNS taken back from `columns` (theirs) and its
-    numbers as they were (`dtypes`); text columns stay categories (_unpacked)."""
-    part = packed.assign(**{name: columns[held] for name, held in IN_COLUMNS.items() if name in dtypes})
-    part = part[list(dtypes.index)]
-    changed = {c: dtypes[c] for c in [*IN_COLUMNS, *NARROW] if c in dtypes and part[c].dtype != dtypes[c]}
+def _restored(packed: pd.DataFrame, columns: dict[str, np.ndarray], kinds: pd.Series) -> pd.DataFrame:
+    """Rows of a _packed chunk (or of chunks joined, all of one `kinds`) with the IN_COLUMNS
+    taken back from `columns` (theirs, in the same order) and its numbers as they were
+    (`kinds`, the dtypes it arrived with); text columns stay categories (_unpacked)."""
+    part = packed.assign(**{name: columns[held] for name, held in IN_COLUMNS.items() if name in kinds})
+    part = part[list(kinds.index) + [c for c in part.columns if c not in kinds.index]]
+    changed = {c: kinds[c] for c in [*IN_COLUMNS, *NARROW] if c in kinds and part[c].dtype != kinds[c]}
     return part.astype(changed) if changed else part
+
+
+def _as_decoded(kinds: pd.Series, columns: dict[str, np.ndarray]) -> bool:
+    """Did a chunk arrive with the dtypes decode gives (a recording's may differ)?  Then its
+    IN_COLUMNS were as the stream keeps them, its NARROW were int64, and its rows can be joined
+    to other such chunks' before they are restored, once (Held.frame)."""
+    return (all(kinds.get(name) == columns[held].dtype for name, held in IN_COLUMNS.items())
+            and all(kinds.get(name, np.dtype(np.int64)) == np.int64 for name in NARROW))
 
 
 def _unpacked(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
@@ -138,11 +147,20 @@ class Held:
 
     def frame(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, as decoded, with their flags as set here."""
-        parts = []
-        for chunk, rows in self._split(positions):
-            columns = {held: self._columns[chunk][held][rows] for held in IN_COLUMNS.values()}
-            parts.append(_restored(self._frames[chunk].iloc[rows], columns, self._kinds[chunk]))
-        return _unpacked(concat(parts), self._dtypes) if parts else concat(parts)
+        split = list(self._split(positions))
+        if not split:
+            return concat([])
+        taken = lambda chunk, rows: {held: self._columns[chunk][held][rows] for held in IN_COLUMNS.values()}  # noqa: E731
+        if all(_as_decoded(self._kinds[chunk], self._columns[chunk]) for chunk, _ in split):
+            # (restored once, joined: a step's lives come from some sixty chunks of a minute of arrivals)
+            columns = [taken(chunk, rows) for chunk, rows in split]
+            joined = {held: np.concatenate([c[held] for c in columns]) for held in IN_COLUMNS.values()}
+            lives = _restored(concat(self._frames[chunk].iloc[rows] for chunk, rows in split), joined,
+                              self._kinds[split[0][0]])
+        else:
+            lives = concat(_restored(self._frames[chunk].iloc[rows], taken(chunk, rows), self._kinds[chunk])
+                           for chunk, rows in split)
+        return _unpacked(lives, self._dtypes)
 
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, now gone from here."""
