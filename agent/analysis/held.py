@@ -162,6 +162,11 @@ class Held:
                            for chunk, rows in split)
         return _unpacked(lives, self._dtypes)
 
+    def values(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """One numeric column of the lives at `positions` (sorted), not decoded whole."""
+        parts = [self._frames[chunk][name].to_numpy()[rows] for chunk, rows in self._split(positions)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, now gone from here."""
         out = self.frame(positions)

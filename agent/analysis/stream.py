@@ -33,10 +33,11 @@ import pandas as pd
 
 from ..record import layout
 from ..record.decode import concat, empty_events
+from . import reuses
 from .held import Held
 from .lives import Carried, connections, rst_sent_after_close
 from .rules import FOUR_TUPLE
-from .timewait import REUSE_WINDOW_S, TIME_WAIT_LEN_S, diag_ends, end_of, taken_by_connect, timewait_name
+from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, timewait_name
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000
@@ -218,12 +219,10 @@ class Stream:
         lost = no_end & (closed_at + timeout + 2 * TIME_WAIT_LEN_S < now)
         no_end &= ~lost
         unexplained = np.flatnonzero(self._lives.alive & (how == "cancelled") & ~columns["server"].astype(bool))
-        ports = columns["lport"] * 65536 + columns["rport"]
-        # a client that took one over closes after the cancel: it can only be among the lives
-        # that just arrived, so only the cancels on the ports of one of those are looked at
-        check = unexplained[np.isin(ports[unexplained], ports[self._lives.fresh])]
+        check = reuses.may_be_reused(self._lives, self._ends, self._end_names, self.method, unexplained, now)
         if len(check):
-            unexplained = np.setdiff1d(unexplained, check[self._reused_now(check)])
+            taken = reuses.reused_now(self._lives, self._ends, self._end_names, self.method, check)
+            unexplained = np.setdiff1d(unexplained, check[taken])
         parked = columns["listener"].astype(bool) & self._lives.alive
         parked[unexplained] = True
         over = int(parked.sum()) - PARKED_MAX
@@ -232,35 +231,6 @@ class Stream:
             parked[oldest] = False
             lost[oldest] = True
         return no_end | parked, lost
-
-    def _reused_now(self, rows: np.ndarray) -> np.ndarray:
-        """Which of the held lives at `rows`, whose timewait sockets were cancelled with no
-        connect() seen taking them, a client among the lives held took over
-        (timewait.taken_by_connect); their end records say so from now on, as the BPF side
-        says it where it saw the connect()."""
-        columns = self._lives.columns
-        ports = columns["lport"] * 65536 + columns["rport"]
-        near = np.flatnonzero(np.isin(ports, ports[rows]) & self._lives.alive)  # the candidates: the same two ports
-        lives = self._lives.frame(near).reset_index(drop=True)
-        local = np.searchsorted(near, rows)
-        closed_at = lives["event_at"].astype(float).to_numpy()
-        if self.method == "timers":
-            found = end_of(timewait_name(lives.iloc[local]), self._end_names)
-            at = np.append(self._ends["event_at"].astype(float).to_numpy(), np.nan)[found]
-        else:
-            due = np.zeros(len(lives), dtype=bool)
-            due[local] = True
-            at = diag_ends(lives, self._ends, due, closed_at)["event_at"].astype(float).to_numpy()[local]
-        window = REUSE_WINDOW_S + (1.0 if self.method == "diag" else 0.0)
-        taken = taken_by_connect(lives, local, at, window)
-        if taken.any():
-            picked = lives.iloc[local[taken]]
-            if self.method == "timers":
-                hit = np.isin(np.arange(len(self._ends)), end_of(timewait_name(picked), self._end_names))
-            else:
-                hit = _tuples(self._ends).isin(_tuples(picked))
-            self._ends.loc[hit & (self._ends["tw_end"] == "cancelled").to_numpy(), "tw_end"] = "reused"
-        return taken
 
     def _keep_ends(self, final: pd.DataFrame, now: float) -> None:
         """Hold the ends still wanted: not those of lives made final now, nor those older than
@@ -275,7 +245,7 @@ class Stream:
         else:  # a 4-tuple's next life may be held: its ends are kept while one is
             used = np.zeros(len(self._ends), dtype=bool)
             held = self._lives.frame(np.flatnonzero(self._lives.alive))
-            wanted = _tuples(self._ends).isin(_tuples(held))
+            wanted = reuses.tuples(self._ends).isin(reuses.tuples(held))
         recent = self._ends["arrived"].astype(float).to_numpy() > now - GRACE_S
         self._ends = self._ends[~used & (wanted | recent)].reset_index(drop=True)
         self._end_names = timewait_name(self._ends)
@@ -292,6 +262,3 @@ def _still_open(lives: pd.DataFrame, now: float) -> pd.DataFrame:
                                   lives["event_at"])  # (sock_diag's: first seen at the close)
     return out
 
-
-def _tuples(frame: pd.DataFrame) -> pd.MultiIndex:
-    return pd.MultiIndex.from_frame(frame[FOUR_TUPLE].astype(str))

@@ -4,6 +4,7 @@ is what is still alive, not the run."""
 import pandas as pd
 import pytest
 
+from agent.analysis import reuses
 from agent.analysis import stream as streaming
 from agent.analysis.stream import GRACE_S, Stream
 from agent.record import decode, layout
@@ -101,6 +102,40 @@ def test_a_client_that_came_with_the_end_of_the_run_shows_a_cancel_a_reuse(tmp_p
         assert differences(events, run, cuts).empty
     rows, _ = streamed(events, run, cuts=0)
     assert rows.set_index("skaddr")["tw_end_reason"].loc[31] == "reused"
+
+
+def test_a_client_whose_record_came_before_the_cancel_it_made_shows_a_reuse(tmp_path):
+    """Records of two CPUs: the client that took a TIME_WAIT over closed, and its record came
+    before the cancel's.  Looked at when the cancel arrives, while the client is still held
+    (its own TIME_WAIT), not only when a life on the same ports arrives next."""
+    events, run = replay(tmp_path,
+                         raw(skaddr=31, pid=12, comm="rebinder", opened=3.0, ts=3.2, lport=42001,
+                             tw_timer=T1 + 0x2000, tw_start=3.2, **ACTIVE_CLIENT),
+                         raw(skaddr=32, pid=12, comm="rebinder", opened=7.0, ts=9.0, lport=42001,
+                             tw_timer=T1 + 0x3000, tw_start=9.0, **ACTIVE_CLIENT),
+                         timewait("cancelled", timer=T1 + 0x2000, start=3.2, end=7.0),
+                         timewait("expired", timer=T1 + 0x3000, start=9.0, end=69.0),
+                         ended=150.0, timewait="timers")
+    assert differences(events, run, cuts=1000).empty
+    rows, _ = streamed(events, run, cuts=1000)
+    assert rows.set_index("skaddr")["tw_end_reason"].loc[31] == "reused"
+
+
+def test_a_parked_cancel_is_not_looked_at_again_when_its_ports_come_back_later(tmp_path, monkeypatch):
+    """At full churn a client's ports come back every 20 s or so: a cancel no connect() was
+    seen taking stays parked to the end, and is not looked at again at each of them."""
+    looked = []
+    reused_now = reuses.reused_now
+    monkeypatch.setattr(reuses, "reused_now", lambda *args: looked.append(len(args[-1])) or reused_now(*args))
+    later = [raw(skaddr=40 + i, pid=12, comm="rebinder", opened=20.0 * i, ts=20.0 * i + 0.5, lport=42001,
+                 **ACTIVE_CLIENT) for i in range(1, 5)]
+    events, run = replay(tmp_path,
+                         raw(skaddr=31, pid=12, comm="rebinder", opened=3.0, ts=3.2, lport=42001,
+                             tw_timer=T1 + 0x2000, tw_start=3.2, **ACTIVE_CLIENT),
+                         timewait("cancelled", timer=T1 + 0x2000, start=3.2, end=7.0), *later,
+                         ended=150.0, timewait="timers")
+    assert differences(events, run, cuts=1000).empty
+    assert looked == [1]  # as the cancel arrived
 
 
 def test_a_snapshot_at_the_start_completes_the_lives_it_found_and_stays_open_for_the_rest(tmp_path):
