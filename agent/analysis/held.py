@@ -137,6 +137,11 @@ class Held:
             start = stop
         self.alive = ~np.concatenate(self._gone) if self._gone else np.zeros(0, dtype=bool)
 
+    def ports(self) -> np.ndarray:
+        """Each life's local and remote port as one number: where a client that took a TIME_WAIT
+        over is looked for (analysis.reuses)."""
+        return self.columns["lport"] * 65536 + self.columns["rport"]
+
     def set_flags(self, positions: np.ndarray, bits: int) -> None:
         """OR `bits` into the flags of the lives at `positions` (the frames' flags_raw with them, when taken)."""
         self.columns["flags"][positions] |= bits

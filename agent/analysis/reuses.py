@@ -21,8 +21,7 @@ def may_be_reused(lives: Held, ends: pd.DataFrame, end_names: dict, method: str 
     record came first (another CPU's), held already when the cancel arrives (`ends`' arrived
     is `now`).  A cancel parked for minutes is not looked at again each time its ports come
     back (some 20 s apart at full churn): each step looked at all of them."""
-    columns = lives.columns
-    ports = columns["lport"] * 65536 + columns["rport"]
+    columns, ports = lives.columns, lives.ports()
     fresh = np.flatnonzero(lives.fresh)
     check = unexplained[np.isin(ports[unexplained], ports[fresh])]
     if method != "timers" or not len(unexplained):
@@ -44,8 +43,7 @@ def reused_now(lives: Held, ends: pd.DataFrame, end_names: dict, method: str | N
     """Which of the held lives at `rows` a client among the lives held took over; their end
     records in `ends` say so from now on ("reused"), as the BPF side says it where it saw the
     connect()."""
-    columns = lives.columns
-    ports = columns["lport"] * 65536 + columns["rport"]
+    ports = lives.ports()
     near = np.flatnonzero(np.isin(ports, ports[rows]) & lives.alive)  # the candidates: the same two ports
     frame = lives.frame(near).reset_index(drop=True)
     local = np.searchsorted(near, rows)

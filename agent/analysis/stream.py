@@ -125,7 +125,7 @@ class Stream:
         columns = self._lives.columns
         how = self._how_ended(columns["due"].astype(bool))
         unexplained = (how == "cancelled") & ~columns["server"].astype(bool)
-        ports = columns["lport"] * 65536 + columns["rport"]
+        ports = self._lives.ports()
         return ~columns["listener"].astype(bool) & ~np.isin(ports, ports[unexplained])
 
     def provisional(self, now: float, everything: bool = True) -> Iterator[pd.DataFrame]:
