@@ -10,6 +10,8 @@ is gone, and dropped when all of it is.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -46,62 +48,76 @@ IN_COLUMNS = {"skaddr": "skaddr", "event_at": "closed_at", "flags_raw": "flags",
 NARROW = ("pid", "tid", "states_raw")  # held as int32: a pid (pid_max is at most 2**22) and a state bitmask
 
 
-def _packed(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """The frame with each text column as categories (a code a row, each distinct text once),
-    without the IN_COLUMNS and with NARROW narrowed; and its dtypes, to restore it (_restored).
-    A chunk's lives share a few names and addresses, but each text cell otherwise costs tens
-    of bytes (an object, or Arrow's buffers under pandas' str): with a minute of TIME_WAITs
-    held, this cuts what a life held costs from about 480 bytes to 170, its stream columns
-    included."""
-    packed = frame.drop(columns=[c for c in IN_COLUMNS if c in frame.columns])
-    text = [c for c in packed.columns if not pd.api.types.is_numeric_dtype(packed[c])]
-    narrow = [c for c in NARROW if c in packed.columns and packed[c].dtype == np.int64]
-    return packed.astype({**dict.fromkeys(text, "category"), **dict.fromkeys(narrow, np.int32)}), frame.dtypes
+@dataclass
+class Chunk:
+    """The lives of one arrival, packed: numbers as numpy arrays (NARROW narrowed), and each
+    text column as a code a row (-1: none; int8 where its texts allow) into its distinct texts.  A
+    chunk's lives share a few names and addresses, but each text cell otherwise costs tens of
+    bytes (an object, or Arrow's buffers under pandas' str): with a minute of TIME_WAITs held,
+    this cuts what a life held costs from about 480 bytes to 170, its stream columns included.
+    Plain arrays, not a frame: a step's lives come from some sixty chunks, and gathering them
+    costs numpy's few microseconds a chunk and column, not pandas' tens."""
+    numbers: dict[str, np.ndarray]
+    texts: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (codes, its distinct texts as objects)
+    kinds: dict  # every column's dtype as it arrived, in its order (IN_COLUMNS' too)
+
+    @classmethod
+    def packed(cls, frame: pd.DataFrame) -> "Chunk":
+        numbers, texts = {}, {}
+        for name, values in frame.items():
+            if name in IN_COLUMNS:
+                continue
+            if pd.api.types.is_numeric_dtype(values.dtype):
+                array = values.to_numpy()
+                numbers[name] = array.astype(np.int32) if name in NARROW and array.dtype == np.int64 else array
+            else:
+                codes, distinct = pd.factorize(values)
+                narrowest = np.int8 if len(distinct) < 127 else np.int16 if len(distinct) < 32767 else np.int32
+                texts[name] = codes.astype(narrowest), np.asarray(distinct, dtype=object)
+        return cls(numbers, texts, frame.dtypes.to_dict())
+
+    def kept(self, rows: np.ndarray) -> "Chunk":
+        """Only the lives at `rows` (their texts' codes as they were)."""
+        return Chunk({name: values[rows] for name, values in self.numbers.items()},
+                     {name: (codes[rows], distinct) for name, (codes, distinct) in self.texts.items()}, self.kinds)
 
 
-def _restored(packed: pd.DataFrame, columns: dict[str, np.ndarray], kinds: pd.Series) -> pd.DataFrame:
-    """Rows of a _packed chunk (or of chunks joined, all of one `kinds`) with the IN_COLUMNS
-    taken back from `columns` (theirs, in the same order) and its numbers as they were
-    (`kinds`, the dtypes it arrived with); text columns stay categories (_unpacked)."""
-    part = packed.assign(**{name: columns[held] for name, held in IN_COLUMNS.items() if name in kinds})
-    part = part[list(kinds.index) + [c for c in part.columns if c not in kinds.index]]
-    changed = {c: kinds[c] for c in [*IN_COLUMNS, *NARROW] if c in kinds and part[c].dtype != kinds[c]}
-    return part.astype(changed) if changed else part
+def _texts(parts: list[tuple[np.ndarray, np.ndarray]], rows: list[np.ndarray], kind) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """One text column of the lives at `rows` of each chunk's (codes, distinct texts), as
+    decoded (`kind`): the chunks' distinct texts made one list, each code moved to it."""
+    distinct = [texts for _, texts in parts]
+    remap, uniques = pd.factorize(np.concatenate(distinct) if len(distinct) > 1 else distinct[0])
+    starts = np.cumsum([0, *map(len, distinct[:-1])])
+    remap = np.append(remap, -1)  # (a code -1, none, stays -1: it indexes this last entry)
+    codes = np.concatenate([remap[np.where(c[r] >= 0, c[r].astype(np.int64) + start, -1)]
+                            for (c, _), r, start in zip(parts, rows, starts)])
+    if kind == object:  # (none as None, as decode gives it)
+        return np.append(np.asarray(uniques, dtype=object), None)[codes]
+    return pd.array(np.asarray(uniques, dtype=object), dtype=kind).take(codes, allow_fill=True)
 
 
-def _as_decoded(kinds: pd.Series, columns: dict[str, np.ndarray]) -> bool:
-    """Did a chunk arrive with the dtypes decode gives (a recording's may differ)?  Then its
-    IN_COLUMNS were as the stream keeps them, its NARROW were int64, and its rows can be joined
-    to other such chunks' before they are restored, once (Held.frame)."""
-    return (all(kinds.get(name) == columns[held].dtype for name, held in IN_COLUMNS.items())
-            and all(kinds.get(name, np.dtype(np.int64)) == np.int64 for name in NARROW))
-
-
-def _unpacked(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
-    """A _packed frame with its columns as decoded (`dtypes`), None where a text column had none."""
+def _gathered(parts: list[tuple[Chunk, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:
+    """The lives at `rows` of each (chunk, rows, its stream columns), all arrived with the same
+    dtypes, one frame as decoded, their IN_COLUMNS from the stream's columns."""
     out = {}
-    for column, values in frame.items():
-        was = dtypes.get(column, values.dtype)
-        if not pd.api.types.is_numeric_dtype(was):  # (chunks of other categories concatenated: object)
-            if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.dtype == was != object:
-                # (each code's text taken from the categories: astype would make a Python str of each)
-                codes = values.cat.codes.to_numpy()
-                values = pd.Series(values.cat.categories.array.take(codes, allow_fill=True), index=values.index)
-            elif values.dtype != was:
-                values = values.astype(was)
-            if was == object:
-                values = values.where(values.notna(), None)
-        out[column] = values
-    return pd.DataFrame(out, index=frame.index)
+    for name, kind in parts[0][0].kinds.items():
+        if name in IN_COLUMNS:
+            values = np.concatenate([columns[IN_COLUMNS[name]][rows] for _, rows, columns in parts])
+        elif name in parts[0][0].numbers:
+            values = np.concatenate([chunk.numbers[name][rows] for chunk, rows, _ in parts])
+        else:
+            out[name] = _texts([chunk.texts[name] for chunk, _, _ in parts], [rows for _, rows, _ in parts], kind)
+            continue
+        out[name] = values.astype(kind, copy=False)
+    return pd.DataFrame(out)
 
 
 class Held:
     """Lives in arrival chunks; positions run over the chunks in order, gone rows included."""
 
     def __init__(self):
-        self._frames: list[pd.DataFrame] = []  # (_packed)
-        self._kinds: list[pd.Series] = []  # each chunk's dtypes, as it arrived (_restored)
-        self._dtypes: dict = {}  # their columns' as decoded
+        self._chunks: list[Chunk] = []
+        self._dtypes: dict = {}  # the first chunk's, as decoded (frame(): a mixed step's text columns)
         self._columns: list[dict[str, np.ndarray]] = []
         self._gone: list[np.ndarray] = []
         self.columns: dict[str, np.ndarray] = {}  # every chunk's, concatenated (refresh())
@@ -115,9 +131,7 @@ class Held:
         """Hold the lives of `frame`, arrived at `now`."""
         if len(frame):
             self._dtypes = self._dtypes or frame.dtypes.to_dict()
-            packed, kinds = _packed(frame.reset_index(drop=True))
-            self._frames.append(packed)
-            self._kinds.append(kinds)
+            self._chunks.append(Chunk.packed(frame))
             self._columns.append(_columns(frame, now))
             self._gone.append(np.zeros(len(frame), dtype=bool))
         self.refresh()
@@ -152,24 +166,25 @@ class Held:
 
     def frame(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, as decoded, with their flags as set here."""
-        split = list(self._split(positions))
+        split = [(self._chunks[chunk], rows, self._columns[chunk]) for chunk, rows in self._split(positions)]
         if not split:
             return concat([])
-        taken = lambda chunk, rows: {held: self._columns[chunk][held][rows] for held in IN_COLUMNS.values()}  # noqa: E731
-        if all(_as_decoded(self._kinds[chunk], self._columns[chunk]) for chunk, _ in split):
-            # (restored once, joined: a step's lives come from some sixty chunks of a minute of arrivals)
-            columns = [taken(chunk, rows) for chunk, rows in split]
-            joined = {held: np.concatenate([c[held] for c in columns]) for held in IN_COLUMNS.values()}
-            lives = _restored(concat(self._frames[chunk].iloc[rows] for chunk, rows in split), joined,
-                              self._kinds[split[0][0]])
-        else:
-            lives = concat(_restored(self._frames[chunk].iloc[rows], taken(chunk, rows), self._kinds[chunk])
-                           for chunk, rows in split)
-        return _unpacked(lives, self._dtypes)
+        runs = [[split[0]]]  # (chunks in a row that arrived with the same dtypes: one gathering each)
+        for part in split[1:]:
+            (runs[-1].append(part) if part[0].kinds == runs[-1][-1][0].kinds else runs.append([part]))
+        if len(runs) == 1:
+            return _gathered(runs[0])
+        lives = concat(map(_gathered, runs))  # (a recording's chunks, or a step with sock_diag's rows)
+        for name, kind in self._dtypes.items():
+            if name in lives and not pd.api.types.is_numeric_dtype(kind) and lives[name].dtype != kind:
+                lives[name] = lives[name].astype(kind)
+                if kind == object:
+                    lives[name] = lives[name].where(lives[name].notna(), None)
+        return lives
 
     def values(self, name: str, positions: np.ndarray) -> np.ndarray:
         """One numeric column of the lives at `positions` (sorted), not decoded whole."""
-        parts = [self._frames[chunk][name].to_numpy()[rows] for chunk, rows in self._split(positions)]
+        parts = [self._chunks[chunk].numbers[name][rows] for chunk, rows in self._split(positions)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def take(self, positions: np.ndarray) -> pd.DataFrame:
@@ -196,22 +211,21 @@ class Held:
         for i in keep:
             gone = self._gone[i]
             if gone.mean() >= COMPACT_SHARE:
-                self._frames[i] = self._frames[i][~gone].reset_index(drop=True)
+                self._chunks[i] = self._chunks[i].kept(~gone)
                 self._columns[i] = {name: values[~gone] for name, values in self._columns[i].items()}
                 self._gone[i] = np.zeros(int((~gone).sum()), dtype=bool)
-        self._frames = [self._frames[i] for i in keep]
-        self._kinds = [self._kinds[i] for i in keep]
+        self._chunks = [self._chunks[i] for i in keep]
         self._columns = [self._columns[i] for i in keep]
         self._gone = [self._gone[i] for i in keep]
         small = [i for i, gone in enumerate(self._gone) if len(gone) < SMALL_CHUNK]
         if len(self._gone) > MERGE_CHUNKS and len(small) > 1:  # (lives parked to the end, a few a chunk)
-            merged = (_packed(concat([_restored(self._frames[i], self._columns[i], self._kinds[i]) for i in small])),
+            whole = [(self._chunks[i], slice(None), self._columns[i]) for i in small]
+            merged = (Chunk.packed(concat(_gathered([part]) for part in whole)),
                       {name: np.concatenate([self._columns[i][name] for i in small]) for name in self._columns[0]},
                       np.concatenate([self._gone[i] for i in small]))
             rest = [i for i in range(len(self._gone)) if i not in set(small)]
             # (arrival order is not kept across the merge: positions are only used within a step)
-            self._frames = [merged[0][0], *(self._frames[i] for i in rest)]
-            self._kinds = [merged[0][1], *(self._kinds[i] for i in rest)]
+            self._chunks = [merged[0], *(self._chunks[i] for i in rest)]
             self._columns = [merged[1], *(self._columns[i] for i in rest)]
             self._gone = [merged[2], *(self._gone[i] for i in rest)]
         self.refresh()

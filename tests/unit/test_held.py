@@ -52,7 +52,9 @@ def test_a_life_held_costs_under_200_bytes():
     chunk = lives(5000)
     h = Held()
     h.add(chunk, now=0.0)
-    packed = sum(f.memory_usage(deep=True).sum() for f in h._frames)
+    packed = sum(sum(v.nbytes for v in c.numbers.values())
+                 + sum(codes.nbytes + pd.Series(texts).memory_usage(deep=True) for codes, texts in c.texts.values())
+                 for c in h._chunks)
     stream_columns = sum(v.nbytes for v in h.columns.values())
     assert chunk.memory_usage(deep=True).sum() / len(chunk) > 350
     assert (packed + stream_columns) / len(chunk) < 200
