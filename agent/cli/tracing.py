@@ -53,11 +53,13 @@ def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregate
     Every connection is credited to the process that owns it, with who closed
     first (active, passive, simultaneous, reset, never established, open).
     Each connection's row is made as soon as nothing can change it (its
-    TIME_WAIT ended) and kept on disk (DIR/connections.arrow with -o, else
-    $TMPDIR or /var/tmp); the end makes the figures from all of them, up to
-    1.5 kB of memory a row: a run past 80 % of MemAvailable is counted per
-    process only.  For hours at high churn, use --aggregates.  A Ctrl-C or
-    SIGTERM while the files are written only warns; the next one abandons them.
+    TIME_WAIT ended), counted in the figures and kept on disk
+    (DIR/connections.arrow with -o, else $TMPDIR or /var/tmp): memory stays
+    flat however long the run.  On a busy host the rows take at most a tenth
+    of a core; connections that close faster than that (tens of thousands a
+    second) wait on disk for the end, which then takes a while (docs/overhead.md);
+    --aggregates never falls behind.  A Ctrl-C or SIGTERM while the files are
+    written only warns; the next one abandons them.
 
     \b
     Examples:

@@ -55,17 +55,6 @@ def process_comm(pid: int) -> str | None:
         return None
 
 
-def mem_available() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes: what can be allocated without swapping."""
-    try:
-        for line in (PROC / "meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def netstat(text: str) -> dict[str, dict[str, int]]:
     """/proc/net/netstat as {"TcpExt": {"TW": 12, ...}, ...}: pairs of header and value lines."""
     tables: dict[str, dict[str, int]] = {}
