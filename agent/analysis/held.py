@@ -82,7 +82,7 @@ class Chunk:
                      {name: (codes[rows], distinct) for name, (codes, distinct) in self.texts.items()}, self.kinds)
 
 
-def _texts(parts: list[tuple[np.ndarray, np.ndarray]], rows: list[np.ndarray], kind) -> np.ndarray | pd.api.extensions.ExtensionArray:
+def _texts(parts: list[tuple[np.ndarray, np.ndarray]], rows: list[np.ndarray], kind):
     """One text column of the lives at `rows` of each chunk's (codes, distinct texts), as
     decoded (`kind`): the chunks' distinct texts made one list, each code moved to it."""
     distinct = [texts for _, texts in parts]

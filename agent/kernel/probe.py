@@ -31,7 +31,8 @@ TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
 RINGBUF_PAGES = 2048  # 8 MiB: ~50,000 records, a second of full churn, twenty of the drainer's reads (run.drainer);
-# mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS: 16 MiB cost 16 more, and neither dropped a record at full churn (docs/overhead.md)
+# mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS: 16 MiB cost 16 more, and neither
+# dropped a record at full churn (docs/overhead.md)
 TRANSITION_PAGES = 8192  # --transitions: 32 MiB, ~350 000 transitions, over a second of full churn
 
 
