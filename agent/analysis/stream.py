@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..record import layout
-from ..record.decode import concat, empty_events
+from ..record.decode import concat, empty_events, widened
 from . import reuses
 from .held import Held
 from .lives import Carried, connections, rst_sent_after_close
@@ -61,6 +61,8 @@ class Stream:
         self._ends = empty_events()
         self._resets = pd.DataFrame({"event_at": np.zeros(0), "skaddr": np.zeros(0, np.uint64), "arrived": np.zeros(0)})
         self._end_names = timewait_name(empty_events())
+        self._followed = empty_events()  # the timewait sockets still open at the end (finish_parts), by timer
+        self._followed_names = self._end_names
         self.settled_early = 0  # lives settled before what they waited for (PARKED_MAX, a lost end)
 
     @property
@@ -83,27 +85,35 @@ class Stream:
         self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
         return rows
 
-    def finish(self, events: pd.DataFrame, ended_at: float) -> pd.DataFrame:
+    def finish(self, events: pd.DataFrame, ended_at: float, followed: pd.DataFrame | None = None) -> pd.DataFrame:
         """The end of the run's events (the lives still open, the timewait sockets still
         followed, the sockets seen at the end); return every row left (finish_parts, joined)."""
-        return pd.concat(list(self.finish_parts(events, ended_at)), ignore_index=True)
+        return pd.concat(list(self.finish_parts(events, ended_at, followed)), ignore_index=True)
 
-    def finish_parts(self, events: pd.DataFrame, ended_at: float) -> Iterator[pd.DataFrame]:
+    def finish_parts(self, events: pd.DataFrame, ended_at: float,
+                     followed: pd.DataFrame | None = None) -> Iterator[pd.DataFrame]:
         """finish() a part at a time: a minute of a busy host's TIME_WAITs is held at the end,
         and their rows made at once would cost ~2.5 kB a life while made.  First the held lives
         whose rows nothing but their own records decides on, PART_LIVES at a time (as a step
         makes them); last the rest together, which the parts before may decide on (a listener's
         owners, carried), with the lives still open and the sockets seen at the end: the lives
         credited to a listener, those whose unexplained cancel a client may show to be a reuse,
-        and those clients."""
+        and those clients.
+
+        followed: the timewait sockets the BPF side still followed, as the tracer read them
+        (decode.from_followed_timewaits: a few columns only), apart from `events`: joined to
+        them, a few hundred thousand would take every column of the lives' records."""
+        if followed is not None:
+            ended = (followed["kind"] != "tw_open").to_numpy(bool)  # (a cancel nothing explained: an end)
+            events, followed = concat([events, widened(followed[ended])]), followed[~ended]
         kind = events["kind"].to_numpy(object)
         arriving = np.isin(kind, ARRIVING)
         self._add(events[arriving], ended_at)
-        # held as ends, each to go with its life's part; before the others, so that an end that
-        # came after the maps were read is the last of its name (timewait._timewait_ends)
-        still_open = events[kind == "tw_open"]
-        if len(still_open):
-            self._ends = concat([still_open.assign(arrived=ended_at), self._ends])
+        still_open = events[kind == "tw_open"] if followed is None else followed
+        if self.method == "timers":  # each found by its name for its life's part (_ends_of), after the ends
+            self._followed, self._followed_names = still_open.assign(arrived=ended_at), timewait_name(still_open)
+        elif len(still_open):  # (sock_diag's, by 4-tuple) before the ends: one after the read is the last of its name
+            self._ends = concat([widened(still_open).assign(arrived=ended_at), self._ends])
             self._end_names = timewait_name(self._ends)
         alive = np.flatnonzero(self._lives.alive)
         alone = alive[self._alone()[alive]]
@@ -114,6 +124,7 @@ class Stream:
         lives = self._lives.frame(np.setdiff1d(alive, alone))
         ends = self._ends_of(lives)
         self._lives, self._ends, self._end_names = Held(), empty_events(), timewait_name(empty_events())
+        self._followed, self._followed_names = empty_events(), self._end_names
         yield connections(concat([lives, ends, events[~arriving & (kind != "tw_open")]]), ended_at, self.method,
                           self.pods, self._carried, final=True)
 
@@ -165,10 +176,16 @@ class Stream:
         """The ends held of these lives' timewait sockets: the last of each name, which is the
         one connections() takes (sock_diag's, matched by 4-tuple: all of them).  Not the others:
         a minute of a busy host's ends would be copied at every step."""
-        if self.method != "timers" or not len(self._ends):
+        if self.method != "timers":
             return self._ends
-        found = end_of(timewait_name(lives), self._end_names)
-        return self._ends.iloc[np.unique(found[found >= 0])]
+        names = timewait_name(lives)
+        found = end_of(names, self._end_names)
+        ends = self._ends.iloc[np.unique(found[found >= 0])]
+        if not len(self._followed):
+            return ends
+        # no end arrived: still open at the end of the run, if the BPF side still followed it
+        opened = end_of({name: values[found < 0] for name, values in names.items()}, self._followed_names)
+        return concat([widened(self._followed.iloc[np.unique(opened[opened >= 0])]), ends])
 
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on

@@ -224,25 +224,41 @@ def from_timewait_watch(rows: list[dict], kind: str, at: float) -> pd.DataFrame:
     return frame
 
 
+FOLLOWED_COLUMNS = ("kind", "event_at", "tw_end", "tw_timer", "tw_start_at", "tw_rearm_at", "tw_timeout_s")
+
+
 def from_followed_timewaits(states: np.ndarray, monotonic_to_epoch_ns: int, hz: int | None,
                             at: float) -> pd.DataFrame:
     """The timewait sockets the BPF side still followed when tracing ended (struct tw_state
     entries of tw_slots and tws): a tw_open row each, or a tw_end row for one whose cancel
     nothing explained before the end: reused (the BPF side saw a connect() take it), else
-    cancelled."""
+    cancelled.  Only the columns they fill, FOLLOWED_COLUMNS (widened() gives them the others): a busy host
+    follows a few hundred thousand, and a row with every column costs some 330 bytes, more
+    again once joined to the lives' records (analysis.stream.Stream.finish_parts)."""
     if not len(states):
         return empty_events()
     epoch = lambda ns: np.where(ns > 0, (ns.astype(np.int64) + monotonic_to_epoch_ns) / 1e9, np.nan)  # noqa: E731
     cancelled = states["cancel_ns"] != 0
     how = np.where(states["reused"] != 0, "reused", "cancelled") if "reused" in states.dtype.names else "cancelled"
-    frame = _timewait_rows(len(states), np.where(cancelled, "tw_end", "tw_open").astype(object),
-                           np.where(cancelled, epoch(states["cancel_ns"]), at),
-                           np.where(cancelled, how, None).astype(object))
-    frame["tw_timer"] = states["timer"].astype(np.uint64)
-    frame["tw_start_at"] = epoch(states["start_ns"])
-    frame["tw_rearm_at"] = epoch(states["rearm_ns"])
-    frame["tw_timeout_s"] = states["timeout"] / hz if hz else np.nan
-    return frame
+    return pd.DataFrame(dict(zip(FOLLOWED_COLUMNS, (
+        np.where(cancelled, "tw_end", "tw_open").astype(object),  # kind
+        np.where(cancelled, epoch(states["cancel_ns"]), at),  # event_at
+        np.where(cancelled, how, None).astype(object),  # tw_end
+        states["timer"].astype(np.uint64),
+        epoch(states["start_ns"]),
+        epoch(states["rearm_ns"]),
+        states["timeout"] / hz if hz else np.full(len(states), np.nan)))))
+
+
+def widened(frame: pd.DataFrame) -> pd.DataFrame:
+    """Events with only some columns (from_followed_timewaits) with every column of a decoded
+    event, in its order, None where they have none (and their own others after them)."""
+    if all(column in frame.columns for column in EVENT_COLUMNS):
+        return frame
+    return pd.DataFrame({**{column: frame[column].to_numpy() if column in frame.columns
+                            else np.full(len(frame), None, dtype=object) for column in EVENT_COLUMNS},
+                         **{column: frame[column].to_numpy() for column in frame.columns
+                            if column not in EVENT_COLUMNS}})
 
 
 def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:

@@ -145,14 +145,15 @@ class Kept:
         self.add(self._stream.step(frame, now))
         self._stepped(started)
 
-    def finish(self, ends: list[pd.DataFrame], ended_at: float) -> int:
+    def finish(self, ends: list[pd.DataFrame], ended_at: float, followed: pd.DataFrame | None = None) -> int:
         """The rest of the rows: the records still waiting, a step at a time, then with what
-        the end of the run read (`ends`: decoded); returns how many were made before what they
+        the end of the run read (`ends`: decoded; `followed`: the timewait sockets the BPF side
+        still followed, see Stream.finish_parts); returns how many were made before what they
         waited for came (Stream.settled_early)."""
         while len(self._backlog):
             self.step()
         self._frames += ends
-        for rows in self._stream.finish_parts(self._take_arrived(), ended_at):
+        for rows in self._stream.finish_parts(self._take_arrived(), ended_at, followed):
             self.add(rows)
         self._backlog.close()
         if self._pending is not None:

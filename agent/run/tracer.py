@@ -200,8 +200,7 @@ class Tracer:
         return RunInfo(started_at=self.started_at, ended_at=ended_at, hz=self.hz,
                        counters={name: n - before.get(name, 0) for name, n in counters.items()},
                        timewaits_swept=self.timewaits_swept - before.get("timewaits_swept", 0),
-                       timewait_method=self.timewait_method,
-                       timewait_method_why=self.timewait_method_why,
+                       timewait_method=self.timewait_method, timewait_method_why=self.timewait_method_why,
                        # the kernel's own counts, per network namespace: see analysis.reconcile
                        netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": procfs.all_tcp_counters()},
                        sysctls=self._sysctls, kernel_release=os.uname().release,
@@ -276,7 +275,7 @@ class Tracer:
         still_open = still_open[keep].assign(event_at=ended_at)
         ends += [still_open, timewaits, self._owners.placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
         for frame in ends if self._recorder else ():
-            self._recorder.write(frame)
+            self._recorder.write(decode.widened(frame))
         run.listen_queues = pressed.astype(object).where(pressed.notna(), None).to_dict("records")
         if self._transitions:
             run.transitions = transitions.accounting(self._transitions.written, counters, self._transitions.path,
@@ -286,7 +285,8 @@ class Tracer:
             run.recording_stopped = self._recorder.stopped
         if self._kept is None:  # (keep=False: the caller took the records as they came)
             return RunRows.at_hand(rowfile.empty(), run), run
-        run.rows_settled_early = self._kept.finish(ends, ended_at)
+        apart = None if self._watch else timewaits  # (the BPF side's, not joined to the rest: Stream.finish_parts)
+        run.rows_settled_early = self._kept.finish([f for f in ends if f is not apart], ended_at, apart)
         if self._out is not None:  # every row is made: none is provisional any more
             self._out.remove([rundir.PENDING])
         return self._kept.rows_of_run(run), run

@@ -7,14 +7,16 @@ import pandas as pd
 
 from agent.analysis import lives
 from agent.analysis.stream import ARRIVING, END_OF_RUN, Stream
-from agent.record.decode import concat
+from agent.record.decode import FOLLOWED_COLUMNS, concat
 
 ORDER = ["family", "laddr", "lport", "raddr", "rport", "opened_at", "closed_at", "skaddr", "initiator"]
 
 
-def streamed(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> tuple[pd.DataFrame, Stream]:
+def streamed(events: pd.DataFrame, run, cuts: int, seed: int = 0, apart: bool = False) -> tuple[pd.DataFrame, Stream]:
     """The rows of `events` (a recording's, in arrival order) made by a Stream fed `cuts`
-    batches cut at random, each step's clock the latest event time so far."""
+    batches cut at random, each step's clock the latest event time so far.  apart: the end's
+    timewait rows handed over apart, with their own columns only, as the tracer reads them
+    from the BPF maps (decode.from_followed_timewaits)."""
     kind = events["kind"].to_numpy(object)
     end_rows = np.flatnonzero(np.isin(kind, END_OF_RUN))  # (what Tracer.finish reads: after every arrival)
     first_end = end_rows[0] if len(end_rows) else len(events)
@@ -28,7 +30,9 @@ def streamed(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> tuple[pd.Da
         if len(batch):
             now = max(now, float(np.nanmax(batch["event_at"].astype(float))))
         rows.append(stream.step(batch, now))
-    rows.append(stream.finish(events.iloc[first_end:], run.ended_at))
+    end = events.iloc[first_end:]
+    mapped = end["kind"].isin(["tw_open", "tw_end"]).to_numpy() & apart
+    rows.append(stream.finish(end[~mapped], run.ended_at, end[mapped][list(FOLLOWED_COLUMNS)] if apart else None))
     return concat(rows), stream
 
 
@@ -43,9 +47,9 @@ def whole_run(events: pd.DataFrame, run) -> pd.DataFrame:
     return lives.connections(events, run.ended_at, run.timewait_method, run.pods)
 
 
-def differences(events: pd.DataFrame, run, cuts: int, seed: int = 0) -> pd.DataFrame:
+def differences(events: pd.DataFrame, run, cuts: int, seed: int = 0, apart: bool = False) -> pd.DataFrame:
     """The cells where streaming `events` in `cuts` batches and analysing them whole disagree."""
-    return cells_differ(whole_run(events, run), streamed(events, run, cuts, seed)[0])
+    return cells_differ(whole_run(events, run), streamed(events, run, cuts, seed, apart)[0])
 
 
 def cells_differ(whole: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:

@@ -76,6 +76,19 @@ def test_the_rows_made_as_records_arrive_are_those_of_the_whole_run(tmp_path, mo
         assert differences(events, run, cuts, seed).empty
 
 
+@pytest.mark.parametrize("name", STREAMS)
+def test_the_timewaits_still_followed_handed_over_apart_give_the_same_rows(tmp_path, monkeypatch, name):
+    """The tracer hands the timewait sockets the BPF side still followed at the end apart from
+    the other events, with their own columns only: each is found for its life's part, and a
+    cancel read there is an end like any other."""
+    monkeypatch.setattr(streaming, "PART_LIVES", 2)
+    build, method = STREAMS[name]
+    events, run = replay(tmp_path, *build(), ended=150.0, timewait=method)
+    assert (events["kind"] == "tw_open").any()
+    for cuts in (0, 3):
+        assert differences(events, run, cuts, apart=True).empty
+
+
 def test_a_recorded_churn_streamed_a_second_at_a_time_gives_the_same_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(streaming, "PART_LIVES", 100)
     events, run = replay(tmp_path, churn(3000, span=30.0), ended=100.0, timewait="timers")
@@ -361,3 +374,24 @@ def test_a_timewait_that_ended_while_the_end_of_the_run_read_the_maps_has_its_en
     assert stream.step(events[events["kind"] == "life"], epoch(3.0)).empty
     rows = stream.finish(events[events["kind"] != "life"], epoch(10.0))
     assert list(rows["tw_end_reason"]) == ["killed"] and rows["tw_s"].iloc[0] == pytest.approx(7.99)
+
+
+def test_a_cancel_read_from_the_maps_at_the_end_of_the_run_ends_its_timewait(tmp_path):
+    """A timewait the BPF side still followed at the end, cancelled by a connect() (reused), is
+    read so from its map entry and handed over apart (decode.from_followed_timewaits): that
+    cancel is the end of its life's TIME_WAIT, as a record of it would be."""
+    import numpy as np
+
+    from support.streams import HZ, OFFSET_NS
+
+    events, run = replay(tmp_path, raw(skaddr=1, pid=7, comm="closer", ts=2.0, tw_timer=T1, tw_start=2.0,
+                                       **ACTIVE_CLIENT), ended=10.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events[events["kind"] == "life"], epoch(3.0)).empty
+    states = np.zeros(1, [("timer", "<u8"), ("start_ns", "<u8"), ("rearm_ns", "<u8"), ("cancel_ns", "<u8"),
+                          ("timeout", "<u4"), ("reused", "<u4")])
+    states[0] = (T1, 2 * 10**9, 0, 9 * 10**9, 60 * HZ, 1)
+    followed = decode.from_followed_timewaits(states, OFFSET_NS, HZ, epoch(10.0))
+    assert list(followed.columns) == list(decode.FOLLOWED_COLUMNS)
+    rows = stream.finish(decode.empty_events(), epoch(10.0), followed)
+    assert list(rows["tw_end_reason"]) == ["reused"] and rows["tw_s"].iloc[0] == pytest.approx(7.0)
