@@ -108,7 +108,7 @@ def _gathered(parts: list[tuple[Chunk, np.ndarray, dict[str, np.ndarray]]]) -> p
         else:
             out[name] = _texts([chunk.texts[name] for chunk, _, _ in parts], [rows for _, rows, _ in parts], kind)
             continue
-        out[name] = values.astype(kind, copy=False)
+        out[name] = values.astype(kind, copy=False) if isinstance(kind, np.dtype) else pd.array(values, dtype=kind)
     return pd.DataFrame(out)
 
 

@@ -58,3 +58,17 @@ def test_a_life_held_costs_under_200_bytes():
     stream_columns = sum(v.nbytes for v in h.columns.values())
     assert chunk.memory_usage(deep=True).sum() / len(chunk) > 350
     assert (packed + stream_columns) / len(chunk) < 200
+
+
+def test_columns_of_other_kinds_come_back_as_they_arrived():
+    """A recording's lives may carry columns decode does not make: nullable integers, flags,
+    categories, objects of mixed kinds; each comes back with its dtype and its missing cells."""
+    chunk = lives(3).assign(
+        fd=pd.array([3, None, 5, None, 7, 8], dtype="Int64"),
+        existing=[True, False, True, False, False, True],
+        unit=pd.Categorical(["a.service", None, "a.service", "b.service", None, "b.service"]),
+        inode=[1, "x", None, 2.5, None, 4])
+    h = Held()
+    h.add(chunk.iloc[:4].reset_index(drop=True), now=0.0)
+    h.add(chunk.iloc[4:].reset_index(drop=True), now=1.0)
+    same(h.take(np.arange(6)), chunk)
