@@ -232,9 +232,9 @@ def from_followed_timewaits(states: np.ndarray, monotonic_to_epoch_ns: int, hz: 
     """The timewait sockets the BPF side still followed when tracing ended (struct tw_state
     entries of tw_slots and tws): a tw_open row each, or a tw_end row for one whose cancel
     nothing explained before the end: reused (the BPF side saw a connect() take it), else
-    cancelled.  Only the columns they fill, FOLLOWED_COLUMNS (widened() gives them the others): a busy host
-    follows a few hundred thousand, and a row with every column costs some 330 bytes, more
-    again once joined to the lives' records (analysis.stream.Stream.finish_parts)."""
+    cancelled.  Only the columns they fill, FOLLOWED_COLUMNS (widened() gives them the
+    others): a busy host follows a few hundred thousand, and a row with every column costs
+    some 330 bytes, more again once joined to the lives' records (Stream.finish_parts)."""
     if not len(states):
         return empty_events()
     epoch = lambda ns: np.where(ns > 0, (ns.astype(np.int64) + monotonic_to_epoch_ns) / 1e9, np.nan)  # noqa: E731
