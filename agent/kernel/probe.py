@@ -30,9 +30,9 @@ MAX_TWS = 262144
 TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
-RINGBUF_PAGES = 2048  # 8 MiB: ~50,000 records, a second of full churn, twenty of the drainer's reads (run.drainer);
-# mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS: 16 MiB cost 16 more, and neither
-# dropped a record at full churn (docs/overhead.md)
+RINGBUF_PAGES = 4096  # 16 MiB: ~100,000 records, over two seconds of full churn between two of the drainer's reads;
+# mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS, but 8 MiB dropped 43,903 records
+# in ten minutes of full churn where 16 MiB dropped none (docs/overhead.md)
 TRANSITION_PAGES = 8192  # --transitions: 32 MiB, ~350 000 transitions, over a second of full churn
 
 
