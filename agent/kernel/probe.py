@@ -30,7 +30,7 @@ MAX_TWS = 262144
 TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
-RINGBUF_PAGES = 4096  # 16 MiB: ~100,000 records, over two seconds of full churn between two of the drainer's reads;
+RINGBUF_PAGES = 4096  # 16 MiB: ~100,000 records, two seconds of full churn for a drainer held up (run.drainer);
 # mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS, but 8 MiB dropped 43,903 records
 # in ten minutes of full churn where 16 MiB dropped none (docs/overhead.md)
 TRANSITION_PAGES = 8192  # --transitions: 32 MiB, ~350 000 transitions, over a second of full churn
