@@ -171,7 +171,10 @@ class Held:
             return concat([])
         runs = [[split[0]]]  # (chunks in a row that arrived with the same dtypes: one gathering each)
         for part in split[1:]:
-            (runs[-1].append(part) if part[0].kinds == runs[-1][-1][0].kinds else runs.append([part]))
+            if part[0].kinds == runs[-1][-1][0].kinds:
+                runs[-1].append(part)
+            else:
+                runs.append([part])
         if len(runs) == 1:
             return _gathered(runs[0])
         lives = concat(map(_gathered, runs))  # (a recording's chunks, or a step with sock_diag's rows)
