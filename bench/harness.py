@@ -208,8 +208,11 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             tracer.send_signal(signal.SIGINT)
             stopped = time.monotonic()
             if mode in (*TCPCLOSE_MODES, AGENT):  # it writes its files on the way out: wait for them
-                row["rss_report_mib"] = wait_peak_rss(tracer)
+                row["rss_report_mib"], said = wait_peak_rss(tracer)
                 row["report_s"] = time.monotonic() - stopped  # what the user waits for after Ctrl-C
+                row["exit_code"] = tracer.returncode
+                if tracer.returncode:  # its files are its last interval's: say why, not only "lost"
+                    print(f"  {mode} exited with {tracer.returncode}; it said:\n{said}", flush=True)
             else:
                 # tcpstates may never see the SIGINT: a KeyboardInterrupt raised inside its
                 # per-event ctypes callback is printed and dropped.  Its output is on disk already.

@@ -2,6 +2,7 @@
 current RSS, and the kernel's own timing of BPF programs (in a window of each traced run)."""
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import subprocess
@@ -96,15 +97,18 @@ REPORT_TIMEOUT_S = 900  # a tracer still writing its files after this is killed
 PEAK_EVERY_S = 0.1  # adds up to this much to "Ctrl-C to files"
 
 
-def wait_peak_rss(proc: subprocess.Popen) -> float:
+def wait_peak_rss(proc: subprocess.Popen) -> tuple[float, str]:
     """Wait for a tracer to write its files and exit (killed after REPORT_TIMEOUT_S); its
-    peak RSS in MiB over its whole life, the end-of-run analysis included.
+    peak RSS in MiB over its whole life, the end-of-run analysis included, and the last
+    STDERR_TAIL lines it wrote (what it said if its end failed: the files are then those
+    of its last interval, and its counts far short).
 
     Read from its own VmHWM (a high-water mark, so no peak falls between two reads) until
     it exits.  Not the ru_maxrss of wait4(): a child started by fork or vfork and exec
     starts with its parent's high-water mark there, and the bench's own reached hundreds
     of MiB reading tcpstates' output, which made --aggregates look 600 MiB big."""
-    stderr = threading.Thread(target=proc.stderr.read, daemon=True)  # it may print a lot
+    tail: collections.deque = collections.deque(maxlen=STDERR_TAIL)
+    stderr = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)  # it may print a lot
     stderr.start()
     deadline = time.monotonic() + REPORT_TIMEOUT_S
     peak = 0.0
@@ -114,7 +118,10 @@ def wait_peak_rss(proc: subprocess.Popen) -> float:
             proc.kill()
         time.sleep(PEAK_EVERY_S)
     stderr.join()
-    return peak or float("nan")
+    return peak or float("nan"), "".join(tail)
+
+
+STDERR_TAIL = 20
 
 
 class RssSampler(threading.Thread):

@@ -105,10 +105,23 @@ def test_peak_rss_with_report_is_the_tracer_s_own_not_the_high_water_mark_it_inh
     child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(150 << 20); b[::4096] = "
                               "b'\\1' * len(b[::4096]); sys.stderr.write('x' * 100000); del b; time.sleep(0.5)"],
                              stderr=subprocess.PIPE, text=True)
-    peak = sampling.wait_peak_rss(child)
+    peak, said = sampling.wait_peak_rss(child)
     assert child.returncode == 0
     assert 150 <= peak < 300  # its 150 MiB and the interpreter's, not the 400 MiB this process holds
+    assert said == "x" * 100000
     del held
+
+
+def test_a_tracer_whose_end_failed_leaves_what_it_said_last():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys\nfor i in range(100): print(i, file=sys.stderr)\n"
+                              "sys.exit('tcpclose: cannot write the files')"], stderr=subprocess.PIPE, text=True)
+    _, said = sampling.wait_peak_rss(child)
+    assert child.returncode == 1
+    assert said.splitlines() == [str(i) for i in range(100 - sampling.STDERR_TAIL + 1, 100)] + [
+        "tcpclose: cannot write the files"]
 
 
 def test_saved_rows_of_two_benches_pool_with_each_ratio_paired_within_its_own_repeat(tmp_path):
