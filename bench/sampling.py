@@ -95,6 +95,7 @@ def status_mib(pid: int, field: str) -> float:
 
 REPORT_TIMEOUT_S = 900  # a tracer still writing its files after this is killed
 PEAK_EVERY_S = 0.1  # adds up to this much to "Ctrl-C to files"
+STDERR_TAIL = 20  # lines of what a tracer said last, kept for the bench to print when it failed
 
 
 def wait_peak_rss(proc: subprocess.Popen) -> tuple[float, str]:
@@ -120,8 +121,6 @@ def wait_peak_rss(proc: subprocess.Popen) -> tuple[float, str]:
     stderr.join()
     return peak or float("nan"), "".join(tail)
 
-
-STDERR_TAIL = 20
 
 
 class RssSampler(threading.Thread):
