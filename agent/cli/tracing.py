@@ -138,7 +138,7 @@ def demo(out, force, fmt, record, view):
             for failure in workload.start(ns.name, procs):
                 click.echo(f"tcpclose: a demo process stopped early ({failure}); the report shows what it did",
                            err=True)
-            stop.wait(workload.SETTLE_S)  # the last ACKs land; the FIN_WAIT2 timewaits expire
+            workload.settle(named_netns(ns.name), stop)  # the last ACKs land; the FIN_WAIT2 timewaits expire
             stop.finishing()
             kept, run_info = tracer.finish()
         finally:

@@ -10,12 +10,18 @@ namespace of the demo's own where every kind of ending shows within seconds:
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from ..kernel.diag import diag_sockets
 from .workload import Process, start_client, start_server
 
 SYSCTLS = {"tcp_fin_timeout": 2, "ip_local_port_range": "40000 40099"}
-SETTLE_S = 2.5  # after the last close: the FIN_WAIT2-substate timewaits expire (tcp_fin_timeout)
+SETTLE_MAX_S = 10.0  # the FIN_WAIT2-substate timewaits expire after tcp_fin_timeout (2 s)
+# between a first FIN and the end: a timewait socket reports its substate, so one that still
+# waits in FIN_WAIT2 shows as FIN_WAIT2 (and is dumped for the TIME_WAIT bit of the request)
+CLOSING_STATES = ("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT")
 
 
 @dataclass
@@ -37,7 +43,7 @@ PAIRS = [
     Pair("a client that closes first and reconnects from one port: connect() reuses its TIME_WAIT",
          "wait_close", "demo-cache", "close_first", "demo-rebinder", 10, ("--rebind",)),
     Pair("a server that never closes: CLOSE_WAIT on its side; the caller waits 2 s in FIN_WAIT2, then gives up",
-         "leak", "demo-leaky", "close_first", "demo-caller", 5),
+         "leak", "demo-leaky", "fin_wait2", "demo-caller", 5),
 ]
 
 
@@ -65,6 +71,17 @@ def start(netns: str, procs: list[Process]) -> list[str]:
             failed.append(f"{pair.client_comm}: {exc}")
         server.done()
     return failed
+
+
+def settle(netns: Path, stop) -> None:
+    """Wait until no connection in the namespace is between its first FIN and its end, save
+    the TIME_WAITs proper (60 s) and the leak's CLOSE_WAITs: the last ACKs have landed and
+    the FIN_WAIT2-substate timewaits have expired.  At most SETTLE_MAX_S, or until `stop`."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        if (diag_sockets(CLOSING_STATES, netns)["state"] == "TIME_WAIT").all():
+            return
+        stop.wait(0.05)
 
 
 def release(procs: list[Process]) -> None:

@@ -25,8 +25,9 @@ makes; with a count: that many, or fewer once S seconds pass with none).
 Every "done" names the peer ports it accepted (peer_ports).
 Client modes: close_first (send, close), wait_close (send, read to EOF, close),
 linger0 (close with SO_LINGER 0), unread (close with the server's data unread),
-half_close (send, shutdown(SHUT_WR), read to EOF, close), refused (connect
-to a port nobody listens on).  --rebind makes every connection after the
+half_close (send, shutdown(SHUT_WR), read to EOF, close), fin_wait2 (send,
+shutdown(SHUT_WR), wait for FIN_WAIT2, close), refused (connect to a port nobody
+listens on).  --rebind makes every connection after the
 first bind() the first one's local port (SO_REUSEADDR), so that it takes the
 same 4-tuple again; a client's --hold waits that long after connect().
 """
@@ -69,6 +70,22 @@ def _read_to_eof(sock: socket.socket) -> None:
 
 def _linger0(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+TCP_FIN_WAIT2 = 5  # tcpi_state, the first byte of struct tcp_info
+
+
+def _until_fin_wait2(sock: socket.socket, timeout_s: float = 5.0) -> None:
+    """Wait until the ACK of our FIN has come (FIN_WAIT2).  A close() then makes the
+    FIN_WAIT2-substate timewait at once (__tcp_close).  A close() right after the FIN can
+    lose a race instead: if that ACK is read from the backlog of the socket close() still
+    owns, tcp_rcv_state_process keeps a full socket in FIN_WAIT2 and tcp_keepalive_timer
+    resets it after tcp_fin_timeout, with no timewait at all."""
+    deadline = time.monotonic() + timeout_s
+    while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_FIN_WAIT2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the peer never acknowledged our FIN")
+        time.sleep(0.001)
 
 
 def serve_one(conn: socket.socket, mode: str, held: list, hold_s: float = 0.0) -> None:
@@ -186,6 +203,10 @@ def client_one(mode: str, host: str, port: int, local_port: int | None = None, h
         sock.sendall(b"x")
         sock.shutdown(socket.SHUT_WR)
         _read_to_eof(sock)
+    elif mode == "fin_wait2":
+        sock.sendall(b"x")
+        sock.shutdown(socket.SHUT_WR)
+        _until_fin_wait2(sock)
     sock.close()
     return local
 
