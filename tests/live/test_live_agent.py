@@ -101,8 +101,8 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                                        f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
         wait_ready(prom_port, prometheus)
-        # the caller's FIN_WAIT2 timewaits expire after 2 s in the namespace; the leaking server
-        # runs in a cgroup named as docker names a container's
+        # the caller's FIN_WAIT2 timewaits (it closes once its FIN is acknowledged) expire after
+        # 2 s in the namespace; the leaking server runs in a cgroup named as docker names a container's
         with netns(tcp_fin_timeout=2) as ns, runtime_cgroups(f"docker-{CONTAINER_ID}.scope") as boxes:
             try:
                 echo, port = start_server("wait_close", N, "tc-agecho", netns=ns)
@@ -111,7 +111,7 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                 leaky, leak_port = start_server("leak", LEAKED, "tc-agleaky", netns=ns)
                 procs.append(leaky)
                 move(boxes[f"docker-{CONTAINER_ID}.scope"], leaky.pid)
-                procs.append(start_client("close_first", leak_port, LEAKED, "tc-agcaller", netns=ns))
+                procs.append(start_client("fin_wait2", leak_port, LEAKED, "tc-agcaller", netns=ns))
                 # a server that closes first, its client reconnecting from one port: each SYN
                 # kills the server's TIME_WAIT; a client that closes first and reconnects from
                 # one port: each connect() reuses its own TIME_WAIT (the last one of each stays)
