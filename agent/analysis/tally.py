@@ -162,9 +162,7 @@ class Tally:
         in_time_wait = rows["tw_s"].to_numpy(float) - np.nan_to_num(fin_wait2)
         sketches.add(self._host["in_time_wait"], np.zeros(len(rows), dtype=np.int64),
                      np.where(expired & (in_time_wait > 1.0), in_time_wait, np.nan))
-        # (a negative lifetime, an end matched before its start, is in its row but no bin: it
-        # crashed the end of a ten-minute run at full churn once; why it happens is not known yet)
-        seen = ended_s[~np.isnan(ended_s) & (ended_s >= 0)]
+        seen = ended_s[~np.isnan(ended_s)]  # (never below zero: analysis.timewait leaves such an end unknown)
         bins = np.minimum((seen // LIFETIME_BIN_S).astype(np.int64), len(self.lifetimes) - 1)
         self.lifetimes += np.bincount(bins, minlength=len(self.lifetimes))
 

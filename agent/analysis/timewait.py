@@ -12,7 +12,9 @@ tw_end / tw_open record tells how that socket ended:
   open       still alive when tracing ended (tw_s is the age so far)
   none       no timewait socket: not an active or simultaneous close, or, when one
              was due and none was armed, tcp_max_tw_buckets overflow
-  unknown    the end was not seen (its timer memory was reused, or the record lost)
+  unknown    the end was not seen (its timer memory was reused, or the record lost), or
+             the end read for it came before its start (a misread: never a lifetime
+             below zero)
 """
 from __future__ import annotations
 
@@ -169,9 +171,13 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     # sock_diag sees a cancel only at the next poll (1 s): widen the window by that much
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
     reused[unexplained] = taken_by_connect(lives, np.flatnonzero(unexplained), end_at[unexplained], window)
+    # An end before its start is not this timewait's end, whatever read it so: seen once in
+    # ten minutes of full churn, where it made a lifetime below zero; where it came from is
+    # not known, so it is left unknown rather than taken
+    before_start = linked & (end_at < start)
     reason = choose(
-        [linked & (how == "expired"), reused, cancelled, is_open, linked],
-        ["expired", "reused", "killed", "open", "unknown"],
+        [before_start, linked & (how == "expired"), reused, cancelled, is_open, linked],
+        ["unknown", "expired", "reused", "killed", "open", "unknown"],
         "none",
     )
     ended = np.isin(reason, ["expired", "reused", "killed"])

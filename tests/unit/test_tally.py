@@ -190,13 +190,3 @@ def test_port_pressure_is_the_exact_one_to_the_quantum():
     assert tally.timewait_length() == pytest.approx(
         conns.loc[conns["tw_end_reason"] == "expired", "tw_s"].median(), rel=0.01)
 
-
-def test_a_negative_timewait_lifetime_does_not_end_the_run():
-    """A TIME_WAIT whose end was matched before its start (seen once, at the end of ten minutes
-    of full churn) stays in its row, outside the lifetime histogram, and the figures go on."""
-    batch = rows(200, 30.0)
-    ended = batch.index[batch["tw_ended"].astype(bool)][:1]
-    batch.loc[ended, "tw_s"] = -0.5
-    tally = Tally(STARTED)
-    tally.add(batch)
-    assert tally.lifetimes.sum() == int(batch["tw_ended"].astype(bool).sum()) - 1

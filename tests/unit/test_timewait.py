@@ -147,6 +147,18 @@ def test_a_timewait_whose_end_went_unseen_is_unknown(tmp_path):
     assert math.isnan(conn.tw_s)
 
 
+@pytest.mark.parametrize("how", ["expired", "cancelled", "reused"])
+def test_an_end_read_before_its_start_is_unknown_not_a_negative_lifetime(tmp_path, how):
+    """Seen once at the end of ten minutes of full churn: an end matched to a timewait it came
+    before.  It is not taken (a lifetime below zero also crashed the figures' histogram)."""
+    conns, run = conns_of(tmp_path, closer(tw_start=2.0), timewait(how, timer=T1, start=2.0, end=1.5))
+    conn = conns.iloc[0]
+    assert conn.tw_end_reason == "unknown"
+    assert math.isnan(conn.tw_s) and math.isnan(conn.tw_end)
+    tally = Tally.of(conns, run.started_at)
+    assert tally.lifetimes.sum() == 0 and tally.end_reasons["unknown"] == 1
+
+
 @pytest.mark.parametrize("timeout, rearm, end, how, fin_wait2_s", [
     (5.0, 3.5, 63.6, "expired", 1.5),   # short tcp_fin_timeout, the peer's FIN after 1.5 s
     (5.0, None, 7.0, "expired", 5.0),   # no FIN from the peer: died at tcp_fin_timeout
