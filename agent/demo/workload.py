@@ -72,7 +72,9 @@ def _linger0(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-TCP_FIN_WAIT2 = 5  # tcpi_state, the first byte of struct tcp_info
+# tcpi_state (the first byte of struct tcp_info) in FIN_WAIT2, as include/net/tcp_states.h numbers
+# it (record.layout has it too, but a workload process starts on the standard library alone)
+TCP_FIN_WAIT2 = 5
 
 
 def _until_fin_wait2(sock: socket.socket, timeout_s: float = 5.0) -> None:
