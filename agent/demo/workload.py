@@ -72,17 +72,14 @@ def _linger0(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-# tcpi_state (the first byte of struct tcp_info) in FIN_WAIT2, as include/net/tcp_states.h numbers
-# it (record.layout has it too, but a workload process starts on the standard library alone)
-TCP_FIN_WAIT2 = 5
+TCP_FIN_WAIT2 = 5  # tcpi_state (tcp_info's first byte), tcp_states.h's number: no record.layout import here
 
 
 def _until_fin_wait2(sock: socket.socket, timeout_s: float = 5.0) -> None:
-    """Wait until the ACK of our FIN has come (FIN_WAIT2).  A close() then makes the
-    FIN_WAIT2-substate timewait at once (__tcp_close).  A close() right after the FIN can
-    lose a race instead: if that ACK is read from the backlog of the socket close() still
-    owns, tcp_rcv_state_process keeps a full socket in FIN_WAIT2 and tcp_keepalive_timer
-    resets it after tcp_fin_timeout, with no timewait at all."""
+    """Wait until the ACK of our FIN has come (FIN_WAIT2): a close() then makes the
+    FIN_WAIT2-substate timewait at once (__tcp_close).  Right after the FIN, that ACK may be
+    read from the backlog of the socket close() still owns: tcp_rcv_state_process then keeps
+    a full FIN_WAIT2 socket, which tcp_keepalive_timer resets at tcp_fin_timeout (no timewait)."""
     deadline = time.monotonic() + timeout_s
     while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_FIN_WAIT2:
         if time.monotonic() > deadline:
