@@ -170,7 +170,10 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                 deadline = time.monotonic() + 90
                 while query(prom_port, lived["+Inf"]) != N and time.monotonic() < deadline:
                     time.sleep(1)
-                assert [query(prom_port, expr) for expr in lived.values()] == [0, N, N]
+                assert [query(prom_port, expr) for expr in lived.values()] == [0, N, N], (
+                    query(prom_port, 'up{job="tcpclose"}'),  # (once: none of them, CI; what the agent itself said)
+                    [line for line in get(f"http://127.0.0.1:{agent_port}/metrics").splitlines()
+                     if "tc-agclient" in line and ("lifetime" in line or "timewait_ends" in line)])
                 median = query(prom_port, 'histogram_quantile(0.5, sum by (le) '
                                           '(tcpclose_timewait_lifetime_seconds_bucket{workload="tc-agclient"}))')
                 assert 59.5 < median <= 65
@@ -209,6 +212,7 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
             prometheus.wait(timeout=30)
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
+        print(err)  # (shown with a failure: what the agent said on its way)
     assert agent.returncode == 0 and "Traceback" not in err, err
 
 
