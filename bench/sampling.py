@@ -122,7 +122,6 @@ def wait_peak_rss(proc: subprocess.Popen) -> tuple[float, str]:
     return peak or float("nan"), "".join(tail)
 
 
-
 class RssSampler(threading.Thread):
     """The tracer's RSS every RSS_EVERY_S while the workload runs: is it flat?"""
 
