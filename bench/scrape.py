@@ -3,9 +3,10 @@
 
   .venv/bin/python -m bench.scrape [--workloads 1000] [--processes 1000] [--scrapes 50]
 
-No BPF: the agent's own figures (agent.metrics.figures) are fed records made the way the
-kernel side makes them, `--processes` processes spread over `--workloads` workloads (each
-closing first, with TIME_WAITs that end, a histogram of each kind filled), then served by
+No BPF: the agent's own figures (agent.metrics.figures) are fed reads of the BPF side's maps
+made the way the kernel side makes them, `--processes` processes spread over `--workloads`
+workloads (each closing first, with TIME_WAITs that end, a histogram of each kind filled,
+client TIME_WAITs alive towards 50 destinations), then served by
 the agent's own HTTP server on loopback and scraped `--scrapes` times the way Prometheus
 does (gzip).  It prints the series exposed, the bytes of one scrape and the scrape's time
 in ms (median, 95th percentile, max), and the time the agent's loop spends publishing what
@@ -27,32 +28,32 @@ from agent.metrics.figures import Figures
 from agent.record import layout
 
 D = layout.DEFINES
-CLIENT_STATES = sum(1 << D["TCP_" + s] for s in ("SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"))
+CPUS = 2
 
 
-def records(processes: int, per_process: int, start_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lives that closed first (one per process and connection, each with its timewait
-    socket) and the ends of those timewait sockets."""
-    n = processes * per_process
-    lives = np.zeros(n, dtype=layout.EVENT_DTYPE)
-    lives["kind"] = D["EV_LIFE"]
-    lives["pid"] = 1000 + np.repeat(np.arange(processes), per_process)
-    lives["comm"] = np.char.encode(np.char.add("proc", (lives["pid"] % 1000).astype(str)))
-    lives["owner_src"] = D["OWNER_SYSCALL"]
-    lives["states"], lives["last_state"] = CLIENT_STATES, D["TCP_FIN_WAIT2"]
-    lives["family"] = 2
-    lives["saddr"][:, 0], lives["daddr"][:, 0] = 127, 10
-    lives["daddr"][:, 3] = np.arange(n) % 50  # 50 destinations
-    lives["dport"] = 8080
-    lives["opened_ns"] = start_ns
-    lives["ts_ns"] = start_ns + 1_000_000 * (1 + np.arange(n) % 500)  # 1 to 500 ms
-    lives["skaddr"] = lives["tw_timer"] = start_ns + np.arange(n) * 256
-    lives["tw_start_ns"] = lives["ts_ns"]
-    ends = lives.copy()
-    ends["kind"] = D["EV_TW_END"]
-    ends["tw_end"] = D["TW_EXPIRED"]
-    ends["ts_ns"] = lives["tw_start_ns"] + 60_000_000_000 + (np.arange(n) % 1000) * 1_000_000
-    return lives, ends
+def owner_figures(processes: int, per_process: int) -> tuple[np.ndarray, np.ndarray]:
+    """A read of the figures map (Probe.read_figures): each process's lives closed first, each
+    with its TIME_WAIT ended, lifetimes and durations spread over the buckets."""
+    values = np.zeros((processes, CPUS), layout.FIGURES_DTYPE)
+    first = values[:, 0]  # (the owner is written on the CPU that made the entry)
+    first["pid"] = 1000 + np.arange(processes)
+    first["comm"] = np.char.encode(np.char.add("proc", (first["pid"] % 1000).astype(str)))
+    for kind in ("LIVES", "ACTIVE", "TIMEWAIT"):
+        values["n"][:, :, D["A_" + kind]] = per_process
+    values["tw_followed"] = per_process
+    values["tw_end"][:, :, D["TW_EXPIRED"]] = per_process
+    values["tw_life"][:, :, 9:12] = 1  # (60 s, give or take)
+    values["duration"][:, :, :5] = 1
+    return np.arange(1, processes + 1, dtype=np.uint64), values
+
+
+def held(destinations: int, per_destination: int) -> tuple[np.ndarray, np.ndarray]:
+    """A read of the held map (Probe.read_held): client TIME_WAITs alive towards each destination."""
+    values = np.zeros((destinations, CPUS), layout.HELD_DTYPE)
+    first = values[:, 0]
+    first["n"], first["family"], first["dport"] = per_destination, 2, 8080
+    first["saddr"][:, 0], first["daddr"][:, 0], first["daddr"][:, 3] = 127, 10, np.arange(destinations)
+    return np.arange(1, destinations + 1, dtype=np.uint64), values
 
 
 def main() -> None:
@@ -63,12 +64,10 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=50)
     args = parser.parse_args()
 
-    figures = Figures(args.max_series // SERIES_PER_WORKLOAD, port_range=28232)
-    lives, ends = records(args.processes, 4, time.monotonic_ns())
-    workload_of = lambda pid: f"workload-{(pid - 1000) % args.workloads}"  # noqa: E731  (Tracer.workload_of)
-    figures.add(lives, workload_of, now=0.0)
-    figures.add(ends, workload_of, now=1.0)
-    figures.add(lives.copy(), workload_of, now=2.0)  # TIME_WAITs alive as well as ended
+    namer = lambda pids, cgroup_ids: [f"workload-{(pid - 1000) % args.workloads}" for pid in pids.tolist()]  # noqa: E731
+    figures = Figures(args.max_series // SERIES_PER_WORKLOAD, port_range=28232, namer=namer)
+    figures.add_owner_figures(*owner_figures(args.processes, 4))
+    figures.set_held(*held(50, 4), followed=200)
     exposition = Exposition()
     started = time.perf_counter()
     snapshot = figures.snapshot()

@@ -16,6 +16,10 @@
  * (MAX_PROCS with AGGREGATES).
  * AGGREGATES (trace --aggregates) counts each life for its owner in the procs
  * map instead of handing over a record: no per-connection rows, nothing to read.
+ * FIGURES (tcpclose agent) makes each owner's figures in the figures map (MAX_FIGURES):
+ * closes by kind, connection durations, TIME_WAITs and their ends with lifetimes, and
+ * the client TIME_WAITs alive per destination in held (MAX_HELD); only the lives user
+ * space still has to look at are handed over, unless RECORDS (agent -o) asks for all.
  * TRANSITIONS (trace --transitions) also hands over every transition, in a ring
  * buffer of its own (TRANSITION_PAGES), with its own count of what was lost.
  * TW_TIMER_FN, the address of tw_timer_handler from /proc/kallsyms, turns on
@@ -144,6 +148,8 @@ struct tw_state {
 	u32 timeout;   /* jiffies of the first arming */
 	u16 dest;      /* dest_hash() of its life's remote address and port */
 	u16 reused;    /* its pending cancel came in a connect() to that remote end (in_connect) */
+	u64 owner;     /* FIGURES: its life's owner's key in figures; 0: not counted */
+	u64 held;      /* FIGURES: a client's: its destination's key in held; 0: none */
 };
 #define TW_SLOTS (1 << TW_SLOT_BITS)
 BPF_ARRAY(tw_slots, struct tw_state, TW_SLOTS);
@@ -191,6 +197,31 @@ BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
  *   Full (MAX_PROCS owners): the life is counted in C_PROCS_FULL instead.
  */
 BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS);
+#endif
+
+#ifdef FIGURES
+/* figures (tcpclose agent): what each owner's lives and TIME_WAITs came to.
+ *   key    owner_key(): a 64-bit hash of the owner's tgid, comm and cgroup id (all 0
+ *          when never learnt), so that a timewait keeps 8 bytes to find its owner's entry
+ *          when it ends; the owner itself is in the value
+ *   value  struct tcpclose_figures, one per CPU: plain adds, no atomics on a cache line
+ *          two CPUs closing one process's lives would pass back and forth
+ *   filled at each life's end and each TIME_WAIT's; user space sums the CPUs, and deletes
+ *   the entries of processes gone whose figures stopped moving (metrics.owners)
+ *   Full: counted in C_FIGURES_FULL.  A new entry is made from figures_new, this CPU's
+ *   scratch copy: struct tcpclose_figures is too big for the 512-byte stack. */
+BPF_PERCPU_HASH(figures, u64, struct tcpclose_figures, MAX_FIGURES);
+BPF_PERCPU_ARRAY(figures_new, struct tcpclose_figures, 1);
+
+/* held: the client TIME_WAITs alive per destination: each holds its local port
+ * against connect()s to that remote end (analysis/ports.py).
+ *   key    a 64-bit hash of the destination (both addresses, remote port, family)
+ *   value  the count on this CPU (a TIME_WAIT made on one CPU may end on another: the
+ *          sum over the CPUs is the count) and the destination, on the CPU that made it
+ *   +1 when a client's timewait is followed, -1 when it ends (or is swept: user space
+ *   keeps those apart).  Full: not counted, in C_FIGURES_FULL. */
+BPF_PERCPU_HASH(held, u64, struct tcpclose_held, MAX_HELD);
+BPF_PERCPU_ARRAY(held_new, struct tcpclose_held, 1); /* a new entry, made here: the stack is full */
 #endif
 
 #ifdef TRANSITIONS
@@ -603,17 +634,35 @@ static __always_inline int cancelled_how(struct tw_state *t)
 	return t->reused ? TW_REUSED : TW_CANCELLED;
 }
 
+#ifdef FIGURES
+static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int how); /* (below, with the figures) */
+#endif
+
+/* A followed timewait ended: handed over (with FIGURES, counted, and handed over with
+ * RECORDS only), and no longer followed.  The record is written in the ring buffer itself,
+ * not built on the stack: the ->CLOSE that ends a killed timewait (claim_timewait) has its
+ * life's record there already, and the two would not fit in BPF's 512 bytes. */
 static __always_inline void end_timewait(u64 timer, struct tw_state *t, u64 end_ns, int how)
 {
-	struct tcpclose_event r = {};
-	r.kind = EV_TW_END;
-	r.ts_ns = end_ns;
-	r.tw_timer = timer;
-	r.tw_start_ns = t->start_ns;
-	r.tw_rearm_ns = t->rearm_ns;
-	r.tw_timeout = t->timeout;
-	r.tw_end = how;
-	emit(&r);
+#ifdef FIGURES
+	add_timewait_end(t, end_ns, how);
+#endif
+#if !defined(FIGURES) || defined(RECORDS)
+	struct tcpclose_event *r = events.ringbuf_reserve(sizeof(struct tcpclose_event));
+	if (r) {
+		__builtin_memset(r, 0, sizeof(*r));
+		r->kind = EV_TW_END;
+		r->ts_ns = end_ns;
+		r->tw_timer = timer;
+		r->tw_start_ns = t->start_ns;
+		r->tw_rearm_ns = t->rearm_ns;
+		r->tw_timeout = t->timeout;
+		r->tw_end = how;
+		events.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	} else {
+		count(C_RINGBUF_DROPS);
+	}
+#endif
 	forget_timewait(timer);
 	count(C_TW_ENDED);
 }
@@ -672,8 +721,13 @@ static __always_inline void claim_timewait(struct tcpclose_event *e, u64 now)
 #endif
 }
 
-/* Follow the timewait socket of a life that was handed over. */
-static __always_inline void follow_timewait(struct tcpclose_event *e)
+/* Follow the timewait socket of a life that was handed over (or, with FIGURES, counted
+ * for `owner`, its key in figures: see add_figures). */
+#ifdef FIGURES
+static __always_inline u64 hold_port(struct tcpclose_event *e); /* (both below, with the figures) */
+static __always_inline void unhold_port(u64 key);
+#endif
+static __always_inline void follow_timewait(struct tcpclose_event *e, u64 owner)
 {
 #ifdef TW_TIMER_FN
 	u64 timer = e->tw_timer;
@@ -684,16 +738,24 @@ static __always_inline void follow_timewait(struct tcpclose_event *e)
 	t.start_ns = e->tw_start_ns;
 	t.timeout = e->tw_timeout;
 	t.dest = dest_hash(e->daddr, e->dport);
-	if (store_timewait(&t) != 0)
+	t.owner = owner;
+#ifdef FIGURES
+	t.held = hold_port(e); /* before it is stored: its end, on another CPU, may come at once */
+#endif
+	if (store_timewait(&t) != 0) {
 		count(C_TW_FULL);
-	else
-		count(C_TW_LINKED);
+#ifdef FIGURES
+		unhold_port(t.held);
+#endif
+		return;
+	}
+	count(C_TW_LINKED);
 #endif
 }
 
-/* ==== Aggregates (--aggregates) ============================================================= */
+/* ==== Aggregates (--aggregates) and figures (agent) =========================================== */
 
-#ifdef AGGREGATES
+#if defined(AGGREGATES) || defined(FIGURES)
 #define ESTABLISHED_STATES ((1 << TCP_ESTABLISHED) | (1 << TCP_FIN_WAIT1) | (1 << TCP_FIN_WAIT2) | \
 			    (1 << TCP_CLOSE_WAIT) | (1 << TCP_LAST_ACK) | (1 << TCP_CLOSING))
 
@@ -716,7 +778,9 @@ static __always_inline int close_kind(struct tcpclose_event *e)
 		return A_CLOSE_UNSEEN;
 	return A_RESET_LOCAL;
 }
+#endif
 
+#ifdef AGGREGATES
 static __always_inline void aggregate(struct tcpclose_event *e)
 {
 	struct tcpclose_proc_key key = {};
@@ -738,6 +802,153 @@ static __always_inline void aggregate(struct tcpclose_event *e)
 		__sync_fetch_and_add(&c->n[A_TIMEWAIT], 1);
 }
 #endif
+
+#ifdef FIGURES
+#define MIX(h, v) (((h) ^ (u64)(v)) * 0x100000001B3ULL) /* FNV-style, wrapping modulo 2^64 */
+
+/* The histogram bucket of a value in ns: how many bounds (in µs) it is above, one
+ * comparison with a constant per bound (BOUNDS is a list X(bound) X(bound) ...). */
+#define ABOVE_US(b) + (v_ > (b) * 1000ULL)
+#define BUCKET(v_ns, BOUNDS) ({ u64 v_ = (v_ns); (u32)(0 BOUNDS(ABOVE_US)); })
+
+/* The owner's entry in figures, made if new (NULL: the map is full; *key: its key). */
+static __always_inline struct tcpclose_figures *owner_figures(struct tcpclose_event *e, u64 *key)
+{
+	u32 zero = 0;
+	struct tcpclose_figures *fresh = figures_new.lookup(&zero);
+	if (!fresh)
+		return 0;
+	fresh->pid = 0;
+	fresh->cgroup_id = 0;
+	__builtin_memset(fresh->comm, 0, COMM_LEN);
+	if (e->owner_src == OWNER_SYSCALL || e->owner_src == OWNER_LISTENER) { /* rules.OWNER_CODES_KNOWN */
+		fresh->pid = e->pid;
+		fresh->cgroup_id = e->cgroup_id;
+		__builtin_memcpy(fresh->comm, e->comm, COMM_LEN);
+	}
+	u64 h = 0xcbf29ce484222325ULL;
+	u64 *comm = (u64 *)fresh->comm;
+	h = MIX(h, fresh->pid);
+	h = MIX(h, comm[0]);
+	h = MIX(h, comm[1]);
+	h = MIX(h, fresh->cgroup_id);
+	*key = h;
+	struct tcpclose_figures *f = figures.lookup(key);
+	if (f)
+		return f;
+	figures.update(key, fresh); /* (fresh's counts are never written: all 0) */
+	f = figures.lookup(key);
+	if (!f)
+		count(C_FIGURES_FULL);
+	return f;
+}
+
+/* A life that ended, to its owner's figures; returns its owner's key (0: not counted). */
+static __always_inline u64 add_figures(struct tcpclose_event *e)
+{
+	u64 key;
+	struct tcpclose_figures *f = owner_figures(e, &key);
+	if (!f)
+		return 0;
+	int kind = close_kind(e);
+	f->n[A_LIVES]++;
+	if (kind > 0 && kind < NR_AGGREGATES)
+		f->n[kind]++;
+	if (kind == A_ACTIVE || kind == A_SIMULTANEOUS) {
+		f->n[A_TIMEWAIT]++;
+		if (e->tw_timer)
+			f->tw_followed++;
+	}
+	if (e->opened_ns && !(e->flags & FLAG_PARTIAL) && e->ts_ns >= e->opened_ns) { /* whole lives only */
+		u64 d = e->ts_ns - e->opened_ns;
+		u32 b = BUCKET(d, DURATION_BOUNDS_US);
+		f->duration[b]++;
+		f->duration_us += d / 1000;
+	}
+	return key;
+}
+
+/* Must user space see this life?  Only a close due a TIME_WAIT whose timer was not seen:
+ * whether a reset followed it (no TIME_WAIT then) is told by the EV_RESET_SENT records
+ * (metrics.figures counts the others as unlinked). */
+static __always_inline bool handed_over(struct tcpclose_event *e)
+{
+#ifdef RECORDS
+	return true;
+#else
+	int kind = close_kind(e);
+	return (kind == A_ACTIVE || kind == A_SIMULTANEOUS) && !e->tw_timer &&
+	       !(e->flags & (FLAG_PARTIAL | FLAG_MISSED_CLOSE));
+#endif
+}
+
+/* A client's timewait (its life connect()ed) holds its port towards that destination:
+ * +1 there; returns the destination's key in held (0: not a client's, or not counted). */
+static __always_inline u64 hold_port(struct tcpclose_event *e)
+{
+	if (!(e->states & (1 << TCP_SYN_SENT)))
+		return 0;
+	u64 h = 0xcbf29ce484222325ULL;
+	u64 *s = (u64 *)e->saddr, *d = (u64 *)e->daddr;
+	h = MIX(h, e->family);
+	h = MIX(h, s[0]);
+	h = MIX(h, s[1]);
+	h = MIX(h, d[0]);
+	h = MIX(h, d[1]);
+	h = MIX(h, e->dport);
+	struct tcpclose_held *dest = held.lookup(&h);
+	if (!dest) {
+		u32 zero = 0;
+		struct tcpclose_held *fresh = held_new.lookup(&zero);
+		if (!fresh)
+			return 0;
+		__builtin_memcpy(fresh->saddr, e->saddr, 16);
+		__builtin_memcpy(fresh->daddr, e->daddr, 16);
+		fresh->dport = e->dport;
+		fresh->family = e->family; /* (its n stays 0) */
+		held.update(&h, fresh);
+		dest = held.lookup(&h);
+		if (!dest) {
+			count(C_FIGURES_FULL);
+			return 0;
+		}
+	}
+	dest->n++;
+	return h;
+}
+
+static __always_inline void unhold_port(u64 key)
+{
+	struct tcpclose_held *dest = key ? held.lookup(&key) : 0;
+	if (dest)
+		dest->n--;
+}
+
+#ifdef TW_TIMER_FN
+/* A followed timewait ended: its reason and lifetime to its owner's figures, its port freed. */
+static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int how)
+{
+	unhold_port(t->held);
+	if (!t->owner)
+		return;
+	struct tcpclose_figures *f = figures.lookup(&t->owner);
+	if (!f) {
+		count(C_FIGURES_FULL);
+		return;
+	}
+	if (end_ns < t->start_ns) { /* see analysis/timewait.py: left unknown, no lifetime */
+		f->tw_end[0]++;
+		return;
+	}
+	if (how > 0 && how < NR_TW_ENDS)
+		f->tw_end[how]++;
+	u64 life = end_ns - t->start_ns;
+	u32 b = BUCKET(life, TW_BOUNDS_US);
+	f->tw_life[b]++;
+	f->tw_life_us += life / 1000;
+}
+#endif /* TW_TIMER_FN */
+#endif /* FIGURES */
 
 /* ==== Transitions (--transitions) =========================================================== */
 
@@ -779,11 +990,16 @@ static __always_inline void end_life(struct tcpclose_event *e)
 		count(C_LIVES_FILTERED);
 		return;
 	}
-#ifdef AGGREGATES
+#if defined(AGGREGATES)
 	aggregate(e);
+#elif defined(FIGURES)
+	u64 owner = add_figures(e);
+	if (handed_over(e))
+		emit(e);
+	follow_timewait(e, owner);
 #else
 	emit(e);
-	follow_timewait(e);
+	follow_timewait(e, 0);
 #endif
 }
 

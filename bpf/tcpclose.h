@@ -68,7 +68,8 @@
 #define C_TRANSITIONS    11 /* --transitions: transitions offered to the transitions ring buffer */
 #define C_TRANSITION_DROPS 12 /* --transitions: of those, lost: the ring buffer was full */
 #define C_TW_FULL        13 /* timewait sockets not followed: the tws map was full */
-#define NR_COUNTERS      14
+#define C_FIGURES_FULL   14 /* agent: lives, TIME_WAIT ends or ports held not counted: no room in figures or held */
+#define NR_COUNTERS      15
 
 /* --aggregates: what each process's ended lives came to (the procs map), indexes of
  * struct tcpclose_proc_counts.  The close kinds mirror agent/lifecycle.initiators. */
@@ -144,6 +145,46 @@ struct tcpclose_proc_key {
 
 struct tcpclose_proc_counts {
 	__u64 n[NR_AGGREGATES];
+};
+
+/* tcpclose agent (FIGURES): each owner's figures, made in BPF, so that nothing per life
+ * reaches user space.  Histogram bounds in microseconds, as lists X(bound) X(bound) ...
+ * (read by agent/record/layout.py, LISTS): a value v lands in the first bucket whose bound is >= v (Prometheus' "le"),
+ * the last bucket is above every bound.  TIME_WAIT lifetimes: the 60 s of TCP_TIMEWAIT_LEN
+ * to the half second either side (a timer wheel expires a little late), and below it the
+ * FIN_WAIT2 substate (tcp_fin_timeout) and the TIME_WAITs killed or reused early. */
+#define TW_BOUNDS_US(X) X(100000) X(500000) X(1000000) X(2000000) X(5000000) X(10000000) \
+	 X(30000000) X(58000000) X(59500000) X(60000000) X(60500000) X(61000000) X(62000000) \
+	 X(65000000) X(90000000) X(120000000)
+#define NR_TW_BOUNDS 16
+#define DURATION_BOUNDS_US(X) X(500) X(1000) X(5000) X(10000) X(50000) X(100000) X(500000) \
+	 X(1000000) X(5000000) X(10000000) X(60000000) X(300000000) X(3600000000)
+#define NR_DURATION_BOUNDS 13
+#define NR_TW_ENDS 5 /* tw_end[TW_x]; [0]: an end read before its start, its lifetime not taken */
+
+struct tcpclose_figures {
+	__u64 n[NR_AGGREGATES];               /* the lives that ended, by A_x (close_kind) */
+	__u64 tw_followed;                    /* TIME_WAITs made whose timer was followed */
+	__u64 tw_end[NR_TW_ENDS];             /* TIME_WAITs ended, by TW_x */
+	__u64 tw_life[NR_TW_BOUNDS + 1];      /* their lifetimes, by bucket */
+	__u64 tw_life_us;                     /* the sum of those lifetimes */
+	__u64 duration[NR_DURATION_BOUNDS + 1]; /* lives from their first transition to ->CLOSE, whole ones only */
+	__u64 duration_us;
+	/* the owner, whose hash is the key: written on the CPU that made the entry, 0 on the others */
+	__u64 cgroup_id;
+	__u32 pid;                            /* 0 and "": the owner was never learnt */
+	char comm[COMM_LEN];
+	__u32 pad;
+};
+
+/* tcpclose agent (FIGURES): the client TIME_WAITs alive towards one destination, on one CPU */
+struct tcpclose_held {
+	__s64 n;      /* +1 at each one followed on this CPU, -1 at each end here: the CPUs' sum is the count */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 dport;
+	__u16 family; /* written on the CPU that made the entry, 0 on the others */
+	__u32 pad;
 };
 
 #endif /* TCPCLOSE_H */

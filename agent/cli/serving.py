@@ -78,11 +78,11 @@ def agent_command(listen, filters, max_series, refresh_s, duration, out, force, 
     periods = Periods(output_dir(out, force), rotate_s, keep, fmt, View()) if out else None
     with stop_on_signals() as stop:
         tracer = Tracer(filters, keep=periods is not None, out=periods and periods.current, fmt=fmt,
-                        tables=functools.partial(write_interval, view=View()))
+                        tables=functools.partial(write_interval, view=View()), figures=True)
         click.echo(f"Tracing TCP closes; serving http://{host}:{port}/metrics", err=True)
         try:
             figures = Figures(max_series // SERIES_PER_WORKLOAD, follows_timewaits=tracer.timewait_method == "timers",
-                              port_range=port_range_size(sysctls()["ip_local_port_range"]))
+                              port_range=port_range_size(sysctls()["ip_local_port_range"]), namer=tracer.owners.workloads_of)
             serve_figures(tracer, figures, exposition, stop, refresh_s, duration, periods)
         finally:
             stop.finishing()

@@ -2,6 +2,7 @@
 the only module that imports bcc: everything else runs without it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import mmap
@@ -30,6 +31,9 @@ MAX_TWS = 262144
 TW_STALE_AFTER_NS = 120 * 10**9
 MAX_LISTENERS = 4096
 MAX_PROCS = 16384  # --aggregates: owners counted (~88 B each: 1.4 MiB)
+# tcpclose agent: owners with figures (416 B a CPU each: 13 MiB on 2 CPUs; those of processes
+# gone are deleted, metrics.owners), and destinations with client TIME_WAITs (48 B a CPU)
+MAX_FIGURES = MAX_HELD = 16384
 RINGBUF_PAGES = 4096  # 16 MiB: ~100,000 records, two seconds of full churn for a drainer held up (run.drainer);
 # mapped twice in a row (kernel.ringbuf), it counts twice in the tracer's RSS, but 8 MiB dropped 43,903 records
 # in ten minutes of full churn where 16 MiB dropped none (docs/overhead.md)
@@ -45,7 +49,8 @@ def socket_room(max_socks: int) -> list[str]:
 
 
 def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
-                  transitions: bool = False, max_socks: int = MAX_SOCKS) -> list[str]:
+                  transitions: bool = False, max_socks: int = MAX_SOCKS, figures: bool = False,
+                  records: bool = True) -> list[str]:
     flags = [
         f"-I{layout.BPF_DIR}",
         *socket_room(max_socks),
@@ -61,6 +66,8 @@ def compile_flags(filters: Filters, tw_timer_fn: int | None = None, aggregates: 
         flags += ["-DAGGREGATES", f"-DMAX_PROCS={MAX_PROCS}"]
     if transitions:
         flags += ["-DTRANSITIONS", f"-DTRANSITION_PAGES={TRANSITION_PAGES}"]
+    if figures:
+        flags += ["-DFIGURES", f"-DMAX_FIGURES={MAX_FIGURES}", f"-DMAX_HELD={MAX_HELD}", *(["-DRECORDS"] if records else [])]
     return flags
 
 
@@ -118,18 +125,21 @@ class Probe:
 
     tw_timer_fn: tw_timer_handler's address, to follow timewait sockets through
     their timers; None leaves the timer tracepoints alone.  transitions: hand
-    over every transition too (poll_transitions()).
+    over every transition too (poll_transitions()).  figures: make each owner's figures
+    in BPF (read_figures(), read_held()), handing over only the records user space
+    still needs, or every one with `records`.
     """
 
     def __init__(self, filters: Filters, tw_timer_fn: int | None = None, aggregates: bool = False,
-                 transitions: bool = False, max_socks: int = MAX_SOCKS):
+                 transitions: bool = False, max_socks: int = MAX_SOCKS, figures: bool = False, records: bool = True):
         preflight.check_privileges()
         preflight.check_tracepoints()
         preflight.check_headers()
         BPF = _bcc_BPF()
         try:
             self._bpf = BPF(text=layout.PROGRAM.read_bytes(),
-                            cflags=compile_flags(filters, tw_timer_fn, aggregates, transitions, max_socks))
+                            cflags=compile_flags(filters, tw_timer_fn, aggregates, transitions, max_socks,
+                                                 figures, records))
         except Exception as exc:  # bcc raises a bare Exception for both failures
             if "Failed to compile" in str(exc):
                 raise HeadersMissing(
@@ -153,6 +163,7 @@ class Probe:
         self._transitions = self._ring(b"transitions", TRANSITION_PAGES, layout.TRANSITION_DTYPE) if transitions else None
         self.follows_timewait = tw_timer_fn is not None
         self.aggregates = aggregates
+        self.figures = figures
 
     def _ring(self, name: bytes, pages: int, sample: np.dtype) -> RingReader:
         """Read a ring buffer's memory directly (agent/ringbuf.py), not through bcc's per-record callback."""
@@ -192,6 +203,25 @@ class Probe:
                  **{name: int(value.n[i]) for i, name in names.items()}}
                 for key, value in self._bpf[b"procs"].items()]
 
+    def read_figures(self) -> tuple[np.ndarray, np.ndarray]:
+        """figures: every owner's key and its figures, one per CPU (layout.FIGURES_DTYPE,
+        shape (owners, CPUs))."""
+        keys, values = mapbatch.read_map(self._bpf[b"figures"])
+        return keys, values.view(layout.FIGURES_DTYPE)  # (a per-CPU map: numpy makes the CPUs an axis)
+
+    def read_held(self) -> tuple[np.ndarray, np.ndarray]:
+        """figures: every destination's key and its client TIME_WAITs, one entry per CPU
+        (layout.HELD_DTYPE, shape (destinations, CPUs))."""
+        keys, values = mapbatch.read_map(self._bpf[b"held"])
+        return keys, values.view(layout.HELD_DTYPE)
+
+    def forget_figures(self, keys) -> None:
+        """Delete these owners' entries from figures (their process is gone: metrics.owners)."""
+        table = self._bpf[b"figures"]
+        for key in keys:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(key)]
+
     def seed_listeners(self, listeners) -> None:
         """Enter listeners that existed before tracing, so that their new children start with
         their owner: (family "ipv4"/"ipv6", local address, port, pid, comm, cgroup_id, members,
@@ -217,18 +247,20 @@ class Probe:
         mapped = mapbatch.read_map(self._bpf[b"tws"])[1]
         return np.concatenate([slots[taken], mapped]), np.concatenate([taken, np.full(len(mapped), -1)])
 
-    def sweep_timewaits(self, now_ns: int, stale_after_ns: int = TW_STALE_AFTER_NS) -> int:
+    def sweep_timewaits(self, now_ns: int, stale_after_ns: int = TW_STALE_AFTER_NS) -> np.ndarray:
         """Stop following the timewaits whose timer must have fired long ago (see
-        TW_STALE_AFTER_NS): free their slot or delete their tws entry; return how many.
-        Each is read again just before, so that one whose end came meanwhile, or a new
-        timewait that took its place, is kept."""
+        TW_STALE_AFTER_NS): free their slot or delete their tws entry; return them (struct
+        tw_state each: with figures, their owner and destination keys).  Each is read again
+        just before, so that one whose end came meanwhile, or a new timewait that took its
+        place, is kept."""
         if not self.follows_timewait:
-            return 0
+            return np.zeros(0, [("owner", "<u8"), ("held", "<u8")])
         states, places = self._timewaits()
         stale = stale_timewaits(states, now_ns, stale_after_ns)
         slots, tws = self._bpf[b"tw_slots"], self._bpf[b"tws"]
-        swept = 0
-        for timer, place in zip(states["timer"][stale].tolist(), places[stale].tolist()):
+        swept = []
+        for at, timer, place in zip(np.flatnonzero(stale).tolist(), states["timer"][stale].tolist(),
+                                    places[stale].tolist()):
             table, key = (slots, slots.Key(place)) if place >= 0 else (tws, tws.Key(timer))
             state = table.get(key)
             if state is None or state.timer != timer or not stale_timewaits(
@@ -241,8 +273,8 @@ class Probe:
                     del table[key]
                 except KeyError:  # its end came meanwhile
                     continue
-            swept += 1
-        return swept
+            swept.append(at)
+        return states[swept]
 
     def open_timewaits(self) -> np.ndarray:
         """The timewait sockets still followed (struct tw_state entries: decode.from_followed_timewaits

@@ -19,8 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from .figures import Snapshot
-from .pending import OTHER
+from .figures import OTHER, Snapshot
 
 HEALTHY_FOR_S = 10.0  # /healthz fails when the loop has not come round for this long
 

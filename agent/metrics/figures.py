@@ -1,10 +1,11 @@
-"""What tcpclose agent exports, kept up to date a batch of records at a time.
+"""What tcpclose agent exports, kept up to date from what the BPF side makes.
 
-Each batch of raw records (as run.tracer.Tracer.drain returns them, never decoded: a busy host
-hands over tens of thousands a second) adds to counters and histograms per workload: closes
-by kind, TIME_WAITs made, TIME_WAIT ends by reason with their lifetimes, connection
-durations; the TIME_WAITs alive wait for their end in metrics.pending.  The CLOSE_WAITs
-open now come from the lives BPF follows (set_close_waits()).
+The BPF program (FIGURES) counts each owner's closes by kind, connection durations,
+TIME_WAITs made and their ends by reason with their lifetimes (metrics.owners sums them per
+workload), and the client TIME_WAITs alive per destination: at full churn that is ~60,000
+lives a second that never reach user space.  The records that still come are the few it
+needs to look at: a close due a TIME_WAIT whose timer was not seen, and the resets sent
+after a close.  The CLOSE_WAITs open now come from the lives BPF follows (set_close_waits()).
 
 The workload of an owner is its container, else its systemd unit, else its process name
 (kernel.cgroups); past `max_workloads` of them, new ones are counted under "other".  The
@@ -31,22 +32,28 @@ import pandas as pd
 
 from ..analysis import rules
 from ..record import layout
-from .pending import OTHER, Pending  # (OTHER: the workload label past max_workloads too)
+from ..record.decode import address_text
+from . import owners as of
+from .owners import OwnerTotals
 
-# TIME_WAIT lifetime buckets: the 60 s of TCP_TIMEWAIT_LEN to the half second either side
-# (a timer wheel expires a little late), and below it the FIN_WAIT2 substate (tcp_fin_timeout)
-# and the TIME_WAITs killed or reused early
-TIMEWAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 58.0, 59.5, 60.0, 60.5, 61.0, 62.0, 65.0, 90.0, 120.0)
-DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+OTHER = "other"  # the workload label past max_workloads, and the destinations past the busiest
+# histogram buckets in seconds, from the BPF side's bounds (bpf/tcpclose.h says why these)
+TIMEWAIT_BUCKETS = tuple(us / 1e6 for us in layout.LISTS["TW_BOUNDS_US"])
+DURATION_BUCKETS = tuple(us / 1e6 for us in layout.LISTS["DURATION_BOUNDS_US"])
 RESET_WAIT_S = 1.0  # a reset record follows its life's close by microseconds; after this, none came
 MAX_FOLDED_NAMES = 100_000  # the folded workloads' names kept to count them: a bound on that count too
 TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "other"
-# how a timewait's end record says it ended -> the reason exported.  The BPF side marks a
-# cancel inside a connect() to the timewait's remote end as a reuse; any other cancel killed
-# it (a SYN into a server-side TIME_WAIT, an RST, netns teardown), but for the rare reuse
-# whose connect() moved to another CPU midway, which only `tcpclose trace`'s join finds
-END_REASONS = {"expired": "expired", "reused": "reused", "cancelled": "killed"}
+# how a timewait ended (tw_end[TW_x] of the figures) -> the reason exported.  The BPF side
+# marks a cancel inside a connect() to the timewait's remote end as a reuse; any other
+# cancel killed it (a SYN into a server-side TIME_WAIT, an RST, netns teardown), but for the
+# rare reuse whose connect() moved to another CPU midway, which only `tcpclose trace`'s join
+# finds.  [0]: an end read before its start; a replaced one's end went unseen; so did a swept one's.
+END_REASONS = {0: "unknown", layout.DEFINES["TW_EXPIRED"]: "expired", layout.DEFINES["TW_REUSED"]: "reused",
+               layout.DEFINES["TW_CANCELLED"]: "killed", layout.DEFINES["TW_REPLACED"]: "unknown"}
+# the close kinds counted (A_x of bpf/tcpclose.h, as rules.INITIATORS names them)
+CLOSE_KINDS = {layout.DEFINES["A_" + kind.upper()]: kind for kind in rules.INITIATORS if kind != "open"}
 Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
+Namer = Callable[[np.ndarray, np.ndarray], list]  # (pids, cgroup ids) -> their container, unit or process name
 
 
 @dataclass
@@ -77,7 +84,7 @@ class Snapshot:
     close_waits: dict = field(default_factory=dict)  # workload -> (open now, oldest age s)
     unlinked: dict = field(default_factory=dict)  # workload -> closes due a TIME_WAIT whose timer was not seen
     kernel_overflows: int = 0  # TCPTimeWaitOverflow, over the network namespaces, since the agent started
-    held: dict = field(default_factory=dict)  # Destination (or (OTHER, OTHER)) -> client TIME_WAITs alive
+    held: dict = field(default_factory=dict)  # (source, destination) (or (OTHER, OTHER)) -> client TIME_WAITs alive
     port_range: int | None = None  # ephemeral ports per destination (ip_local_port_range)
     lost: dict = field(default_factory=dict)  # what could not be seen -> n
     bpf: tuple[float, int] = (0.0, 0)  # the programs' run time (s) and runs, while kernel.bpf_stats_enabled
@@ -88,10 +95,11 @@ class Snapshot:
 
 class Figures:
     def __init__(self, max_workloads: int = 1000, follows_timewaits: bool = True, port_range: int | None = None,
-                 top_destinations: int = TOP_DESTINATIONS):
+                 top_destinations: int = TOP_DESTINATIONS, namer: Namer | None = None):
         """follows_timewaits: the BPF side links each TIME_WAIT to its life (Tracer.timewait_method
         "timers"); without it no TIME_WAIT has a timer to miss (no close is counted unlinked).
-        port_range: ip_local_port_range's size, for the headroom per destination."""
+        port_range: ip_local_port_range's size, for the headroom per destination.
+        namer: the container, unit or process name of owners (run.owners.Owners.workloads_of)."""
         self.max_workloads = max_workloads
         self.follows_timewaits = follows_timewaits
         self.port_range = port_range
@@ -109,7 +117,11 @@ class Figures:
         self.unlinked: Counter = Counter()
         self.kernel_overflows = 0
         self._overflows_seen: dict[str, int] | None = None  # network namespace -> its TCPTimeWaitOverflow last read
-        self.pending = Pending()  # the TIME_WAITs alive: their workload, the ports they hold
+        self._namer = namer or (lambda pids, cgroup_ids: [None] * len(pids))
+        self.owners = OwnerTotals(self._owner_labels)
+        self.held: dict = {}  # (source, destination) -> client TIME_WAITs alive
+        self.pending = 0  # TIME_WAITs followed in BPF, not ended yet
+        self._swept_held: Counter = Counter()  # destination key -> TIME_WAITs of it swept (never ended)
         # socket address -> (workload, when): closes due a TIME_WAIT that got no timer, until
         # RESET_WAIT_S shows no reset followed them
         self._unmade: dict[int, tuple[str, float]] = {}
@@ -125,6 +137,13 @@ class Figures:
             self._folded.add(name)
         return OTHER
 
+    def _owner_labels(self, owners: np.ndarray) -> list[str]:
+        """The workload label of owners (pid, cgroup_id, comm; pid 0: never learnt)."""
+        known = owners["pid"] != 0
+        names = iter(self._namer(owners["pid"][known], owners["cgroup_id"][known]) if known.any() else ())
+        return [self._label(((next(names) or comm.split(b"\0", 1)[0].decode("utf-8", "replace")) if pid else "")
+                            or "unknown") for pid, comm in zip(owners["pid"].tolist(), owners["comm"].tolist())]
+
     def _labels(self, raw: np.ndarray, owner: Owner) -> np.ndarray:
         """Each raw record's workload label, worked out once per distinct (owner known, pid,
         thread name) of the batch: `owner` names a pid's container, unit or process."""
@@ -139,19 +158,70 @@ class Figures:
         return np.array(labels, dtype=object)[codes.ravel()]
 
     def add(self, raw: np.ndarray, owner: Owner, now: float | None = None) -> None:
-        """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain() returns them): the
-        lives that ended and the TIME_WAITs that ended.  Nothing is decoded: a busy host hands
-        over tens of thousands of records a second."""
+        """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain() returns them): of
+        the lives, only the closes due a TIME_WAIT whose timer was not seen are looked at (the
+        BPF side counted the rest); the resets sent say which of them got none for that reason."""
         now = time.monotonic() if now is None else now
-        self.timewait_ends.update((name, "unknown") for name, _ in self.pending.expire(now))  # ends lost
         lives = raw[raw["kind"] == layout.DEFINES["EV_LIFE"]]
-        if len(lives):
-            self._add_lives(lives, owner, now)
-        ends = raw[raw["kind"] == layout.DEFINES["EV_TW_END"]]
-        if len(ends):
-            self._add_timewait_ends(ends)
+        if len(lives) and self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
+            unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
+            due = rules.timewait_due(rules.raw_initiators(lives))
+            unmade = lives[due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)]
+            names = self._labels(unmade, owner) if len(unmade) else []
+            self._unmade.update(zip(unmade["skaddr"].tolist(), ((n, now) for n in list(names))))
         if self._unmade:
             self._settle_unmade(raw[raw["kind"] == layout.DEFINES["EV_RESET_SENT"]]["skaddr"], now)
+
+    def add_owner_figures(self, keys: np.ndarray, values: np.ndarray, now: float | None = None) -> list[int]:
+        """A read of the BPF side's figures map (Probe.read_figures: cumulative, per owner and
+        CPU) made the counters and histograms per workload; returns the owners to delete from
+        the map (metrics.owners)."""
+        totals, gone = self.owners.totals(keys, values, now)
+        closes, timewaits, ends = Counter(), Counter(), Counter()
+        lifetimes, durations = {}, {}
+        for name, counts in totals.items():
+            for code, kind in CLOSE_KINDS.items():
+                if counts[of.N.start + code]:
+                    closes[name, kind] += int(counts[of.N.start + code])
+            if counts[of.TW_FOLLOWED.start]:
+                timewaits[name] += int(counts[of.TW_FOLLOWED.start])
+            for code, n in enumerate(counts[of.TW_END].tolist()):
+                if n:
+                    ends[name, END_REASONS[code]] += n
+            if counts[of.TW_LIFE].any():
+                lifetimes[name] = Histogram(TIMEWAIT_BUCKETS, counts[of.TW_LIFE].astype(np.int64),
+                                            int(counts[of.TW_LIFE_US.start]) / 1e6)
+            if counts[of.DURATION].any():
+                durations[name] = Histogram(DURATION_BUCKETS, counts[of.DURATION].astype(np.int64),
+                                            int(counts[of.DURATION_US.start]) / 1e6)
+        self.closes, self.timewaits, self.timewait_ends = closes, timewaits, ends
+        self.timewait_lifetime, self.duration = lifetimes, durations
+        return gone
+
+    def note_swept(self, states: np.ndarray) -> None:
+        """Timewaits the BPF side followed and swept as stale (Probe.sweep_timewaits): their
+        end went unseen (unknown, for their owner), and their port is free."""
+        self.owners.note_unseen_ends(states["owner"])
+        self._swept_held.update(k for k in states["held"].tolist() if k)
+
+    def set_held(self, keys: np.ndarray, values: np.ndarray, followed: int) -> None:
+        """The client TIME_WAITs alive per destination (Probe.read_held), less those swept,
+        and how many TIME_WAITs are followed now (`followed`)."""
+        counts = values["n"].sum(axis=1) - np.array([self._swept_held.get(k, 0) for k in keys.tolist()], dtype=np.int64)
+        maker = np.argmax(values["family"] != 0, axis=1) if len(values) else np.zeros(0, int)
+        dest = values[np.arange(len(values)), maker]
+        held: Counter = Counter()
+        for at in np.flatnonzero(counts > 0).tolist():
+            family, local, remote = int(dest["family"][at]), dest["saddr"][at].view("<u8"), dest["daddr"][at].view("<u8")
+            raddr = address_text(family, *remote.tolist())
+            port = int(dest["dport"][at])
+            held[address_text(family, *local.tolist()), f"[{raddr}]:{port}" if ":" in raddr else f"{raddr}:{port}"] += \
+                int(counts[at])
+        out = dict(held.most_common(self.top_destinations))
+        rest = sum(held.values()) - sum(out.values())
+        if rest:
+            out[(OTHER, OTHER)] = rest
+        self.held, self.pending = out, max(0, followed)
 
     def _settle_unmade(self, resets: np.ndarray, now: float) -> None:
         """Closes due a TIME_WAIT with no timer seen: a reset sent after the close explains
@@ -176,53 +246,6 @@ class Figures:
             self.kernel_overflows += sum(max(0, n - self._overflows_seen.get(ns, 0)) for ns, n in now.items())
         self._overflows_seen = now
 
-    def _add_lives(self, lives: np.ndarray, owner: Owner, now: float) -> None:
-        names = self._labels(lives, owner)
-        kinds = rules.raw_initiators(lives)
-        self.closes.update(zip(names.tolist(), kinds.tolist()))
-        opened = lives["opened_ns"].astype(np.int64)
-        durations = (lives["ts_ns"].astype(np.int64) - opened) / 1e9
-        durations[(opened == 0) | ((lives["flags"] & layout.DEFINES["FLAG_PARTIAL"]) != 0)] = np.nan
-        self._add_to_histograms(self.duration, DURATION_BUCKETS, names, durations)  # NaN: begun before the agent
-        due = rules.timewait_due(kinds)
-        made = due & (lives["tw_timer"] != 0)
-        self.timewaits.update(names[made].tolist())
-        self.pending.add(lives[made], names[made].tolist())
-        if self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
-            unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
-            unmade = due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)
-            self._unmade.update(zip(lives["skaddr"][unmade].tolist(), ((n, now) for n in names[unmade].tolist())))
-
-    def _add_timewait_ends(self, ends: np.ndarray) -> None:
-        found = self.pending.end(ends)
-        seen = np.fromiter((f is not None for f in found), dtype=bool, count=len(found))
-        if not seen.any():
-            return
-        names = np.array([f[0] for f in found if f is not None], dtype=object)
-        how_names = layout.TW_END_NAMES
-        reasons = [END_REASONS.get(how_names.get(how), "unknown") for how in ends["tw_end"][seen].tolist()]
-        self.timewait_ends.update(zip(names.tolist(), reasons))
-        lifetimes = (ends["ts_ns"][seen].astype(np.int64) - ends["tw_start_ns"][seen].astype(np.int64)) / 1e9
-        self._add_to_histograms(self.timewait_lifetime, TIMEWAIT_BUCKETS, names, lifetimes)
-
-    @staticmethod
-    def _add_to_histograms(histograms: dict[str, Histogram], bounds: tuple, names: np.ndarray,
-                           values: np.ndarray) -> None:
-        """Each value (NaN: none) to its workload's histogram, in one pass over the batch
-        however many workloads it holds."""
-        ok = ~np.isnan(values)
-        codes, labels = pd.factorize(names[ok])
-        values = values[ok]
-        width = len(bounds) + 1
-        # bucket i holds bounds[i-1] < v <= bounds[i]: Prometheus' "le"
-        cells = codes * width + np.searchsorted(bounds, values, side="left")
-        counts = np.bincount(cells, minlength=len(labels) * width).reshape(len(labels), width)
-        totals = np.bincount(codes, weights=values, minlength=len(labels))
-        for name, row, total in zip(labels.tolist(), counts, totals.tolist()):
-            histogram = histograms.get(name) or histograms.setdefault(name, Histogram(bounds))
-            histogram.counts += row
-            histogram.total += total
-
     def set_close_waits(self, open_lives: np.ndarray, owner: Owner, now_ns: int) -> None:
         """The CLOSE_WAITs open now per workload, and the age of the oldest, from the records of
         the lives BPF follows (Tracer.open_lives_now); now_ns: CLOCK_MONOTONIC, as their times."""
@@ -242,8 +265,8 @@ class Figures:
             # for every workload that closes first (0 where none)
             unlinked={name: self.unlinked[name] for name in {*self.timewaits, *self.unlinked}},
             kernel_overflows=self.kernel_overflows,
-            held=self.pending.busiest(self.top_destinations), port_range=self.port_range, bpf=self.bpf,
+            held=dict(self.held), port_range=self.port_range, bpf=self.bpf,
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
-            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=len(self.pending),
+            close_waits=dict(self.close_waits), lost=dict(self.lost), pending=self.pending,
             workloads_folded=len(self._folded), updated_at=time.time())

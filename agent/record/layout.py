@@ -26,7 +26,15 @@ def _read_defines(path: Path) -> dict[str, int]:
     return defines
 
 
+def _read_lists(path: Path) -> dict[str, tuple[int, ...]]:
+    """The #defines of a list of numbers, NAME(X) X(n) X(n) ..., continued over lines with backslashes."""
+    text = path.read_text().replace("\\\n", " ")
+    return {name: tuple(int(v) for v in re.findall(r"X\((\d+)\)", values))
+            for name, values in re.findall(r"^#define\s+(\w+)\(X\)((?:\s*X\(\d+\))+)", text, re.M)}
+
+
 DEFINES = _read_defines(HEADER)  # EV_LIFE, FLAG_PARTIAL, TCP_CLOSE_WAIT, C_RINGBUF_DROPS, ...
+LISTS = _read_lists(HEADER)  # TW_BOUNDS_US, DURATION_BOUNDS_US
 
 # the owner's name and the socket's two ends, in the same place of both structs
 _ENDS = [("comm", "S16"), ("saddr", "u1", (16,)), ("daddr", "u1", (16,)), ("sport", "<u2"), ("dport", "<u2"),
@@ -70,7 +78,26 @@ TRANSITION_DTYPE = np.dtype(
         ("pad", "u1", (7,)),
     ]
 )
-STRUCTS = {"tcpclose_event": EVENT_DTYPE, "tcpclose_transition": TRANSITION_DTYPE}  # checked by tests/unit/test_layout.py
+# what the agent's BPF side makes per owner (one per CPU: metrics.owners sums them)
+FIGURES_DTYPE = np.dtype(
+    [
+        ("n", "<u8", (DEFINES["NR_AGGREGATES"],)),
+        ("tw_followed", "<u8"),
+        ("tw_end", "<u8", (DEFINES["NR_TW_ENDS"],)),
+        ("tw_life", "<u8", (DEFINES["NR_TW_BOUNDS"] + 1,)),
+        ("tw_life_us", "<u8"),
+        ("duration", "<u8", (DEFINES["NR_DURATION_BOUNDS"] + 1,)),
+        ("duration_us", "<u8"),
+        ("cgroup_id", "<u8"),
+        ("pid", "<u4"),
+        ("comm", "S16"),
+        ("pad", "<u4"),
+    ]
+)
+HELD_DTYPE = np.dtype([("n", "<i8"), ("saddr", "u1", (16,)), ("daddr", "u1", (16,)), ("dport", "<u2"),
+                       ("family", "<u2"), ("pad", "<u4")])
+STRUCTS = {"tcpclose_event": EVENT_DTYPE, "tcpclose_transition": TRANSITION_DTYPE,
+           "tcpclose_figures": FIGURES_DTYPE, "tcpclose_held": HELD_DTYPE}  # checked by tests/unit/test_layout.py
 
 TCP_STATE_NAMES = {
     value: name[len("TCP_"):] for name, value in DEFINES.items() if name.startswith("TCP_")

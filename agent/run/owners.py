@@ -24,7 +24,10 @@ class Owners:
     def learn(self, raw: np.ndarray) -> None:
         """The owners of these records (raw) not met before: one readlink each, while they are
         alive (a process gone before this drain stays unknown)."""
-        owned = raw["pid"][np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)]
+        self.learn_pids(raw["pid"][np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)])
+
+    def learn_pids(self, owned: np.ndarray) -> None:
+        """These owners (pids), those not met before: as learn()."""
         if len(self.netns_of) > MAX_PIDS_KNOWN:  # a long run meets millions of short-lived processes
             for known in (self.netns_of, self.process_comm):
                 for pid in list(known)[:MAX_PIDS_KNOWN // 2]:  # the oldest half (dicts keep their order)
@@ -40,6 +43,14 @@ class Owners:
         as read from /proc when its first record arrived (None: never read, or gone by then)."""
         placed = cgroups.workload(self.cgroups.path_of(pid))
         return (placed.name if placed else None) or self.process_comm.get(pid)
+
+    def workloads_of(self, pids: np.ndarray, cgroup_ids: np.ndarray) -> list[str | None]:
+        """Owners' workloads, as workload_of(), each learnt now if it was not, and placed by
+        its cgroup id (recorded by the BPF side) where its process was gone before it was read."""
+        self.learn_pids(pids[pids != 0])
+        paths = self.cgroups.paths(pd.Series(pids, dtype=np.int64), pd.Series(cgroup_ids, dtype=np.uint64))
+        placed = [cgroups.workload(path) for path in paths]
+        return [(w.name if w else None) or self.process_comm.get(pid) for w, pid in zip(placed, pids.tolist())]
 
     def named(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Decoded records with each owner's network namespace, cgroup path and process name

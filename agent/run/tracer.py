@@ -39,7 +39,7 @@ class Tracer:
                  netns: Path | None = None, aggregates: bool = False, transitions_to: Path | str | None = None,
                  max_socks: int | None = None, force: bool = False, attached: Callable[[], None] | None = None,
                  keep: bool = True, out: OutputDir | None = None, interval: float = NOTE_EVERY_S, fmt: str = "csv",
-                 tables: Callable | None = None):
+                 tables: Callable | None = None, figures: bool = False):
         """timewait: how TIME_WAIT ends are measured: "timers" (BPF on the timer
         tracepoints), "diag" (sock_diag polls, this namespace only), "none", or
         "auto" (timers where the kernel allows, else diag).
@@ -49,13 +49,16 @@ class Tracer:
         (RunInfo.aggregates); TIME_WAITs are then counted, not timed.
         transitions_to: write every transition there as CSV ("-": stdout), what was lost in RunInfo.transitions.
         max_socks: socket lives followed at once in BPF (None: probe.MAX_SOCKS).
-        force: write --record and --transitions into another user's directory too (safefiles). attached: called once the probe is attached and the listeners are known, before the
+        force: write --record and --transitions into another user's directory too (safefiles).
+        attached: called once the probe is attached and the listeners are known, before the
         snapshot of the connections already open (seconds with 100,000 sockets).
         keep: make the connection rows for finish() (False: the caller takes each drain's
         records, as tcpclose agent does; finish() then has only the end's).
         out: -o's directory: the rows are kept there (connections.arrow), with run.json and
         `tables(out, tally, run)` (the tables so far) every `interval` seconds, for `tcpclose report DIR`
-        to finish a run killed midway (record.rundir), and in the file of --format `fmt` (record.formats)."""
+        to finish a run killed midway (record.rundir), and in the file of --format `fmt` (record.formats).
+        figures: the BPF side makes each owner's figures (tcpclose agent: `probe`'s read_figures);
+        only the records they need come, unless `keep`."""
         from ..kernel import preflight, probe  # bcc is imported there, when a run starts
         preflight.check_privileges()  # before any output file is made
         self.filters = filters
@@ -69,13 +72,11 @@ class Tracer:
             raise TracepointMissing(f"cannot follow TIME_WAIT timers: {why}; use --timewait auto")
         method = "timers" if tw_fn is not None else "none" if timewait == "none" else "diag"
         self.timewait_method, self.timewait_method_why = method, why
-        self.netns = netns
-        self.netns_id = namespaces.netns_id_of(netns) if netns else namespaces.netns_id()
+        self.netns, self.netns_id = netns, namespaces.netns_id_of(netns) if netns else namespaces.netns_id()
         self._watch = diag.TimewaitWatch(netns) if method == "diag" else None
-        self.hz = procfs.hz()
-        self._tcpext_start = procfs.all_tcp_counters()
+        self.hz, self._tcpext_start = procfs.hz(), procfs.all_tcp_counters()
         self._sysctls = procfs.sysctls(netns)  # the port range and TIME_WAIT sysctls
-        self._owners = Owners()
+        self.owners = Owners()  # what /proc says of each owner met: its workload_of() (tcpclose agent's labels)
         self._offset_ns = time.time_ns() - time.monotonic_ns()  # BPF's clock is CLOCK_MONOTONIC; the outputs', epoch
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
@@ -84,13 +85,13 @@ class Tracer:
         self._kept = (Kept.into(self._out, fmt) if self._out else Kept()) if keep else None
         self.rows_files = self._kept.files if self._kept else ()  # in -o, written as the rows come
         self._interval, self._noted_at, self._tables = interval, time.monotonic(), tables
-        self._probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates,
-                                  transitions=transitions_to is not None, max_socks=max_socks or probe.MAX_SOCKS)
+        self.probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates, transitions=transitions_to is not None,
+                                 max_socks=max_socks or probe.MAX_SOCKS, figures=figures, records=keep)
         memory.release_compiler()  # (its ~100 MB, resident for nothing from now on)
-        self._drainer = Drainer(self._probe.poll)  # (from now on: the snapshots below take seconds)
+        self._drainer = Drainer(self.probe.poll)  # (from now on: the snapshots below take seconds)
         self.tally = {"lives": 0, "timewaits": 0}  # for the progress line
         self._programs: dict[str, dict[str, int]] = {}  # the programs' stats, as counters() last read them
-        self.timewaits_swept = 0
+        self.timewaits_swept, self.swept = 0, []  # (with figures, the agent takes the ones swept: list[np.ndarray])
         self._swept_at = time.monotonic()
         self.started_at = time.time()  # (of the period, rotate())
         self._counted_before: dict[str, int] = {}  # the BPF counters, and the timewaits swept, at its start
@@ -109,24 +110,20 @@ class Tracer:
         if self._kept is not None:
             self._kept.arrive(part)
 
-    def workload_of(self, pid: int) -> str | None:
-        """A live owner's workload (run.owners.Owners.workload_of)."""
-        return self._owners.workload_of(pid)
-
     def open_lives_now(self) -> np.ndarray:
         """The records of the lives followed in BPF right now (not yet closed), their owners
-        learnt (workload_of): the CLOSE_WAITs open now are among them."""
-        raw = self._probe.open_lives()
-        self._owners.learn(raw)
+        learnt (owners.workload_of): the CLOSE_WAITs open now are among them."""
+        raw = self.probe.open_lives()
+        self.owners.learn(raw)
         return raw
 
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
-        return self._owners.named(decode.decode(raw, self._offset_ns, self.hz))
+        return self.owners.named(decode.decode(raw, self._offset_ns, self.hz))
 
     def _seed_listeners(self, holders: diag.Holders) -> None:
         """The listeners there before tracing, of every namespace, into the BPF side, so that
         their new children start with their owner.  Done once the probe is attached."""
-        self._probe.seed_listeners(diag.listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
+        self.probe.seed_listeners(diag.listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
 
     def _snapshot_at_start(self, holders: diag.Holders) -> None:
         """What tracing cannot see: the connections that were there before it began.
@@ -136,11 +133,11 @@ class Tracer:
         `Tracing` is announced.  A connection opened while it runs is in it too, and
         analysis.lives drops it there: tracing saw it begin."""
         existing = diag.snapshot(self.filters, netns=self.netns, holders=holders)
-        existing = self._owners.placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
+        existing = self.owners.placed(decode.from_snapshot(existing, "existing", time.time(), self.netns_id))
         if self._recorder:
             self._recorder.write(existing)
         if self._kept is not None:
-            stream = Stream(self.timewait_method, self._owners.cgroups.pods, existing)
+            stream = Stream(self.timewait_method, self.owners.cgroups.pods, existing)
             self._kept.start(stream, self._decoded, self._tally())
 
     def _tally(self) -> Tally:
@@ -165,9 +162,11 @@ class Tracer:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         if time.monotonic() - self._swept_at >= TW_SWEEP_EVERY_S:
             self._swept_at = time.monotonic()
-            self.timewaits_swept += self._probe.sweep_timewaits(time.monotonic_ns())
+            swept = self.probe.sweep_timewaits(time.monotonic_ns())
+            self.timewaits_swept += len(swept)
+            self.swept += [swept] if self.probe.figures else []  # (the agent takes them)
         if self._transitions:  # after the lives, and a bounded share: see transitions.PER_DRAIN
-            self._transitions.write(self._probe.poll_transitions(transitions.PER_DRAIN))
+            self._transitions.write(self.probe.poll_transitions(transitions.PER_DRAIN))
         if self._kept is not None and self._kept.step_due():
             self._kept.step()
         if self._out is not None and time.monotonic() - self._noted_at >= self._interval:
@@ -179,7 +178,7 @@ class Tracer:
         parts = self._drainer.take()
         raw = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
         if len(raw):
-            self._owners.learn(raw)
+            self.owners.learn(raw)
             self._keep(raw)
             closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
@@ -204,7 +203,7 @@ class Tracer:
                        # the kernel's own counts, per network namespace: see analysis.reconcile
                        netns=self.netns_id, tcpext={"start": self._tcpext_start, "end": procfs.all_tcp_counters()},
                        sysctls=self._sysctls, kernel_release=os.uname().release,
-                       pods=dict(self._owners.cgroups.pods), **more)  # (the Kubernetes pods of the containers met)
+                       pods=dict(self.owners.cgroups.pods), **more)  # (the Kubernetes pods of the containers met)
 
     @property
     def records_kept(self) -> int:
@@ -213,8 +212,8 @@ class Tracer:
 
     def counters(self) -> dict[str, int]:
         """The BPF side's counters now (layout.COUNTER_NAMES), with the transitions the kernel skipped."""
-        programs = self._programs = self._probe.program_stats()
-        return self._probe.counters() | {
+        programs = self._programs = self.probe.program_stats()
+        return self.probe.counters() | {
             "recursion_misses": sum(p.get("recursion_misses", 0) for p in programs.values())}
 
     def bpf_run(self) -> tuple[float, int]:
@@ -225,9 +224,9 @@ class Tracer:
 
     def progress(self) -> tuple[int, int, int]:
         """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
-        counters = self._probe.counters()
-        if self._probe.aggregates:  # no records arrive: ask the procs map
-            counts = self._probe.process_counts()
+        counters = self.probe.counters()
+        if self.probe.aggregates:  # no records arrive: ask the procs map
+            counts = self.probe.process_counts()
             return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), counters["ringbuf_drops"]
         return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
 
@@ -238,25 +237,25 @@ class Tracer:
         self._drainer.stop()  # the ring is read here from now on, last as the run ends
         self._take()  # (no step here: the lives and timewaits still followed are read next, at once)
         if self._transitions:  # what is left of the stream, whole: the run is over
-            self._transitions.write(self._probe.poll_transitions())
+            self._transitions.write(self.probe.poll_transitions())
         ended_at = time.time()
-        open_raw, followed = self._probe.open_lives(), self._probe.open_timewaits()
+        open_raw, followed = self.probe.open_lives(), self.probe.open_timewaits()
         # A life that closed, or a timewait that ended, while the maps were read left them and
         # handed its record to the ring: read after, it is there (an end read open too is
         # preferred by the analysis; a life read open too is the one that closed).
         late = self._take()
         open_raw = open_raw[~_among(open_raw, late[late["kind"] == layout.DEFINES["EV_LIFE"]])]
-        self._owners.learn(open_raw)
+        self.owners.learn(open_raw)
         still_open = self._decoded(open_raw)
         timewaits = decode.from_followed_timewaits(followed, self._offset_ns, self.hz, ended_at)
         ends = []  # what the end of the run reads, for the last rows (Kept.finish)
         if self._watch:
             ends.append(decode.from_timewait_watch(self._watch.poll(ended_at, force=True), "tw_end", 0))
             timewaits = decode.from_timewait_watch(self._watch.still_open(), "tw_open", ended_at)
-        programs, counters = self._probe.program_stats(), self.counters()
-        aggregates = self._probe.process_counts() if self._probe.aggregates else None
+        programs, counters = self.probe.program_stats(), self.counters()
+        aggregates = self.probe.process_counts() if self.probe.aggregates else None
         for row in aggregates or []:  # counted in BPF per (pid, thread name): named for the process
-            name = row["pid"] and self._owners.comm_of(row["pid"])
+            name = row["pid"] and self.owners.comm_of(row["pid"])
             row["comm"] = name or row["comm"]
         run = self._run(ended_at, counters, open_lives=len(still_open), open_timewaits=len(timewaits),
                         programs=programs, aggregates=aggregates)  # (what each BPF program cost, with BPF stats on)
@@ -268,12 +267,12 @@ class Tracer:
         guessed = np.isin(open_raw["owner_src"], GUESSED).any()
         held = diag.snapshot_everywhere(self.filters, (*(diag.CONNECTION_STATES if guessed else ("CLOSE_WAIT",)),
                                                        "LISTEN"), holders)
-        self._probe.close()
+        self.probe.close()
         if self._transitions:
             self._transitions.close()
         keep = [self.filters.keeps_owner(p, c) for p, c in zip(still_open["pid"], still_open["comm"])]
         still_open = still_open[keep].assign(event_at=ended_at)
-        ends += [still_open, timewaits, self._owners.placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
+        ends += [still_open, timewaits, self.owners.placed(decode.from_snapshot(held, "seen_at_end", ended_at, self.netns_id))]
         for frame in ends if self._recorder else ():
             self._recorder.write(decode.widened(frame))
         run.listen_queues = pressed.astype(object).where(pressed.notna(), None).to_dict("records")

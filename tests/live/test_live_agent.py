@@ -129,6 +129,9 @@ def test_prometheus_scrapes_the_closes_timewaits_and_close_waits_the_workload_ma
                     'tcpclose_closes_total{workload="tc-agclient",kind="active"}': N,
                     'tcpclose_closes_total{workload="tc-agecho",kind="passive"}': N,
                     'tcpclose_timewaits_total{workload="tc-agclient"}': N,
+                    # each of the client's lives lasted from connect() to its close: well under a second
+                    'tcpclose_connection_duration_seconds_count{workload="tc-agclient"}': N,
+                    'tcpclose_connection_duration_seconds_bucket{workload="tc-agclient",le="1"}': N,
                     f'tcpclose_close_wait_sockets{{workload="{CONTAINER}"}}': LEAKED,
                     f'tcpclose_closes_total{{workload="{CONTAINER}"}}': None,  # its lives are not closed
                     'tcpclose_timewait_lifetime_seconds_count{workload="tc-agcaller"}': LEAKED,
