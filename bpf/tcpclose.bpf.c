@@ -189,6 +189,10 @@ struct tw_cpu {
 BPF_PERCPU_ARRAY(tw_cpu, struct tw_cpu, 1);
 #endif /* TW_TIMER_FN */
 
+#ifndef FIGURES
+#define CLOCK_AT_CLOSE 0
+#endif
+
 #ifdef AGGREGATES
 /* procs (--aggregates): per-process counts instead of one record per life.
  *   key    owner's tgid and comm (0 and "" when the owner was never learnt)
@@ -200,6 +204,7 @@ BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS
 #endif
 
 #ifdef FIGURES
+#define CLOCK_AT_CLOSE 1
 /* figures (tcpclose agent): what each owner's lives and TIME_WAITs came to.
  *   key    owner_key(): a 64-bit hash of the owner's tgid, comm and cgroup id (all 0
  *          when never learnt), so that a timewait keeps 8 bytes to find its owner's entry
@@ -1087,10 +1092,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		return 0;
 
 	struct tcpclose_event *e = find_life(sk);
-#ifdef AGGREGATES
+#if defined(AGGREGATES) || defined(FIGURES) && !defined(RECORDS)
 	/* The counts need no times; the lives still open at the end need when they began and
-	 * when they entered CLOSE_WAIT (its age), so the clock is read for those only. */
-	u64 now = !e || old == TCP_CLOSE || old == TCP_LISTEN || new == TCP_CLOSE_WAIT ? bpf_ktime_get_ns() : 0;
+	 * when they entered CLOSE_WAIT (its age), so the clock is read for those only (a read
+	 * takes tens of ns on a paravirtual clock: half the transitions are spared it).  The
+	 * figures need the ->CLOSE too: a connection's duration, and the timewait it claims. */
+	u64 now = !e || old == TCP_CLOSE || old == TCP_LISTEN || new == TCP_CLOSE_WAIT || CLOCK_AT_CLOSE && new == TCP_CLOSE
+		  ? bpf_ktime_get_ns() : 0;
 #else
 	u64 now = bpf_ktime_get_ns();
 #endif
