@@ -116,9 +116,13 @@ def test_demo_shows_every_kind_of_ending_in_its_own_namespace(tmp_path):
     assert procs["demo-web"]["active_closes"] == "10" and procs["demo-poller"]["passive_closes"] == "10"
     assert procs["demo-rebinder"]["active_closes"] == "10" and procs["demo-cache"]["passive_closes"] == "10"
     assert procs["demo-leaky"]["close_wait_open"] == "5" and procs["demo-caller"]["active_closes"] == "5"
-    assert (procs["demo-web"]["timewait_killed"], procs["demo-rebinder"]["timewait_reused"],
-            procs["demo-caller"]["timewait_expired"], procs["demo-client"]["timewait_open"]) == ("9", "9", "5", "60")
     caller = [r for r in read_csv(tmp_path / "connections.csv") if r["comm"] == "demo-caller"]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert (procs["demo-web"]["timewait_killed"], procs["demo-rebinder"]["timewait_reused"],
+            procs["demo-caller"]["timewait_expired"], procs["demo-client"]["timewait_open"]) == ("9", "9", "5", "60"), (
+        # (CI, twice: demo-caller's FIN_WAIT2-substate TIME_WAITs not all expired; what the run saw of them)
+        [{k: v for k, v in r.items() if k.startswith(("tw_", "state", "flags", "owner", "initiator"))} for r in caller],
+        run.get("counters"), run.get("timewaits_swept"), run.get("open_timewaits"), result.stderr[-2000:])
     assert all(1.9 <= float(r["tw_s"]) <= 2.3 and r["tw_end_reason"] == "expired" for r in caller)  # tcp_fin_timeout 2
     ports = read_csv(tmp_path / "ports.csv")
     assert [(r["processes"], r["warning"], r["port_range"]) for r in ports if r["warning"] == "True"] == [

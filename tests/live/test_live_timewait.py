@@ -254,7 +254,7 @@ def test_time_waits_whose_timer_events_went_unseen_are_swept_and_counted(monkeyp
     with netns() as ns:
         traced = Traced(ns)
         traced.pair("wait_close", "close_first", 3, "tc-echo", "tc-swept")
-        loaded = traced.tracer._probe
+        loaded = traced.tracer.probe
         states, places = loaded._timewaits()
         ours = np.flatnonzero(states["start_ns"] > time.monotonic_ns() - 30 * 10**9)
         assert len(ours) >= 3  # (the host's own timewaits may be there too)
