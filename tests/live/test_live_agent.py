@@ -316,3 +316,36 @@ def test_a_period_an_agent_killed_left_is_finished_when_the_agent_starts_again(t
     ended = pd.read_csv(period / "processes.csv").groupby("comm")["connections"].sum()
     assert ended.get("tc-kpecho") == N
     assert len(list(out.glob("*Z"))) == 2  # and the new agent's own period beside it
+
+
+def test_workloads_past_max_series_are_counted_as_other_with_every_close():
+    """--max-series 100 holds 2 workloads: 24 processes, each a process name of its own, each
+    closing one connection first, are 2 workloads by name and 22 counted under "other", and
+    no close is lost on the way (the figures are made in BPF per owner, named in user space)."""
+    clients = 24
+    echo, port = start_server("wait_close", clients, "tc-agmanyecho")
+    agent_port = free_port()
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--listen", f"127.0.0.1:{agent_port}",
+                              "--max-series", "100", "-D", str(port)], stderr=subprocess.PIPE, text=True)
+    procs = [echo]
+    try:
+        assert agent.stderr.readline().startswith("Tracing")
+        procs += [start_client("close_first", port, 1, f"tc-agmany{i}") for i in range(clients)]
+        for proc in procs:
+            proc.done()
+        active, deadline = {}, time.monotonic() + 20
+        while sum(active.values()) < clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+            text = get(f"http://127.0.0.1:{agent_port}/metrics")
+            active = {line.split('workload="')[1].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("tcpclose_closes_total{") and 'kind="active"' in line}
+        named = set(active) - {"other"}
+        assert len(named) == 2 and named <= {f"tc-agmany{i}" for i in range(clients)}, active
+        assert active["other"] == clients - 2 and sum(active.values()) == clients
+        assert f"tcpclose_workloads_folded_total {clients - 2}.0" in text
+    finally:
+        for proc in procs:
+            proc.release()
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0 and "Traceback" not in err, err
