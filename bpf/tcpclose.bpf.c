@@ -206,7 +206,7 @@ BPF_HASH(procs, struct tcpclose_proc_key, struct tcpclose_proc_counts, MAX_PROCS
 #ifdef FIGURES
 #define CLOCK_AT_CLOSE 1
 /* figures (tcpclose agent): what each owner's lives and TIME_WAITs came to.
- *   key    owner_key(): a 64-bit hash of the owner's tgid, comm and cgroup id (all 0
+ *   key    owner_figures(): a 64-bit hash of the owner's tgid, comm and cgroup id (all 0
  *          when never learnt), so that a timewait keeps 8 bytes to find its owner's entry
  *          when it ends; the owner itself is in the value
  *   value  struct tcpclose_figures, one per CPU: plain adds, no atomics on a cache line
@@ -841,7 +841,9 @@ static __always_inline struct tcpclose_figures *owner_figures(struct tcpclose_ev
 	struct tcpclose_figures *f = figures.lookup(key);
 	if (f)
 		return f;
-	figures.update(key, fresh); /* (fresh's counts are never written: all 0) */
+	/* made only if still missing: a per-CPU entry made again would zero the other CPUs'
+	 * counts (fresh's counts are never written: all 0) */
+	figures.insert(key, fresh);
 	f = figures.lookup(key);
 	if (!f)
 		count(C_FIGURES_FULL);
@@ -911,7 +913,7 @@ static __always_inline u64 hold_port(struct tcpclose_event *e)
 		__builtin_memcpy(fresh->daddr, e->daddr, 16);
 		fresh->dport = e->dport;
 		fresh->family = e->family; /* (its n stays 0) */
-		held.update(&h, fresh);
+		held.insert(&h, fresh); /* (only if still missing, as in owner_figures) */
 		dest = held.lookup(&h);
 		if (!dest) {
 			count(C_FIGURES_FULL);
