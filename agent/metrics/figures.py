@@ -52,7 +52,6 @@ END_REASONS = {0: "unknown", layout.DEFINES["TW_EXPIRED"]: "expired", layout.DEF
                layout.DEFINES["TW_CANCELLED"]: "killed", layout.DEFINES["TW_REPLACED"]: "unknown"}
 # the close kinds counted (A_x of bpf/tcpclose.h, as rules.INITIATORS names them)
 CLOSE_KINDS = {layout.DEFINES["A_" + kind.upper()]: kind for kind in rules.INITIATORS if kind != "open"}
-Owner = Callable[[int], "str | None"]  # pid -> its container, unit or process name (None: not known)
 Namer = Callable[[np.ndarray, np.ndarray], list]  # (pids, cgroup ids) -> their container, unit or process name
 
 
@@ -144,20 +143,14 @@ class Figures:
         return [self._label(((next(names) or comm.split(b"\0", 1)[0].decode("utf-8", "replace")) if pid else "")
                             or "unknown") for pid, comm in zip(owners["pid"].tolist(), owners["comm"].tolist())]
 
-    def _labels(self, raw: np.ndarray, owner: Owner) -> np.ndarray:
-        """Each raw record's workload label, worked out once per distinct (owner known, pid,
-        thread name) of the batch: `owner` names a pid's container, unit or process."""
-        known = np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN)
-        keys, first, codes = np.unique(raw["pid"].astype(np.int64) * 2 + known, return_index=True,
-                                       return_inverse=True)
-        labels = []
-        for key, at in zip(keys.tolist(), first.tolist()):
-            ok, pid = key & 1, key >> 1
-            name = (owner(pid) or raw["comm"][at].split(b"\0", 1)[0].decode("utf-8", "replace")) if ok else ""
-            labels.append(self._label(name or "unknown"))
-        return np.array(labels, dtype=object)[codes.ravel()]
+    def _labels(self, raw: np.ndarray) -> np.ndarray:
+        """Each raw record's workload label, as _owner_labels() names the owners of the figures."""
+        owners = np.zeros(len(raw), [("pid", "<u4"), ("cgroup_id", "<u8"), ("comm", "S16")])
+        owners["pid"] = np.where(np.isin(raw["owner_src"], rules.OWNER_CODES_KNOWN), raw["pid"], 0)
+        owners["cgroup_id"], owners["comm"] = raw["cgroup_id"], raw["comm"]
+        return np.array(self._owner_labels(owners), dtype=object)
 
-    def add(self, raw: np.ndarray, owner: Owner, now: float | None = None) -> None:
+    def add(self, raw: np.ndarray, now: float | None = None) -> None:
         """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain() returns them): of
         the lives, only the closes due a TIME_WAIT whose timer was not seen are looked at (the
         BPF side counted the rest); the resets sent say which of them got none for that reason."""
@@ -167,7 +160,7 @@ class Figures:
             unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
             due = rules.timewait_due(rules.raw_initiators(lives))
             unmade = lives[due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)]
-            names = self._labels(unmade, owner) if len(unmade) else []
+            names = self._labels(unmade) if len(unmade) else []
             self._unmade.update(zip(unmade["skaddr"].tolist(), ((n, now) for n in list(names))))
         if self._unmade:
             self._settle_unmade(raw[raw["kind"] == layout.DEFINES["EV_RESET_SENT"]]["skaddr"], now)
@@ -246,11 +239,11 @@ class Figures:
             self.kernel_overflows += sum(max(0, n - self._overflows_seen.get(ns, 0)) for ns, n in now.items())
         self._overflows_seen = now
 
-    def set_close_waits(self, open_lives: np.ndarray, owner: Owner, now_ns: int) -> None:
+    def set_close_waits(self, open_lives: np.ndarray, now_ns: int) -> None:
         """The CLOSE_WAITs open now per workload, and the age of the oldest, from the records of
         the lives BPF follows (Tracer.open_lives_now); now_ns: CLOCK_MONOTONIC, as their times."""
         waiting = open_lives[open_lives["last_state"] == layout.DEFINES["TCP_CLOSE_WAIT"]]
-        names = self._labels(waiting, owner) if len(waiting) else np.array([], dtype=object)
+        names = self._labels(waiting)
         since = waiting["close_wait_ns"].astype(np.int64)
         ages = np.where(since > 0, (now_ns - since) / 1e9, np.nan)
         out = {}

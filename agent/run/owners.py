@@ -38,15 +38,11 @@ class Owners:
             self.process_comm[pid] = procfs.process_comm(pid)
             self.cgroups.learn(pid)
 
-    def workload_of(self, pid: int) -> str | None:
-        """A live owner's workload: its container, else its systemd unit, else its process name,
-        as read from /proc when its first record arrived (None: never read, or gone by then)."""
-        placed = cgroups.workload(self.cgroups.path_of(pid))
-        return (placed.name if placed else None) or self.process_comm.get(pid)
-
     def workloads_of(self, pids: np.ndarray, cgroup_ids: np.ndarray) -> list[str | None]:
-        """Owners' workloads, as workload_of(), each learnt now if it was not, and placed by
-        its cgroup id (recorded by the BPF side) where its process was gone before it was read."""
+        """Owners' workloads: each one's container, else its systemd unit, else its process
+        name, as read from /proc when it was first met (learnt now if it was not), or placed
+        by its cgroup id (recorded by the BPF side) where its process was gone by then; None:
+        neither is known."""
         self.learn_pids(pids[pids != 0])
         paths = self.cgroups.paths(pd.Series(pids, dtype=np.int64), pd.Series(cgroup_ids, dtype=np.uint64))
         placed = [cgroups.workload(path) for path in paths]

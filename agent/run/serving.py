@@ -37,7 +37,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
     refreshed = counted = published = float("-inf")
     cost = 0.0
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-        figures.add(tracer.drain(), tracer.owners.workload_of)  # (none: what waited for time is settled)
+        figures.add(tracer.drain())  # (none: what waited for time is settled)
         if time.monotonic() - counted >= COUNTERS_EVERY_S:
             counted = time.monotonic()
             counters = tracer.counters()
@@ -51,7 +51,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
             figures.set_held(*tracer.probe.read_held(), followed)
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
-            figures.set_close_waits(tracer.open_lives_now(), tracer.owners.workload_of, time.monotonic_ns())
+            figures.set_close_waits(tracer.open_lives_now(), time.monotonic_ns())
             figures.note_kernel_counters(procfs.all_tcp_counters())
         if time.monotonic() - published >= max(PUBLISH_EVERY_S, cost / PUBLISH_SHARE):
             published = time.monotonic()

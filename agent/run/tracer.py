@@ -76,7 +76,7 @@ class Tracer:
         self._watch = diag.TimewaitWatch(netns) if method == "diag" else None
         self.hz, self._tcpext_start = procfs.hz(), procfs.all_tcp_counters()
         self._sysctls = procfs.sysctls(netns)  # the port range and TIME_WAIT sysctls
-        self.owners = Owners()  # what /proc says of each owner met: its workload_of() (tcpclose agent's labels)
+        self.owners = Owners()  # what /proc says of each owner met: its workloads_of() (tcpclose agent's labels)
         self._offset_ns = time.time_ns() - time.monotonic_ns()  # BPF's clock is CLOCK_MONOTONIC; the outputs', epoch
         # the output files first: a path that cannot be written fails before the compile
         self._recorder = Recorder(record_path, force) if record_path else None
@@ -112,7 +112,7 @@ class Tracer:
 
     def open_lives_now(self) -> np.ndarray:
         """The records of the lives followed in BPF right now (not yet closed), their owners
-        learnt (owners.workload_of): the CLOSE_WAITs open now are among them."""
+        learnt (owners.workloads_of): the CLOSE_WAITs open now are among them."""
         raw = self.probe.open_lives()
         self.owners.learn(raw)
         return raw

@@ -21,11 +21,6 @@ def batch(*records: bytes) -> np.ndarray:
     return np.frombuffer(b"".join(records), dtype=layout.EVENT_DTYPE)
 
 
-def by_name(pid: int) -> None:
-    """An owner the tracer could not place: its thread name from the record stands."""
-    return None
-
-
 def exposed(figures: Figures) -> str:
     exposition = Exposition()
     exposition.publish(figures.snapshot())
@@ -157,7 +152,7 @@ def test_close_waits_open_now_by_workload_with_the_oldest():
                                     for i in range(1, 4)),
                                   raw("open", skaddr=9, pid=21, comm="busy", ts=0, last="ESTABLISHED",
                                       states=("SYN_RECV", "ESTABLISHED"))),
-                            by_name, now_ns=100 * 10**9)
+                            now_ns=100 * 10**9)
     assert figures.close_waits == {"leaky": (3, 9.0)}  # the open life not in CLOSE_WAIT is not counted
     text = exposed(figures)
     assert 'tcpclose_close_wait_sockets{workload="leaky"} 3.0' in text
@@ -172,17 +167,17 @@ def test_a_close_due_a_time_wait_whose_timer_was_not_seen_is_unlinked_unless_a_r
     figures.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT),  # no timer seen: unlinked?
                       raw(skaddr=2, pid=10, comm="client", **CLIENT),  # no timer, then a reset
                       raw(skaddr=3, pid=10, comm="client", flags=partial, **CLIENT),  # seen mid-life
-                      raw(skaddr=4, pid=10, comm="client", tw_timer=0x400, tw_start=2.0, **CLIENT)), by_name, now=0.0)
-    figures.add(batch(raw("reset_sent", skaddr=2, pid=10, comm="client", states=(), last="CLOSE")), by_name, now=0.5)
+                      raw(skaddr=4, pid=10, comm="client", tw_timer=0x400, tw_start=2.0, **CLIENT)), now=0.0)
+    figures.add(batch(raw("reset_sent", skaddr=2, pid=10, comm="client", states=(), last="CLOSE")), now=0.5)
     assert not figures.unlinked  # not yet: a reset may still come
-    figures.add(batch(), by_name, now=1.5)
+    figures.add(batch(), now=1.5)
     assert figures.unlinked == {"client": 1}
     text = exposed(figures)
     assert 'tcpclose_timewaits_unlinked_total{workload="client"} 1.0' in text
     # where the BPF side follows no timer, a missing one says nothing
     blind = Figures(follows_timewaits=False)
-    blind.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT)), by_name, now=0.0)
-    blind.add(batch(), by_name, now=5.0)
+    blind.add(batch(raw(skaddr=1, pid=10, comm="client", **CLIENT)), now=0.0)
+    blind.add(batch(), now=5.0)
     assert not blind.unlinked
 
 
@@ -260,3 +255,21 @@ def test_a_scrape_sends_what_was_published_last_plain_or_gzipped_without_renderi
         assert "process_resident_memory_bytes" in text  # the agent's own, read per scrape
     exposition.publish(figures.snapshot())
     assert 'tcpclose_closes_total{kind="active",workload="client"} 2.0' in exposition.text().decode()
+
+
+def test_an_owner_is_placed_by_its_pid_while_it_lives_else_by_its_cgroup_id(monkeypatch):
+    """The agent names owners when it first reads them, up to a second after their lives
+    ended: a process gone by then is placed by the cgroup id the BPF side recorded."""
+    from agent.kernel import cgroups, pods, procfs
+    from agent.kernel import netns as namespaces
+    from agent.run.owners import Owners
+
+    alive = {10: ("/system.slice/nginx.service", "nginx")}
+    monkeypatch.setattr(cgroups, "cgroup_of", lambda pid, proc=None: alive.get(pid, (None,))[0])
+    monkeypatch.setattr(procfs, "process_comm", lambda pid: alive.get(pid, (None, None))[1])
+    monkeypatch.setattr(namespaces, "netns_id", lambda pid=None: None)
+    monkeypatch.setattr(pods, "pod_of", lambda runtime, container_id: None)
+    monkeypatch.setattr(cgroups, "paths_by_id", lambda root=None: {4242: "/system.slice/docker-" + "ab" * 32 + ".scope",
+                                                                    77: "/user.slice"})
+    names = Owners().workloads_of(np.array([10, 11, 12, 13], np.uint32), np.array([1, 4242, 77, 0], np.uint64))
+    assert names == ["nginx.service", "docker:" + "ab" * 6, None, None]  # (None: its thread name stands)
