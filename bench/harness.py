@@ -104,6 +104,8 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
                 found["skipped"] = int(sample.value)
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "tw_unlinked":
                 found["tw_unknown"] = int(sample.value)  # timers armed that no close claimed
+            elif sample.name == "tcpclose_bpf_run_seconds_total":  # (counted while the stats window was on)
+                found["bpf_run_s"] = sample.value
     return found
 
 
@@ -204,6 +206,9 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             time.sleep(0.5)  # the last closes
             if mode == AGENT:  # what Prometheus would see now, and the kernel's count beside it
                 row.update(agent_figures(CHURN_COMMS))
+                if window and window.seconds:  # its programs' time, timed by the kernel in the window
+                    row["bpf_cores"] = row.pop("bpf_run_s", 0.0) / window.seconds
+                row.pop("bpf_run_s", None)
                 row["kernel_tw"] = ns.tcp_ext().get("TW", 0)
             tracer.send_signal(signal.SIGINT)
             stopped = time.monotonic()
