@@ -816,31 +816,30 @@ static __always_inline void aggregate(struct tcpclose_event *e)
 #define ABOVE_US(b) + (v_ > (b) * 1000ULL)
 #define BUCKET(v_ns, BOUNDS) ({ u64 v_ = (v_ns); (u32)(0 BOUNDS(ABOVE_US)); })
 
-/* The owner's entry in figures, made if new (NULL: the map is full; *key: its key). */
+/* The owner's entry in figures, made if new (NULL: the map is full; *key: its key).  The
+ * scratch copy is written only when the entry is new: most lives end for an owner met before. */
 static __always_inline struct tcpclose_figures *owner_figures(struct tcpclose_event *e, u64 *key)
 {
-	u32 zero = 0;
-	struct tcpclose_figures *fresh = figures_new.lookup(&zero);
-	if (!fresh)
-		return 0;
-	fresh->pid = 0;
-	fresh->cgroup_id = 0;
-	__builtin_memset(fresh->comm, 0, COMM_LEN);
-	if (e->owner_src == OWNER_SYSCALL || e->owner_src == OWNER_LISTENER) { /* rules.OWNER_CODES_KNOWN */
-		fresh->pid = e->pid;
-		fresh->cgroup_id = e->cgroup_id;
-		__builtin_memcpy(fresh->comm, e->comm, COMM_LEN);
-	}
+	bool known = e->owner_src == OWNER_SYSCALL || e->owner_src == OWNER_LISTENER; /* rules.OWNER_CODES_KNOWN */
+	u64 *comm = (u64 *)e->comm;
 	u64 h = 0xcbf29ce484222325ULL;
-	u64 *comm = (u64 *)fresh->comm;
-	h = MIX(h, fresh->pid);
-	h = MIX(h, comm[0]);
-	h = MIX(h, comm[1]);
-	h = MIX(h, fresh->cgroup_id);
+	h = MIX(h, known ? e->pid : 0);
+	h = MIX(h, known ? comm[0] : 0);
+	h = MIX(h, known ? comm[1] : 0);
+	h = MIX(h, known ? e->cgroup_id : 0);
 	*key = h;
 	struct tcpclose_figures *f = figures.lookup(key);
 	if (f)
 		return f;
+	u32 zero = 0;
+	struct tcpclose_figures *fresh = figures_new.lookup(&zero);
+	if (!fresh)
+		return 0;
+	fresh->pid = known ? e->pid : 0;
+	fresh->cgroup_id = known ? e->cgroup_id : 0;
+	__builtin_memset(fresh->comm, 0, COMM_LEN);
+	if (known)
+		__builtin_memcpy(fresh->comm, e->comm, COMM_LEN);
 	/* made only if still missing: a per-CPU entry made again would zero the other CPUs'
 	 * counts (fresh's counts are never written: all 0) */
 	figures.insert(key, fresh);
@@ -850,14 +849,13 @@ static __always_inline struct tcpclose_figures *owner_figures(struct tcpclose_ev
 	return f;
 }
 
-/* A life that ended, to its owner's figures; returns its owner's key (0: not counted). */
-static __always_inline u64 add_figures(struct tcpclose_event *e)
+/* A life that ended (kind: close_kind) to its owner's figures; returns its owner's key (0: not counted). */
+static __always_inline u64 add_figures(struct tcpclose_event *e, int kind)
 {
 	u64 key;
 	struct tcpclose_figures *f = owner_figures(e, &key);
 	if (!f)
 		return 0;
-	int kind = close_kind(e);
 	f->n[A_LIVES]++;
 	if (kind > 0 && kind < NR_AGGREGATES)
 		f->n[kind]++;
@@ -878,12 +876,11 @@ static __always_inline u64 add_figures(struct tcpclose_event *e)
 /* Must user space see this life?  Only a close due a TIME_WAIT whose timer was not seen:
  * whether a reset followed it (no TIME_WAIT then) is told by the EV_RESET_SENT records
  * (metrics.figures counts the others as unlinked). */
-static __always_inline bool handed_over(struct tcpclose_event *e)
+static __always_inline bool handed_over(struct tcpclose_event *e, int kind)
 {
 #ifdef RECORDS
 	return true;
 #else
-	int kind = close_kind(e);
 	return (kind == A_ACTIVE || kind == A_SIMULTANEOUS) && !e->tw_timer &&
 	       !(e->flags & (FLAG_PARTIAL | FLAG_MISSED_CLOSE));
 #endif
@@ -1000,8 +997,9 @@ static __always_inline void end_life(struct tcpclose_event *e)
 #if defined(AGGREGATES)
 	aggregate(e);
 #elif defined(FIGURES)
-	u64 owner = add_figures(e);
-	if (handed_over(e))
+	int kind = close_kind(e);
+	u64 owner = add_figures(e, kind);
+	if (handed_over(e, kind))
 		emit(e);
 	follow_timewait(e, owner);
 #else
