@@ -25,7 +25,8 @@ def listen_address(ctx, param, value: str) -> tuple[str, int]:
               help="Bound the series exported: workloads past the number that fit are counted as "
                    "workload=\"other\" (tcpclose_workloads_folded_total says how many).")
 @click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              metavar="SECONDS", help="How often the CLOSE_WAITs open now and the lost counters are read.")
+              metavar="SECONDS",
+              help="How often the CLOSE_WAITs open now and the kernel's TIME_WAIT overflows are read.")
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
 @out_option(what="Also write the files of 'trace -o' into a new directory in this one every --rotate "
@@ -82,7 +83,8 @@ def agent_command(listen, filters, max_series, refresh_s, duration, out, force, 
         click.echo(f"Tracing TCP closes; serving http://{host}:{port}/metrics", err=True)
         try:
             figures = Figures(max_series // SERIES_PER_WORKLOAD, follows_timewaits=tracer.timewait_method == "timers",
-                              port_range=port_range_size(sysctls()["ip_local_port_range"]), namer=tracer.owners.workloads_of)
+                              port_range=port_range_size(sysctls()["ip_local_port_range"]),
+                              namer=tracer.owners.workloads_of)
             serve_figures(tracer, figures, exposition, stop, refresh_s, duration, periods)
         finally:
             stop.finishing()
