@@ -1,7 +1,7 @@
 """A short-connection churn generator: client processes that connect and close as fast as they can.
 
   python -m bench.churn server --port P --workers W [--server-closes-first]
-  python -m bench.churn client --port P --seconds S --dest 127.0.0.D [--rate R] [--server-closes-first]
+  python -m bench.churn client --port P --seconds S --dest 127.0.0.D [--rate R] [--mark M] [--server-closes-first]
 
 By default the client closes first (connect, close) and the server reads to
 EOF and closes.  With --server-closes-first on both, the server closes each
@@ -11,7 +11,8 @@ Either way each connection makes one TIME_WAIT, on the side that closed
 first, and 2 socket lives in all.
 Run it inside a network namespace of its own (the bench does) so that its
 TIME_WAITs stay out of the host's table.  The server prints "ready" once it
-listens; each client prints the number of connections it completed.
+listens; each client prints the number of connections it completed (with --mark, the
+number completed at M seconds first).
 """
 from __future__ import annotations
 
@@ -42,11 +43,18 @@ def server(port: int, workers: int, closes_first: bool) -> None:
         conn.close()
 
 
-def client(port: int, seconds: float, dest: str, rate: float | None, server_closes_first: bool) -> None:
+def client(port: int, seconds: float, dest: str, rate: float | None, server_closes_first: bool,
+           mark: float | None = None) -> None:
+    """Churn for `seconds`, then print the count; with `mark`, print the count so far at `mark`
+    seconds too (the bench's measured period, before the tail it times the programs in)."""
     done, start = 0, time.monotonic()
     end = start + seconds
+    marked_at = start + mark if mark is not None else None
     while True:
         now = time.monotonic()
+        if marked_at is not None and now >= marked_at:
+            print(done, flush=True)
+            marked_at = None
         if now >= end:
             break
         if rate and done >= (now - start) * rate:
@@ -71,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--dest", default="127.0.0.1")
     parser.add_argument("--rate", type=float, help="connections/s for this client (default: as fast as it can)")
+    parser.add_argument("--mark", type=float, help="client: also print the count so far at this many seconds")
     parser.add_argument("--server-closes-first", action="store_true",
                         help="server: close each connection at once; client: wait for the server's close, then close")
     args = parser.parse_args()
@@ -78,7 +87,7 @@ def main() -> None:
     if args.side == "server":
         server(args.port, args.workers, args.server_closes_first)
     else:
-        client(args.port, args.seconds, args.dest, args.rate, args.server_closes_first)
+        client(args.port, args.seconds, args.dest, args.rate, args.server_closes_first, args.mark)
 
 
 if __name__ == "__main__":

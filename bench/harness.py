@@ -19,7 +19,8 @@ from agent.record.runinfo import RunInfo
 from agent.run.serving import COUNTERS_EVERY_S
 
 from agent.demo.namespace import Namespace
-from .sampling import (RssSampler, StatsWindow, cpu_s, status_mib, wait_peak_rss, bpf_cost, machine_cpu)
+from .sampling import (STATS_WINDOW_S, RssSampler, StatsWindow, cpu_s, status_mib, wait_peak_rss, bpf_cost,
+                       machine_cpu)
 
 PORT = 9000  # the server that waits for the client's close; PORT + 1 closes first
 TRANSITIONS_PER_CONNECTION = 10  # 5 per socket life: SYN_SENT, ESTABLISHED, FIN_WAIT1/CLOSE_WAIT, ..., CLOSE
@@ -136,12 +137,13 @@ def start_servers(ns: Namespace) -> list[subprocess.Popen]:
 
 
 def start_clients(ns: Namespace, clients: int, seconds: float, closer: str, rate_each: float = 0,
-                  stdout=subprocess.PIPE) -> list[subprocess.Popen]:
+                  stdout=subprocess.PIPE, mark: float | None = None) -> list[subprocess.Popen]:
     """One churn client per 127.0.0.x destination, for `seconds` (each prints its connection
-    count at the end), as fast as it can or at `rate_each`/s."""
+    count at the end, and at `mark` seconds first if given), as fast as it can or at `rate_each`/s."""
     return [ns.popen("-m", "bench.churn", "client", "--port", str(PORT + server_closes_first(i, closer)),
                      "--seconds", str(seconds), "--dest", f"127.0.0.{i + 1}",
                      *(["--rate", str(rate_each)] if rate_each else []),
+                     *(["--mark", str(mark)] if mark is not None else []),
                      *(["--server-closes-first"] if server_closes_first(i, closer) else []),
                      stdout=stdout, text=True)
             for i in range(clients)]
@@ -171,6 +173,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
     ns = Namespace("tcpclose-bench")
     out = Path(tempfile.mkdtemp(prefix="tcpclose-bench-"))
     servers, workers, tracer, empty = [], [], None, None
+    user0 = cpu0 = 0.0  # the tracer's CPU seconds at the start (none untraced)
     try:
         servers = start_servers(ns)
         row: dict = {"mode": mode}
@@ -181,26 +184,31 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             tracer, row["start_s"] = start_tracer(mode, out)
             user0, cpu0 = cpu_s(tracer.pid)
             rss = RssSampler(tracer.pid)
+        # A traced run goes on for a tail after its measured `seconds`, in which the kernel times
+        # the programs (StatsWindow): the timing costs two clock reads a program run, which the
+        # rates, the CPU figures and the tracer's cores, all taken at the mark, leave out.
+        tail = min(STATS_WINDOW_S, seconds) if mode not in UNTRACED else 0.0
         busy0, stolen0, machine_user0 = machine_cpu()
         began = time.monotonic()
-        workers = start_clients(ns, clients, seconds, closer, rate / clients)
-        window = StatsWindow(seconds) if mode not in UNTRACED else None
-        connections = sum(int(w.communicate()[0]) for w in workers)
+        workers = start_clients(ns, clients, seconds + tail, closer, rate / clients, mark=seconds)
+        marked = sum(int(w.stdout.readline()) for w in workers)
         busy1, stolen1, machine_user1 = machine_cpu()
         elapsed_cores = (time.monotonic() - began) * os.cpu_count()
-        tracer_user = cpu_s(tracer.pid)[0] - user0 if tracer else 0.0
-        row["cpu_us_per_conn"] = (busy1 - busy0) * 1e6 / connections if connections else float("nan")
+        tracer_user, tracer_cpu = cpu_s(tracer.pid) if tracer else (user0, cpu0)
+        window = StatsWindow(tail) if tail else None
+        connections = sum(int(w.communicate()[0]) for w in workers)  # the tail's too
+        row["cpu_us_per_conn"] = (busy1 - busy0) * 1e6 / marked if marked else float("nan")
         row["steal"] = (stolen1 - stolen0) / elapsed_cores
         # the workload's own code: the machine's user time but the tracer's (BPF runs in kernel mode)
-        row["workload_user"] = (machine_user1 - machine_user0 - tracer_user) / elapsed_cores
+        row["workload_user"] = (machine_user1 - machine_user0 - (tracer_user - user0)) / elapsed_cores
         if window:
             window.join()
         if empty is not None:  # (a BPF object with no maps is falsy: len() 0)
             row.update(bpf_cost(empty.program_stats(), window))
-        row["rate"] = connections / seconds
+        row["rate"] = marked / seconds
         row["lives_expected"] = 2 * connections
         if tracer:
-            row["cpu_cores"] = (cpu_s(tracer.pid)[1] - cpu0) / seconds
+            row["cpu_cores"] = (tracer_cpu - cpu0) / seconds
             row["rss_mib"] = status_mib(tracer.pid, "VmHWM")
             row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
             time.sleep(0.5)  # the last closes

@@ -1,5 +1,5 @@
 """What a run costs, sampled while it runs: CPU of a process and of the machine, peak and
-current RSS, and the kernel's own timing of BPF programs (in a window of each traced run)."""
+current RSS, and the kernel's own timing of BPF programs (in a window after each traced run's measured period)."""
 from __future__ import annotations
 
 import collections
@@ -29,23 +29,22 @@ def enable_bpf_stats() -> int | None:
     return fd if fd >= 0 else None
 
 
-STATS_WINDOW_S = 10.0  # BPF stats on for this long in the middle of each traced run
+STATS_WINDOW_S = 10.0  # BPF stats on for this long, in a tail after each traced run's measured period
 
 
 class StatsWindow(threading.Thread):
-    """BPF stats on for a window in the middle of the workload (enable_bpf_stats), off
-    before and after: the timing's own overhead (two clock reads a program run) weighs on
-    the rate during the window only, and the programs' run_time_ns cover the window."""
+    """BPF stats on (enable_bpf_stats) from now for `length` seconds, off after: the timing's
+    own overhead (two clock reads a program run) weighs on the workload in this window only,
+    which the bench runs after the period it measures, and the programs' run_time_ns cover
+    the window."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, length: float):
         super().__init__(daemon=True)
-        self.length = min(STATS_WINDOW_S, seconds / 2)
-        self.delay = (seconds - self.length) / 2
+        self.length = length
         self.seconds = None  # how long the stats were on; None: the kernel refused them
         self.start()
 
     def run(self):
-        time.sleep(self.delay)
         fd = enable_bpf_stats()
         if fd is None:
             return

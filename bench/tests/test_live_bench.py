@@ -60,6 +60,10 @@ def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
     # --aggregates counts in BPF: a life can go missing only with a transition the kernel skipped
     assert expected - skipped <= reported <= expected, out
     assert expected > 3000, out
+    # a traced run goes on for a tail (as long as the run, at 3 s) in which the kernel times its
+    # programs, left out of the rate: the lives expected count the tail's connections too
+    rate = number(table_row(out, "conn/s")[1])
+    assert expected > 2 * rate * 3 * 1.5, out
     assert bench_namespaces() == before
 
 
