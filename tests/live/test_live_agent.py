@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -349,3 +350,49 @@ def test_workloads_past_max_series_are_counted_as_other_with_every_close():
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
     assert agent.returncode == 0 and "Traceback" not in err, err
+
+
+def test_the_figures_of_owners_gone_leave_the_bpf_map_and_keep_their_counts(monkeypatch):
+    """The bound on the agent's map of owners, on the map itself: once their processes are
+    gone (here at once: FORGET_AFTER_S is 180 s in the agent), the entries of 3 clients that
+    closed first are deleted by their keys (Probe.forget_figures) and their closes stay
+    counted under their names; the entry of a process still alive (this test's) stays."""
+    from agent.filters import Filters
+    from agent.metrics import owners
+    from agent.metrics.figures import Figures
+    from agent.run.tracer import Tracer
+
+    monkeypatch.setattr(owners, "FORGET_AFTER_S", 0.0)
+    clients = [f"tc-fg{i}" for i in range(3)]
+    echo, port = start_server("wait_close", len(clients) + 1, "tc-fgecho")
+    tracer = Tracer(Filters(remote_ports=frozenset({port})), figures=True)
+    procs = [echo]
+    try:
+        procs += [start_client("close_first", port, 1, name) for name in clients]
+        with socket.create_connection(("127.0.0.1", port)):
+            pass  # this process closes first too, and lives on
+        for proc in procs:
+            proc.done()
+        figures = Figures(namer=tracer.owners.workloads_of)
+
+        def forget_and_read():
+            tracer.probe.forget_figures(figures.add_owner_figures(*tracer.probe.read_figures()))
+            return tracer.probe.read_figures()[1]
+
+        deadline = time.monotonic() + 10  # named while they live: the lives end at the server's close
+        while sum(figures.closes[name, "active"] for name in clients) < len(clients):
+            assert time.monotonic() < deadline, figures.closes
+            forget_and_read()
+            time.sleep(0.1)
+        assert len(forget_and_read()) == len(clients) + 1  # none gone yet
+        for proc in procs:
+            proc.release()
+        forget_and_read()  # gone, and unchanged since the last read: deleted
+        left = forget_and_read()
+        assert left["pid"].max(axis=1).tolist() == [os.getpid()], left["comm"]
+        assert all(figures.closes[name, "active"] == 1 for name in clients), figures.closes
+        assert sum(n for (name, kind), n in figures.closes.items() if kind == "active") == len(clients) + 1
+    finally:
+        for proc in procs:
+            proc.release()
+        tracer.finish()
