@@ -57,7 +57,8 @@ def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregate
     (DIR/connections.arrow with -o, else $TMPDIR or /var/tmp): memory stays
     flat however long the run.  On a busy host the rows take at most a tenth
     of a core; connections that close faster than that (tens of thousands a
-    second) wait on disk for the end, which then takes a while (docs/overhead.md);
+    second) wait on disk for the end, which then takes a while (the live line says
+    how many wait; docs/overhead.md);
     --aggregates never falls behind.  A Ctrl-C or SIGTERM while the files are
     written only warns; the next one abandons them.
 

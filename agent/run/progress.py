@@ -1,4 +1,5 @@
-"""The live line while tracing: elapsed time, connections, TIME_WAITs, drops.
+"""The live line while tracing: elapsed time, connections, TIME_WAITs, drops, and how far the
+rows are behind when the churn outruns them.
 
 On a terminal it rewrites one line in place twice a second; elsewhere (a log,
 a pipe) it writes a line every LOG_EVERY_S seconds when asked to (--progress).
@@ -13,10 +14,18 @@ TERMINAL_EVERY_S = 0.5
 LOG_EVERY_S = 10.0
 
 
-def line(elapsed_s: float, lives: int, timewaits: int, drops: int) -> str:
+BEHIND_SHOWN = 50_000  # records waiting for their rows (a step's worth, run.kept.STEP_RECORDS) to say so
+
+
+def line(elapsed_s: float, lives: int, timewaits: int, drops: int, waiting: int = 0) -> str:
+    """waiting: records not made into rows yet, because the churn outruns the steps' share of a
+    core (run.kept): they wait on disk, and the end of the run makes them."""
     minutes, seconds = divmod(int(elapsed_s), 60)
     text = f"{minutes:d}:{seconds:02d} traced: {lives} socket lives closed, {timewaits} TIME_WAITs made"
-    return text + (f", {drops} records DROPPED (see Not seen)" if drops else ", 0 drops")
+    text += f", {drops} records DROPPED (see Not seen)" if drops else ", 0 drops"
+    if waiting >= BEHIND_SHOWN:
+        text += f"; rows behind: {waiting} records wait for the end"
+    return text
 
 
 class Progress:
@@ -31,7 +40,7 @@ class Progress:
         self._shown = False
 
     def update(self, read, force: bool = False) -> None:
-        """read(): (lives, timewaits, drops) so far, called only when the line is due."""
+        """read(): (lives, timewaits, drops[, waiting]) so far (line()), called only when the line is due."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.every):
             return

@@ -222,13 +222,14 @@ class Tracer:
         programs = self._programs.values()
         return (sum(p.get("run_time_ns", 0) for p in programs) / 1e9, sum(p.get("run_cnt", 0) for p in programs))
 
-    def progress(self) -> tuple[int, int, int]:
-        """(socket lives closed, TIME_WAITs made, ring-buffer drops) so far, for the progress line."""
-        counters = self.probe.counters()
+    def progress(self) -> tuple[int, int, int, int]:
+        """(socket lives closed, TIME_WAITs made, ring-buffer drops, records waiting for their
+        rows) so far, for the progress line."""
+        drops = self.probe.counters()["ringbuf_drops"]
         if self.probe.aggregates:  # no records arrive: ask the procs map
             counts = self.probe.process_counts()
-            return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), counters["ringbuf_drops"]
-        return self.tally["lives"], self.tally["timewaits"], counters["ringbuf_drops"]
+            return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), drops, 0
+        return self.tally["lives"], self.tally["timewaits"], drops, self._kept.behind if self._kept else 0
 
     def finish(self) -> tuple[RunRows, RunInfo]:
         """Last drain, the lives still open, the counters; unloads the probe.  Returns the

@@ -224,3 +224,36 @@ def test_a_comm_filter_is_data_any_15_bytes_quotes_and_backslashes_included():
     conns, run, _, client, _ = filtered_pair(lambda server: Filters(comm=name), client_comm=name)
     assert set(conns["comm"]) == {name} and (conns["pid"] == client.pid).sum() == N
     assert run.counters["lives_filtered"] >= N  # the server's, left out in BPF
+
+
+def test_records_the_steps_have_not_taken_are_counted_on_the_progress_line_and_made_at_the_end(monkeypatch):
+    """With the steps held back, as at a churn that outruns their share of a core, every
+    life's record waits: the tracer counts them for the progress line, and the end still
+    makes each one's row."""
+    from agent.run import progress
+    from agent.run.kept import Kept
+
+    monkeypatch.setattr(Kept, "step_due", lambda self: False)
+    monkeypatch.setattr(progress, "BEHIND_SHOWN", 2 * N)
+    server, port = start_server("wait_close", N, "tc-server")
+    client = None
+    try:
+        tracer = Tracer(Filters())
+        client = start_client("close_first", port, N, "tc-client")
+        client.done(), server.done()
+        deadline = time.monotonic() + 10
+        while tracer.tally["lives"] < 2 * N:  # both ends of each connection, closed
+            assert time.monotonic() < deadline, tracer.tally
+            tracer.drain()
+            time.sleep(0.1)
+        lives, timewaits, drops, waiting = tracer.progress()
+        assert waiting >= 2 * N
+        assert f"; rows behind: {waiting} records wait" in progress.line(1.0, lives, timewaits, drops, waiting)
+        kept, _ = tracer.finish()
+    finally:
+        server.release()
+        if client:
+            client.release()
+    conns = kept.frame()
+    ours = conns[(conns["lport"] == port) | (conns["rport"] == port)]
+    assert len(ours) == 2 * N and (ours["initiator"] == "active").sum() == N
