@@ -21,10 +21,10 @@ def line(elapsed_s: float, lives: int, timewaits: int, drops: int, waiting: int 
     """waiting: records not made into rows yet, because the churn outruns the steps' share of a
     core (run.kept): they wait on disk, and the end of the run makes them."""
     minutes, seconds = divmod(int(elapsed_s), 60)
-    text = f"{minutes:d}:{seconds:02d} traced: {lives} socket lives closed, {timewaits} TIME_WAITs made"
-    text += f", {drops} records DROPPED (see Not seen)" if drops else ", 0 drops"
+    text = f"{minutes:d}:{seconds:02d} traced: {lives:,} socket lives closed, {timewaits:,} TIME_WAITs made"
+    text += f", {drops:,} records DROPPED (see Not seen)" if drops else ", 0 drops"
     if waiting >= BEHIND_SHOWN:
-        text += f"; rows behind: {waiting} records wait for the end"
+        text += f"; rows behind: {waiting:,} records wait for the end"
     return text
 
 
