@@ -49,7 +49,13 @@ def event_problem(row: dict) -> str | None:
         return f"{', '.join(unset)} not set in a {row['kind']} record"
     for column, (low, high) in NUMBERS.items():
         value = row.get(column)
-        if value is not None and (why := _number_problem(value, low, high)):
+        # nearly every value: none, or a number in range (a NaN or an infinity is not); a bool
+        # is an int to Python, but not a number here: both go the long way
+        if value is None or type(value) is int and low <= value <= high:
+            continue
+        if type(value) is float and low <= value <= high and (column not in WHOLE or value.is_integer()):
+            continue
+        if (why := _number_problem(value, low, high)):
             return f"{column} {why}"
         if column in WHOLE and isinstance(value, float) and not value.is_integer():
             return f"{column} is {value}, not a whole number"

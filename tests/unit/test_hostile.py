@@ -274,6 +274,10 @@ def test_a_compressed_recording_cut_anywhere_reads_up_to_where_it_was_cut(tmp_pa
     ("pid", "x", "pid is str, not a number"),
     ("lport", 70000, "lport is 70000, outside 0 to 65535"),
     ("opened_at", float("inf"), "opened_at is not a finite number"),
+    ("opened_at", float("nan"), "opened_at is not a finite number"),
+    ("pid", True, "pid is bool, not a number"),  # (an int to Python)
+    ("pid", 20.5, "pid is 20.5, not a whole number"),
+    ("lport", 443.5, "lport is 443.5, not a whole number"),
     ("comm", "c" * 100_000, "comm is not a name of at most 64 characters"),
     ("comm", None, "comm not set in a life record"),
     ("last_state", ["x"], "last_state"),
