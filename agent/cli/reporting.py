@@ -85,6 +85,7 @@ def report_command(recording, prometheus, seconds, instance, out, force, fmt, vi
             click.echo(text, nl=False)
         return
     from ..record import rundir
+    from ..run.progress import Progress
     from ..run.replay import rows_of
 
     there: tuple[str, ...] = ()
@@ -98,5 +99,9 @@ def report_command(recording, prometheus, seconds, instance, out, force, fmt, vi
             if out is None:  # finish the files there
                 out, there = output_dir(recording, force), (rundir.rows_file(recording),)  # (the others made anew)
         else:
-            kept, run_info = rows_of(recording, announce)
+            progress = Progress()  # (on a terminal)
+            try:
+                kept, run_info = rows_of(recording, announce, progress.made)
+            finally:
+                progress.close()
         results.show(kept, run_info, out, view=view, there=there, fmt=fmt)

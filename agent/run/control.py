@@ -109,7 +109,7 @@ def run(tracer: Tracer, stop: Stop, duration: float | None = None, until: Callab
             progress.update(tracer.progress, force=True)
             progress.close()
         announce_long_end(tracer.records_kept, announce)
-        return tracer.finish()
+        return tracer.finish(progress.made if progress else None)
     finally:
         if progress:
             progress.close()

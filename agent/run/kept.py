@@ -145,13 +145,18 @@ class Kept:
         self.add(self._stream.step(frame, now))
         self._stepped(started)
 
-    def finish(self, ends: list[pd.DataFrame], ended_at: float, followed: pd.DataFrame | None = None) -> int:
-        """The rest of the rows: the records still waiting, a step at a time, then with what
-        the end of the run read (`ends`: decoded; `followed`: the timewait sockets the BPF side
-        still followed, see Stream.finish_parts); returns how many were made before what they
-        waited for came (Stream.settled_early)."""
+    def finish(self, ends: list[pd.DataFrame], ended_at: float, followed: pd.DataFrame | None = None,
+               made: Callable[[int, int], None] | None = None) -> int:
+        """The rest of the rows: the records still waiting, a step at a time (after each,
+        made(done, total) of them), then with what the end of the run read (`ends`: decoded;
+        `followed`: the timewait sockets the BPF side still followed, see
+        Stream.finish_parts); returns how many were made before what they waited for came
+        (Stream.settled_early)."""
+        total = len(self._backlog)
         while len(self._backlog):
             self.step()
+            if made:
+                made(total - len(self._backlog), total)
         self._frames += ends
         for rows in self._stream.finish_parts(self._take_arrived(), ended_at, followed):
             self.add(rows)

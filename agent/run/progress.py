@@ -1,11 +1,12 @@
 """The live line while tracing: elapsed time, connections, TIME_WAITs, drops, and how far the
-rows are behind when the churn outruns them.
+rows are behind when the churn outruns them; then, at the end of a long run, how far the rows are made.
 
 On a terminal it rewrites one line in place twice a second; elsewhere (a log,
 a pipe) it writes a line every LOG_EVERY_S seconds when asked to (--progress).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -24,7 +25,7 @@ def line(elapsed_s: float, lives: int, timewaits: int, drops: int, waiting: int 
     text = f"{minutes:d}:{seconds:02d} traced: {lives:,} socket lives closed, {timewaits:,} TIME_WAITs made"
     text += f", {drops:,} records DROPPED (see Not seen)" if drops else ", 0 drops"
     if waiting >= BEHIND_SHOWN:
-        text += f"; rows behind: {waiting:,} records wait for the end"
+        text += f"; {waiting:,} records behind"
     return text
 
 
@@ -41,17 +42,33 @@ class Progress:
 
     def update(self, read, force: bool = False) -> None:
         """read(): (lives, timewaits, drops[, waiting]) so far (line()), called only when the line is due."""
+        self.show(lambda: line(time.monotonic() - self._started, *read()), force)
+
+    def made(self, done: int, total: int) -> None:
+        """The end of a long run: `done` of the `total` records made into rows so far."""
+        self.show(lambda: f"making the rows: {done:,} of {total:,} records ({100 * done // max(total, 1)} %)",
+                  force=done == total)
+
+    def show(self, text, force: bool = False) -> None:
+        """text(): the line, called only when it is due."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.every):
             return
         self._last = now
-        text = line(now - self._started, *read())
-        if self.terminal:
-            self.stream.write("\r" + text + "\x1b[K")  # \x1b[K: clear the rest of a longer line
+        text = text()
+        if self.terminal:  # (cut to the terminal's width: a line that wrapped could not be rewritten in place)
+            self.stream.write("\r" + text[:self._width() - 1] + "\x1b[K")  # \x1b[K: clear the rest of a longer line
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
         self._shown = True
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        return columns or 1 << 16  # (0: a terminal whose size was never set, a new pty's)
 
     def close(self) -> None:
         """End the line in place (once) so that what follows starts on a line of its own."""

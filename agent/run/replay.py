@@ -33,9 +33,11 @@ class _Bounds:
             self.ended = np.nanmax([self.ended, np.nanmax(times)])
 
 
-def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[RunRows, RunInfo]:
+def rows_of(path: Path, announce: Callable[[str], None] | None = None,
+            made: Callable[[int, int], None] | None = None) -> tuple[RunRows, RunInfo]:
     """The connection rows (with their figures) and the run of the recording at `path`
-    (BadRecording: it is not one)."""
+    (BadRecording: it is not one); made(done, total): after each frame, how many of its
+    events have been read and made into rows."""
     surveyed = recording.survey(path)
     announce_long_end(surveyed.events, announce)
     recorded = RunInfo.from_dict(surveyed.run) if surveyed.run else RunInfo(0.0, 0.0)  # (cut short: none followed)
@@ -62,6 +64,8 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None) -> tuple[
             frame = frame.iloc[len(arrivals):]
         if len(frame):
             ends.append(frame)  # from the first record of the end of the run on: all to finish()
+        if made:
+            made(seen, surveyed.events)
     if found.get("run") is None:
         run = recording.cut_short_run(path, bounds.started, bounds.ended, seen)
     else:

@@ -231,9 +231,9 @@ class Tracer:
             return sum(c["lives"] for c in counts), sum(c["timewait"] for c in counts), drops, 0
         return self.tally["lives"], self.tally["timewaits"], drops, self._kept.behind if self._kept else 0
 
-    def finish(self) -> tuple[RunRows, RunInfo]:
-        """Last drain, the lives still open, the counters; unloads the probe.  Returns the
-        connection rows (analysis.lives) with their figures, and the run (with --aggregates:
+    def finish(self, made: Callable[[int, int], None] | None = None) -> tuple[RunRows, RunInfo]:
+        """Last drain, the lives still open, the counters; unloads the probe.  Returns the connection
+        rows (analysis.lives) with their figures (made: Kept.finish's), and the run (with --aggregates:
         the rows of the lives still open, RunInfo.aggregates the counts of the others)."""
         self._drainer.stop()  # the ring is read here from now on, last as the run ends
         self._take()  # (no step here: the lives and timewaits still followed are read next, at once)
@@ -286,7 +286,7 @@ class Tracer:
         if self._kept is None:  # (keep=False: the caller took the records as they came)
             return RunRows.at_hand(rowfile.empty(), run), run
         apart = None if self._watch else timewaits  # (the BPF side's, not joined to the rest: Stream.finish_parts)
-        run.rows_settled_early = self._kept.finish([f for f in ends if f is not apart], ended_at, apart)
+        run.rows_settled_early = self._kept.finish([f for f in ends if f is not apart], ended_at, apart, made)
         if self._out is not None:  # every row is made: none is provisional any more
             self._out.remove([rundir.PENDING])
         return self._kept.rows_of_run(run), run

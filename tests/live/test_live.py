@@ -248,7 +248,7 @@ def test_records_the_steps_have_not_taken_are_counted_on_the_progress_line_and_m
             time.sleep(0.1)
         lives, timewaits, drops, waiting = tracer.progress()
         assert waiting >= 2 * N
-        assert f"; rows behind: {waiting:,} records wait" in progress.line(1.0, lives, timewaits, drops, waiting)
+        assert f"; {waiting:,} records behind" in progress.line(1.0, lives, timewaits, drops, waiting)
         kept, _ = tracer.finish()
     finally:
         server.release()

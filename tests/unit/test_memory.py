@@ -95,3 +95,34 @@ def test_report_dir_analyses_the_rows_of_a_run_that_was_counted_for_want_of_memo
     kept, run = rundir.read(tmp_path)
     conns = kept.frame()
     assert not run.counted_only and list(conns["pid"]) == [1, 2]
+
+
+def test_the_records_still_waiting_at_the_end_are_made_a_step_at_a_time_and_said_so(tmp_path, monkeypatch):
+    """Kept.finish makes the records waiting a step (STEP_RECORDS) at a time and tells made(done,
+    total) after each, up to all of them; then the end's own parts."""
+    import numpy as np
+
+    from agent.record import layout
+    from agent.run import kept as kept_module
+    from support.streams import raw
+
+    class Stream:
+        held, stepped, finished, settled_early = 0, 0, False, 0
+
+        def step(self, frame, now):
+            self.stepped += len(frame)
+            return frame.iloc[:0]
+
+        def finish_parts(self, frame, ended_at, followed):
+            self.finished = True
+            return []
+
+    monkeypatch.setattr(kept_module, "STEP_RECORDS", 40)
+    kept = Kept(str(tmp_path))
+    stream = Stream()
+    kept.start(stream, lambda part: decode.decode(part, OFFSET_NS), tally=None)
+    monkeypatch.setattr(kept, "add", lambda rows: None)
+    kept.arrive(np.repeat(np.frombuffer(raw("life"), layout.EVENT_DTYPE), 100))
+    said = []
+    kept.finish([], 10.0, made=lambda done, total: said.append((done, total)))
+    assert said == [(40, 100), (80, 100), (100, 100)] and stream.stepped == 100 and stream.finished

@@ -68,3 +68,14 @@ def test_a_recording_cut_short_is_bounded_by_its_events_as_when_read_whole(tmp_p
     conns = kept.frame()
     assert run.cut_short and (run.started_at, run.ended_at) == (whole_run.started_at, whole_run.ended_at)
     assert len(conns) and cells_differ(_whole(events, whole_run), conns).empty
+
+
+def test_a_long_replay_says_how_far_it_got_after_each_frame(tmp_path, monkeypatch):
+    """made(done, total): the events read and made into rows so far, of all the recording's,
+    after each frame; the last says all of them (the end of a long `tcpclose report`)."""
+    events, _ = replay(tmp_path, churn(400, span=20.0), ended=150.0)
+    monkeypatch.setattr(recording, "ROWS_PER_FRAME", 150)
+    said = []
+    kept, _ = replaying.rows_of(tmp_path / "stream.jsonl", made=lambda done, total: said.append((done, total)))
+    assert [done for done, _ in said] == [*range(150, len(events), 150), len(events)]
+    assert {total for _, total in said} == {len(events)} and len(kept.frame())
