@@ -49,13 +49,13 @@ class Progress:
         self.show(lambda: f"making the rows: {done:,} of {total:,} records ({100 * done // max(total, 1)} %)",
                   force=done == total)
 
-    def show(self, text, force: bool = False) -> None:
-        """text(): the line, called only when it is due."""
+    def show(self, make_text, force: bool = False) -> None:
+        """make_text(): the line, called only when it is due."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.every):
             return
         self._last = now
-        text = text()
+        text = make_text()
         if self.terminal:  # (cut to the terminal's width: a line that wrapped could not be rewritten in place)
             self.stream.write("\r" + text[:self._width() - 1] + "\x1b[K")  # \x1b[K: clear the rest of a longer line
         else:
