@@ -31,6 +31,7 @@ def main():
     Then:        sudo tcpclose trace -d 60 -o out/
     """
     memory.arrow_on_the_c_heap()
+    memory.big_blocks_mapped()
 
 
 for command in (trace, report_command, states, doctor, demo, agent_command):

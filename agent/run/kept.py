@@ -38,7 +38,6 @@ STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the
 # shows as less idle CPU at the next step.
 STEP_SHARE = 0.1
 IDLE_SHARES = ((1.0, 0.9), (0.5, 0.5))  # (idle cores since the last step, the share the steps may take)
-TRIM_EVERY_S = 10.0  # the heap's free pages handed back this often (run.memory.return_freed)
 
 
 class Kept:
@@ -65,7 +64,6 @@ class Kept:
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
         self.stepped_at, self._step_s = time.monotonic(), 0.0
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
-        self._trimmed_at = self.stepped_at
         self._pending: rundir.Pending | None = None  # (note())
         self.tally: Tally | None = None  # (start())
 
@@ -99,9 +97,7 @@ class Kept:
 
     def _stepped(self, started: float) -> None:
         """A step (or a note) that began at `started` ended now."""
-        if time.monotonic() - self._trimmed_at >= TRIM_EVERY_S:
-            memory.return_freed()
-            self._trimmed_at = time.monotonic()
+        memory.return_freed()  # after every step: what it freed, handed back before the next (docs/overhead.md)
         self.stepped_at = time.monotonic()
         self._step_s = self.stepped_at - started
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())

@@ -14,6 +14,9 @@ def _libc_function(name: str):
 
 
 _TRIM = _libc_function("malloc_trim")
+_MALLOPT = _libc_function("mallopt")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MAPPED_FROM = 256 * 1024  # blocks of this size and more get mappings of their own (big_blocks_mapped)
 _MADVISE = _libc_function("madvise")
 if _MADVISE is not None:
     _MADVISE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -32,6 +35,18 @@ def arrow_on_the_c_heap() -> None:
     import pyarrow  # (loaded by pandas anyway)
 
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
+def big_blocks_mapped() -> None:
+    """malloc gives every block of MAPPED_FROM bytes or more (a step's columns) a mapping of its
+    own, which goes back to the kernel when freed.  glibc does so from 128 KiB at first, but
+    each such block freed raises that threshold to its size (up to 32 MiB): after a few steps a
+    step's arrays are carved out of the heap, where a small block allocated after them keeps
+    their pages resident until the next return_freed, and a tracer's memory shows ten seconds
+    of steps rather than what it holds (docs/overhead.md).  Setting the threshold turns that
+    rise off.  Nothing where the C library has no mallopt."""
+    if _MALLOPT is not None:
+        _MALLOPT(M_MMAP_THRESHOLD, MAPPED_FROM)
 
 
 def return_freed() -> None:

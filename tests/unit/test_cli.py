@@ -73,6 +73,16 @@ def test_a_command_allocates_pyarrows_buffers_on_the_c_heap(recording):
         pyarrow.set_memory_pool(before)
 
 
+def test_a_command_has_malloc_map_its_big_blocks_apart(recording, monkeypatch):
+    """run.memory.big_blocks_mapped (tests/unit/test_c_heap.py): what a step freed goes back."""
+    from agent.run import memory
+
+    called = []
+    monkeypatch.setattr(memory, "big_blocks_mapped", lambda: called.append(True))
+    assert run("report", str(recording)).exit_code == 0
+    assert called
+
+
 def test_report_without_out_prints_the_summary(recording):
     result = run("report", str(recording))
     assert result.exit_code == 0
