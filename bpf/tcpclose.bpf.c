@@ -649,6 +649,16 @@ static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int
  * life's record there already, and the two would not fit in BPF's 512 bytes. */
 static __always_inline void end_timewait(u64 timer, struct tw_state *t, u64 end_ns, int how)
 {
+	/* An end before the start the entry holds is not this timewait's.  settle_cancel on
+	 * one CPU reads a pending cancel's time; meanwhile another CPU ends that timewait (a
+	 * new one armed in its memory: TW_REPLACED) and the new one's ->CLOSE stores it in the
+	 * same entry.  Handed over, the old cancel would end the new timewait before its start,
+	 * and the new one would no longer be followed to its own end.  Entries are read and
+	 * changed without a lock (see tw_slots), so this is where the mix shows: dropped, counted. */
+	if (end_ns < t->start_ns) {
+		count(C_TW_STALE_END);
+		return;
+	}
 #ifdef FIGURES
 	add_timewait_end(t, end_ns, how);
 #endif
@@ -930,7 +940,7 @@ static __always_inline void unhold_port(u64 key)
 
 #ifdef TW_TIMER_FN
 /* A followed timewait ended: its reason and lifetime to its owner's figures, its port freed. */
-static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int how)
+static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int how) /* (end_ns >= its start) */
 {
 	unhold_port(t->held);
 	if (!t->owner)
@@ -938,10 +948,6 @@ static __always_inline void add_timewait_end(struct tw_state *t, u64 end_ns, int
 	struct tcpclose_figures *f = figures.lookup(&t->owner);
 	if (!f) {
 		count(C_FIGURES_FULL);
-		return;
-	}
-	if (end_ns < t->start_ns) { /* see analysis/timewait.py: left unknown, no lifetime */
-		f->tw_end[0]++;
 		return;
 	}
 	if (how > 0 && how < NR_TW_ENDS)

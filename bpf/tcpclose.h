@@ -69,7 +69,8 @@
 #define C_TRANSITION_DROPS 12 /* --transitions: of those, lost: the ring buffer was full */
 #define C_TW_FULL        13 /* timewait sockets not followed: the tws map was full */
 #define C_FIGURES_FULL   14 /* agent: lives, TIME_WAIT ends or ports held not counted: no room in figures or held */
-#define NR_COUNTERS      15
+#define C_TW_STALE_END   15 /* timewait ends dropped: older than the start of the timewait their entry held by then */
+#define NR_COUNTERS      16
 
 /* --aggregates: what each process's ended lives came to (the procs map), indexes of
  * struct tcpclose_proc_counts.  The close kinds mirror agent/lifecycle.initiators. */

@@ -34,4 +34,5 @@ def unseen(run: RunInfo) -> dict[str, int]:
         "lives whose close was skipped (ended at their last transition seen)": c.get("missed_close", 0),
         "timewait sockets no close claimed": c.get("tw_unlinked", 0),
         "timewait sockets not followed to their end (map full or swept)": timewaits_evicted(run),
+        "timewait ends read while their entry changed (dropped)": c.get("tw_stale_end", 0),
     }

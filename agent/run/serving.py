@@ -12,7 +12,8 @@ from .control import POLL_INTERVAL_S, Stop
 from .tracer import Tracer
 
 # what could not be seen, by the BPF side's counter names (docs/metrics.md says what each means)
-LOST = ("ringbuf_drops", "socks_full", "missed_close", "recursion_misses", "tw_unlinked", "tw_full", "figures_full")
+LOST = ("ringbuf_drops", "socks_full", "missed_close", "recursion_misses", "tw_unlinked", "tw_full", "figures_full",
+        "tw_stale_end")
 
 
 # the figures maps (a batch read of each: ms) and what was lost (a map of counters and the

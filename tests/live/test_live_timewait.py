@@ -274,6 +274,79 @@ def test_time_waits_whose_timer_events_went_unseen_are_swept_and_counted(monkeyp
     assert accounting.unseen(run)["timewait sockets not followed to their end (map full or swept)"] == 2
 
 
+# A client-side TIME_WAIT, then, once told on stdin, a connect() from its port again: the
+# kernel kills it for the new connection (tcp_tw_reuse, on for loopback), maybe a second
+# later, once its timestamp allows.  That one ends with a reset: no timewait in the memory
+# of the one killed.
+REUSED_LATER = """
+import socket, struct, sys, time
+listener = socket.create_server(("127.0.0.1", 0))
+def connection(port=0):
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    client.bind(("127.0.0.1", port))
+    client.connect(listener.getsockname())
+    server, _ = listener.accept()
+    if port:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    port = client.getsockname()[1]
+    client.close()
+    server.recv(1)
+    server.close()
+    return port
+port = connection()
+print(port, flush=True)
+sys.stdin.readline()
+for _ in range(40):
+    try:
+        connection(port)
+        break
+    except OSError:
+        time.sleep(0.1)
+print("reused", flush=True)
+"""
+
+
+def test_an_end_older_than_the_timewait_its_entry_holds_is_dropped_and_counted():
+    """end_timewait in the BPF program: an end read before the start the entry holds is not
+    that timewait's (a cancel read on one CPU while another put a new timewait in the entry).
+    Made here by moving a real timewait's start past its coming kill: the kill is counted
+    in tw_stale_end, not handed over, and the entry stays followed."""
+    import numpy as np
+
+    with netns() as ns:
+        traced = Traced(ns)
+        workload = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", REUSED_LATER],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            port, timer = int(workload.stdout.readline()), 0
+            deadline = time.monotonic() + 5
+            while not timer and time.monotonic() < deadline:  # its life's record names its timer
+                events = decode.decode(traced.tracer.drain(), 0)
+                timer = int(events["tw_timer"][events["lport"] == port].max() if len(events) else 0)
+                time.sleep(0.1)
+            loaded = traced.tracer.probe
+            states, places = loaded._timewaits()
+            i = int(np.flatnonzero(states["timer"] == timer)[0])
+            later = states[i].copy()
+            later["start_ns"] = time.monotonic_ns() + 30 * 10**9
+            table, key = ((b"tw_slots", int(places[i])) if places[i] >= 0 else (b"tws", int(states["timer"][i])))
+            table = loaded._bpf[table]
+            table[table.Key(key)] = table.Leaf.from_buffer_copy(later.tobytes())
+            assert traced.tracer.counters()["tw_stale_end"] == 0
+            workload.stdin.write("go\n")
+            workload.stdin.flush()
+            assert workload.stdout.readline().strip() == "reused"
+            traced.wait_for(1)  # the kill is decided at the CPU's next timer event
+            assert timer in loaded._timewaits()[0]["timer"].tolist()
+            run = traced.result()[1]
+        finally:
+            workload.kill()
+            workload.wait()
+    # (and again each time its memory is a new timewait's: the entry still holds the cancel)
+    assert run.counters["tw_stale_end"] >= 1
+
+
 def test_fin_wait2_substate_with_a_short_tcp_fin_timeout():
     """tcp_fin_timeout 2 s: the closer's timewait waits 2 s for the peer's FIN, then dies;
     a FIN within that time turns it into a 60 s TIME_WAIT.  The clients close() only once
