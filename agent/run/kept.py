@@ -196,6 +196,8 @@ class Kept:
 
     def add(self, rows: pd.DataFrame) -> None:
         """Rows made final, written and counted in the figures."""
+        if not len(rows):  # (most steps of a quiet host)
+            return
         if self.tally is not None:
             self.tally.add(rows)
         table = rowfile.table(rows)

@@ -54,6 +54,17 @@ def test_each_address_of_a_batch_is_its_own_however_they_hash(monkeypatch, mixin
                            for f, fam in zip(fields, family)]
 
 
+def test_no_events_has_every_column_and_each_is_a_frame_of_its_own():
+    """decode.empty_events hands out copies of one frame: a caller that adds to its frame
+    must not change the next caller's."""
+    first = decode.empty_events()
+    assert list(first.columns) == list(decode.EVENT_COLUMNS) and len(first) == 0
+    first["extra"] = []
+    first.loc[0, "kind"] = "life"
+    second = decode.empty_events()
+    assert list(second.columns) == list(decode.EVENT_COLUMNS) and len(second) == 0
+
+
 def test_a_partial_record_is_refused():
     with pytest.raises(ValueError, match="whole number"):
         decode.decode(raw()[:100], OFFSET_NS)
