@@ -105,6 +105,8 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
                 found["skipped"] = int(sample.value)
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "tw_unlinked":
                 found["tw_unknown"] = int(sample.value)  # timers armed that no close claimed
+            elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "tw_stale_end":
+                found["tw_stale_end"] = int(sample.value)
             elif sample.name == "tcpclose_bpf_run_seconds_total":  # (counted while the stats window was on)
                 found["bpf_run_s"] = sample.value
     return found
@@ -255,6 +257,7 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
                 unknown = int((reasons == "unknown").sum())
             row["tw_unknown"] = unknown + counters.get("tw_unlinked", 0)
             row["tw_end_unknown"], row["tw_unlinked"] = unknown, counters.get("tw_unlinked", 0)  # (apart)
+            row["tw_stale_end"] = counters.get("tw_stale_end", 0)  # (ends read mid-change, dropped: not unknown)
             row["rows_settled_early"] = run.rows_settled_early
             if run.transitions:
                 written = pd.read_csv(out / "transitions.csv", usecols=["lport", "rport"])

@@ -22,6 +22,7 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "evicted": ("evicted", ",.0f"), "skipped": ("skipped", ",.0f"), "TW reported": ("tw_reported", ",.0f"),
     "TW due, timer unseen": ("tw_unlinked_lives", ",.0f"),
     "kernel TW": ("kernel_tw", ",.0f"), "TW end unknown": ("tw_unknown", ",.0f"),
+    "TW ends read mid-change": ("tw_stale_end", ",.0f"),
     "transitions expected": ("transitions_expected", ",.0f"), "transitions written": ("transitions_written", ",.0f"),
     "transitions lost (counted)": ("transitions_lost", ",.0f"),
     "BPF ns/transition": ("bpf_ns_per_transition", ",.0f"), "BPF cores": ("bpf_cores", ".3f"),
