@@ -42,9 +42,11 @@ def big_blocks_mapped() -> None:
     own, which goes back to the kernel when freed.  glibc does so from 128 KiB at first, but
     each such block freed raises that threshold to its size (up to 32 MiB): after a few steps a
     step's arrays are carved out of the heap, where a small block allocated after them keeps
-    their pages resident until the next return_freed, and a tracer's memory shows ten seconds
-    of steps rather than what it holds (docs/overhead.md).  Setting the threshold turns that
-    rise off.  Nothing where the C library has no mallopt."""
+    their pages resident until the step ends and return_freed runs: the tracer's peak is then
+    its steps' garbage on top of what it holds.  Setting the threshold turns that rise off.
+    The price: a mapping is faulted in afresh where the heap would have reused its pages, so a
+    row costs a little more (both measured in docs/overhead.md, "The heap between steps").
+    Nothing where the C library has no mallopt."""
     if _MALLOPT is not None:
         _MALLOPT(M_MMAP_THRESHOLD, MAPPED_FROM)
 
