@@ -161,7 +161,7 @@ struct tcpclose_proc_counts {
 #define DURATION_BOUNDS_US(X) X(500) X(1000) X(5000) X(10000) X(50000) X(100000) X(500000) \
 	 X(1000000) X(5000000) X(10000000) X(60000000) X(300000000) X(3600000000)
 #define NR_DURATION_BOUNDS 13
-#define NR_TW_ENDS 5 /* tw_end[TW_x]; [0]: an end read before its start, its lifetime not taken */
+#define NR_TW_ENDS 5 /* tw_end[TW_x]; [0] unused (an end read before its start is dropped: C_TW_STALE_END) */
 
 struct tcpclose_figures {
 	__u64 n[NR_AGGREGATES];               /* the lives that ended, by A_x (close_kind) */

@@ -172,8 +172,9 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     window = REUSE_WINDOW_S + (1.0 if method == "diag" else 0.0)
     reused[unexplained] = taken_by_connect(lives, np.flatnonzero(unexplained), end_at[unexplained], window)
     # An end before its start is not this timewait's end, whatever read it so: seen once in
-    # ten minutes of full churn, where it made a lifetime below zero; where it came from is
-    # not known, so it is left unknown rather than taken
+    # ten minutes of full churn, where it made a lifetime below zero.  The BPF side now drops
+    # such an end (C_TW_STALE_END); a recording made before that may still hold one, and it
+    # is left unknown rather than taken
     before_start = linked & (end_at < start)
     reason = choose(
         [before_start, linked & (how == "expired"), reused, cancelled, is_open, linked],

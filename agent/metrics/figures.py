@@ -46,7 +46,7 @@ TOP_DESTINATIONS = 10  # destinations exported by name; the rest are summed as "
 # marks a cancel inside a connect() to the timewait's remote end as a reuse; any other
 # cancel killed it (a SYN into a server-side TIME_WAIT, an RST, netns teardown), but for the
 # rare reuse whose connect() moved to another CPU midway, which only `tcpclose trace`'s join
-# finds.  [0]: an end read before its start; a replaced one's end went unseen; so did a swept one's.
+# finds.  A replaced one's end went unseen; so did a swept one's.  ([0] is never counted.)
 END_REASONS = {0: "unknown", layout.DEFINES["TW_EXPIRED"]: "expired", layout.DEFINES["TW_REUSED"]: "reused",
                layout.DEFINES["TW_CANCELLED"]: "killed", layout.DEFINES["TW_REPLACED"]: "unknown"}
 # the close kinds counted (A_x of bpf/tcpclose.h, as rules.INITIATORS names them)
