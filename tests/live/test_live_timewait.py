@@ -323,8 +323,10 @@ def test_an_end_older_than_the_timewait_its_entry_holds_is_dropped_and_counted()
             deadline = time.monotonic() + 5
             while not timer and time.monotonic() < deadline:  # its life's record names its timer
                 events = decode.decode(traced.tracer.drain(), 0)
-                timer = int(events["tw_timer"][events["lport"] == port].max() if len(events) else 0)
+                timers = events["tw_timer"][events["lport"] == port].to_numpy(np.uint64)
+                timer = int(timers.max()) if len(timers) else 0  # (the host's own lives may come first)
                 time.sleep(0.1)
+            assert timer, f"no timewait linked to the life on port {port}"
             loaded = traced.tracer.probe
             states, places = loaded._timewaits()
             i = int(np.flatnonzero(states["timer"] == timer)[0])
