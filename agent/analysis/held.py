@@ -18,7 +18,7 @@ import pandas as pd
 from ..record.decode import concat, empty_events
 from . import rules
 from .lives import initiators
-from .timewait import server_side, timewait_name
+from .timewait import TIMEWAIT_NAME, server_side, timewait_name
 
 COMPACT_SHARE = 0.5  # a chunk is filtered once this share of its rows is gone
 MERGE_CHUNKS, SMALL_CHUNK = 64, 4096  # past this many chunks, the small ones become one
@@ -140,21 +140,31 @@ class Held:
 
     def refresh(self) -> None:
         """The chunks' columns concatenated into `columns`; each chunk's become views of those
-        (a life's columns are in memory once, and what is set there is set in both)."""
-        names = self._columns[0].keys() if self._columns else _columns(empty_events(), 0.0).keys()
-        self.columns = {name: np.concatenate([c[name] for c in self._columns]) if self._columns
-                        else np.zeros(0) for name in names}
-        start = 0
-        for chunk in self._columns:
-            stop = start + len(chunk["arrived"])
-            chunk.update({name: values[start:stop] for name, values in self.columns.items()})
-            start = stop
+        (a life's columns are in memory once, and what is set there is set in both).  A column
+        at a time: the old one goes before the next is made, so that what this costs while
+        it runs is one column of the lives held, not all of them (with a minute of a busy
+        host's TIME_WAITs held, some 17 MiB, twice a step)."""
+        if not self._columns:
+            self.columns = {name: np.zeros(0) for name in _columns(empty_events(), 0.0)}
+        sizes = [len(chunk["arrived"]) for chunk in self._columns]
+        for name in list(self._columns[0]) if self._columns else ():
+            values = np.concatenate([chunk[name] for chunk in self._columns])
+            start = 0
+            for chunk, size in zip(self._columns, sizes):
+                chunk[name] = values[start:start + size]
+                start += size
+            self.columns[name] = values
         self.alive = ~np.concatenate(self._gone) if self._gone else np.zeros(0, dtype=bool)
 
     def ports(self) -> np.ndarray:
         """Each life's local and remote port as one number: where a client that took a TIME_WAIT
         over is looked for (analysis.reuses)."""
         return self.columns["lport"] * 65536 + self.columns["rport"]
+
+    def names(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        """The names the lives at `which` (positions or a mask) give their timewait sockets
+        (timewait_name's columns), for end_of: those columns only, not a copy of every one."""
+        return {name: self.columns[name][which] for name in TIMEWAIT_NAME}
 
     def set_flags(self, positions: np.ndarray, bits: int) -> None:
         """OR `bits` into the flags of the lives at `positions` (the frames' flags_raw with them, when taken)."""
@@ -193,10 +203,15 @@ class Held:
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         """The lives at `positions`, now gone from here."""
         out = self.frame(positions)
+        self.drop(positions)
+        return out
+
+    def drop(self, positions: np.ndarray) -> None:
+        """Let the lives at `positions` go (their rows were made from frame()); the positions
+        of the others change."""
         for chunk, rows in self._split(positions):
             self._gone[chunk][rows] = True
         self._compact()
-        return out
 
     def _split(self, positions: np.ndarray):
         """(chunk, rows in it) for sorted `positions`."""

@@ -47,6 +47,9 @@ def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"timer": timer, "micros": micros, "key": key}
 
 
+TIMEWAIT_NAME = ("timer", "micros", "key")  # the columns of timewait_name()
+
+
 def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndarray:
     """For each life (timewait_name's arrays), the position in `ends` of its timewait socket's
     end (the last one of that name), -1 where none: matched on the mixed key, then both parts
