@@ -41,7 +41,10 @@ from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, timewait_name
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000
-PART_LIVES = 20_000  # provisional rows made this many lives at a time: a part costs ~2.5 kB a life while made
+PART_LIVES = 20_000  # rows made this many lives at a time (steps, the end): a part costs ~2.5 kB a life while made
+# provisional rows (notes, every --interval): a quarter of that, as a note's peak is a run's
+# highest at 6,000 conn/s; a part costs ~26 ms more (docs/overhead.md, "The hour at 6,000 conn/s")
+NOTE_PART_LIVES = PART_LIVES // 4
 END_KINDS = ("tw_end",)  # (tw_open: only at the end of a run, from the maps)
 ARRIVING = ("life", "reset_sent", *END_KINDS)  # what step() takes; the end of a run brings the rest
 END_OF_RUN = ("open", "tw_open", "seen_at_end")  # what the end of a trace reads (finish()), after every arrival
@@ -72,18 +75,34 @@ class Stream:
 
     def step(self, events: pd.DataFrame, now: float) -> pd.DataFrame:
         """Add the events that arrived (BPF records decoded, sock_diag's TIME_WAIT ends), up to
-        `now` (epoch seconds); return the connection rows that became final."""
+        `now` (epoch seconds); return the connection rows that became final (step_parts, joined)."""
+        parts = list(self.step_parts(events, now))
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def step_parts(self, events: pd.DataFrame, now: float) -> Iterator[pd.DataFrame]:
+        """step() PART_LIVES lives at a time, each part to be written before the next is made:
+        a step's rows cost ~2.5 kB a life while made, and a step can make a second's lives of a
+        busy host or, behind, STEP_RECORDS' worth.  The lives whose rows may depend on each
+        other (on the ports of a client's unexplained cancel: _alone) go together with the
+        first part, which they may make larger.  Yields one part at least."""
         self._add(events, now)
+        del events  # (held now as the lives and ends it brought: the batch can go before the rows are made)
         alive = self._lives.alive
-        waiting, early = self._waiting(now)
+        waiting, early, how = self._waiting(now)
         final = alive & ~waiting & (self._lives.columns["arrived"] <= now - GRACE_S)
         self.settled_early += int((final & early).sum())
-        lives = self._lives.take(np.flatnonzero(final))
-        rows = connections(concat([lives, self._ends_of(lives)]) if len(lives) else empty_events(), now, self.method,
-                           self.pods, self._carried, final=False)
-        self._keep_ends(lives, now)
+        chosen = np.flatnonzero(final)
+        alone = self._alone(how)[chosen]
+        apart = chosen[alone]
+        parts = np.array_split(apart, -(-len(apart) // PART_LIVES)) if len(apart) else [apart]
+        parts[0] = np.sort(np.concatenate([chosen[~alone], parts[0]]))
+        for part in parts:
+            lives = self._lives.frame(part)
+            yield connections(concat([lives, self._ends_of(lives)]) if len(lives) else empty_events(), now,
+                              self.method, self.pods, self._carried, final=False)
+        self._keep_ends(self._lives.names(chosen), now)
+        self._lives.drop(chosen)
         self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
-        return rows
 
     def finish(self, events: pd.DataFrame, ended_at: float, followed: pd.DataFrame | None = None) -> pd.DataFrame:
         """The end of the run's events (the lives still open, the timewait sockets still
@@ -128,13 +147,13 @@ class Stream:
         yield connections(concat([lives, ends, events[~arriving & (kind != "tw_open")]]), ended_at, self.method,
                           self.pods, self._carried, final=True)
 
-    def _alone(self) -> np.ndarray:
+    def _alone(self, how: np.ndarray | None = None) -> np.ndarray:
         """Per held life: can its final row be made apart from the others (finish_parts)?  Not
         for a life credited to its listener, nor for a client's TIME_WAIT cancelled with no
         connect() seen taking it, nor for a life on the same two ports as one of those (the
         client that may have taken it over: timewait.taken_by_connect)."""
         columns = self._lives.columns
-        how = self._how_ended(columns["due"].astype(bool))
+        how = self._how_ended(columns["due"].astype(bool)) if how is None else how
         unexplained = (how == "cancelled") & ~columns["server"].astype(bool)
         ports = self._lives.ports()
         return ~columns["listener"].astype(bool) & ~np.isin(ports, ports[unexplained])
@@ -142,7 +161,7 @@ class Stream:
     def provisional(self, now: float, everything: bool = True) -> Iterator[pd.DataFrame]:
         """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT
         not ended yet is open), changing nothing but what is noted: what a run killed before
-        their rows were final has of them (record.rundir); in parts of at most PART_LIVES
+        their rows were final has of them (record.rundir); in parts of at most NOTE_PART_LIVES
         lives that nothing but their own records decides on.
 
         Once its grace is over, a life's row changes only when its TIME_WAIT ends (and then it
@@ -165,7 +184,7 @@ class Stream:
         carried = Carried(self._carried.existing, {k: set(v) for k, v in self._carried.owners.items()})
         # the lives whose rows may depend on each other (a listener's children) in the first part
         first, rest = chosen[~settled[chosen]], chosen[settled[chosen]]
-        parts = [first, *np.array_split(rest, -(-len(rest) // PART_LIVES))] if len(rest) else [first]
+        parts = [first, *np.array_split(rest, -(-len(rest) // NOTE_PART_LIVES))] if len(rest) else [first]
         for part in parts:
             if len(part):
                 lives = self._lives.frame(part)
@@ -217,9 +236,10 @@ class Stream:
             return diag_ends(lives, self._ends, due, columns["closed_at"])["tw_end"].to_numpy(object)
         return np.full(n, None, dtype=object)
 
-    def _waiting(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+    def _waiting(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Which held lives wait: for the end of their TIME_WAIT, or for the end of the run
-        (parked); and which no longer wait for what they waited for (settled early, if final)."""
+        (parked); which no longer wait for what they waited for (settled early, if final); and
+        how each one's timewait socket ended (_how_ended)."""
         columns = self._lives.columns
         closed_at, due = columns["closed_at"], columns["due"].astype(bool)
         how = self._how_ended(due)
@@ -247,18 +267,17 @@ class Stream:
             oldest = np.flatnonzero(parked)[np.argsort(closed_at[parked], kind="stable")[:over]]
             parked[oldest] = False
             lost[oldest] = True
-        return no_end | parked, lost
+        return no_end | parked, lost, how
 
-    def _keep_ends(self, final: pd.DataFrame, now: float) -> None:
-        """Hold the ends still wanted: not those of lives made final now, nor those older than
-        GRACE_S whose life is not held (a timewait socket of a life that ended before tracing)."""
+    def _keep_ends(self, final: dict[str, np.ndarray], now: float) -> None:
+        """Hold the ends still wanted: not those of the lives made final now (Held.names), nor
+        those older than GRACE_S whose life is not held (it ended before tracing)."""
         if not len(self._ends):
             return
         if self.method == "timers":
             index = np.arange(len(self._ends))
-            used = np.isin(index, end_of(timewait_name(final), self._end_names))
-            alive = {name: values[self._lives.alive] for name, values in self._lives.columns.items()}
-            wanted = np.isin(index, end_of(alive, self._end_names))
+            used = np.isin(index, end_of(final, self._end_names))
+            wanted = np.isin(index, end_of(self._lives.names(self._lives.alive), self._end_names))
         else:  # a 4-tuple's next life may be held: its ends are kept while one is
             used = np.zeros(len(self._ends), dtype=bool)
             held = self._lives.frame(np.flatnonzero(self._lives.alive))

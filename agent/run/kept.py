@@ -138,7 +138,10 @@ class Kept:
         frame = self._take_arrived()
         behind = len(self._backlog) > 0
         now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
-        self.add(self._stream.step(frame, now))
+        parts = self._stream.step_parts(frame, now)
+        del frame  # (the stream lets the decoded batch go once it holds what it brought)
+        for rows in parts:  # each written before the next is made
+            self.add(rows)
         self._stepped(started)
 
     def finish(self, ends: list[pd.DataFrame], ended_at: float, followed: pd.DataFrame | None = None,

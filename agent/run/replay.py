@@ -60,7 +60,8 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None,
             arrivals = frame.iloc[:at_end[0]] if len(at_end) else frame
             if len(arrivals):
                 now = max(now, float(np.nanmax(arrivals["event_at"].astype(float))))
-                kept.add(stream.step(arrivals, now))
+                for rows in stream.step_parts(arrivals, now):
+                    kept.add(rows)
             frame = frame.iloc[len(arrivals):]
         if len(frame):
             ends.append(frame)  # from the first record of the end of the run on: all to finish()

@@ -109,9 +109,9 @@ def test_the_records_still_waiting_at_the_end_are_made_a_step_at_a_time_and_said
     class Stream:
         held, stepped, finished, settled_early = 0, 0, False, 0
 
-        def step(self, frame, now):
+        def step_parts(self, frame, now):
             self.stepped += len(frame)
-            return frame.iloc[:0]
+            yield frame.iloc[:0]
 
         def finish_parts(self, frame, ended_at, followed):
             self.finished = True

@@ -95,6 +95,37 @@ def test_a_recorded_churn_streamed_a_second_at_a_time_gives_the_same_rows(tmp_pa
     assert differences(events, run, cuts=30).empty
 
 
+def test_a_step_makes_its_rows_a_part_at_a_time_each_handed_on_before_the_next_is_made(tmp_path, monkeypatch):
+    """A step's rows cost memory while they are made (~2.5 kB a life): a step with more lives
+    final than PART_LIVES makes them in parts of at most that many, lazily, and the rows are
+    those of one part."""
+    events, run = replay(tmp_path, churn(300, span=10.0), ended=100.0, timewait="timers")
+    arrivals = events[events["kind"].isin(streaming.ARRIVING)]
+    later = epoch(100.0 + GRACE_S + 1)  # (a life is final GRACE_S after it arrived at the earliest)
+
+    def held_a_while():
+        stream = Stream("timers", {})
+        assert stream.step(arrivals, epoch(100.0)).empty
+        return stream
+
+    whole = held_a_while().step(decode.empty_events(), later)  # (PART_LIVES: more than its lives)
+    assert len(whole) > 100
+    made = []
+    connections = streaming.connections
+    monkeypatch.setattr(streaming, "connections", lambda *a, **k: made.append(1) or connections(*a, **k))
+    monkeypatch.setattr(streaming, "PART_LIVES", 40)
+    stream = held_a_while()
+    made.clear()
+    parts = stream.step_parts(decode.empty_events(), later)
+    first = next(parts)
+    assert len(made) == 1 and 0 < len(first) <= 40  # the next part is not made yet
+    rest = list(parts)
+    assert len(rest) == -(-len(whole) // 40) - 1 and all(len(part) <= 40 for part in rest)
+    assert cells_differ(whole, decode.concat([first, *rest])).empty
+    # every life made final went; the servers' (their listener's children) wait for the end
+    assert stream.held == (arrivals["kind"] == "life").sum() - len(whole) == 300
+
+
 def test_a_client_that_came_with_the_end_of_the_run_shows_a_cancel_a_reuse(tmp_path, monkeypatch):
     """The end of the run makes its rows in parts; a client's cancelled TIME_WAIT and the
     client that took it over, both still held then (its own TIME_WAIT open, its life read in
@@ -117,10 +148,12 @@ def test_a_client_that_came_with_the_end_of_the_run_shows_a_cancel_a_reuse(tmp_p
     assert rows.set_index("skaddr")["tw_end_reason"].loc[31] == "reused"
 
 
-def test_a_client_whose_record_came_before_the_cancel_it_made_shows_a_reuse(tmp_path):
+@pytest.mark.parametrize("part_lives", [1, 1000])  # (a step's rows made a life at a time, or at once)
+def test_a_client_whose_record_came_before_the_cancel_it_made_shows_a_reuse(tmp_path, monkeypatch, part_lives):
     """Records of two CPUs: the client that took a TIME_WAIT over closed, and its record came
     before the cancel's.  Looked at when the cancel arrives, while the client is still held
     (its own TIME_WAIT), not only when a life on the same ports arrives next."""
+    monkeypatch.setattr(streaming, "PART_LIVES", part_lives)
     events, run = replay(tmp_path,
                          raw(skaddr=31, pid=12, comm="rebinder", opened=3.0, ts=3.2, lport=42001,
                              tw_timer=T1 + 0x2000, tw_start=3.2, **ACTIVE_CLIENT),
@@ -327,13 +360,13 @@ def test_each_interval_notes_only_the_held_lives_whose_rows_are_new_or_may_chang
 
 
 def test_provisional_rows_made_a_few_lives_at_a_time_are_those_made_all_at_once(tmp_path, monkeypatch):
-    """Stream.provisional makes its rows PART_LIVES lives at a time (what making them costs is
-    bounded so): the lives that decide on each other's rows, a listener's children, together."""
+    """Stream.provisional makes its rows NOTE_PART_LIVES lives at a time (what making them costs
+    is bounded so): the lives that decide on each other's rows, a listener's children, together."""
     events, run = replay(tmp_path, *kinds_of_endings(), ended=150.0, timewait="timers")
     arrivals = events[events["kind"].isin(streaming.ARRIVING)]
 
     def provisional(part_lives: int) -> pd.DataFrame:
-        monkeypatch.setattr(streaming, "PART_LIVES", part_lives)
+        monkeypatch.setattr(streaming, "NOTE_PART_LIVES", part_lives)
         stream = Stream("timers", {})
         stream.step(arrivals[arrivals["event_at"] <= epoch(8.0)], epoch(8.0))
         parts = list(stream.provisional(epoch(12.0)))  # past their grace: the settled ones a life a part
