@@ -90,11 +90,14 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
         if published >= wanted or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    found = {"lives_reported": 0, "tw_reported": 0, "tw_unlinked_lives": 0, "drops": 0, "tw_unknown": 0}
+    kinds: dict[str, int] = {}  # the churn's closes by kind (active, passive, ...): not in the table
+    found = {"lives_reported": 0, "tw_reported": 0, "tw_unlinked_lives": 0, "drops": 0, "tw_unknown": 0,
+             "closes_by_kind": kinds}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "tcpclose_closes_total" and sample.labels["workload"] in comms:
                 found["lives_reported"] += int(sample.value)
+                kinds[sample.labels["kind"]] = kinds.get(sample.labels["kind"], 0) + int(sample.value)
             elif sample.name == "tcpclose_timewaits_total" and sample.labels["workload"] in comms:
                 found["tw_reported"] += int(sample.value)
             elif sample.name == "tcpclose_timewaits_unlinked_total" and sample.labels["workload"] in comms:
@@ -107,6 +110,8 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
                 found["tw_unknown"] = int(sample.value)  # timers armed that no close claimed
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "tw_stale_end":
                 found["tw_stale_end"] = int(sample.value)
+            elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "missed_close":
+                found["missed_close"] = int(sample.value)  # lives whose ->CLOSE it saw a new life replace
             elif sample.name == "tcpclose_bpf_run_seconds_total":  # (counted while the stats window was on)
                 found["bpf_run_s"] = sample.value
     return found

@@ -6,6 +6,7 @@ tracer, the kernel's timing, clean-up), not how fast anything is.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -67,27 +68,36 @@ def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
     assert bench_namespaces() == before
 
 
-def test_the_agent_mode_counts_every_life_from_its_own_metrics():
+def test_the_agent_mode_counts_every_life_from_its_own_metrics(tmp_path):
     """tcpclose agent under the churn: the lives and TIME_WAITs its /metrics count (scraped by
     the bench at the end) against the connections made and the kernel's own count."""
+    rows = tmp_path / "rows.jsonl"
     done = subprocess.run([sys.executable, "-m", "bench", "--seconds", "3", "--repeats", "1", "--rates", "0",
-                           "--modes", "untraced,tcpclose agent"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--modes", "untraced,tcpclose agent", "--rows", str(rows)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    expected, reported = (number(table_row(out, title)[1]) for title in ("lives expected", "lives reported"))
-    skipped = number(table_row(out, "skipped")[1])
+    agent = next(row for row in map(json.loads, rows.read_text().splitlines()) if row["mode"] == "tcpclose agent")
+    out = f"{done.stdout}\nthe agent's row: {json.dumps(agent)}"
+    expected, reported, skipped = agent["lives_expected"], agent["lives_reported"], agent["skipped"]
+    missed, lost = agent["missed_close"], agent["lives_expected"] - agent["lives_reported"]
+    # a life goes uncounted only while its ->CLOSE is unseen and no new life has replaced it:
+    # a program the kernel did not run (it counts most of those, not all: one run showed 152
+    # closes missed, each at least two programs not run, with 143 counted skipped)
     assert expected > 3000 and expected - skipped <= reported <= expected, out
+    # every connection of the churn ends in a FIN exchange: a close of another kind is one the
+    # agent says it did not see (close_unseen, of the missed closes)
+    kinds = agent["closes_by_kind"]
+    assert sum(n for kind, n in kinds.items() if kind not in ("active", "passive", "simultaneous")) <= missed, out
     # the kernel counts every timewait socket it makes; the agent every one it linked to the
     # life that made it, and the closes due one whose timer it did not see (no overflow here):
-    # together they miss only what a skipped program or a timer no close claimed hid, and the
-    # agent says how many of each
-    made, due_unseen, kernel, unclaimed = (number(table_row(out, title)[1]) for title in (
-        "TW reported", "TW due, timer unseen", "kernel TW", "TW end unknown"))
-    assert kernel - skipped - unclaimed <= made + due_unseen <= kernel, out
+    # together they miss only what a close it missed, a life not counted, a skipped program or
+    # a timer no close claimed hid, and the agent says how many of each
+    made, due_unseen, kernel, unclaimed = (agent[key] for key in ("tw_reported", "tw_unlinked_lives", "kernel_tw",
+                                                                  "tw_unknown"))
+    assert kernel - missed - lost - skipped - unclaimed <= made + due_unseen <= kernel, out
     # its programs, timed by the kernel while the bench's stats window was on: the figures are
     # made there, so they are the agent's cost at this churn (a core is 1.0)
-    assert 0.001 < number(table_row(out, "BPF cores")[1]) < 1.0, out
+    assert 0.001 < agent["bpf_cores"] < 1.0, out
 
 
 def test_turns_time_each_variant_in_turn_on_one_churn_and_clean_up():
