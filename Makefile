@@ -31,8 +31,8 @@ fuzz: setup-test
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info demo-out
 
-# A quick look by default (bench/README.md).  The README's OVERHEAD table is BENCH_ARGS="--seconds 60
-# --repeats 8 --rates 0 --modes 'untraced,empty program,tcpclose,tcpclose --aggregates,tcpstates,untraced again'".
+# A quick look by default (bench/README.md).  The README's OVERHEAD table says the BENCH_ARGS
+# its rows came from, and names each rows file in bench/results/.
 BENCH_ARGS ?= --seconds 10 --repeats 1 --rates 0,6000
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
