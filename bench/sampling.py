@@ -55,12 +55,18 @@ class StatsWindow(threading.Thread):
 
 
 def bpf_cost(programs: dict[str, dict[str, int]], window: StatsWindow) -> dict:
-    """BPF ns/transition (the state-change program) and BPF cores (all programs) over the window."""
+    """BPF ns/transition (the state-change program), BPF cores (all programs) and each
+    program's ns a run and runs a second, over the window."""
     state = programs.get(STATE_PROGRAM, {})
     if window.seconds is None or not state.get("run_cnt"):
         return {}
+    # each program's share (a timer program runs for every kernel timer, a state one per transition)
+    each = {name.split("__")[-1]: {"ns_per_run": round(p["run_time_ns"] / p["run_cnt"], 1),
+                                   "runs_per_s": round(p["run_cnt"] / window.seconds)}
+            for name, p in programs.items() if p.get("run_cnt")}
     return {"bpf_ns_per_transition": state["run_time_ns"] / state["run_cnt"],
-            "bpf_cores": sum(p.get("run_time_ns", 0) for p in programs.values()) / 1e9 / window.seconds}
+            "bpf_cores": sum(p.get("run_time_ns", 0) for p in programs.values()) / 1e9 / window.seconds,
+            "bpf_programs": each}
 
 
 def cpu_s(pid: int) -> tuple[float, float]:

@@ -36,11 +36,13 @@ def number(cell: str) -> float:
     return float(cell.replace(",", ""))
 
 
-def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
+def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn(tmp_path):
     before = bench_namespaces()
     modes = ["untraced", "tcpclose --aggregates", "untraced again"]
+    rows = tmp_path / "rows.jsonl"
     done = subprocess.run([sys.executable, "-m", "bench", "--seconds", "3", "--repeats", "1", "--rates", "0",
-                           "--modes", ",".join(modes)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--modes", ",".join(modes), "--rows", str(rows)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for mode in modes:  # one line per run as it ends
@@ -65,6 +67,13 @@ def test_bench_runs_each_mode_and_accounts_for_every_life_at_full_churn():
     # programs, left out of the rate: the lives expected count the tail's connections too
     rate = number(table_row(out, "conn/s")[1])
     assert expected > 2 * rate * 3 * 1.5, out
+    # each program's time in the row: the state changes, several a connection, and the sum
+    traced = next(row for row in map(json.loads, rows.read_text().splitlines()) if row["mode"] == modes[1])
+    each = traced["bpf_programs"]
+    assert each["inet_sock_set_state"]["runs_per_s"] > 4 * rate, traced
+    assert each["inet_sock_set_state"]["ns_per_run"] == round(traced["bpf_ns_per_transition"], 1), traced
+    summed = sum(p["ns_per_run"] * p["runs_per_s"] for p in each.values()) / 1e9
+    assert summed == pytest.approx(traced["bpf_cores"], rel=0.01), traced
     assert bench_namespaces() == before
 
 
