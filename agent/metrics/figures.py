@@ -150,7 +150,7 @@ class Figures:
         return np.array(self._owner_labels(owners), dtype=object)
 
     def add(self, raw: np.ndarray, now: float | None = None) -> None:
-        """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain() returns them): of
+        """One batch of raw records (layout.EVENT_DTYPE, as Tracer.drain()'s parts joined): of
         the lives, only the closes due a TIME_WAIT whose timer was not seen are looked at (the
         BPF side counted the rest); the resets sent say which of them got none for that reason."""
         now = time.monotonic() if now is None else now

@@ -16,7 +16,14 @@ from typing import Callable
 
 import numpy as np
 
+from ..record import layout
+
 DRAIN_EVERY_S = 0.05
+
+def joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts of a take() as one array of records (none: an empty one)."""
+    return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
+
 
 class Drainer:
     def __init__(self, poll: Callable[[], np.ndarray], every: float = DRAIN_EVERY_S):

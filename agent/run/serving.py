@@ -9,6 +9,7 @@ from ..kernel import procfs
 from ..metrics.exposition import Exposition
 from ..metrics.figures import Figures
 from .control import POLL_INTERVAL_S, Stop
+from .drainer import joined
 from .tracer import Tracer
 
 # what could not be seen, by the BPF side's counter names (docs/metrics.md says what each means)
@@ -38,7 +39,7 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
     refreshed = counted = published = float("-inf")
     cost = 0.0
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-        figures.add(tracer.drain())  # (none: what waited for time is settled)
+        figures.add(joined(tracer.drain()))  # (none: what waited for time is settled)
         if time.monotonic() - counted >= COUNTERS_EVERY_S:
             counted = time.monotonic()
             counters = tracer.counters()

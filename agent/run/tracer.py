@@ -23,7 +23,7 @@ from ..record import rows as rowfile
 from ..record.runinfo import RunInfo
 from ..record.runrows import RunRows
 from . import memory
-from .drainer import Drainer
+from .drainer import Drainer, joined
 from .kept import Kept
 from .owners import Owners
 
@@ -154,9 +154,10 @@ class Tracer:
         self._out, self._noted_at = out, time.monotonic()
         return self._kept.rotate(out, self._fmt, self._tally(), run), run
 
-    def drain(self) -> np.ndarray:
-        """Take the records that arrived (returned raw: decode.decode() reads them), and make
-        rows of them, write -o's files, sweep, when it is time."""
+    def drain(self) -> list[np.ndarray]:
+        """Take the records that arrived (returned raw, in the parts the drainer read: joined()
+        makes one array of them, for decode.decode()), and make rows of them, write -o's files,
+        sweep, when it is time."""
         raw = self._take()
         if self._watch:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
@@ -173,18 +174,25 @@ class Tracer:
             self._note_run()
         return raw
 
-    def _take(self) -> np.ndarray:
-        """The records that arrived, kept (and counted for the progress line)."""
+    def _take(self) -> list[np.ndarray]:
+        """The records that arrived, kept (and counted for the progress line).
+
+        A part at a time, as the drainer read them (DRAIN_EVERY_S apart), and never joined
+        here: after a long note or step, seconds of full churn wait, and numpy holds Python's
+        GIL through each operation on them.  On a host whose CPUs the workload keeps busy,
+        the kernel can put this thread off for several times that operation's CPU while it
+        holds the GIL, and the drainer, held up too, lets the ring buffer fill: one pass over
+        3.5 s of records stopped the drainer for 0.85 s, their join for 0.6 s, each dropping
+        tens of thousands of records (docs/overhead.md, "Drops at 50,000 conn/s")."""
         parts = self._drainer.take()
-        raw = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
-        if len(raw):
-            self.owners.learn(raw)
-            self._keep(raw)
-            closed = raw["kind"] == layout.DEFINES["EV_LIFE"]
+        for part in parts:
+            self.owners.learn(part)
+            self._keep(part)
+            closed = part["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
             if self._kept is not None:  # the progress line is trace's: the agent's figures count these themselves
-                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(raw)).sum())
-        return raw
+                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(part)).sum())
+        return parts
 
     def _note_run(self) -> None:
         """run.json as far as the run got (RunInfo.cut_short until its end rewrites it), with the
@@ -244,7 +252,7 @@ class Tracer:
         # A life that closed, or a timewait that ended, while the maps were read left them and
         # handed its record to the ring: read after, it is there (an end read open too is
         # preferred by the analysis; a life read open too is the one that closed).
-        late = self._take()
+        late = joined(self._take())
         open_raw = open_raw[~_among(open_raw, late[late["kind"] == layout.DEFINES["EV_LIFE"]])]
         self.owners.learn(open_raw)
         still_open = self._decoded(open_raw)

@@ -24,6 +24,7 @@ from agent.kernel import probe
 from agent.output import text
 from agent.record import decode
 from agent.filters import Filters
+from agent.run.drainer import joined
 from agent.run.tracer import Tracer
 from agent.demo.workload import start_client, start_server
 from support.namespaces import in_ns, netns
@@ -57,7 +58,7 @@ class Traced:
         frames = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            frames.append(decode.decode(self.tracer.drain(), 0))
+            frames.append(decode.decode(joined(self.tracer.drain()), 0))
             if until(pd.concat(frames)):
                 return
             time.sleep(0.5)
@@ -322,7 +323,7 @@ def test_an_end_older_than_the_timewait_its_entry_holds_is_dropped_and_counted()
             port, timer = int(workload.stdout.readline()), 0
             deadline = time.monotonic() + 5
             while not timer and time.monotonic() < deadline:  # its life's record names its timer
-                events = decode.decode(traced.tracer.drain(), 0)
+                events = decode.decode(joined(traced.tracer.drain()), 0)
                 timers = events["tw_timer"][events["lport"] == port].to_numpy(np.uint64)
                 timer = int(timers.max()) if len(timers) else 0  # (the host's own lives may come first)
                 time.sleep(0.1)

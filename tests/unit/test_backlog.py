@@ -65,3 +65,25 @@ def test_the_drainer_reads_on_its_own_thread_until_it_stops():
     count = len(reads)
     time.sleep(0.05)
     assert len(reads) == count  # stopped: no read after stop()
+
+
+def test_the_records_a_drain_takes_are_kept_and_returned_a_part_at_a_time_never_joined():
+    """After a long step, the drainer holds seconds of full churn in parts: each is learnt and
+    kept alone, and drain() hands the parts on, so that no one numpy operation over all of
+    them holds Python's GIL (and the drainer) for long (Tracer._take)."""
+    from agent.run.drainer import joined
+    from agent.run.tracer import Tracer
+
+    parts = [records(0, 3), records(3, 5), records(8, 2)]
+    parts[1]["kind"] = layout.DEFINES["EV_LIFE"]
+    learnt, arrived = [], []
+    tracer = Tracer.__new__(Tracer)  # (no BPF: the parts of one take, and what each went to)
+    tracer._drainer = type("D", (), {"take": lambda self: list(parts)})()
+    tracer.owners = type("O", (), {"learn": lambda self, raw: learnt.append(raw)})()
+    tracer._recorder, tracer._kept = None, type("K", (), {"arrive": lambda self, raw: arrived.append(raw)})()
+    tracer.tally = {"lives": 0, "timewaits": 0}
+    taken = tracer._take()
+    assert [len(p) for p in learnt] == [len(p) for p in arrived] == [3, 5, 2]
+    assert all(a is b for a, b in zip(taken, parts)) and len(taken) == 3  # the same arrays: no copy
+    assert tracer.tally["lives"] == 5
+    assert joined(taken)["pid"].tolist() == list(range(10)) and len(joined([])) == 0

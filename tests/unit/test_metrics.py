@@ -17,7 +17,7 @@ SERVER = dict(states=("SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last
 
 
 def batch(*records: bytes) -> np.ndarray:
-    """Raw records, as Tracer.drain() returns them."""
+    """Raw records, as Tracer.drain()'s parts joined."""
     return np.frombuffer(b"".join(records), dtype=layout.EVENT_DTYPE)
 
 
