@@ -218,6 +218,8 @@ def measure(mode: str, seconds: float, clients: int, rate: float, closer: str) -
             row["cpu_cores"] = (tracer_cpu - cpu0) / seconds
             row["rss_mib"] = status_mib(tracer.pid, "VmHWM")
             row["rss_1min_mib"], row["rss_end_mib"] = rss.growth()
+            row["rss_2nd_min_median_mib"], row["rss_last_min_median_mib"] = rss.levels()
+            row["rss_samples_mib"] = [round(mib, 1) for mib in rss.samples]  # (every RSS_EVERY_S)
             time.sleep(0.5)  # the last closes
             if mode == AGENT:  # what Prometheus would see now, and the kernel's count beside it
                 row.update(agent_figures(CHURN_COMMS))

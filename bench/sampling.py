@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RSS_EVERY_S = 5.0
 
@@ -140,11 +142,21 @@ class RssSampler(threading.Thread):
             self.samples.append(status_mib(self.pid, "VmRSS"))
 
     def growth(self) -> tuple[float, float]:
-        """(RSS after the first minute, RSS at the end) in MiB: the growth once warmed up
-        (TIME_WAITs live 60 s, so the first minute fills the per-socket maps)."""
+        """(RSS after the first minute, RSS at the end) in MiB, one sample each: the growth
+        once warmed up (TIME_WAITs live 60 s, so the first minute fills the per-socket maps)."""
         self.stop.set()
         self.join()
         first = int(60 / RSS_EVERY_S) - 1
         if len(self.samples) <= first + 1:
             return float("nan"), float("nan")
         return self.samples[first], self.samples[-1]
+
+    def levels(self) -> tuple[float, float]:
+        """(the median of the second minute's samples, the median of the last minute's) in MiB,
+        once stopped (growth()); NaN for a run under two minutes.  A tracer's RSS swings by
+        tens of MiB between its steps, every second or so, so one sample says little of its
+        level: these are the growth that does not depend on where a sample fell."""
+        minute = int(60 / RSS_EVERY_S)
+        if len(self.samples) < 2 * minute:
+            return float("nan"), float("nan")
+        return float(np.median(self.samples[minute:2 * minute])), float(np.median(self.samples[-minute:]))

@@ -29,6 +29,8 @@ COLUMNS = {  # title: (row key, format); the lost lives and the RSS growth are c
     "CPU cores": ("cpu_cores", ".2f"), "CPU taken": ("cpu_taken", ".1%"), "peak RSS MiB": ("rss_mib", ".0f"),
     "peak RSS with report MiB": ("rss_report_mib", ".0f"), "Ctrl-C to files s": ("report_s", ".1f"),
     "RSS at 1 min": ("rss_1min_mib", ".0f"), "RSS at end": ("rss_end_mib", ".0f"), "RSS growth": ("rss_growth", "+.0%"),
+    "RSS median, 2nd minute": ("rss_2nd_min_median_mib", ".0f"),
+    "RSS median, last minute": ("rss_last_min_median_mib", ".0f"), "RSS growth, medians": ("rss_median_growth", "+.1%"),
     "start s": ("start_s", ".2f"),
 }
 
@@ -56,6 +58,8 @@ def table(rows: list[dict], rate: float) -> Table:
         frame["lives_lost"] = frame["lives_expected"] - frame["lives_reported"]
     if "rss_end_mib" in frame:
         frame["rss_growth"] = frame["rss_end_mib"] / frame["rss_1min_mib"] - 1
+    if "rss_last_min_median_mib" in frame:
+        frame["rss_median_growth"] = frame["rss_last_min_median_mib"] / frame["rss_2nd_min_median_mib"] - 1
     if "bpf_cores" in frame:  # BPF and user-space time together, per core: what the workload cannot have
         tracer = frame["cpu_cores"].fillna(0) if "cpu_cores" in frame else 0  # the empty program has no process
         frame["cpu_taken"] = (frame["bpf_cores"] + tracer) / os.cpu_count()

@@ -39,6 +39,24 @@ def test_no_spread_from_fewer_than_four_repeats_and_no_ratio_without_untraced_ru
     assert cells(soak, "ratio") == ["-"]
 
 
+def test_rss_levels_are_medians_of_a_minute_where_single_samples_fall_anywhere_in_a_swing():
+    """A tracer's RSS swings between its floor and a step's peak: the single samples after a
+    minute and at the end can land on either, the medians of the second and last minute do not."""
+    rss = sampling.RssSampler.__new__(sampling.RssSampler)  # (no thread: samples given)
+    rss.stop, rss.join = type("Stopped", (), {"set": lambda self: None})(), lambda: None
+    minute = int(60 / sampling.RSS_EVERY_S)
+    swing = lambda floor: [floor + 40 * (i % 3 == 0) for i in range(minute)]  # noqa: E731 (a peak every third)
+    rss.samples = swing(200) + swing(200) + swing(201) + swing(210)
+    rss.samples[minute - 1] = 240  # the sample taken at the first minute fell on a peak, the last one did not
+    assert rss.growth() == (240, 210)  # -12 %
+    assert rss.levels() == (200, 210)  # +5 %
+    rss.samples = rss.samples[:2 * minute - 1]
+    assert all(v != v for v in rss.levels())  # under two minutes: NaN
+    table = tables.table(rows([100], [90], rss_1min_mib=240, rss_end_mib=210, rss_2nd_min_median_mib=200,
+                              rss_last_min_median_mib=210), rate=0)
+    assert cells(table, "RSS growth") == ["-", "-12%"] and cells(table, "RSS growth, medians") == ["-", "+5.0%"]
+
+
 def test_cpu_taken_adds_bpf_and_the_tracer_per_core_of_the_machine():
     table = tables.table(rows([100], [90], bpf_cores=0.08, cpu_cores=0.02), rate=0)
     assert cells(table, "CPU taken") == ["-", f"{0.10 / os.cpu_count():.1%}"]
