@@ -8,6 +8,14 @@ read until the main thread takes it (then run.backlog holds what waits for a ste
 (Lowering the main thread's priority instead does not work: a thread the kernel puts off
 while it holds Python's GIL holds up the drainer too, and the ring fills: tried, 1.4 M
 records dropped in a minute of full churn.)
+
+For the same reason the main thread takes what was read in the parts it was read in, and
+never joins them (Tracer._take, joined() for the callers that want one array): after a long
+note or step, seconds of full churn wait, and numpy holds the GIL through each operation on
+them.  With the workload keeping both CPUs busy, the kernel can put the main thread off for
+several times an operation's CPU while it holds the GIL: one pass over 3.5 s of records at
+50,000 conn/s stopped the drainer for 0.85 s, their join for 0.6 s, and each time the ring
+filled (docs/overhead.md, "Drops at 50,000 conn/s").
 """
 from __future__ import annotations
 

@@ -15,11 +15,9 @@ from ..analysis.tally import Tally
 from ..errors import TracepointMissing
 from ..filters import Filters
 from ..safefiles import OutputDir
-from ..kernel import diag, procfs
-from ..kernel import netns as namespaces
-from ..record import decode, layout, rundir, transitions
+from ..kernel import diag, procfs, netns as namespaces
+from ..record import decode, layout, rundir, rows as rowfile, transitions
 from ..record.recording import Recorder
-from ..record import rows as rowfile
 from ..record.runinfo import RunInfo
 from ..record.runrows import RunRows
 from . import memory
@@ -175,15 +173,8 @@ class Tracer:
         return raw
 
     def _take(self) -> list[np.ndarray]:
-        """The records that arrived, kept (and counted for the progress line).
-
-        A part at a time, as the drainer read them (DRAIN_EVERY_S apart), and never joined
-        here: after a long note or step, seconds of full churn wait, and numpy holds Python's
-        GIL through each operation on them.  On a host whose CPUs the workload keeps busy,
-        the kernel can put this thread off for several times that operation's CPU while it
-        holds the GIL, and the drainer, held up too, lets the ring buffer fill: one pass over
-        3.5 s of records stopped the drainer for 0.85 s, their join for 0.6 s, each dropping
-        tens of thousands of records (docs/overhead.md, "Drops at 50,000 conn/s")."""
+        """The records that arrived, kept (and counted for the progress line): a part at a time,
+        as the drainer read them, and never joined here (run.drainer says why)."""
         parts = self._drainer.take()
         for part in parts:
             self.owners.learn(part)
