@@ -28,6 +28,7 @@ from ..record import layout
 
 DRAIN_EVERY_S = 0.05
 
+
 def joined(parts: list[np.ndarray]) -> np.ndarray:
     """The parts of a take() as one array of records (none: an empty one)."""
     return np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, layout.EVENT_DTYPE)
