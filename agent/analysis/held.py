@@ -200,12 +200,6 @@ class Held:
         parts = [self._chunks[chunk].numbers[name][rows] for chunk, rows in self._split(positions)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def take(self, positions: np.ndarray) -> pd.DataFrame:
-        """The lives at `positions`, now gone from here."""
-        out = self.frame(positions)
-        self.drop(positions)
-        return out
-
     def drop(self, positions: np.ndarray) -> None:
         """Let the lives at `positions` go (their rows were made from frame()); the positions
         of the others change."""

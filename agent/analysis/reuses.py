@@ -10,7 +10,7 @@ import pandas as pd
 
 from .held import Held
 from .rules import FOUR_TUPLE
-from .timewait import REUSE_WINDOW_S, TIMEWAIT_NAME, diag_ends, end_of, taken_by_connect, timewait_name
+from .timewait import REUSE_WINDOW_S, diag_ends, end_of, taken_by_connect, timewait_name
 
 
 def may_be_reused(lives: Held, ends: pd.DataFrame, end_names: dict, method: str | None, unexplained: np.ndarray,
@@ -21,12 +21,12 @@ def may_be_reused(lives: Held, ends: pd.DataFrame, end_names: dict, method: str 
     record came first (another CPU's), held already when the cancel arrives (`ends`' arrived
     is `now`).  A cancel parked for minutes is not looked at again each time its ports come
     back (some 20 s apart at full churn): each step looked at all of them."""
-    columns, ports = lives.columns, lives.ports()
+    ports = lives.ports()
     fresh = np.flatnonzero(lives.fresh)
     check = unexplained[np.isin(ports[unexplained], ports[fresh])]
     if method != "timers" or not len(unexplained):
         return check
-    found = end_of({name: columns[name][unexplained] for name in TIMEWAIT_NAME}, end_names)
+    found = end_of(lives.names(unexplained), end_names)
     ends_at, arrived = (np.append(ends[c].astype(float).to_numpy(), np.nan)[found] for c in ("event_at", "arrived"))
     if len(check):
         near = fresh[np.isin(ports[fresh], ports[check])]

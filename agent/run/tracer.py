@@ -156,7 +156,7 @@ class Tracer:
         """Take the records that arrived (returned raw, in the parts the drainer read: joined()
         makes one array of them, for decode.decode()), and make rows of them, write -o's files,
         sweep, when it is time."""
-        raw = self._take()
+        parts = self._take()
         if self._watch:
             self._keep(decode.from_timewait_watch(self._watch.poll(time.time()), "tw_end", 0))
         if time.monotonic() - self._swept_at >= TW_SWEEP_EVERY_S:
@@ -170,7 +170,7 @@ class Tracer:
             self._kept.step()
         if self._out is not None and time.monotonic() - self._noted_at >= self._interval:
             self._note_run()
-        return raw
+        return parts
 
     def _take(self) -> list[np.ndarray]:
         """The records that arrived, kept (and counted for the progress line): a part at a time,

@@ -33,13 +33,15 @@ def test_a_life_held_comes_back_as_decoded_after_its_chunk_is_filtered_and_merge
         h.add(everything.iloc[50 * i:50 * (i + 1)].reset_index(drop=True), now=float(i))
     h.set_flags(np.array([3, 120]), 0x40)
     everything.loc[[3, 120], "flags_raw"] |= 0x40
-    # most of the first chunk taken (it is filtered), then a few of every chunk (small ones merge)
-    taken = h.take(np.arange(0, 90, 2))
+    # most of the first chunk let go (it is filtered), then a few of every chunk (small ones merge)
+    taken = h.frame(np.arange(0, 90, 2))
+    h.drop(np.arange(0, 90, 2))
     same(taken, everything.iloc[np.arange(0, 90, 2)].reset_index(drop=True))
     gone = set(range(0, 90, 2))
     rest = everything.drop(index=list(gone))
     assert len(h) == len(rest)
-    back = h.take(np.flatnonzero(h.alive))
+    back = h.frame(np.flatnonzero(h.alive))
+    h.drop(np.flatnonzero(h.alive))
     # (a merge does not keep the order of arrival: compare the lives by their socket)
     order = lambda f: f.sort_values("skaddr", kind="stable").reset_index(drop=True)  # noqa: E731
     same(order(back), order(rest))
@@ -71,7 +73,7 @@ def test_columns_of_other_kinds_come_back_as_they_arrived():
     h = Held()
     h.add(chunk.iloc[:4].reset_index(drop=True), now=0.0)
     h.add(chunk.iloc[4:].reset_index(drop=True), now=1.0)
-    same(h.take(np.arange(6)), chunk)
+    same(h.frame(np.arange(6)), chunk)
 
 
 def test_remaking_the_columns_costs_one_column_while_it_runs_not_all_of_them():
