@@ -53,7 +53,7 @@ class Grouped:
         self._sum = np.zeros((0, len(self._of[SUM])), dtype=np.int64)
         self._max = np.zeros((0, len(self._of[HIGHEST])))
         self._min = np.zeros((0, len(self._of[LOWEST])))
-        self._sketches: dict[str, dict[int, object]] = {m: {} for m in self._of[SKETCH]}
+        self._sketches = {m: sketches.Sketches() for m in self._of[SKETCH]}
         self.started_at = started_at
         self.bin_s = 1
         self._opened: Counter = Counter()  # (group, bin) -> connections opened
@@ -101,7 +101,7 @@ class Grouped:
                 column = store[:, i]  # (a view: updated in place)
                 ufunc.at(column, codes, rows[m].to_numpy(float))
         for m in self._of[SKETCH]:
-            sketches.add(self._sketches[m], codes, rows[m].to_numpy(float))
+            self._sketches[m].add(codes, rows[m].to_numpy(float))
         if self._names_of:
             for group, names in pd.Series(rows[self._names_of].to_numpy(object)).groupby(codes).unique().items():
                 self._names.setdefault(group, set()).update(names)

@@ -120,7 +120,7 @@ class Tally:
         self.occupancy = Occupancy(started_at, timewait_followed)
         self.owner_src: Counter = Counter()  # how the owners were learnt
         self.end_reasons: Counter = Counter()  # of the TIME_WAITs made
-        self._host: dict[str, dict] = {"fin_wait2": {}, "in_time_wait": {}}  # sketches (analysis.sketches)
+        self._host = {"fin_wait2": sketches.Sketches(), "in_time_wait": sketches.Sketches()}
         self.fin_wait2_max = float("nan")
         # the lifetimes of the TIME_WAITs whose end was seen, in LIFETIME_BIN_S bins (report.html's histogram)
         self.lifetimes = np.zeros(int(LIFETIME_MAX_S / LIFETIME_BIN_S) + 1, dtype=np.int64)
@@ -153,15 +153,15 @@ class Tally:
 
     def _add_lifetimes(self, rows: pd.DataFrame, ended_s: np.ndarray) -> None:
         fin_wait2 = rows["tw_fin_wait2_s"].to_numpy(float)
-        sketches.add(self._host["fin_wait2"], np.zeros(len(rows), dtype=np.int64), fin_wait2)
+        self._host["fin_wait2"].add(np.zeros(len(rows), dtype=np.int64), fin_wait2)
         if (~np.isnan(fin_wait2)).any():
             self.fin_wait2_max = np.fmax(self.fin_wait2_max, np.nanmax(fin_wait2))
         # how long a TIME_WAIT holds its port: those that expired in TIME_WAIT, after the peer's
         # FIN (one that expired in the FIN_WAIT2 substate, tcp_fin_timeout, says nothing of that)
         expired = rows["tw_end_reason"].to_numpy(object) == "expired"
         in_time_wait = rows["tw_s"].to_numpy(float) - np.nan_to_num(fin_wait2)
-        sketches.add(self._host["in_time_wait"], np.zeros(len(rows), dtype=np.int64),
-                     np.where(expired & (in_time_wait > 1.0), in_time_wait, np.nan))
+        self._host["in_time_wait"].add(np.zeros(len(rows), dtype=np.int64),
+                                       np.where(expired & (in_time_wait > 1.0), in_time_wait, np.nan))
         seen = ended_s[~np.isnan(ended_s)]  # (never below zero: analysis.timewait leaves such an end unknown)
         bins = np.minimum((seen // LIFETIME_BIN_S).astype(np.int64), len(self.lifetimes) - 1)
         self.lifetimes += np.bincount(bins, minlength=len(self.lifetimes))

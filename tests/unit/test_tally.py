@@ -104,11 +104,11 @@ def test_a_sketch_reads_every_percentile_within_its_relative_accuracy():
     spread = np.exp(rng.uniform(np.log(1e-6), np.log(1e3), 50_000))  # nine decades
     timewaits = np.r_[60.0 + rng.exponential(0.02, 30_000), rng.uniform(0.001, 3.0, 3_000), np.zeros(10)]
     for values in (spread, timewaits):
-        kept: dict = {}
+        kept = sketches.Sketches()
         for part in np.array_split(rng.permutation(values), 7):
-            sketches.add(kept, np.zeros(len(part), dtype=int), part)
+            kept.add(np.zeros(len(part), dtype=int), part)
         for q in QS:
-            assert near_quantile(sketches.quantile(kept[0], q), values, q), q
+            assert near_quantile(sketches.quantile(kept.get(0), q), values, q), q
     assert np.isnan(sketches.quantile(None, 0.5))
 
 
