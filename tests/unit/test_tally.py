@@ -112,6 +112,26 @@ def test_a_sketch_reads_every_percentile_within_its_relative_accuracy():
     assert np.isnan(sketches.quantile(None, 0.5))
 
 
+def test_sketches_count_the_same_however_the_values_came_and_were_folded(monkeypatch):
+    """Counts wait per (group, bucket) and are added to the DDSketches when one is read, or
+    when FOLD_PAIRS wait: the same sketch as adding every value to it, one at a time."""
+    monkeypatch.setattr(sketches, "FOLD_PAIRS", 50)  # folded while adding, and again when read
+    rng = np.random.default_rng(5)
+    values = np.r_[np.exp(rng.uniform(np.log(1e-3), np.log(1e2), 3_000)), np.zeros(7), np.full(5, np.nan)]
+    groups = rng.integers(0, 3, len(values))
+    kept = sketches.Sketches()
+    for part in np.array_split(rng.permutation(len(values)), 40):
+        kept.add(groups[part], values[part])
+    for group in range(3):
+        one_by_one = sketches.new()
+        for value in values[(groups == group) & ~np.isnan(values)]:
+            one_by_one.add(float(value))
+        assert kept.get(group).count == one_by_one.count
+        for q in (0.0, 0.01, 0.25, 0.5, 0.9, 0.999, 1.0):
+            assert sketches.quantile(kept.get(group), q) == pytest.approx(sketches.quantile(one_by_one, q), rel=1e-12)
+    assert kept.get(3) is None
+
+
 def test_the_busiest_bin_of_a_long_run_is_counted_in_bins_that_widened_as_it_went():
     span = 3_000.0  # 50 minutes: bins of 8 s
     conns = rows(30_000, span=span, seed=5)
