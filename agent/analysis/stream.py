@@ -37,7 +37,7 @@ from . import reuses
 from .held import Held
 from .lives import Carried, connections, rst_sent_after_close
 from .rules import FOUR_TUPLE
-from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, timewait_name
+from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, indexed, timewait_name
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000
@@ -63,7 +63,7 @@ class Stream:
         self._lives = Held()
         self._ends = empty_events()
         self._resets = pd.DataFrame({"event_at": np.zeros(0), "skaddr": np.zeros(0, np.uint64), "arrived": np.zeros(0)})
-        self._end_names = timewait_name(empty_events())
+        self._end_names = indexed(timewait_name(empty_events()))
         self._followed = empty_events()  # the timewait sockets still open at the end (finish_parts), by timer
         self._followed_names = self._end_names
         self.settled_early = 0  # lives settled before what they waited for (PARKED_MAX, a lost end)
@@ -130,10 +130,11 @@ class Stream:
         self._add(events[arriving], ended_at)
         still_open = events[kind == "tw_open"] if followed is None else followed
         if self.method == "timers":  # each found by its name for its life's part (_ends_of), after the ends
-            self._followed, self._followed_names = still_open.assign(arrived=ended_at), timewait_name(still_open)
+            self._followed = still_open.assign(arrived=ended_at)
+            self._followed_names = indexed(timewait_name(still_open))
         elif len(still_open):  # (sock_diag's, by 4-tuple) before the ends: one after the read is the last of its name
             self._ends = concat([widened(still_open).assign(arrived=ended_at), self._ends])
-            self._end_names = timewait_name(self._ends)
+            self._end_names = indexed(timewait_name(self._ends))
         alive = np.flatnonzero(self._lives.alive)
         alone = alive[self._alone()[alive]]
         for part in np.array_split(alone, -(-len(alone) // PART_LIVES)) if len(alone) else []:
@@ -142,7 +143,7 @@ class Stream:
                               self._carried, final=False)
         lives = self._lives.frame(np.setdiff1d(alive, alone))
         ends = self._ends_of(lives)
-        self._lives, self._ends, self._end_names = Held(), empty_events(), timewait_name(empty_events())
+        self._lives, self._ends, self._end_names = Held(), empty_events(), indexed(timewait_name(empty_events()))
         self._followed, self._followed_names = empty_events(), self._end_names
         yield connections(concat([lives, ends, events[~arriving & (kind != "tw_open")]]), ended_at, self.method,
                           self.pods, self._carried, final=True)
@@ -214,7 +215,7 @@ class Stream:
         arrived = events[np.isin(kind, END_KINDS)]
         if len(arrived):
             self._ends = concat([self._ends, arrived.assign(arrived=now)])
-            self._end_names = timewait_name(self._ends)
+            self._end_names = indexed(timewait_name(self._ends))
         resets = events.loc[kind == "reset_sent", ["event_at", "skaddr"]]
         if len(resets):
             self._resets = pd.concat([self._resets, resets.assign(arrived=now)], ignore_index=True)
@@ -284,7 +285,7 @@ class Stream:
             wanted = reuses.tuples(self._ends).isin(reuses.tuples(held))
         recent = self._ends["arrived"].astype(float).to_numpy() > now - GRACE_S
         self._ends = self._ends[~used & (wanted | recent)].reset_index(drop=True)
-        self._end_names = timewait_name(self._ends)
+        self._end_names = indexed(timewait_name(self._ends))
 
 
 def _still_open(lives: pd.DataFrame, now: float) -> pd.DataFrame:

@@ -50,16 +50,25 @@ def timewait_name(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 TIMEWAIT_NAME = ("timer", "micros", "key")  # the columns of timewait_name()
 
 
+def indexed(ends: dict[str, np.ndarray]) -> dict:
+    """timewait_name's arrays of some ends, with what end_of finds them by, made once: the
+    position of the last end of each key, and those keys' index (its hash table is built at
+    its first lookup and kept).  The stream looks its ends up several times a step."""
+    last = ~pd.Index(ends["key"]).duplicated(keep="last")
+    return {**ends, "last": np.flatnonzero(last), "index": pd.Index(ends["key"][last])}
+
+
 def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndarray:
-    """For each life (timewait_name's arrays), the position in `ends` of its timewait socket's
-    end (the last one of that name), -1 where none: matched on the mixed key, then both parts
-    checked, so that two names that mix to one key never match."""
+    """For each life (timewait_name's arrays), the position in `ends` (the same, or indexed()
+    once for many lookups) of its timewait socket's end (the last one of that name), -1 where
+    none: matched on the mixed key, then both parts checked, so that two names that mix to one
+    key never match."""
     if not len(lives["key"]) or not len(ends["key"]):
         return np.full(len(lives["key"]), -1)
-    index = pd.Index(ends["key"])
-    last = ~index.duplicated(keep="last")
-    positions = np.flatnonzero(last)
-    found = pd.Index(ends["key"][last]).get_indexer(lives["key"])
+    if "index" not in ends:
+        ends = indexed(ends)
+    positions = ends["last"]
+    found = ends["index"].get_indexer(lives["key"])
     at = np.where(found >= 0, positions[np.maximum(found, 0)], 0)
     same = (ends["timer"][at] == lives["timer"]) & (ends["micros"][at] == lives["micros"])
     return np.where((found >= 0) & same, at, -1)
