@@ -42,7 +42,7 @@ _MAPPING = new()._mapping  # (the mapping every sketch made here shares)
 _LOG_GAMMA = math.log(_MAPPING.gamma)
 
 
-FOLD_PAIRS = 1 << 20  # (group, bucket) counts waiting at most: 16 MiB
+FOLD_PAIRS = 1 << 17  # counts waiting at most: 2 MiB a Sketches (a trace without -o reads them at its end)
 
 
 class Sketches:
