@@ -130,8 +130,7 @@ class Stream:
         self._add(events[arriving], ended_at)
         still_open = events[kind == "tw_open"] if followed is None else followed
         if self.method == "timers":  # each found by its name for its life's part (_ends_of), after the ends
-            self._followed = still_open.assign(arrived=ended_at)
-            self._followed_names = indexed(timewait_name(still_open))
+            self._followed, self._followed_names = still_open.assign(arrived=ended_at), indexed(timewait_name(still_open))
         elif len(still_open):  # (sock_diag's, by 4-tuple) before the ends: one after the read is the last of its name
             self._ends = concat([widened(still_open).assign(arrived=ended_at), self._ends])
             self._end_names = indexed(timewait_name(self._ends))
