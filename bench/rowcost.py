@@ -5,9 +5,8 @@ the recording's own reading left out (its JSON lines are read once, before the r
     .venv/bin/python -m bench.rowcost RECORDING [--repeats 3]
 
 At the development VM's maximum churn the default mode keeps up only if this is about
-2 µs a record (docs/overhead.md, "What keeping up at maximum churn would take"); a
-recording of that churn: `sudo .venv/bin/python -m bench.churn ...` in a namespace beside
-`sudo tcpclose trace -d 8 --record churn.jsonl.gz`, or any recording a trace made.  Prints
+2 µs a record (docs/overhead.md, "What keeping up at maximum churn would take", which timed a
+recording of 8 s of the bench's churn: `tcpclose trace --record FILE` while it ran).  Prints
 each repeat's CPU seconds, then the median in µs a record, and the rows it made."""
 from __future__ import annotations
 
