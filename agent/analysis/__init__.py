@@ -9,6 +9,7 @@
   timewait   how each TIME_WAIT ended and how long it lived
   tally      the figures, kept as the rows are made: what every table is made from
   grouped    counts, extremes, sketches and busiest bins per group of rows
+  columns    a batch of rows as the figures read it: arrays, each key factorized once
   sketches   percentiles that stream (DDSketch)
   quanta     counts of moments per short stretch of time
   occupancy  what is alive over time: the host's and each destination's

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import sketches
+from .columns import Columns, plain
 
 SUM, HIGHEST, LOWEST, SKETCH = "sum", "highest", "lowest", "sketch"
 MAX_BINS = 600  # the busiest bin: 1 s wide, or 2, 4, ... s to keep a long run within this many bins
@@ -32,20 +33,13 @@ def bin_seconds(traced_s: float) -> int:
     return width
 
 
-def _plain(value):
-    """A key's value as a dict key: None for every kind of missing, Python ints and text."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
 class Grouped:
     def __init__(self, keys: list[str], measures: dict[str, str], started_at: float | None = None,
-                 names_of: str | None = None):
+                 names_of: str | None = None, dtypes: dict | None = None):
         """keys: the columns naming a group; measures: column -> SUM, HIGHEST, LOWEST or SKETCH.
         started_at: count each group's connections opened per bin (the rows' `opened` measure,
         at their opened_at), for its busiest bin.  names_of: a column whose values are kept,
-        per group, as a set."""
+        per group, as a set.  dtypes: the key columns' types in cells() (others: objects)."""
         self.keys = list(keys)
         self._of = {kind: [m for m, k in measures.items() if k == kind] for kind in (SUM, HIGHEST, LOWEST, SKETCH)}
         self._groups: dict[tuple, int] = {}
@@ -59,22 +53,17 @@ class Grouped:
         self._opened: Counter = Counter()  # (group, bin) -> connections opened
         self._names_of = names_of
         self._names: dict[int, set] = {}
-        self._dtypes: dict = {}  # the key columns' types, as the first batch had them
+        self._dtypes = {k: (dtypes or {}).get(k, object) for k in self.keys}
 
 
     def __len__(self) -> int:
         return len(self._labels)
 
-    def _codes(self, frame: pd.DataFrame) -> np.ndarray:
+    def _codes(self, rows: Columns) -> np.ndarray:
         """The group of each row, new groups made."""
-        parts = [pd.factorize(frame[k], use_na_sentinel=False) for k in self.keys]
-        combined = parts[0][0].astype(np.int64)  # (factorize numbers them 0, 1, ... as first met)
-        for codes, values in parts[1:]:  # (numbered again at each step: the numbers stay below rows x values)
-            combined = pd.factorize(combined * len(values) + codes)[0].astype(np.int64)
-        first = np.unique(combined, return_index=True)[1]  # the first row of each
-        ids = np.empty(len(first), dtype=np.int64)
-        for j, row in enumerate(first.tolist()):
-            label = tuple(_plain(values[codes[row]]) for codes, values in parts)
+        combined, labels = rows.groups(self.keys)
+        ids = np.empty(len(labels), dtype=np.int64)
+        for j, label in enumerate(labels):
             group = self._groups.get(label)
             if group is None:
                 group = self._groups[label] = len(self._labels)
@@ -87,30 +76,31 @@ class Grouped:
             self._min = np.vstack([self._min, np.full((grown, self._min.shape[1]), np.nan)])
         return ids[combined]
 
-    def add(self, rows: pd.DataFrame) -> None:
+    def add(self, rows: Columns) -> None:
         """A batch: the key columns, the measures, and opened_at where started_at is set."""
         if not len(rows):
             return
         codes = self._codes(rows)
-        self._dtypes = self._dtypes or {k: rows[k].dtype for k in self.keys}
         n = len(self._labels)
         for i, m in enumerate(self._of[SUM]):
-            self._sum[:, i] += np.bincount(codes, weights=rows[m].to_numpy(np.int64), minlength=n).astype(np.int64)
+            self._sum[:, i] += np.bincount(codes, weights=rows[m], minlength=n).astype(np.int64)
         for store, kind, ufunc in ((self._max, HIGHEST, np.fmax), (self._min, LOWEST, np.fmin)):
             for i, m in enumerate(self._of[kind]):
                 column = store[:, i]  # (a view: updated in place)
-                ufunc.at(column, codes, rows[m].to_numpy(float))
+                ufunc.at(column, codes, np.asarray(rows[m], dtype=float))
         for m in self._of[SKETCH]:
-            self._sketches[m].add(codes, rows[m].to_numpy(float))
-        if self._names_of:
-            for group, names in pd.Series(rows[self._names_of].to_numpy(object)).groupby(codes).unique().items():
-                self._names.setdefault(group, set()).update(names)
+            self._sketches[m].add(codes, np.asarray(rows[m], dtype=float))
+        if self._names_of:  # (each distinct (group, name) once)
+            names, distinct = rows.factorized(self._names_of)
+            pairs = np.unique(codes * len(distinct) + names)
+            for group, name in zip((pairs // len(distinct)).tolist(), (pairs % len(distinct)).tolist()):
+                self._names.setdefault(group, set()).add(distinct[name])
         if self.started_at is not None:
             self._count_opened(codes, rows)
 
-    def _count_opened(self, codes: np.ndarray, rows: pd.DataFrame) -> None:
-        opened = rows["opened"].to_numpy(bool)
-        bins = ((rows["opened_at"].to_numpy(float)[opened] - self.started_at) // 1).astype(np.int64)
+    def _count_opened(self, codes: np.ndarray, rows: Columns) -> None:
+        opened = np.asarray(rows["opened"], dtype=bool)
+        bins = ((np.asarray(rows["opened_at"], dtype=float)[opened] - self.started_at) // 1).astype(np.int64)
         if not len(bins):
             return
         while bins.max() // self.bin_s >= 2 * MAX_BINS:  # a long run: the bins kept twice as wide
@@ -131,7 +121,9 @@ class Grouped:
     def cells(self) -> pd.DataFrame:
         """One row per group: its keys, its sums, highest and lowest (NaN: no value), and
         `_group`, its number."""
-        out = pd.DataFrame(self._labels, columns=self.keys, dtype=object).astype(self._dtypes)
+        out = pd.DataFrame(self._labels, columns=self.keys, dtype=object)
+        if self._labels:  # (none added: every key an object column, as before any batch had types)
+            out = out.astype(self._dtypes)
         for store, kind in ((self._sum, SUM), (self._max, HIGHEST), (self._min, LOWEST)):
             for i, m in enumerate(self._of[kind]):
                 out[m] = store[:, i]
@@ -189,7 +181,7 @@ class Grouped:
         began; bins with none are left out."""
         self._widen(max(self.bin_s, bin_seconds(ended_at - self.started_at)))
         cells = self.cells()
-        label_of = [tuple(_plain(v) for v in values) for values in cells[by].itertuples(index=False)]
+        label_of = [tuple(plain(v) for v in values) for values in cells[by].itertuples(index=False)]
         counted: Counter = Counter()
         for (cell, b), n in self._opened.items():
             counted[(label_of[cell], b)] += n

@@ -5,8 +5,8 @@ ports, and how fast it opens connections to it)."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
+from .columns import Columns
 from .quanta import CEIL, FLOOR, Quanta, quantum_for
 from .timewait import TIME_WAIT_LEN_S
 
@@ -15,17 +15,16 @@ DESTINATION_SERIES = {"opened": FLOOR, "tw_start": CEIL, "tw_stop": CEIL}
 DESTINATION = ["laddr", "raddr", "rport"]
 
 
-def timewait_intervals(rows: pd.DataFrame, followed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(start, stop) of every TIME_WAIT tracing saw begin.  stop is its end where seen,
-    infinity for one still open at the end of a run that followed ends (`followed`),
-    and start + 60 s where the end was not followed (--timewait none, or an end not
-    seen): the natural length, an estimate."""
-    made = rows["tw_made"].to_numpy(bool)
-    start = rows["tw_start"].to_numpy(float)[made]
-    end = rows["tw_end"].to_numpy(float)[made]
-    still_open = followed & (rows["tw_end_reason"].to_numpy(object)[made] == "open")
-    stop = np.where(~np.isnan(end), end, np.where(still_open, np.inf, start + TIME_WAIT_LEN_S))
-    return start, stop
+def timewait_intervals(rows: Columns, followed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: did tracing see a TIME_WAIT begin, and its (start, stop).  stop is its end
+    where seen, infinity for one still open at the end of a run that followed ends
+    (`followed`), and start + 60 s where the end was not followed (--timewait none, or an
+    end not seen): the natural length, an estimate."""
+    made = rows["tw_made"].astype(bool, copy=False)
+    start = np.asarray(rows["tw_start"], dtype=float)
+    end = np.asarray(rows["tw_end"], dtype=float)
+    still_open = followed & (rows["tw_end_reason"] == "open")
+    return made, start, np.where(~np.isnan(end), end, np.where(still_open, np.inf, start + TIME_WAIT_LEN_S))
 
 
 class Destination:
@@ -50,38 +49,43 @@ class Occupancy:
     def quantum(self) -> float:
         return self.host.quantum
 
-    def add(self, rows: pd.DataFrame, opened_here: np.ndarray) -> None:
-        closed_at = rows["closed_at"].to_numpy(float)
-        seen = np.r_[closed_at, rows["opened_at"].to_numpy(float), rows["tw_end"].to_numpy(float)]
+    def add(self, rows: Columns, opened_here: np.ndarray) -> None:
+        closed_at = np.asarray(rows["closed_at"], dtype=float)
+        opened_at = np.asarray(rows["opened_at"], dtype=float)
+        made, start, stop = timewait_intervals(rows, self.followed)
+        seen = np.r_[closed_at, opened_at, np.asarray(rows["tw_end"], dtype=float)]
         seen = seen[np.isfinite(seen)]
         if len(seen):
             self._reach(float(seen.max()))
         host = self.host
-        opened_at = rows["opened_at"].to_numpy(float)
         host.add("opened", opened_at[opened_here])
         host.add("closed", closed_at)
-        start, stop = timewait_intervals(rows, self.followed)
-        host.add("tw_start", start)
-        host.add("tw_stop", stop)
-        cw = ~np.isnan(rows["close_wait_at"].to_numpy(float))
-        host.add("cw_start", rows["close_wait_at"].to_numpy(float)[cw])
+        host.add("tw_start", start[made])
+        host.add("tw_stop", stop[made])
+        close_wait_at = np.asarray(rows["close_wait_at"], dtype=float)
+        cw = ~np.isnan(close_wait_at)
+        host.add("cw_start", close_wait_at[cw])
         host.add("cw_stop", closed_at[cw])  # (NaN: still open, alive to the end)
-        clients = rows[(rows["role"] == "client").to_numpy()]
-        if len(clients):
-            self._add_clients(clients, opened_here[(rows["role"] == "client").to_numpy()])
-
-    def _add_clients(self, clients: pd.DataFrame, opened_here: np.ndarray) -> None:
-        clients = clients.assign(_here=opened_here)
-        for key, group in clients.groupby(DESTINATION, sort=False):
+        clients = np.flatnonzero(rows["role"] == "client")
+        if not len(clients):
+            return
+        # per destination, in the order first met; one with a part missing is none
+        codes, labels = rows.where(clients).groups(DESTINATION)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.cumsum(np.bincount(codes, minlength=len(labels)))
+        comm = rows["comm"]
+        for key, members in zip(labels, np.split(clients[order], bounds[:-1])):
+            if None in key:
+                continue
             dest = self.destinations.get(key)
             if dest is None:
                 dest = self.destinations[key] = Destination(self.started_at, self.quantum)
-            dest.connections += len(group)
-            dest.names.update("?" if name == "" else name for name in group["comm"].unique())
-            dest.quanta.add("opened", group["opened_at"].to_numpy(float)[group["_here"].to_numpy(bool)])
-            start, stop = timewait_intervals(group, self.followed)
-            dest.quanta.add("tw_start", start)
-            dest.quanta.add("tw_stop", stop)
+            dest.connections += len(members)
+            dest.names.update("?" if name == "" else name for name in set(comm[members].tolist()))
+            dest.quanta.add("opened", opened_at[members[opened_here[members]]])
+            ended = members[made[members]]
+            dest.quanta.add("tw_start", start[ended])
+            dest.quanta.add("tw_stop", stop[ended])
 
     def _reach(self, moment: float) -> None:
         """The run has lasted until `moment` at least: a coarser quantum where it is due."""

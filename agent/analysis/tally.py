@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import sketches
 from .lives import CONNECTION_COLUMNS, EXTRA_COLUMNS
+from .columns import Columns
 from .grouped import HIGHEST, LOWEST, SKETCH, SUM, Grouped
 from .occupancy import Occupancy
 from .rules import TIMEWAIT_CLOSES
@@ -28,6 +29,7 @@ LIFETIME_BIN_S, LIFETIME_MAX_S = 0.1, 180.0  # report.html's histogram of TIME_W
 KERNEL_KILLED_S = 4.0  # the kernel counts a timewait armed for this long or less as TWKilled, else TW
 PEER_KEYS = ["direction", "raddr", "rport", "lport"]  # see peer_keys
 OWNER = ["pid", "comm", "netns", "container", "unit", "workload"]
+KEY_TYPES = {"pid": "Int64", "direction": "str", "raddr": "str", "rport": "Int64", "lport": "Int64"}  # (others: objects)
 CLOSE_COUNTS = {  # processes.csv's column -> the initiator it counts
     "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
     "resets_local": "reset_local", "resets_remote": "reset_remote", "closes_unseen": "close_unseen",
@@ -48,10 +50,21 @@ PEER_MEASURES = {c: SUM for c in ("connections", "active_closes", "passive_close
                                   "timewait_count", "close_wait_open")} | CHURN_MEASURES
 
 
-def opened_here(rows: pd.DataFrame, started_at: float) -> np.ndarray:
+def opened_here(rows: Columns, started_at: float) -> np.ndarray:
     """The lives opened while tracing: only they count towards rates and durations (a life
     begun before has no known start: its duration is a lower bound)."""
-    return (~rows["partial"].to_numpy(bool) & (rows["opened_at"].to_numpy(float) >= started_at))
+    return ~rows["partial"].astype(bool, copy=False) & (rows["opened_at"] >= started_at)
+
+
+def _peer_columns(role: np.ndarray, raddr: np.ndarray, rport: np.ndarray, lport: np.ndarray) -> dict:
+    """peer_keys' columns from the rows' (their text as objects)."""
+    inbound = role == "server"
+    return {
+        "direction": np.where(inbound, "inbound", np.where(role == "client", "outbound", "unknown")),
+        "raddr": raddr,
+        "rport": pd.arrays.IntegerArray(np.where(inbound, 0, rport).astype(np.int64), inbound.copy()),
+        "lport": pd.arrays.IntegerArray(np.where(inbound, lport, 0).astype(np.int64), ~inbound),
+    }
 
 
 def peer_keys(conns: pd.DataFrame) -> pd.DataFrame:
@@ -60,34 +73,29 @@ def peer_keys(conns: pd.DataFrame) -> pd.DataFrame:
     Outbound (this host connected): the remote address and port.  Inbound (a peer
     connected to us): the remote address and our local port, the service it came
     to, since each of its connections comes from a new ephemeral port."""
-    inbound = (conns["role"] == "server").to_numpy()
-    return pd.DataFrame({
-        "direction": np.where(inbound, "inbound", np.where(conns["role"] == "client", "outbound", "unknown")),
-        "raddr": conns["raddr"].to_numpy(),
-        "rport": pd.array(np.where(inbound, None, conns["rport"]), dtype="Int64"),
-        "lport": pd.array(np.where(inbound, conns["lport"], None), dtype="Int64"),
-    }, index=conns.index)
+    return pd.DataFrame(_peer_columns(conns["role"].to_numpy(object), conns["raddr"].to_numpy(),
+                                      conns["rport"].to_numpy(), conns["lport"].to_numpy()), index=conns.index)
 
 
-def measures(rows: pd.DataFrame, started_at: float) -> pd.DataFrame:
+def measures(rows: Columns, started_at: float) -> Columns:
     """The figures' measures of each row (OWNER_MEASURES), beside the rows' key columns."""
-    initiator = rows["initiator"].to_numpy(object)
-    reason = rows["tw_end_reason"].to_numpy(object)
-    role = rows["role"].to_numpy(object)
-    made = rows["tw_made"].to_numpy(bool)
-    ended = rows["tw_ended"].to_numpy(bool)
-    tw_s = rows["tw_s"].to_numpy(float)
+    initiator = rows["initiator"]
+    reason = rows["tw_end_reason"]
+    role = rows["role"]
+    made = rows["tw_made"].astype(bool, copy=False)
+    ended = rows["tw_ended"].astype(bool, copy=False)
+    tw_s = rows["tw_s"]
     here = opened_here(rows, started_at)
-    closed = here & ~np.isnan(rows["closed_at"].to_numpy(float))
-    duration = rows["duration_s"].to_numpy(float)
+    closed = here & ~np.isnan(rows["closed_at"])
+    duration = rows["duration_s"]
     decided = np.isin(initiator, ["active", "passive", "simultaneous"])
-    cw_open = rows["close_wait_open"].to_numpy(bool)
-    short_timeout = made & (rows["tw_timeout_s"].to_numpy(float) <= KERNEL_KILLED_S)
+    cw_open = rows["close_wait_open"].astype(bool, copy=False)
+    short_timeout = made & (rows["tw_timeout_s"] <= KERNEL_KILLED_S)
     out = {
         "connections": np.ones(len(rows), dtype=np.int64),
         **{c: initiator == kind for c, kind in CLOSE_COUNTS.items()},
         "timewait_count": made, **{c: reason == value for c, value in TIMEWAIT_REASONS.items()},
-        "timewait_overflow": rows["tw_overflow"].to_numpy(bool), "close_wait_open": cw_open,
+        "timewait_overflow": rows["tw_overflow"].astype(bool, copy=False), "close_wait_open": cw_open,
         "servers": role == "server", "tw_as_server": made & (role == "server"),
         "kernel_tw": made & ~short_timeout, "kernel_tw_killed": short_timeout,
         "opened": here, "closed_here": closed, "short": closed & (duration < SHORT_S), "decided": decided,
@@ -95,15 +103,15 @@ def measures(rows: pd.DataFrame, started_at: float) -> pd.DataFrame:
         "duration": np.where(closed, duration, np.nan),
         # the percentiles and maxima are over the TIME_WAITs whose end was seen, not the ages of open ones
         "timewait": np.where(ended, tw_s, np.nan), "timewait_max_s": np.where(ended, tw_s, np.nan),
-        "close_wait_since": np.where(cw_open, rows["close_wait_at"].to_numpy(float), np.nan),
-        "opened_at": rows["opened_at"].to_numpy(float),
+        "close_wait_since": np.where(cw_open, rows["close_wait_at"], np.nan),
+        "opened_at": rows["opened_at"],
     }
     out["resets"] = out["resets_local"] | out["resets_remote"]
-    keys = {k: (rows[k] if k in rows else pd.Series(None, index=rows.index, dtype=object)).reset_index(drop=True)
-            for k in OWNER}
+    keys = {k: rows[k] if k in rows else np.full(len(rows), None, dtype=object) for k in OWNER}
     comm = keys["comm"]
-    return pd.concat([pd.DataFrame({**keys, **out, "who": comm.where(comm != "", "?")}),
-                      peer_keys(rows).reset_index(drop=True)], axis=1)
+    who = np.where(comm != "", comm, "?").astype(object)
+    return Columns({**keys, **out, "who": who,
+                    **_peer_columns(role, rows["raddr"], rows["rport"], rows["lport"])}, length=len(rows))
 
 
 class Tally:
@@ -113,10 +121,10 @@ class Tally:
     def __init__(self, started_at: float, timewait_followed: bool = True):
         """timewait_followed: the run followed TIME_WAIT ends (RunInfo.timewait_followed)."""
         self.started_at = started_at
-        self.owners = Grouped(OWNER, OWNER_MEASURES, started_at=started_at)
-        self.peers = Grouped(PEER_KEYS, PEER_MEASURES, started_at=started_at, names_of="who")
+        self.owners = Grouped(OWNER, OWNER_MEASURES, started_at=started_at, dtypes=KEY_TYPES)
+        self.peers = Grouped(PEER_KEYS, PEER_MEASURES, started_at=started_at, names_of="who", dtypes=KEY_TYPES)
         # the TIME_WAITs made per owner and peer: whom an owner's TIME_WAITs are towards
-        self.makers = Grouped([*OWNER, "raddr", "rport"], {"timewait_count": SUM})
+        self.makers = Grouped([*OWNER, "raddr", "rport"], {"timewait_count": SUM}, dtypes=KEY_TYPES)
         self.occupancy = Occupancy(started_at, timewait_followed)
         self.owner_src: Counter = Counter()  # how the owners were learnt
         self.end_reasons: Counter = Counter()  # of the TIME_WAITs made
@@ -133,33 +141,34 @@ class Tally:
         tally.add(rows)
         return tally
 
-    def add(self, rows: pd.DataFrame) -> None:
-        if not len(rows):
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
             return
+        rows = Columns(frame=frame)
         measured = measures(rows, self.started_at)
         self.owners.add(measured)
         self.peers.add(measured)
-        made = rows["tw_made"].to_numpy(bool)
+        made = measured["timewait_count"]
         if made.any():
-            self.makers.add(measured[made])
-        self.occupancy.add(rows, measured["opened"].to_numpy(bool))
+            self.makers.add(measured.where(made))
+        self.occupancy.add(rows, measured["opened"])
         if "owner_src" in rows:
-            self.owner_src.update(rows["owner_src"].value_counts().to_dict())
-        self.end_reasons.update(rows.loc[made, "tw_end_reason"].value_counts().to_dict())
-        self._add_lifetimes(rows, measured["timewait"].to_numpy(float))
-        cw = rows["close_wait_open"].to_numpy(bool)
+            self.owner_src.update(rows.counts("owner_src"))
+        self.end_reasons.update(rows.counts("tw_end_reason", made))
+        self._add_lifetimes(rows, measured["timewait"])
+        cw = measured["close_wait_open"]
         if cw.any():
-            self._close_waits.append(rows[cw])
+            self._close_waits.append(frame[cw])
 
-    def _add_lifetimes(self, rows: pd.DataFrame, ended_s: np.ndarray) -> None:
-        fin_wait2 = rows["tw_fin_wait2_s"].to_numpy(float)
+    def _add_lifetimes(self, rows: Columns, ended_s: np.ndarray) -> None:
+        fin_wait2 = rows["tw_fin_wait2_s"]
         self._host["fin_wait2"].add(np.zeros(len(rows), dtype=np.int64), fin_wait2)
         if (~np.isnan(fin_wait2)).any():
             self.fin_wait2_max = np.fmax(self.fin_wait2_max, np.nanmax(fin_wait2))
         # how long a TIME_WAIT holds its port: those that expired in TIME_WAIT, after the peer's
         # FIN (one that expired in the FIN_WAIT2 substate, tcp_fin_timeout, says nothing of that)
-        expired = rows["tw_end_reason"].to_numpy(object) == "expired"
-        in_time_wait = rows["tw_s"].to_numpy(float) - np.nan_to_num(fin_wait2)
+        expired = rows["tw_end_reason"] == "expired"
+        in_time_wait = rows["tw_s"] - np.nan_to_num(fin_wait2)
         self._host["in_time_wait"].add(np.zeros(len(rows), dtype=np.int64),
                                        np.where(expired & (in_time_wait > 1.0), in_time_wait, np.nan))
         seen = ended_s[~np.isnan(ended_s)]  # (never below zero: analysis.timewait leaves such an end unknown)
