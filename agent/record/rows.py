@@ -62,8 +62,8 @@ class RowsWriter:
 
     def append_table(self, rows: pa.Table) -> None:
         """Rows already in SCHEMA (table())."""
-        if rows.num_rows:
-            self._writer.write_table(rows)
+        if rows.num_rows:  # (one batch, whatever chunks its columns came in: an append is whole or not there)
+            self._writer.write_table(rows.combine_chunks())
             self.rows += rows.num_rows
             self.file.flush()
 

@@ -2,6 +2,8 @@
 disk in record.rows' format)."""
 import io
 
+import pandas as pd
+
 import pytest
 
 from agent.analysis import lives
@@ -37,6 +39,20 @@ def test_a_rows_file_cut_short_reads_up_to_its_last_whole_batch():
         assert list(rows.read(io.BytesIO(data[:cut]))["pid"]) == [1, 2]
     assert list(rows.read(io.BytesIO(data))["pid"]) == [1, 2, 3, 4]
     assert rows.read(io.BytesIO(data[:5])).empty  # not even the schema: no rows, not an error
+
+
+def test_an_append_is_one_batch_whatever_chunks_its_text_came_in():
+    """Rows whose text columns are Arrow text made of several chunks (lives gathered from
+    several arrivals): still one batch, so that a file cut short holds an append whole or not."""
+    import pyarrow as pa
+
+    two_chunks = pd.concat([conns_of(1, 2), conns_of(3)], ignore_index=True)
+    two_chunks["comm"] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([["a", "b"], ["c"]])))
+    assert rows.table(two_chunks)["comm"].num_chunks == 2
+    buf = io.BytesIO()
+    rows.RowsWriter(buf).append(two_chunks)
+    batches = list(rows.batches(io.BytesIO(buf.getvalue())))
+    assert [len(batch) for batch in batches] == [3] and list(batches[0]["comm"]) == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("idle_cores, due_after", [(0.0, 1.6 / 0.1), (0.3, 1.6 / 0.1), (0.7, 1.6 / 0.5),
