@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .columns import Columns
+
 
 def shared_at_end(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
     """A life credited to its listener's owner only (it ended with no syscall of its owner:
@@ -38,13 +40,13 @@ def shared_at_end(out: pd.DataFrame, seen_at_end: pd.DataFrame) -> None:
 def listener_owners(out: pd.DataFrame) -> dict[tuple, set[int]]:
     """Per listener (network namespace, "" where none was learnt; local address; port), the
     processes whose own syscall closed one of its children (server lives, owner_src syscall)."""
-    server = (out["role"] == "server").to_numpy() & (out["owner_src"] == "syscall").to_numpy()
-    seen = out.loc[server, ["netns", "laddr", "lport", "pid"]]
-    seen = seen.assign(netns=seen["netns"].fillna("").astype(str), lport=seen["lport"].astype(int),
-                       pid=seen["pid"].astype(int)).drop_duplicates()
+    server = np.flatnonzero((out["role"] == "server").to_numpy() & (out["owner_src"] == "syscall").to_numpy())
     owners: dict[tuple, set[int]] = {}
-    for netns, laddr, lport, pid in seen.itertuples(index=False):
-        owners.setdefault((netns, laddr, lport), set()).add(pid)
+    if not len(server):
+        return owners
+    # (each distinct (netns, laddr, lport, pid) once: a listener's children are many)
+    for netns, laddr, lport, pid in Columns(frame=out).where(server).groups(["netns", "laddr", "lport", "pid"])[1]:
+        owners.setdefault(("" if netns is None else str(netns), laddr, int(lport)), set()).add(int(pid))
     return owners
 
 

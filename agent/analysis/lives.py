@@ -142,17 +142,29 @@ def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     """PLACE_COLUMNS, `pod_name` (the container's pod, "namespace/name", from `pods`) and
     `workload` (the container, else the unit, else the process name), from each credited
     owner's cgroup path, each distinct path parsed once."""
-    known = out["owner_src"].isin(rules.OWNERS_KNOWN).to_numpy()
+    known = rules.owner_known(out["owner_src"].to_numpy(object))
     codes, paths = pd.factorize(out["cgroup"].to_numpy(object))  # (-1: none, NaN or None)
-    placed = [workload(path) if isinstance(path, str) else None for path in paths]
-    codes = np.where(known & (codes >= 0), codes, len(placed))  # (an owner not credited: none)
-    for column in PLACE_COLUMNS:  # (cgroup too)
-        values = np.array([*(getattr(p, column) if p is not None else None for p in placed), None], dtype=object)
-        out[column] = pd.Series(values[codes], index=out.index, dtype=object)
-    out["pod_name"] = out["container"].map(pods).astype(object)
-    out["pod_name"] = out["pod_name"].where(out["pod_name"].notna(), None)
-    out["workload"] = out["container"].where(out["container"].notna(), out["unit"])
-    out["workload"] = out["workload"].where(out["workload"].notna(), out["comm"])
+    placed = [*(workload(path) if isinstance(path, str) else None for path in paths), None]
+    codes = np.where(known & (codes >= 0), codes, len(placed) - 1)  # (an owner not credited: none)
+
+    def column(values) -> pd.Series:  # (a value per distinct place, one per row)
+        return pd.Series(np.array(list(values), dtype=object)[codes], index=out.index, dtype=object)
+
+    for name in PLACE_COLUMNS:  # (cgroup too)
+        out[name] = column(getattr(p, name) if p is not None else None for p in placed)
+    containers = [p.container if p is not None and not pd.isna(p.container) else None for p in placed]
+    out["pod_name"] = column(None if c is None or pd.isna(pods.get(c, np.nan)) else pods[c] for c in containers)
+    named = column(c if c is not None else p.unit if p is not None and not pd.isna(p.unit) else None
+                   for c, p in zip(containers, placed)).to_numpy(copy=True)
+    unnamed = pd.isna(named)
+    named[unnamed] = out["comm"].to_numpy(object)[unnamed]
+    out["workload"] = pd.Series(named, index=out.index, dtype=object)
+
+
+def _as_text(values: pd.Series):
+    """A text column as a frame made of arrays takes it: pandas' text (Arrow's) kept as it is,
+    and Python objects as an array, which the frame makes text where they all are (or none)."""
+    return values if isinstance(values.dtype, pd.StringDtype) else values.to_numpy(object)
 
 
 @dataclass
@@ -166,25 +178,38 @@ class Carried:
 
 def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | None = None,
                 pods: dict[str, str] | None = None, carried: Carried | None = None, final: bool = True) -> pd.DataFrame:
-    """One row per socket life, contract columns first (DESIGN.md section 3).
+    """One row per socket life, contract columns first (DESIGN.md section 3): connection_rows()
+    of the events of a run (decode's kinds), or of one batch of its lives with what they need.
 
     ended_at: when tracing stopped, the age reference for lives still open.
     timewait_method: how the run followed TIME_WAIT ends: "timers", "diag" or None (see timewait.timewaits).
     pods: container -> its Kubernetes pod, as the tracer read them (RunInfo.pods).
     carried: for one batch of a run's lives (analysis.stream): the snapshot at the start and the
     listeners' owners of the batches before, updated here; None: `events` are the whole run.
-    final: the last batch: the snapshot's connections no life claimed are added as open lives.
+    final: the last batch: the snapshot's connections no life has claimed are added as open lives.
     """
-    lives = events[events["kind"].isin(["life", "open"])].reset_index(drop=True)
-    existing = carried.existing if carried is not None else events[events["kind"] == "existing"]
+    kind = events["kind"].to_numpy(object)
+    of = lambda *kinds: events.iloc[np.flatnonzero(np.isin(kind, kinds))]  # noqa: E731
+    return connection_rows(of("life", "open").reset_index(drop=True), of("tw_end", "tw_open")[TIMEWAIT_COLUMNS],
+                           ended_at, timewait_method, pods, carried, final, resets=of("reset_sent"),
+                           seen_at_end=of("seen_at_end"), existing=of("existing"))
+
+
+def connection_rows(lives: pd.DataFrame, ends: pd.DataFrame, ended_at: float, timewait_method: str | None = None,
+                    pods: dict[str, str] | None = None, carried: Carried | None = None, final: bool = True,
+                    resets: pd.DataFrame | None = None, seen_at_end: pd.DataFrame | None = None,
+                    existing: pd.DataFrame | None = None) -> pd.DataFrame:
+    """connections() of lives (kinds "life" and "open") and the timewait ends they may have
+    (kinds "tw_end" and "tw_open"), apart: a stream's batch comes so, and joining them only
+    to split them again copies every column twice.  resets (EV_RESET_SENT records), the
+    sockets seen at the end and the snapshot at the start (None: none; with `carried`, its
+    own snapshot is taken)."""
+    existing = carried.existing if carried is not None else existing if existing is not None else lives.iloc[:0]
     lives, untouched = _with_existing(lives, existing)
     if final and len(untouched):
         lives = pd.concat([lives, untouched.assign(kind="open")], ignore_index=True)
     if carried is not None:
         carried.existing = untouched.iloc[:0] if final else untouched
-    # the columns the joins read only: on a long run each copy of every column is gigabytes
-    resets = events.loc[events["kind"] == "reset_sent", ["event_at", "skaddr"]]
-    ends = events.loc[events["kind"].isin(["tw_end", "tw_open"]), TIMEWAIT_COLUMNS]
     if not len(lives):  # (the rule columns boolean even when empty: they index rows)
         return pd.DataFrame(columns=CONNECTION_COLUMNS + EXTRA_COLUMNS).astype(
             {"tw_made": bool, "tw_ended": bool, "close_wait_open": bool})
@@ -193,58 +218,66 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     role = rules.choose([rules.entered(states, "SYN_SENT"), rules.entered(states, "SYN_RECV")],
                         ["client", "server"], "unknown")
     closed = lives["kind"].to_numpy(object) == "life"
-    closed_at = np.where(closed, lives["event_at"].astype(float), np.nan)
+    closed_at = np.where(closed, lives["event_at"].to_numpy(float), np.nan)
     # the full socket handed over to a timewait socket at this ->CLOSE
     made_tw = closed & rules.timewait_due(initiator)
-    owner_known = rules.owner_known(lives["owner_src"])
+    owner_known = rules.owner_known(lives["owner_src"].to_numpy(object))
     flags = lives["flags_raw"].to_numpy(np.int64)
     end = np.where(closed, closed_at, ended_at)
     tw = timewaits(lives, ends, made_tw, closed_at, ended_at, timewait_method)
+    opened_at = lives["opened_at"].to_numpy(float)
+    pid = pd.array(lives["pid"].to_numpy(), dtype="Int64")
+    rst_sent = ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0)
+    if resets is not None and len(resets):
+        rst_sent |= rst_sent_after_close(lives, resets)
+    partial = (flags & layout.DEFINES["FLAG_PARTIAL"]) != 0
+    # an orphan given up with a reset never gets a TIME_WAIT.  A TIME_WAIT due whose timer
+    # nothing linked is an overflow only where the close was seen whole; a life first seen
+    # mid-way or whose ->CLOSE the kernel skipped says nothing of it: its TIME_WAIT's fate is
+    # unknown, not a tcp_max_tw_buckets overflow
+    overflow = tw["tw_overflow"] & ~rst_sent
+    unsure = overflow & (partial | ((flags & layout.DEFINES["FLAG_MISSED_CLOSE"]) != 0))
+    reason = np.where(unsure, "unknown", tw["tw_end_reason"]).astype(object)
+    last_state = lives["last_state"]
+    text = lambda values: pd.Series(values, dtype=object, copy=False)  # noqa: E731  (objects: not taken for text)
     out = pd.DataFrame({
-        "pid": pd.array(np.where(owner_known, lives["pid"], None), dtype="Int64"),
-        "comm": np.where(owner_known, lives["comm"], ""),
+        "pid": pd.arrays.IntegerArray(pid.to_numpy(np.int64, na_value=0), pid.isna() | ~owner_known),
+        "comm": _as_text(lives["comm"].where(owner_known, "")),
         "family": lives["family"],
         "laddr": lives["laddr"],
-        "lport": lives["lport"].astype(int),
+        "lport": lives["lport"].to_numpy(np.int64),
         "raddr": lives["raddr"],
-        "rport": lives["rport"].astype(int),
+        "rport": lives["rport"].to_numpy(np.int64),
         "role": role,
         "initiator": initiator,
-        "opened_at": lives["opened_at"].astype(float),
+        "opened_at": opened_at,
         "closed_at": closed_at,
-        "duration_s": end - lives["opened_at"].astype(float),
+        "duration_s": end - opened_at,
         "tw_start": tw["tw_start"],
         "tw_end": tw["tw_end"],
         "tw_s": tw["tw_s"],
-        "tw_end_reason": tw["tw_end_reason"],
-        "close_wait_at": lives["close_wait_at"].astype(float),
-        "last_state": lives["last_state"],
+        "tw_end_reason": reason,
+        "close_wait_at": lives["close_wait_at"].to_numpy(float),
+        "last_state": last_state,
         "owner_src": lives["owner_src"],
-        "rst_sent": ((flags & layout.DEFINES["FLAG_RST_SENT"]) != 0) | rst_sent_after_close(lives, resets),
-        "partial": (flags & layout.DEFINES["FLAG_PARTIAL"]) != 0,
+        "rst_sent": rst_sent,
+        "partial": partial,
         "skaddr": lives["skaddr"],
         "tw_fin_wait2_s": tw["tw_fin_wait2_s"],
-        "tw_overflow": tw["tw_overflow"],
-        "tw_timeout_s": lives["tw_timeout_s"].astype(float),
-        "netns": lives["netns"] if "netns" in lives else None,
-        "thread_comm": np.where(owner_known, lives["thread_comm"], None) if "thread_comm" in lives else None,
+        "tw_overflow": overflow & ~unsure,
+        "tw_timeout_s": lives["tw_timeout_s"].to_numpy(float),
+        "netns": text(lives["netns"].to_numpy(object) if "netns" in lives else np.full(len(lives), None, object)),
+        "thread_comm": np.where(owner_known, lives["thread_comm"].to_numpy(object), None)
+                       if "thread_comm" in lives else np.full(len(lives), None, object),
+        "tw_made": ~np.isnan(tw["tw_start"]),  # a timewait socket was made (its start is known)
+        "tw_ended": np.isin(reason, rules.ENDED_TIMEWAIT),  # and its end was seen
+        "close_wait_open": rules.close_wait_open(initiator, last_state.to_numpy(object)),
+        "cgroup": text(lives["cgroup"].to_numpy(object) if "cgroup" in lives else np.full(len(lives), None, object)),
+        "fd": pd.arrays.IntegerArray(np.zeros(len(lives), np.int64), np.ones(len(lives), bool)),
     })
-    out["tw_overflow"] &= ~out["rst_sent"]  # an orphan given up with a reset never gets a TIME_WAIT
-    # A TIME_WAIT due whose timer nothing linked is an overflow only where the close was seen
-    # whole; a life first seen mid-way or whose ->CLOSE the kernel skipped says nothing of it:
-    # its TIME_WAIT's fate is unknown, not a tcp_max_tw_buckets overflow
-    unsure = out["tw_overflow"] & (out["partial"] | ((flags & layout.DEFINES["FLAG_MISSED_CLOSE"]) != 0))
-    out.loc[unsure, "tw_overflow"] = False
-    out.loc[unsure, "tw_end_reason"] = "unknown"
-    out["tw_made"] = out["tw_start"].notna()  # a timewait socket was made (its start is known)
-    out["tw_ended"] = out["tw_end_reason"].isin(rules.ENDED_TIMEWAIT)  # and its end was seen
-    out["close_wait_open"] = rules.close_wait_open(out["initiator"], out["last_state"])
-    out["cgroup"] = lives["cgroup"].to_numpy(object) if "cgroup" in lives else None
-    out["fd"] = pd.array(np.full(len(out), np.nan), dtype="Int64")
-    out["netns"] = out["netns"].astype(object)
-    seen_at_end = events[events["kind"] == "seen_at_end"]
-    _from_fd_tables(out, seen_at_end)
-    listeners.shared_at_end(out, seen_at_end)
+    if seen_at_end is not None and len(seen_at_end):
+        _from_fd_tables(out, seen_at_end)
+        listeners.shared_at_end(out, seen_at_end)
     listeners.seen_shared(out, carried.owners if carried is not None else None)
     if carried is not None:
         for key, pids in listeners.listener_owners(out).items():

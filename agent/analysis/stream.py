@@ -35,7 +35,7 @@ from ..record import layout
 from ..record.decode import concat, empty_events, widened
 from . import reuses
 from .held import Held
-from .lives import Carried, connections, rst_sent_after_close
+from .lives import Carried, connection_rows, connections, rst_sent_after_close
 from .rules import FOUR_TUPLE
 from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, indexed, timewait_name
 
@@ -98,8 +98,7 @@ class Stream:
         parts[0] = np.sort(np.concatenate([chosen[~alone], parts[0]]))
         for part in parts:
             lives = self._lives.frame(part)
-            yield connections(concat([lives, self._ends_of(lives)]) if len(lives) else empty_events(), now,
-                              self.method, self.pods, self._carried, final=False)
+            yield connection_rows(lives, self._ends_of(lives), now, self.method, self.pods, self._carried, final=False)
         self._keep_ends(self._lives.names(chosen), now)
         self._lives.drop(chosen)
         self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
@@ -138,8 +137,8 @@ class Stream:
         alone = alive[self._alone()[alive]]
         for part in np.array_split(alone, -(-len(alone) // PART_LIVES)) if len(alone) else []:
             lives = self._lives.frame(part)
-            yield connections(concat([lives, self._ends_of(lives)]), ended_at, self.method, self.pods,
-                              self._carried, final=False)
+            yield connection_rows(lives, self._ends_of(lives), ended_at, self.method, self.pods, self._carried,
+                                  final=False)
         lives = self._lives.frame(np.setdiff1d(alive, alone))
         ends = self._ends_of(lives)
         self._lives, self._ends, self._end_names = Held(), empty_events(), indexed(timewait_name(empty_events()))
@@ -188,8 +187,8 @@ class Stream:
         for part in parts:
             if len(part):
                 lives = self._lives.frame(part)
-                yield connections(concat([lives, self._ends_of(lives), _still_open(lives[waiting[part]], now)]), now,
-                                  self.method, self.pods, carried, final=False)
+                yield connection_rows(lives, concat([self._ends_of(lives), _still_open(lives[waiting[part]], now)]),
+                                      now, self.method, self.pods, carried, final=False)
 
     def _ends_of(self, lives: pd.DataFrame) -> pd.DataFrame:
         """The ends held of these lives' timewait sockets: the last of each name, which is the

@@ -74,19 +74,21 @@ def end_of(lives: dict[str, np.ndarray], ends: dict[str, np.ndarray]) -> np.ndar
     return np.where((found >= 0) & same, at, -1)
 
 
-def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> pd.DataFrame:
+def _timewait_ends(lives: pd.DataFrame, timewaits: pd.DataFrame) -> dict[str, np.ndarray]:
     """For each life, the end record of the timewait socket it made (None/NaN where none): the
     last that arrived, an end before one read open (the end of a run reads the timewaits still
-    followed, then the ring once more: one that ended meanwhile is in both)."""
-    ends = timewaits.iloc[np.argsort((timewaits["kind"] != "tw_open").to_numpy(), kind="stable")]  # (opens first)
-    at = end_of(timewait_name(lives), timewait_name(ends))
-    found, pick = at >= 0, np.maximum(at, 0)
+    followed, then the ring once more: one that ended meanwhile is in both).  Its kind,
+    event_at, tw_end and tw_rearm_at, as arrays."""
+    order = np.argsort((timewaits["kind"].to_numpy(object) != "tw_open"), kind="stable")  # (opens first)
+    names = {name: values[order] for name, values in timewait_name(timewaits).items()}
+    at = end_of(timewait_name(lives), names)
+    found, pick = at >= 0, order[np.maximum(at, 0)] if len(order) else at
     out = {}
     for column in ("kind", "event_at", "tw_end", "tw_rearm_at"):
-        values = ends[column].to_numpy(object if column in ("kind", "tw_end") else float)
+        values = timewaits[column].to_numpy(object if column in ("kind", "tw_end") else float)
         none = None if values.dtype == object else np.nan
         out[column] = np.where(found, values[pick], none) if len(values) else np.full(len(lives), none, dtype=values.dtype)
-    return pd.DataFrame(out)
+    return out
 
 
 def server_side(states_raw) -> np.ndarray:
@@ -160,8 +162,8 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     anything else (an older recording, or nothing followed): the start only."""
     n = len(lives)
     if method == "timers":
-        linked = lives["tw_timer"].astype(np.uint64).to_numpy() != 0
-        start = np.where(linked, lives["tw_start_at"].astype(float), np.nan)
+        linked = lives["tw_timer"].to_numpy(np.uint64) != 0
+        start = np.where(linked, lives["tw_start_at"].to_numpy(float), np.nan)
         end_rec = _timewait_ends(lives, ends)
     elif method == "diag":
         linked = made_tw.copy()
@@ -171,9 +173,9 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
         return {"tw_start": np.where(made_tw, closed_at, np.nan), "tw_end": np.full(n, np.nan),
                 "tw_s": np.full(n, np.nan), "tw_end_reason": choose([made_tw], ["open"], "none"),
                 "tw_fin_wait2_s": np.full(n, np.nan), "tw_overflow": np.zeros(n, dtype=bool)}
-    how = end_rec["tw_end"].to_numpy(object)
-    end_at = end_rec["event_at"].astype(float).to_numpy()
-    is_open = linked & (end_rec["kind"].to_numpy(object) == "tw_open")
+    how = np.asarray(end_rec["tw_end"], dtype=object)
+    end_at = np.asarray(end_rec["event_at"], dtype=float)
+    is_open = linked & (np.asarray(end_rec["kind"], dtype=object) == "tw_open")
     # the BPF side marks a cancel in a connect() to the timewait's remote end as a reuse
     # (bpf/tcpclose.bpf.c, "Reused or killed"); the others are cancels it could not
     # explain (older recordings, sock_diag, a connect() that moved CPU midway): joined here
@@ -199,7 +201,7 @@ def timewaits(lives: pd.DataFrame, ends: pd.DataFrame, made_tw: np.ndarray, clos
     # FIN_WAIT2 substate: a timewait armed for tcp_fin_timeout rather than 60 s
     # waits for the peer's FIN, which re-arms it for TIME_WAIT; with the default
     # tcp_fin_timeout of 60 s only a re-arm into another wheel bucket shows it.
-    rearm_at = end_rec["tw_rearm_at"].astype(float).to_numpy()
+    rearm_at = np.asarray(end_rec["tw_rearm_at"], dtype=float)
     timeout = lives["tw_timeout_s"].astype(float).to_numpy()
     fin_timeout_armed = linked & (np.abs(timeout - TIME_WAIT_LEN_S) > 0.5)
     until = np.where(~np.isnan(rearm_at), rearm_at, np.where(fin_timeout_armed, start + tw_s, np.nan))
