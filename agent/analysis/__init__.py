@@ -4,6 +4,7 @@
   lives      socket lives -> connection rows (role, initiator, CLOSE_WAIT, TIME_WAIT)
   stream     the same rows made as the records arrive, each once nothing can change it
   held       the lives a stream holds until then
+  ends       the timewait ends it holds, and how each held life's TIME_WAIT ended so far
   reuses     whether a client took over a TIME_WAIT cancelled with no connect() seen
   listeners  whose are a listener's children where only the listener names them
   timewait   how each TIME_WAIT ended and how long it lived

@@ -35,9 +35,10 @@ from ..record import layout
 from ..record.decode import concat, empty_events, widened
 from . import reuses
 from .held import Held
-from .lives import Carried, connection_rows, connections, rst_sent_after_close
+from .lives import Carried, connection_rows, rst_sent_after_close
 from .rules import FOUR_TUPLE
-from .timewait import TIME_WAIT_LEN_S, diag_ends, end_of, indexed, timewait_name
+from .ends import Ended, HeldEnds
+from .timewait import TIME_WAIT_LEN_S
 
 GRACE_S = 2.0
 PARKED_MAX = 100_000
@@ -61,11 +62,8 @@ class Stream:
         self.pods = pods
         self._carried = Carried(existing if existing is not None else empty_events())
         self._lives = Held()
-        self._ends = empty_events()
+        self._ends = HeldEnds(timewait_method)
         self._resets = pd.DataFrame({"event_at": np.zeros(0), "skaddr": np.zeros(0, np.uint64), "arrived": np.zeros(0)})
-        self._end_names = indexed(timewait_name(empty_events()))
-        self._followed = empty_events()  # the timewait sockets still open at the end (finish_parts), by timer
-        self._followed_names = self._end_names
         self.settled_early = 0  # lives settled before what they waited for (PARKED_MAX, a lost end)
 
     @property
@@ -98,8 +96,8 @@ class Stream:
         parts[0] = np.sort(np.concatenate([chosen[~alone], parts[0]]))
         for part in parts:
             lives = self._lives.frame(part)
-            yield connection_rows(lives, self._ends_of(lives), now, self.method, self.pods, self._carried, final=False)
-        self._keep_ends(self._lives.names(chosen), now)
+            yield connection_rows(lives, self._ends.of(lives), now, self.method, self.pods, self._carried, final=False)
+        self._ends.keep(self._lives, chosen, how, now, GRACE_S)
         self._lives.drop(chosen)
         self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
 
@@ -128,32 +126,30 @@ class Stream:
         arriving = np.isin(kind, ARRIVING)
         self._add(events[arriving], ended_at)
         still_open = events[kind == "tw_open"] if followed is None else followed
-        if self.method == "timers":  # each found by its name for its life's part (_ends_of), after the ends
-            self._followed, self._followed_names = still_open.assign(arrived=ended_at), indexed(timewait_name(still_open))
-        elif len(still_open):  # (sock_diag's, by 4-tuple) before the ends: one after the read is the last of its name
-            self._ends = concat([widened(still_open).assign(arrived=ended_at), self._ends])
-            self._end_names = indexed(timewait_name(self._ends))
+        if self.method == "timers":
+            self._ends.follow(still_open, ended_at)
+        else:
+            self._ends.open_first(still_open, ended_at)
         alive = np.flatnonzero(self._lives.alive)
         alone = alive[self._alone()[alive]]
         for part in np.array_split(alone, -(-len(alone) // PART_LIVES)) if len(alone) else []:
             lives = self._lives.frame(part)
-            yield connection_rows(lives, self._ends_of(lives), ended_at, self.method, self.pods, self._carried,
+            yield connection_rows(lives, self._ends.of(lives), ended_at, self.method, self.pods, self._carried,
                                   final=False)
         lives = self._lives.frame(np.setdiff1d(alive, alone))
-        ends = self._ends_of(lives)
-        self._lives, self._ends, self._end_names = Held(), empty_events(), indexed(timewait_name(empty_events()))
-        self._followed, self._followed_names = empty_events(), self._end_names
-        yield connections(concat([lives, ends, events[~arriving & (kind != "tw_open")]]), ended_at, self.method,
-                          self.pods, self._carried, final=True)
+        ends = self._ends.of(lives)
+        self._lives, self._ends = Held(), HeldEnds(self.method)
+        yield connection_rows(concat([lives, events[kind == "open"]]), ends, ended_at, self.method, self.pods,
+                              self._carried, final=True, seen_at_end=events[kind == "seen_at_end"])
 
-    def _alone(self, how: np.ndarray | None = None) -> np.ndarray:
+    def _alone(self, how: Ended | None = None) -> np.ndarray:
         """Per held life: can its final row be made apart from the others (finish_parts)?  Not
         for a life credited to its listener, nor for a client's TIME_WAIT cancelled with no
         connect() seen taking it, nor for a life on the same two ports as one of those (the
         client that may have taken it over: timewait.taken_by_connect)."""
         columns = self._lives.columns
-        how = self._how_ended(columns["due"].astype(bool)) if how is None else how
-        unexplained = (how == "cancelled") & ~columns["server"].astype(bool)
+        how = self._ends.how(self._lives, columns["due"].astype(bool)) if how is None else how
+        unexplained = how.cancelled & ~columns["server"].astype(bool)
         ports = self._lives.ports()
         return ~columns["listener"].astype(bool) & ~np.isin(ports, ports[unexplained])
 
@@ -174,11 +170,11 @@ class Stream:
         if not len(alive):
             return
         columns = self._lives.columns
-        how = self._how_ended(columns["due"].astype(bool))
-        unexplained = (how == "cancelled") & ~columns["server"].astype(bool)  # (a cancel with no connect() seen: parked)
+        how = self._ends.how(self._lives, columns["due"].astype(bool))
+        unexplained = how.cancelled & ~columns["server"].astype(bool)  # (a cancel with no connect() seen: parked)
         settled = (columns["arrived"] <= now - GRACE_S) & ~columns["listener"].astype(bool) & ~unexplained
         chosen = alive if everything else alive[~(settled & columns["noted"])[alive]]
-        waiting = pd.isna(how) & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))
+        waiting = ~how.ended & ((columns["timer"] != 0) | (columns["due"].astype(bool) & (self.method == "diag")))
         self._lives.note(alive[settled[alive]])
         carried = Carried(self._carried.existing, {k: set(v) for k, v in self._carried.owners.items()})
         # the lives whose rows may depend on each other (a listener's children) in the first part
@@ -187,33 +183,15 @@ class Stream:
         for part in parts:
             if len(part):
                 lives = self._lives.frame(part)
-                yield connection_rows(lives, concat([self._ends_of(lives), _still_open(lives[waiting[part]], now)]),
+                yield connection_rows(lives, concat([self._ends.of(lives), _still_open(lives[waiting[part]], now)]),
                                       now, self.method, self.pods, carried, final=False)
-
-    def _ends_of(self, lives: pd.DataFrame) -> pd.DataFrame:
-        """The ends held of these lives' timewait sockets: the last of each name, which is the
-        one connections() takes (sock_diag's, matched by 4-tuple: all of them).  Not the others:
-        a minute of a busy host's ends would be copied at every step."""
-        if self.method != "timers":
-            return self._ends
-        names = timewait_name(lives)
-        found = end_of(names, self._end_names)
-        ends = self._ends.iloc[np.unique(found[found >= 0])]
-        if not len(self._followed):
-            return ends
-        # no end arrived: still open at the end of the run, if the BPF side still followed it
-        opened = end_of({name: values[found < 0] for name, values in names.items()}, self._followed_names)
-        return concat([widened(self._followed.iloc[np.unique(opened[opened >= 0])]), ends])
 
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
         the life it follows (as FLAG_RST_SENT, which connections() reads)."""
         kind = events["kind"].to_numpy(object)
         self._lives.add(events[kind == "life"], now)
-        arrived = events[np.isin(kind, END_KINDS)]
-        if len(arrived):
-            self._ends = concat([self._ends, arrived.assign(arrived=now)])
-            self._end_names = indexed(timewait_name(self._ends))
+        self._ends.add(events.iloc[np.flatnonzero(np.isin(kind, END_KINDS))], now)
         resets = events.loc[kind == "reset_sent", ["event_at", "skaddr"]]
         if len(resets):
             self._resets = pd.concat([self._resets, resets.assign(arrived=now)], ignore_index=True)
@@ -223,29 +201,17 @@ class Stream:
             hit = rst_sent_after_close(lives, self._resets)
             self._lives.set_flags(lives.index.to_numpy()[hit], layout.DEFINES["FLAG_RST_SENT"])
 
-    def _how_ended(self, due: np.ndarray) -> np.ndarray:
-        """Per held life, how its timewait socket ended (tw_end of its end record), None where
-        no end arrived."""
-        columns, n = self._lives.columns, len(due)
-        if self.method == "timers":
-            found = end_of(columns, self._end_names)
-            return np.where(found >= 0, np.append(self._ends["tw_end"].to_numpy(object), None)[found], None)
-        if self.method == "diag" and due.any():  # (4-tuples: the lives decoded whole; the slow fallback)
-            lives = self._lives.frame(np.arange(n))
-            return diag_ends(lives, self._ends, due, columns["closed_at"])["tw_end"].to_numpy(object)
-        return np.full(n, None, dtype=object)
-
-    def _waiting(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _waiting(self, now: float) -> tuple[np.ndarray, np.ndarray, Ended]:
         """Which held lives wait: for the end of their TIME_WAIT, or for the end of the run
         (parked); which no longer wait for what they waited for (settled early, if final); and
-        how each one's timewait socket ended (_how_ended)."""
+        how each one's timewait socket ended (HeldEnds.how)."""
         columns = self._lives.columns
         closed_at, due = columns["closed_at"], columns["due"].astype(bool)
-        how = self._how_ended(due)
+        how = self._ends.how(self._lives, due)
         if self.method == "timers":
-            no_end = (columns["timer"] != 0) & pd.isna(how)
+            no_end = (columns["timer"] != 0) & ~how.ended
         elif self.method == "diag":
-            no_end = due & pd.isna(how)
+            no_end = due & ~how.ended
         else:
             no_end = np.zeros(len(due), dtype=bool)
         # no timewait socket outlives its timeout and one TIME_WAIT after it (a peer's FIN
@@ -254,11 +220,12 @@ class Stream:
         timeout = np.nan_to_num(columns["timeout"], nan=TIME_WAIT_LEN_S)
         lost = no_end & (closed_at + timeout + 2 * TIME_WAIT_LEN_S < now)
         no_end &= ~lost
-        unexplained = np.flatnonzero(self._lives.alive & (how == "cancelled") & ~columns["server"].astype(bool))
-        check = reuses.may_be_reused(self._lives, self._ends, self._end_names, self.method, unexplained, now)
+        unexplained = np.flatnonzero(self._lives.alive & how.cancelled & ~columns["server"].astype(bool))
+        check = reuses.may_be_reused(self._lives, self._ends.frame, self._ends.names, self.method, unexplained, now)
         if len(check):
-            taken = reuses.reused_now(self._lives, self._ends, self._end_names, self.method, check)
+            taken = reuses.reused_now(self._lives, self._ends.frame, self._ends.names, self.method, check)
             unexplained = np.setdiff1d(unexplained, check[taken])
+            self._ends.reindex()  # (the ends of those taken say "reused" now)
         parked = columns["listener"].astype(bool) & self._lives.alive
         parked[unexplained] = True
         over = int(parked.sum()) - PARKED_MAX
@@ -267,23 +234,6 @@ class Stream:
             parked[oldest] = False
             lost[oldest] = True
         return no_end | parked, lost, how
-
-    def _keep_ends(self, final: dict[str, np.ndarray], now: float) -> None:
-        """Hold the ends still wanted: not those of the lives made final now (Held.names), nor
-        those older than GRACE_S whose life is not held (it ended before tracing)."""
-        if not len(self._ends):
-            return
-        if self.method == "timers":
-            index = np.arange(len(self._ends))
-            used = np.isin(index, end_of(final, self._end_names))
-            wanted = np.isin(index, end_of(self._lives.names(self._lives.alive), self._end_names))
-        else:  # a 4-tuple's next life may be held: its ends are kept while one is
-            used = np.zeros(len(self._ends), dtype=bool)
-            held = self._lives.frame(np.flatnonzero(self._lives.alive))
-            wanted = reuses.tuples(self._ends).isin(reuses.tuples(held))
-        recent = self._ends["arrived"].astype(float).to_numpy() > now - GRACE_S
-        self._ends = self._ends[~used & (wanted | recent)].reset_index(drop=True)
-        self._end_names = indexed(timewait_name(self._ends))
 
 
 def _still_open(lives: pd.DataFrame, now: float) -> pd.DataFrame:

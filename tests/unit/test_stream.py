@@ -167,6 +167,25 @@ def test_a_client_whose_record_came_before_the_cancel_it_made_shows_a_reuse(tmp_
     assert rows.set_index("skaddr")["tw_end_reason"].loc[31] == "reused"
 
 
+def test_a_cancel_a_client_was_seen_taking_is_final_once_its_grace_is_over(tmp_path):
+    """The client that took a TIME_WAIT over arrives with the cancel, within the cancelled life's
+    grace: from then on that end says "reused" to every lookup, and the life is not parked to
+    the end of the run as a cancel nothing explained."""
+    events, run = replay(tmp_path,
+                         raw(skaddr=31, pid=12, comm="rebinder", opened=3.0, ts=6.5, lport=42001,
+                             tw_timer=T1 + 0x2000, tw_start=6.5, **ACTIVE_CLIENT),
+                         timewait("cancelled", timer=T1 + 0x2000, start=6.5, end=7.0),
+                         raw(skaddr=32, pid=12, comm="rebinder", opened=6.9, ts=7.5, lport=42001,
+                             tw_timer=T1 + 0x3000, tw_start=7.5, **ACTIVE_CLIENT),
+                         timewait("expired", timer=T1 + 0x3000, start=7.5, end=67.5),
+                         ended=150.0, timewait="timers")
+    stream = Stream("timers", {})
+    assert stream.step(events.iloc[:3], epoch(7.5)).empty and stream.held == 2  # (within their grace)
+    rows = stream.step(events.iloc[:0], epoch(7.5 + GRACE_S + 0.1))
+    assert list(rows["skaddr"]) == [31] and list(rows["tw_end_reason"]) == ["reused"]
+    assert stream.held == 1  # the client, until its own TIME_WAIT ends
+
+
 def test_a_parked_cancel_is_not_looked_at_again_when_its_ports_come_back_later(tmp_path, monkeypatch):
     """At full churn a client's ports come back every 20 s or so: a cancel no connect() was
     seen taking stays parked to the end, and is not looked at again at each of them."""
