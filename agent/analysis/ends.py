@@ -55,14 +55,15 @@ class HeldEnds:
     def reindex(self) -> None:
         """What the lookups read, made again from `frame` (changed)."""
         self.names = indexed(timewait_name(self.frame))
-        how = self.frame["tw_end"].to_numpy(object)
-        self._ended = np.append(pd.notna(how), False)  # (position -1, none: the last)
-        self._cancelled = np.append(how == "cancelled", False)
+        how = self.frame["tw_end"]  # (compared as it is: Arrow's text mostly, converted it costs more)
+        self._ended = np.append(how.notna().to_numpy(bool), False)  # (position -1, none: the last)
+        self._cancelled = np.append((how == "cancelled").to_numpy(bool), False)
 
-    def add(self, arrived: pd.DataFrame, now: float) -> None:
-        """Ends that arrived at `now`."""
-        if len(arrived):
-            self.frame = concat([self.frame, _narrow(arrived, now)])
+    def add(self, events: pd.DataFrame, rows: np.ndarray, now: float) -> None:
+        """The ends at `rows` of these events (decoded), arrived at `now`: their columns taken
+        first, and those rows of them."""
+        if len(rows):
+            self.frame = concat([self.frame, events[TIMEWAIT_COLUMNS].iloc[rows].assign(arrived=now)])
             self.reindex()
 
     def open_first(self, still_open: pd.DataFrame, now: float) -> None:

@@ -42,6 +42,9 @@ def _columns(frame: pd.DataFrame, now: float) -> dict[str, np.ndarray]:
     }
 
 
+# what _columns reads (initiators: kind, states_raw, last_state, flags_raw)
+DECIDED_ON = ["kind", "tw_timer", "tw_start_at", "event_at", "skaddr", "flags_raw", "tw_timeout_s", "owner_src",
+              "states_raw", "last_state", "lport", "rport"]
 # columns of a life kept once, in the stream's columns (_columns), and not again in its chunk
 IN_COLUMNS = {"skaddr": "skaddr", "event_at": "closed_at", "flags_raw": "flags", "tw_timeout_s": "timeout",
               "lport": "lport", "rport": "rport"}
@@ -62,18 +65,20 @@ class Chunk:
     kinds: dict  # every column's dtype as it arrived, in its order (IN_COLUMNS' too)
 
     @classmethod
-    def packed(cls, frame: pd.DataFrame) -> "Chunk":
+    def packed(cls, frame: pd.DataFrame, rows: np.ndarray | None = None) -> "Chunk":
+        """The lives at `rows` of `frame` (None: all): each column taken as an array and those
+        rows of it, not the frame's rows first (each of its text columns copied: Arrow's take)."""
         numbers, texts = {}, {}
         for name, values in frame.items():
             if name in IN_COLUMNS:
                 continue
             if pd.api.types.is_numeric_dtype(values.dtype):
-                array = values.to_numpy()
+                array = values.to_numpy() if rows is None else values.to_numpy()[rows]
                 numbers[name] = array.astype(np.int32) if name in NARROW and array.dtype == np.int64 else array
-            else:
+            else:  # (a text only the other rows hold is kept among the distinct ones: harmless)
                 codes, distinct = pd.factorize(values)
                 narrowest = np.int8 if len(distinct) < 127 else np.int16 if len(distinct) < 32767 else np.int32
-                texts[name] = codes.astype(narrowest), np.asarray(distinct, dtype=object)
+                texts[name] = (codes if rows is None else codes[rows]).astype(narrowest), np.asarray(distinct, dtype=object)
         return cls(numbers, texts, frame.dtypes.to_dict())
 
     def kept(self, rows: np.ndarray) -> "Chunk":
@@ -127,16 +132,18 @@ class Held:
     def __len__(self) -> int:
         return int(self.alive.sum())
 
-    def add(self, frame: pd.DataFrame, now: float) -> None:
-        """Hold the lives of `frame`, arrived at `now`."""
-        if len(frame):
+    def add(self, frame: pd.DataFrame, now: float, rows: np.ndarray | None = None) -> None:
+        """Hold the lives of `frame` (those at `rows`, where given: a step's records are mostly
+        lives), arrived at `now`."""
+        count = len(frame) if rows is None else len(rows)
+        if count:
             self._dtypes = self._dtypes or frame.dtypes.to_dict()
-            self._chunks.append(Chunk.packed(frame))
-            self._columns.append(_columns(frame, now))
-            self._gone.append(np.zeros(len(frame), dtype=bool))
+            self._chunks.append(Chunk.packed(frame, rows))
+            self._columns.append(_columns(frame if rows is None else frame[DECIDED_ON].iloc[rows], now))
+            self._gone.append(np.zeros(count, dtype=bool))
         self.refresh()
         self.fresh = np.zeros(len(self.alive), dtype=bool)
-        self.fresh[len(self.alive) - len(frame):] = True
+        self.fresh[len(self.alive) - count:] = True
 
     def refresh(self) -> None:
         """The chunks' columns concatenated into `columns`; each chunk's become views of those

@@ -189,10 +189,10 @@ class Stream:
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
         the life it follows (as FLAG_RST_SENT, which connections() reads)."""
-        kind = events["kind"].to_numpy(object)
-        self._lives.add(events[kind == "life"], now)
-        self._ends.add(events.iloc[np.flatnonzero(np.isin(kind, END_KINDS))], now)
-        resets = events.loc[kind == "reset_sent", ["event_at", "skaddr"]]
+        kind = events["kind"]
+        self._lives.add(events, now, np.flatnonzero((kind == "life").to_numpy(bool)))
+        self._ends.add(events, np.flatnonzero(kind.isin(END_KINDS).to_numpy(bool)), now)
+        resets = events[["event_at", "skaddr"]].iloc[np.flatnonzero((kind == "reset_sent").to_numpy(bool))]
         if len(resets):
             self._resets = pd.concat([self._resets, resets.assign(arrived=now)], ignore_index=True)
         if len(self._resets) and len(self._lives):
