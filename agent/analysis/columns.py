@@ -18,12 +18,21 @@ import pandas as pd
 
 def _array(values: pd.Series):
     """A frame's column as the figures read it: numbers as numpy arrays, a whole number that
-    may be missing as Int64 (masked), anything else as Python objects (None where missing,
-    NaN too: the rows' text columns hold both)."""
-    if isinstance(values.dtype, pd.Int64Dtype) or (pd.api.types.is_numeric_dtype(values.dtype)
-                                                    and isinstance(values.dtype, np.dtype)):
-        return values.array if isinstance(values.dtype, pd.Int64Dtype) else values.to_numpy()
+    may be missing as Int64 (masked), pandas' text (Arrow's) as it is: compared, factorized
+    and taken there, where converting it to Python objects costs more than all of that;
+    anything else as Python objects (None where missing, NaN too: the rows' text columns hold
+    both).  Test membership with among(), which takes either."""
+    if isinstance(values.dtype, (pd.Int64Dtype, pd.StringDtype)):
+        return values.array
+    if pd.api.types.is_numeric_dtype(values.dtype) and isinstance(values.dtype, np.dtype):
+        return values.to_numpy()
     return values.to_numpy(object)
+
+
+def among(values, items) -> np.ndarray:
+    """Is each value one of `items` (a column as Columns gives it: numpy's isin would convert
+    pandas' text to Python objects first)."""
+    return values.isin(list(items)) if isinstance(values, pd.api.extensions.ExtensionArray) else np.isin(values, items)
 
 
 def plain(value):

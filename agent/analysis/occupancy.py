@@ -5,6 +5,7 @@ ports, and how fast it opens connections to it)."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .columns import Columns
 from .quanta import CEIL, FLOOR, Quanta, quantum_for
@@ -81,7 +82,7 @@ class Occupancy:
             if dest is None:
                 dest = self.destinations[key] = Destination(self.started_at, self.quantum)
             dest.connections += len(members)
-            dest.names.update("?" if name == "" else name for name in set(comm[members].tolist()))
+            dest.names.update("?" if name == "" else name for name in pd.unique(comm[members]))
             dest.quanta.add("opened", opened_at[members[opened_here[members]]])
             ended = members[made[members]]
             dest.quanta.add("tw_start", start[ended])

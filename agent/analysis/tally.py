@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import sketches
 from .lives import CONNECTION_COLUMNS, EXTRA_COLUMNS
-from .columns import Columns
+from .columns import Columns, among
 from .grouped import HIGHEST, LOWEST, SKETCH, SUM, Grouped
 from .occupancy import Occupancy
 from .rules import TIMEWAIT_CLOSES
@@ -88,7 +88,7 @@ def measures(rows: Columns, started_at: float) -> Columns:
     here = opened_here(rows, started_at)
     closed = here & ~np.isnan(rows["closed_at"])
     duration = rows["duration_s"]
-    decided = np.isin(initiator, ["active", "passive", "simultaneous"])
+    decided = among(initiator, ["active", "passive", "simultaneous"])
     cw_open = rows["close_wait_open"].astype(bool, copy=False)
     short_timeout = made & (rows["tw_timeout_s"] <= KERNEL_KILLED_S)
     out = {
@@ -99,7 +99,7 @@ def measures(rows: Columns, started_at: float) -> Columns:
         "servers": role == "server", "tw_as_server": made & (role == "server"),
         "kernel_tw": made & ~short_timeout, "kernel_tw_killed": short_timeout,
         "opened": here, "closed_here": closed, "short": closed & (duration < SHORT_S), "decided": decided,
-        "first": decided & np.isin(initiator, TIMEWAIT_CLOSES),
+        "first": decided & among(initiator, TIMEWAIT_CLOSES),
         "duration": np.where(closed, duration, np.nan),
         # the percentiles and maxima are over the TIME_WAITs whose end was seen, not the ages of open ones
         "timewait": np.where(ended, tw_s, np.nan), "timewait_max_s": np.where(ended, tw_s, np.nan),
@@ -109,7 +109,7 @@ def measures(rows: Columns, started_at: float) -> Columns:
     out["resets"] = out["resets_local"] | out["resets_remote"]
     keys = {k: rows[k] if k in rows else np.full(len(rows), None, dtype=object) for k in OWNER}
     comm = keys["comm"]
-    who = np.where(comm != "", comm, "?").astype(object)
+    who = pd.Series(comm, copy=False).mask(comm == "", "?").array
     return Columns({**keys, **out, "who": who,
                     **_peer_columns(role, rows["raddr"], rows["rport"], rows["lport"])}, length=len(rows))
 

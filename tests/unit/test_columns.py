@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.analysis.columns import Columns, plain
+from agent.analysis.columns import Columns, among, plain
 
 
 def frame(n: int = 2_000, seed: int = 3) -> pd.DataFrame:
@@ -13,7 +13,7 @@ def frame(n: int = 2_000, seed: int = 3) -> pd.DataFrame:
     pid = rng.integers(1, 6, n)
     return pd.DataFrame({
         "pid": pd.array(np.where(pid == 5, None, pid), dtype="Int64"),
-        "comm": rng.choice(np.array(["nginx", "curl", "", None, np.nan], dtype=object), n),
+        "comm": pd.Series(rng.choice(np.array(["nginx", "curl", "", None, np.nan], dtype=object), n), dtype=object),
         "raddr": pd.array(rng.choice(["10.0.0.1", "10.0.0.2", None], n), dtype="str"),
         "rport": rng.choice([80, 443, 5432], n),
         "opened_at": rng.random(n),
@@ -69,6 +69,10 @@ def test_arrays_given_and_read_from_the_frame():
     batch = Columns({"made": np.ones(10, dtype=bool)}, frame=rows)
     assert batch["made"].all() and len(batch) == 10
     assert batch["pid"].dtype == "Int64"  # (a missing pid stays missing: not a float)
-    assert batch["raddr"].dtype == object  # (text as Python objects, out of Arrow once)
+    assert batch["raddr"].dtype == "str"  # (pandas' text kept as it is: converted it costs more)
+    assert batch["comm"].dtype == object
+    for name in ("raddr", "comm"):  # (either kind, as numpy's isin on objects says)
+        np.testing.assert_array_equal(among(batch[name], ["10.0.0.1", "curl"]),
+                                      np.isin(rows[name].to_numpy(object), ["10.0.0.1", "curl"]))
     with pytest.raises(KeyError):
         batch["nothing"]

@@ -77,6 +77,21 @@ def test_the_tables_are_the_same_whatever_batches_the_rows_came_in(keys):
     pd.testing.assert_frame_equal(*peers)
 
 
+def test_the_tables_are_the_same_whether_the_rows_text_is_pandas_text_or_python_objects():
+    """Rows as a trace makes them hold pandas' text (Arrow's); read back from their file, Python
+    objects: the figures read either as it is (analysis.columns)."""
+    conns, ended = rows(5_000, span=60.0), STARTED + 60.0
+    text = [c for c in conns if conns[c].dtype == object or isinstance(conns[c].dtype, pd.StringDtype)]
+    as_objects = conns.astype({c: object for c in text})
+    as_text = conns.astype({c: "str" for c in text})
+    assert as_text["comm"].dtype == "str" and as_objects["initiator"].dtype == object
+    tallies = [Tally.of(frame, STARTED) for frame in (as_objects, as_text)]
+    for keys in (processes.PER_PROCESS, processes.PER_COMM, processes.PER_WORKLOAD):
+        pd.testing.assert_frame_equal(*(processes.processes(t, ended, keys) for t in tallies), check_dtype=False)
+    pd.testing.assert_frame_equal(*(churn.peers(t, ended) for t in tallies), check_dtype=False)
+    assert tallies[0].owner_src == tallies[1].owner_src and tallies[0].end_reasons == tallies[1].end_reasons
+
+
 def test_counts_are_exact_and_percentiles_within_the_stated_accuracy():
     conns, ended = rows(20_000, span=300.0), STARTED + 300.0
     procs = processes.processes(in_batches(conns, 30), ended, processes.PER_COMM).set_index("comm")
