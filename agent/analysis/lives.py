@@ -63,7 +63,7 @@ def initiators(lives: pd.DataFrame) -> np.ndarray:
     """rules.initiators of decoded lives (kind "life" ended, "open" not yet)."""
     codes, names = pd.factorize(lives["last_state"])  # (each distinct state looked up once; -1: none)
     last = np.array([*(_STATE_CODES.get(name, 0) for name in names), 0], dtype=np.int64)[codes]
-    return rules.initiators(lives["kind"].to_numpy(object) == "open", lives["states_raw"].to_numpy(np.int64),
+    return rules.initiators((lives["kind"] == "open").to_numpy(bool), lives["states_raw"].to_numpy(np.int64),
                             last, lives["flags_raw"].to_numpy(np.int64))
 
 
@@ -95,7 +95,7 @@ def _with_existing(lives: pd.DataFrame, existing: pd.DataFrame) -> tuple[pd.Data
     found = existing.set_index(existing_key).reindex(key)
     hit = found["kind"].notna().to_numpy()
     lives = lives.copy()
-    unowned = hit & ~rules.owner_known(lives["owner_src"].to_numpy(object)[rows])
+    unowned = hit & ~rules.owner_known(lives["owner_src"].iloc[rows])
     for column in ("pid", "tid", "comm", "cgroup_id", "owner_src", "netns"):
         lives.loc[rows[unowned], column] = found[column].to_numpy()[unowned]
     no_cw_start = hit & lives["close_wait_at"].isna().to_numpy()[rows]
@@ -142,7 +142,7 @@ def _place(out: pd.DataFrame, pods: dict[str, str]) -> None:
     """PLACE_COLUMNS, `pod_name` (the container's pod, "namespace/name", from `pods`) and
     `workload` (the container, else the unit, else the process name), from each credited
     owner's cgroup path, each distinct path parsed once."""
-    known = rules.owner_known(out["owner_src"].to_numpy(object))
+    known = rules.owner_known(out["owner_src"])
     codes, paths = pd.factorize(out["cgroup"].to_numpy(object))  # (-1: none, NaN or None)
     placed = [*(workload(path) if isinstance(path, str) else None for path in paths), None]
     codes = np.where(known & (codes >= 0), codes, len(placed) - 1)  # (an owner not credited: none)
@@ -217,11 +217,11 @@ def connection_rows(lives: pd.DataFrame, ends: pd.DataFrame, ended_at: float, ti
     states = lives["states_raw"]
     role = rules.choose([rules.entered(states, "SYN_SENT"), rules.entered(states, "SYN_RECV")],
                         ["client", "server"], "unknown")
-    closed = lives["kind"].to_numpy(object) == "life"
+    closed = (lives["kind"] == "life").to_numpy(bool)
     closed_at = np.where(closed, lives["event_at"].to_numpy(float), np.nan)
     # the full socket handed over to a timewait socket at this ->CLOSE
     made_tw = closed & rules.timewait_due(initiator)
-    owner_known = rules.owner_known(lives["owner_src"].to_numpy(object))
+    owner_known = rules.owner_known(lives["owner_src"])
     flags = lives["flags_raw"].to_numpy(np.int64)
     end = np.where(closed, closed_at, ended_at)
     tw = timewaits(lives, ends, made_tw, closed_at, ended_at, timewait_method)
@@ -271,7 +271,7 @@ def connection_rows(lives: pd.DataFrame, ends: pd.DataFrame, ended_at: float, ti
                        if "thread_comm" in lives else np.full(len(lives), None, object),
         "tw_made": ~np.isnan(tw["tw_start"]),  # a timewait socket was made (its start is known)
         "tw_ended": np.isin(reason, rules.ENDED_TIMEWAIT),  # and its end was seen
-        "close_wait_open": rules.close_wait_open(initiator, last_state.to_numpy(object)),
+        "close_wait_open": rules.close_wait_open(initiator, last_state),
         "cgroup": text(lives["cgroup"].to_numpy(object) if "cgroup" in lives else np.full(len(lives), None, object)),
         "fd": pd.arrays.IntegerArray(np.zeros(len(lives), np.int64), np.ones(len(lives), bool)),
     })

@@ -21,6 +21,7 @@ tracing (the progress line) and, in C, in the BPF program's close_kind
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ..record import layout
 
@@ -86,11 +87,11 @@ OWNER_CODES_KNOWN = [layout.DEFINES["OWNER_SYSCALL"], layout.DEFINES["OWNER_LIST
 OWNERS_GUESSED = ("listener", "ambiguous", "none")
 
 
-def owner_known(owner_src) -> np.ndarray:
+def owner_known(owner_src: pd.Series) -> np.ndarray:
     """Does each life's owner_src name a process?"""
-    return np.isin(np.asarray(owner_src, dtype=object), OWNERS_KNOWN)
+    return owner_src.isin(OWNERS_KNOWN).to_numpy(bool)
 
 
-def close_wait_open(initiator, last_state_name) -> np.ndarray:
+def close_wait_open(initiator: np.ndarray, last_state_name: pd.Series) -> np.ndarray:
     """Is each life still open in CLOSE_WAIT: the peer closed, the owner has not?"""
-    return (np.asarray(initiator, dtype=object) == "open") & (np.asarray(last_state_name, dtype=object) == "CLOSE_WAIT")
+    return (np.asarray(initiator, dtype=object) == "open") & (last_state_name == "CLOSE_WAIT").to_numpy(bool)
