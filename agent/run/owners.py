@@ -51,12 +51,16 @@ class Owners:
     def named(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Decoded records with each owner's network namespace, cgroup path and process name
         (the thread's name kept in thread_comm where it differs)."""
-        frame["netns"] = frame["pid"].map(self.netns_of).to_numpy(object)
+        codes, pids = pd.factorize(frame["pid"].to_numpy())  # (each owner looked up once: a batch has a few)
+        pids = pids.tolist()
+        frame["netns"] = np.array([self.netns_of.get(pid, np.nan) for pid in pids], dtype=object)[codes]
         frame["cgroup"] = self.cgroups.paths(frame["pid"], frame["cgroup_id"])
-        process = frame["pid"].map(self.process_comm)
-        other = process.notna() & (process != frame["comm"])
-        frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
-        frame.loc[other, "comm"] = process[other]
+        process = pd.Series(np.array([self.process_comm.get(pid, np.nan) for pid in pids], dtype=object)[codes],
+                            index=frame.index, dtype=object)
+        other = (process.notna() & (process != frame["comm"])).to_numpy(bool)
+        if other.any():
+            frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
+            frame.loc[other, "comm"] = process[other]
         return frame
 
     def placed(self, snap: pd.DataFrame) -> pd.DataFrame:
