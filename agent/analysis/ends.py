@@ -6,8 +6,9 @@ and an end is found by that name (timewait.end_of); sock_diag's sightings (metho
 are matched by 4-tuple.  A step looks them up several times for every life held (a minute
 of a busy host's TIME_WAITs), so what the lookups read is made once when the ends change:
 the names' index and, per end, whether it says how its socket ended and whether that was a
-cancel nothing explained.  Only the columns the rows are made from are kept (ENDS_COLUMNS):
-an end record's others say nothing, and each filter of them copied every one.
+cancel nothing explained.  Only the columns the rows are made from are kept (COLUMNS; the
+4-tuple not where ends are found by name): an end record's others say nothing, and each filter of them
+copied every one.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pandas as pd
 from ..record.decode import concat, empty_events, widened
 from .held import Held
 from .reuses import tuples
+from .rules import FOUR_TUPLE
 from .timewait import TIMEWAIT_COLUMNS, diag_ends, end_of, indexed, timewait_name
 
-ENDS_COLUMNS = [*TIMEWAIT_COLUMNS, "arrived"]  # (arrived: when it came, the stream's clock)
+COLUMNS = [*TIMEWAIT_COLUMNS, "arrived"]  # what is kept of an end (arrived: when it came, the stream's clock)
+NAMED_COLUMNS = [c for c in COLUMNS if c not in FOUR_TUPLE]  # (the timers': an end is found by its name)
 
 
 class Ended(NamedTuple):
@@ -33,18 +36,14 @@ class Ended(NamedTuple):
     found: np.ndarray | None
 
 
-def _narrow(ends: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
-    """Ends (decoded, or as the end of a run reads them) in ENDS_COLUMNS, arrived at `now`
-    (None: as they say)."""
-    ends = widened(ends)
-    return (ends if now is None else ends.assign(arrived=now))[ENDS_COLUMNS]
 
 
 class HeldEnds:
     def __init__(self, method: str | None):
         """method: RunInfo.timewait_method."""
         self.method = method
-        self.frame = _narrow(empty_events(), 0.0)  # the ends held (the reuses mark theirs here: reindex() after)
+        self.columns = NAMED_COLUMNS if method == "timers" else COLUMNS
+        self.frame = self._narrow(empty_events(), 0.0)  # the ends held (the reuses mark theirs here: reindex() after)
         self.reindex()
         self.followed = self.frame  # the timewait sockets still open at the end (follow()), by timer
         self.followed_names = self.names
@@ -63,14 +62,14 @@ class HeldEnds:
         """The ends at `rows` of these events (decoded), arrived at `now`: their columns taken
         first, and those rows of them."""
         if len(rows):
-            self.frame = concat([self.frame, events[TIMEWAIT_COLUMNS].iloc[rows].assign(arrived=now)])
+            self.frame = concat([self.frame, events[self.columns[:-1]].iloc[rows].assign(arrived=now)])
             self.reindex()
 
     def open_first(self, still_open: pd.DataFrame, now: float) -> None:
         """sock_diag's timewait sockets still open at the end of the run, before the ends: one
         read after them is the last of its 4-tuple."""
         if len(still_open):
-            self.frame = concat([_narrow(still_open, now), self.frame])
+            self.frame = concat([self._narrow(still_open, now), self.frame])
             self.reindex()
 
     def follow(self, still_open: pd.DataFrame, now: float) -> None:
@@ -103,7 +102,13 @@ class HeldEnds:
             return ends
         # no end arrived: still open at the end of the run, if the BPF side still followed it
         opened = end_of({name: values[found < 0] for name, values in names.items()}, self.followed_names)
-        return concat([_narrow(self.followed.iloc[np.unique(opened[opened >= 0])]), ends])
+        return concat([self._narrow(self.followed.iloc[np.unique(opened[opened >= 0])]), ends])
+
+    def _narrow(self, ends: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
+        """Ends (decoded, or as the end of a run reads them) in `columns`, arrived at `now`
+        (None: as they say)."""
+        ends = widened(ends)
+        return (ends if now is None else ends.assign(arrived=now))[self.columns]
 
     def keep(self, lives: Held, final: np.ndarray, ended: Ended, now: float, grace_s: float) -> None:
         """Hold the ends still wanted: not those of the lives at `final`, whose rows are made
