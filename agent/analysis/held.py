@@ -101,11 +101,14 @@ def _texts(parts: list[tuple[np.ndarray, np.ndarray]], rows: list[np.ndarray], k
     return pd.array(np.asarray(uniques, dtype=object), dtype=kind).take(codes, allow_fill=True)
 
 
-def _gathered(parts: list[tuple[Chunk, np.ndarray, dict[str, np.ndarray]]]) -> pd.DataFrame:
+def _gathered(parts: list[tuple[Chunk, np.ndarray, dict[str, np.ndarray]]], only=None) -> pd.DataFrame:
     """The lives at `rows` of each (chunk, rows, its stream columns), all arrived with the same
-    dtypes, one frame as decoded, their IN_COLUMNS from the stream's columns."""
+    dtypes, one frame as decoded (only those columns, where given), their IN_COLUMNS from the
+    stream's columns."""
     out = {}
     for name, kind in parts[0][0].kinds.items():
+        if only is not None and name not in only:
+            continue
         if name in IN_COLUMNS:
             values = np.concatenate([columns[IN_COLUMNS[name]][rows] for _, rows, columns in parts])
         elif name in parts[0][0].numbers:
@@ -181,8 +184,9 @@ class Held:
         """Mark the lives at `positions` noted."""
         self.columns["noted"][positions] = True
 
-    def frame(self, positions: np.ndarray) -> pd.DataFrame:
-        """The lives at `positions`, as decoded, with their flags as set here."""
+    def frame(self, positions: np.ndarray, only: list[str] | None = None) -> pd.DataFrame:
+        """The lives at `positions`, as decoded, with their flags as set here (only those
+        columns, where given: a few lives gathered from many chunks cost a gathering a column)."""
         split = [(self._chunks[chunk], rows, self._columns[chunk]) for chunk, rows in self._split(positions)]
         if not split:
             return concat([])
@@ -193,8 +197,8 @@ class Held:
             else:
                 runs.append([part])
         if len(runs) == 1:
-            return _gathered(runs[0])
-        lives = concat(map(_gathered, runs))  # (a recording's chunks, or a step with sock_diag's rows)
+            return _gathered(runs[0], only)
+        lives = concat(_gathered(run, only) for run in runs)  # (a recording's chunks, or a step with sock_diag's rows)
         for name, kind in self._dtypes.items():
             if name in lives and not pd.api.types.is_numeric_dtype(kind) and lives[name].dtype != kind:
                 lives[name] = lives[name].astype(kind)

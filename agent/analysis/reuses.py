@@ -12,6 +12,9 @@ from .held import Held
 from .rules import FOUR_TUPLE
 from .timewait import REUSE_WINDOW_S, diag_ends, end_of, taken_by_connect, timewait_name
 
+# what is read of the lives looked at (their names and 4-tuples, when they opened and closed, their states)
+READ = [*FOUR_TUPLE, "event_at", "opened_at", "states_raw", "tw_timer", "tw_start_at"]
+
 
 def may_be_reused(lives: Held, ends: pd.DataFrame, end_names: dict, method: str | None, unexplained: np.ndarray,
                   now: float) -> np.ndarray:
@@ -23,7 +26,7 @@ def may_be_reused(lives: Held, ends: pd.DataFrame, end_names: dict, method: str 
     back (some 20 s apart at full churn): each step looked at all of them."""
     ports = lives.ports()
     fresh = np.flatnonzero(lives.fresh)
-    check = unexplained[np.isin(ports[unexplained], ports[fresh])]
+    check = unexplained[pd.Series(ports[unexplained]).isin(ports[fresh]).to_numpy(bool)]  # (hashed: fresh are many)
     if method != "timers" or not len(unexplained):
         return check
     found = end_of(lives.names(unexplained), end_names)
@@ -45,7 +48,7 @@ def reused_now(lives: Held, ends: pd.DataFrame, end_names: dict, method: str | N
     connect()."""
     ports = lives.ports()
     near = np.flatnonzero(np.isin(ports, ports[rows]) & lives.alive)  # the candidates: the same two ports
-    frame = lives.frame(near).reset_index(drop=True)
+    frame = lives.frame(near, READ).reset_index(drop=True)
     local = np.searchsorted(near, rows)
     closed_at = frame["event_at"].astype(float).to_numpy()
     if method == "timers":
