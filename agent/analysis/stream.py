@@ -2,8 +2,8 @@
 
 A run no longer has to keep every record until its end: each batch of decoded events
 is added with step(), which hands back the rows nothing that arrives later can change,
-made by the same analysis.lives.connections() as a whole run (it carries what a batch
-needs of the batches before: lives.Carried).  A life's row is final
+made by analysis.lives.connection_rows(), as connections() makes a whole run's (it carries
+what a batch needs of the batches before: lives.Carried).  A life's row is final
 
   - for a life that left no TIME_WAIT, or one whose timewait socket the BPF side could not
     name (tcp_max_tw_buckets overflow, or unknown): GRACE_S after it arrived, the time the
@@ -188,7 +188,7 @@ class Stream:
 
     def _add(self, events: pd.DataFrame, now: float) -> None:
         """Hold the lives and timewait ends that arrived at `now`; each reset that arrived set on
-        the life it follows (as FLAG_RST_SENT, which connections() reads)."""
+        the life it follows (as FLAG_RST_SENT, which connection_rows() reads)."""
         kind = events["kind"]
         self._lives.add(events, now, np.flatnonzero((kind == "life").to_numpy(bool)))
         self._ends.add(events, np.flatnonzero(kind.isin(END_KINDS).to_numpy(bool)), now)
