@@ -48,9 +48,6 @@ class HeldEnds:
         self.followed = self.frame  # the timewait sockets still open at the end (follow()), by timer
         self.followed_names = self.names
 
-    def __len__(self) -> int:
-        return len(self.frame)
-
     def reindex(self) -> None:
         """What the lookups read, made again from `frame` (changed)."""
         self.names = indexed(timewait_name(self.frame))
