@@ -7,8 +7,8 @@ are matched by 4-tuple.  A step looks them up several times for every life held 
 of a busy host's TIME_WAITs), so what the lookups read is made once when the ends change:
 the names' index and, per end, whether it says how its socket ended and whether that was a
 cancel nothing explained.  Only the columns the rows are made from are kept (COLUMNS; the
-4-tuple not where ends are found by name): an end record's others say nothing, and each filter of them
-copied every one.
+4-tuple not where ends are found by name): an end record's others say nothing, and each
+filter of them copied every one.
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ class Ended(NamedTuple):
     found: np.ndarray | None
 
 
-
-
 class HeldEnds:
+    """The ends held, in `frame`; add() as they arrive, keep() once a step's rows are made."""
+
     def __init__(self, method: str | None):
         """method: RunInfo.timewait_method."""
         self.method = method

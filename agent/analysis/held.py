@@ -78,7 +78,8 @@ class Chunk:
             else:  # (a text only the other rows hold is kept among the distinct ones: harmless)
                 codes, distinct = pd.factorize(values)
                 narrowest = np.int8 if len(distinct) < 127 else np.int16 if len(distinct) < 32767 else np.int32
-                texts[name] = (codes if rows is None else codes[rows]).astype(narrowest), np.asarray(distinct, dtype=object)
+                codes = codes if rows is None else codes[rows]
+                texts[name] = codes.astype(narrowest), np.asarray(distinct, dtype=object)
         return cls(numbers, texts, frame.dtypes.to_dict())
 
     def kept(self, rows: np.ndarray) -> "Chunk":

@@ -190,9 +190,11 @@ def connections(events: pd.DataFrame, ended_at: float, timewait_method: str | No
     """
     kind = events["kind"].to_numpy(object)
     of = lambda *kinds: events.iloc[np.flatnonzero(np.isin(kind, kinds))]  # noqa: E731
+    # (of the ends and resets, the columns the joins read only: on a long run each column is gigabytes)
     return connection_rows(of("life", "open").reset_index(drop=True), of("tw_end", "tw_open")[TIMEWAIT_COLUMNS],
-                           ended_at, timewait_method, pods, carried, final, resets=of("reset_sent"),
-                           seen_at_end=of("seen_at_end"), existing=of("existing"))
+                           ended_at, timewait_method, pods, carried, final,
+                           resets=of("reset_sent")[["event_at", "skaddr"]], seen_at_end=of("seen_at_end"),
+                           existing=of("existing"))
 
 
 def connection_rows(lives: pd.DataFrame, ends: pd.DataFrame, ended_at: float, timewait_method: str | None = None,

@@ -29,7 +29,8 @@ LIFETIME_BIN_S, LIFETIME_MAX_S = 0.1, 180.0  # report.html's histogram of TIME_W
 KERNEL_KILLED_S = 4.0  # the kernel counts a timewait armed for this long or less as TWKilled, else TW
 PEER_KEYS = ["direction", "raddr", "rport", "lport"]  # see peer_keys
 OWNER = ["pid", "comm", "netns", "container", "unit", "workload"]
-KEY_TYPES = {"pid": "Int64", "direction": "str", "raddr": "str", "rport": "Int64", "lport": "Int64"}  # (others: objects)
+# the key columns' types in the tables (Grouped.cells); the others' are Python objects
+KEY_TYPES = {"pid": "Int64", "direction": "str", "raddr": "str", "rport": "Int64", "lport": "Int64"}
 CLOSE_COUNTS = {  # processes.csv's column -> the initiator it counts
     "active_closes": "active", "passive_closes": "passive", "simultaneous_closes": "simultaneous",
     "resets_local": "reset_local", "resets_remote": "reset_remote", "closes_unseen": "close_unseen",
@@ -57,7 +58,7 @@ def opened_here(rows: Columns, started_at: float) -> np.ndarray:
 
 
 def _peer_columns(role: np.ndarray, raddr: np.ndarray, rport: np.ndarray, lport: np.ndarray) -> dict:
-    """peer_keys' columns from the rows' (their text as objects)."""
+    """peer_keys' columns from the rows' (text as Python objects, or as Columns gives pandas')."""
     inbound = role == "server"
     return {
         "direction": np.where(inbound, "inbound", np.where(role == "client", "outbound", "unknown")),

@@ -52,11 +52,13 @@ class Owners:
         """Decoded records with each owner's network namespace, cgroup path and process name
         (the thread's name kept in thread_comm where it differs)."""
         codes, pids = pd.factorize(frame["pid"].to_numpy())  # (each owner looked up once: a batch has a few)
-        pids = pids.tolist()
-        frame["netns"] = np.array([self.netns_of.get(pid, np.nan) for pid in pids], dtype=object)[codes]
+
+        def per_row(learnt: dict) -> np.ndarray:  # (NaN: not learnt, as Series.map gives it)
+            return np.array([learnt.get(pid, np.nan) for pid in pids.tolist()], dtype=object)[codes]
+
+        frame["netns"] = per_row(self.netns_of)
         frame["cgroup"] = self.cgroups.paths(frame["pid"], frame["cgroup_id"])
-        process = pd.Series(np.array([self.process_comm.get(pid, np.nan) for pid in pids], dtype=object)[codes],
-                            index=frame.index, dtype=object)
+        process = pd.Series(per_row(self.process_comm), index=frame.index, dtype=object)
         other = (process.notna() & (process != frame["comm"])).to_numpy(bool)
         if other.any():
             frame.loc[other, "thread_comm"] = frame.loc[other, "comm"]
