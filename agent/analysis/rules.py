@@ -50,8 +50,15 @@ def entered(states_raw, state: str) -> np.ndarray:
     return (np.asarray(states_raw, dtype=np.int64) & (1 << layout.DEFINES["TCP_" + state])) != 0
 
 
-def initiators(is_open, states_raw, last_state, flags_raw) -> np.ndarray:
-    """Who closed first, per life (INITIATORS).  last_state: the TCP state codes (tcpclose.h)."""
+# initiator_codes' numbers: the first that holds of these, in this order, else reset_local
+_CLOSE_LABELS = ["open", "never_established", "reset_remote", "simultaneous", "active", "passive", "close_unseen"]
+_LABELS = np.array([*_CLOSE_LABELS, "reset_local"], dtype=object)  # (one str per label, shared by the rows)
+_DUE = np.isin(_LABELS, TIMEWAIT_CLOSES)
+
+
+def initiator_codes(is_open, states_raw, last_state, flags_raw) -> np.ndarray:
+    """Who closed first, per life, as a number into _LABELS (initiators()).  last_state: the
+    TCP state codes (tcpclose.h)."""
     last = np.asarray(last_state, dtype=np.int64)
     established = np.isin(last, [_STATE[s] for s in _ESTABLISHED_STATES])
     for state in _ESTABLISHED_STATES:
@@ -59,18 +66,22 @@ def initiators(is_open, states_raw, last_state, flags_raw) -> np.ndarray:
     flags = np.asarray(flags_raw, dtype=np.int64)
     rst_received = (flags & layout.DEFINES["FLAG_RST_RECEIVED"]) != 0
     close_unseen = (flags & layout.DEFINES["FLAG_MISSED_CLOSE"]) != 0
-    return choose(
-        [np.asarray(is_open, dtype=bool), ~established, rst_received, last == _STATE["CLOSING"],
-         last == _STATE["FIN_WAIT2"], last == _STATE["LAST_ACK"], close_unseen],
-        ["open", "never_established", "reset_remote", "simultaneous", "active", "passive", "close_unseen"],
-        "reset_local",
-    )
+    return np.select([np.asarray(is_open, dtype=bool), ~established, rst_received, last == _STATE["CLOSING"],
+                      last == _STATE["FIN_WAIT2"], last == _STATE["LAST_ACK"], close_unseen],
+                     np.arange(len(_CLOSE_LABELS)), len(_CLOSE_LABELS))
 
 
-def raw_initiators(raw: np.ndarray) -> np.ndarray:
-    """initiators() of raw struct tcpclose_event records (layout.EVENT_DTYPE) of ended lives
-    (EV_LIFE); every other record kind counts as open."""
-    return initiators(raw["kind"] != layout.DEFINES["EV_LIFE"], raw["states"], raw["last_state"], raw["flags"])
+def initiators(is_open, states_raw, last_state, flags_raw) -> np.ndarray:
+    """Who closed first, per life (INITIATORS), as text."""
+    return _LABELS[initiator_codes(is_open, states_raw, last_state, flags_raw)]
+
+
+def raw_timewaits_due(raw: np.ndarray) -> np.ndarray:
+    """timewait_due() of raw struct tcpclose_event records (layout.EVENT_DTYPE) of ended lives
+    (EV_LIFE; every other record kind counts as open), from the initiators' numbers: no text
+    made for records that are only counted (the progress line, the agent)."""
+    codes = initiator_codes(raw["kind"] != layout.DEFINES["EV_LIFE"], raw["states"], raw["last_state"], raw["flags"])
+    return _DUE[codes]
 
 
 def timewait_due(initiator) -> np.ndarray:

@@ -157,7 +157,7 @@ class Figures:
         lives = raw[raw["kind"] == layout.DEFINES["EV_LIFE"]]
         if len(lives) and self.follows_timewaits:  # seen whole: first seen mid-life or its close skipped says nothing
             unsure = layout.DEFINES["FLAG_PARTIAL"] | layout.DEFINES["FLAG_MISSED_CLOSE"]
-            due = rules.timewait_due(rules.raw_initiators(lives))
+            due = rules.raw_timewaits_due(lives)
             unmade = lives[due & (lives["tw_timer"] == 0) & ((lives["flags"] & unsure) == 0)]
             names = self._labels(unmade) if len(unmade) else []
             self._unmade.update(zip(unmade["skaddr"].tolist(), ((n, now) for n in list(names))))

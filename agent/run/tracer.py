@@ -182,7 +182,7 @@ class Tracer:
             closed = part["kind"] == layout.DEFINES["EV_LIFE"]
             self.tally["lives"] += int(closed.sum())
             if self._kept is not None:  # the progress line is trace's: the agent's figures count these themselves
-                self.tally["timewaits"] += int(rules.timewait_due(rules.raw_initiators(part)).sum())
+                self.tally["timewaits"] += int(rules.raw_timewaits_due(part).sum())
         return parts
 
     def _note_run(self) -> None:

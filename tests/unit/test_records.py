@@ -116,3 +116,26 @@ def test_ids_ports_and_counts_must_be_whole_numbers(column, value, ok):
            "laddr": "127.0.0.1", "lport": 1, "raddr": "127.0.0.1", "rport": 2, "states_raw": 0,
            "last_state": "CLOSE", "flags_raw": 0, "event_at": 2.0, column: value}
     assert (event_problem(row) is None) == ok, event_problem(row)
+
+
+def test_the_raw_records_timewaits_counted_are_those_the_decoded_lives_are_due():
+    """The progress line and the agent count the closes due a TIME_WAIT from the raw records,
+    without making their initiators' text: the same lives as the rows' rule."""
+    import numpy as np
+
+    from agent.analysis import rules
+    from agent.record import layout
+
+    closes = [raw(states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2"),  # active
+              raw(states=("ESTABLISHED", "FIN_WAIT1", "CLOSING"), last="CLOSING"),  # simultaneous
+              raw(states=("ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"), last="LAST_ACK"),  # passive
+              raw(states=("ESTABLISHED",), last="ESTABLISHED", flags=layout.DEFINES["FLAG_RST_RECEIVED"]),
+              raw(states=("SYN_SENT",), last="SYN_SENT"),  # never established
+              raw(states=("ESTABLISHED",), last="ESTABLISHED", flags=layout.DEFINES["FLAG_MISSED_CLOSE"]),  # unseen
+              raw("open", states=("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"), last="FIN_WAIT2"),  # not closed yet
+              raw("reset_sent")]
+    records = np.frombuffer(b"".join(closes), dtype=layout.EVENT_DTYPE)
+    decoded = decode.decode(records, OFFSET_NS)
+    due = rules.raw_timewaits_due(records)
+    assert due.tolist() == [True, True] + [False] * 6
+    assert due.tolist() == rules.timewait_due(lives.initiators(decoded)).tolist()
