@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -66,6 +66,7 @@ class Kept:
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())  # (step_due)
         self._pending: rundir.Pending | None = None  # (note())
         self.tally: Tally | None = None  # (start())
+        self._meanwhile: Callable[[], object] = lambda: None  # (start())
 
     @classmethod
     def into(cls, out: OutputDir, fmt: str) -> "Kept":
@@ -102,10 +103,15 @@ class Kept:
         self._step_s = self.stepped_at - started
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
 
-    def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame], tally: Tally) -> None:
+    def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame], tally: Tally,
+              meanwhile: Callable[[], object] | None = None) -> None:
         """Make rows from here on with `stream`, and add them to `tally`; `decoder` decodes the
-        BPF records (Tracer._decoded)."""
+        BPF records (Tracer._decoded).  meanwhile: called between the parts of a step or a note
+        while tracing (Tracer._take), so that what arrives during the seconds a busy host's note
+        or step can take waits in the backlog (on disk past its 16 MiB), not in the drainer's
+        memory: 160 bytes a record, 25 MiB a second at full churn."""
         self._stream, self._decoder, self.tally = stream, decoder, tally
+        self._meanwhile = meanwhile or self._meanwhile
 
     @property
     def rows(self) -> int:
@@ -142,6 +148,7 @@ class Kept:
         del frame  # (the stream lets the decoded batch go once it holds what it brought)
         for rows in parts:  # each written before the next is made
             self.add(rows)
+            self._meanwhile()
         self._stepped(started)
 
     def finish(self, ends: list[pd.DataFrame], ended_at: float, followed: pd.DataFrame | None = None,
@@ -151,6 +158,7 @@ class Kept:
         `followed`: the timewait sockets the BPF side still followed, see
         Stream.finish_parts); returns how many were made before what they waited for came
         (Stream.settled_early)."""
+        self._meanwhile = lambda: None  # (tracing is over: nothing arrives)
         total = len(self._backlog)
         while len(self._backlog):
             self.step()
@@ -179,17 +187,30 @@ class Kept:
         try:
             if self._pending is None:
                 self._pending = rundir.Pending(out)
-            self._pending.write(lambda everything: self._stream.provisional(run.ended_at, everything),
+            self._pending.write(lambda everything: self._between(self._stream.provisional(run.ended_at, everything)),
                                 self._stream.held)
             run.lives_pending = self._stream.held + len(self._backlog)  # (not in the tables: not final yet)
             out.write_text(rundir.RUN, run.to_json())
             if tables is not None:
                 tables(out, self.tally, run)
-        except CannotWrite:
+        except CannotWrite as exc:
+            if getattr(exc, "arriving", False):
+                raise
             return False
         finally:
             self._stepped(started)
         return True
+
+    def _between(self, parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """`parts`, with meanwhile() called after each has been written: a CannotWrite of its
+        own (the backlog's file) goes on up as it would from a drain, not taken for the note's."""
+        for part in parts:
+            yield part
+            try:
+                self._meanwhile()
+            except CannotWrite as exc:
+                exc.arriving = True
+                raise
 
     def _take_arrived(self) -> pd.DataFrame:
         """The oldest records waiting, decoded at once, and the decoded events that arrived."""

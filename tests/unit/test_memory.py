@@ -142,3 +142,66 @@ def test_the_records_still_waiting_at_the_end_are_made_a_step_at_a_time_and_said
     said = []
     kept.finish([], 10.0, made=lambda done, total: said.append((done, total)))
     assert said == [(40, 100), (80, 100), (100, 100)] and stream.stepped == 100 and stream.finished
+
+
+def test_what_arrives_during_a_step_or_a_note_is_taken_between_its_parts_and_made_later(tmp_path):
+    """Kept calls meanwhile() (the tracer's take) after each part a step or a note writes: what
+    arrived in those seconds waits in the backlog (on disk past its 16 MiB), not in the
+    drainer's memory, and is made into rows by a later step.  The end, after tracing, calls it
+    no more."""
+    import numpy as np
+
+    from agent.record import layout
+    from agent.safefiles import OutputDir
+
+    class Stream:
+        held, stepped, settled_early = 1, 0, 0
+
+        def step_parts(self, frame, now):
+            self.stepped += len(frame)
+            yield from (conns_of(1), conns_of(2), conns_of(3))
+
+        def provisional(self, now, everything):
+            yield from (conns_of(4, state="open"), conns_of(5, state="open"))
+
+        def finish_parts(self, frame, ended_at, followed):
+            return []
+
+    records = lambda n: np.repeat(np.frombuffer(raw("life"), layout.EVENT_DTYPE), n)  # noqa: E731
+    kept, stream, waiting = Kept(str(tmp_path)), Stream(), []
+
+    def meanwhile():
+        waiting.append(kept.behind)
+        if len(waiting) <= 5:  # (a few only: called at the end, it would never run out)
+            kept.arrive(records(10))
+
+    kept.start(stream, lambda part: decode.decode(part, OFFSET_NS), tally=None, meanwhile=meanwhile)
+    kept.arrive(records(100))
+    kept.step()
+    assert stream.stepped == 100 and waiting == [0, 10, 20]  # after each of the step's three parts
+    assert kept.note(OutputDir(tmp_path / "out"), RunInfo(OFFSET_NS / 1e9, 10.0 + OFFSET_NS / 1e9))
+    assert waiting == [0, 10, 20, 30, 40]  # and after each of the note's two
+    kept.finish([], 10.0 + OFFSET_NS / 1e9)
+    assert stream.stepped == 150 and len(waiting) == 5 and kept.behind == 0
+
+
+def test_a_backlog_that_cannot_be_written_during_a_note_is_not_taken_for_a_full_output_directory(tmp_path):
+    """A note that cannot write -o's files returns False and the run goes on (the end says so);
+    the backlog's own file failing while the note takes what arrived is the tracer's error, as
+    it is from a drain."""
+    from agent.errors import CannotWrite
+    from agent.safefiles import OutputDir
+
+    class Stream:
+        held = 1
+
+        def provisional(self, now, everything):
+            yield conns_of(4, state="open")
+
+    def meanwhile():
+        raise CannotWrite("cannot write to /var/tmp: No space left on device")
+
+    kept = Kept(str(tmp_path))
+    kept.start(Stream(), lambda part: decode.decode(part, OFFSET_NS), tally=None, meanwhile=meanwhile)
+    with pytest.raises(CannotWrite, match="/var/tmp"):
+        kept.note(OutputDir(tmp_path / "out"), RunInfo(OFFSET_NS / 1e9, 10.0 + OFFSET_NS / 1e9))
