@@ -112,6 +112,8 @@ def agent_figures(comms: tuple[str, ...]) -> dict:
                 found["tw_stale_end"] = int(sample.value)
             elif sample.name == "tcpclose_unseen_total" and sample.labels["what"] == "missed_close":
                 found["missed_close"] = int(sample.value)  # lives whose ->CLOSE it saw a new life replace
+            elif sample.name == "tcpclose_lives_followed":
+                found["lives_followed"] = int(sample.value)  # host-wide: open, or their close not seen yet
             elif sample.name == "tcpclose_bpf_run_seconds_total":  # (counted while the stats window was on)
                 found["bpf_run_s"] = sample.value
     return found

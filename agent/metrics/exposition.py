@@ -114,6 +114,10 @@ class Exposition:
         yield lost
         yield GaugeMetricFamily("tcpclose_timewaits_followed", "TIME_WAITs made and not yet ended, whose "
                                 "workload the agent holds.", value=s.pending)
+        yield GaugeMetricFamily("tcpclose_lives_followed", "Socket lives the agent follows now: the sockets "
+                                "opened since it started and still open, and lives whose close it has not "
+                                "seen (a new life on the same socket ends one, counted in "
+                                "tcpclose_unseen_total{what=\"missed_close\"}).", value=s.lives_followed)
         yield CounterMetricFamily("tcpclose_workloads_folded", "Workloads counted under workload=\"other\" "
                                   "because --max-series was reached.", value=s.workloads_folded)
         yield GaugeMetricFamily("tcpclose_last_update_timestamp_seconds", "When the figures this scrape shows "

@@ -87,6 +87,7 @@ class Snapshot:
     lost: dict = field(default_factory=dict)  # what could not be seen -> n
     bpf: tuple[float, int] = (0.0, 0)  # the programs' run time (s) and runs, while kernel.bpf_stats_enabled
     pending: int = 0
+    lives_followed: int = 0
     workloads_folded: int = 0
     updated_at: float = 0.0
 
@@ -119,6 +120,7 @@ class Figures:
         self.owners = OwnerTotals(self._owner_labels)
         self.held: dict = {}  # (source, destination) -> client TIME_WAITs alive
         self.pending = 0  # TIME_WAITs followed in BPF, not ended yet
+        self.lives_followed = 0  # socket lives followed in BPF, their ->CLOSE not seen yet
         self._swept_held: Counter = Counter()  # destination key -> TIME_WAITs of it swept (never ended)
         # socket address -> (workload, when): closes due a TIME_WAIT that got no timer, until
         # RESET_WAIT_S shows no reset followed them
@@ -261,4 +263,5 @@ class Figures:
             timewait_lifetime={k: (h.cumulative(), h.total) for k, h in self.timewait_lifetime.items()},
             duration={k: (h.cumulative(), h.total) for k, h in self.duration.items()},
             close_waits=dict(self.close_waits), lost=dict(self.lost), pending=self.pending,
+            lives_followed=self.lives_followed,
             workloads_folded=len(self._folded), updated_at=time.time())

@@ -51,6 +51,8 @@ def serve_figures(tracer: Tracer, figures: Figures, exposition: Exposition, stop
             tracer.probe.forget_figures(figures.add_owner_figures(*tracer.probe.read_figures()))
             followed = counters["tw_linked"] - counters["tw_ended"] - tracer.timewaits_swept
             figures.set_held(*tracer.probe.read_held(), followed)
+            # (evictions from the full LRU map counted in too: they are not known until the end)
+            figures.lives_followed = max(0, counters["lives_started"] - counters["lives_ended"])
         if time.monotonic() - refreshed >= refresh_s:
             refreshed = time.monotonic()
             figures.set_close_waits(tracer.open_lives_now(), time.monotonic_ns())

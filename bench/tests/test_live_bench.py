@@ -89,10 +89,14 @@ def test_the_agent_mode_counts_every_life_from_its_own_metrics(tmp_path):
     out = f"{done.stdout}\nthe agent's row: {json.dumps(agent)}"
     expected, reported, skipped = agent["lives_expected"], agent["lives_reported"], agent["skipped"]
     missed, lost = agent["missed_close"], agent["lives_expected"] - agent["lives_reported"]
-    # a life goes uncounted only while its ->CLOSE is unseen and no new life has replaced it:
-    # a program the kernel did not run (it counts most of those, not all: one run showed 152
-    # closes missed, each at least two programs not run, with 143 counted skipped)
-    assert expected > 3000 and expected - skipped <= reported <= expected, out
+    # a life goes uncounted only while its ->CLOSE is unseen and no new life on its socket
+    # address has ended it: the agent still follows it.  Once the churn has stopped, what it
+    # follows is those and the sockets opened since it started still open (its gauge is
+    # host-wide; in four runs here it was exactly the lives not counted: 0, 32, 6, 0).  The kernel's count of the programs
+    # it did not run is not a bound: one run had 37 lives not counted with 25 counted skipped.
+    followed = agent["lives_followed"]
+    assert expected > 3000 and followed < expected // 100, out
+    assert expected - followed - skipped <= reported <= expected, out
     # every connection of the churn ends in a FIN exchange: a close of another kind is one the
     # agent says it did not see (close_unseen, of the missed closes)
     kinds = agent["closes_by_kind"]
