@@ -4,7 +4,9 @@ The main thread makes the connection rows a step at a time (run.kept); at full c
 step takes most of a second of CPU, and a ring buffer read only between steps fills up and
 drops records however the steps are timed.  The drainer reads the ring every DRAIN_EVERY_S
 (the read is a few numpy operations on its memory map: kernel.ringbuf) and keeps what it
-read until the main thread takes it (then run.backlog holds what waits for a step).
+read until the main thread takes it (then run.backlog holds what waits for a step, on disk past
+16 MiB); the main thread takes it between the parts of its steps and notes too (run.kept), so
+that what waits here is a part's time of records, not a whole note's.
 (Lowering the main thread's priority instead does not work: a thread the kernel puts off
 while it holds Python's GIL holds up the drainer too, and the ring fills: tried, 1.4 M
 records dropped in a minute of full churn.)

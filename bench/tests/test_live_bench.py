@@ -92,8 +92,9 @@ def test_the_agent_mode_counts_every_life_from_its_own_metrics(tmp_path):
     # a life goes uncounted only while its ->CLOSE is unseen and no new life on its socket
     # address has ended it: the agent still follows it.  Once the churn has stopped, what it
     # follows is those and the sockets opened since it started still open (its gauge is
-    # host-wide; in four runs here it was exactly the lives not counted: 0, 32, 6, 0).  The kernel's count of the programs
-    # it did not run is not a bound: one run had 37 lives not counted with 25 counted skipped.
+    # host-wide; in four runs here it was exactly the lives not counted: 0, 32, 6, 0).  The
+    # kernel's count of the programs it did not run is not a bound: one run had 37 lives not
+    # counted with 25 counted skipped.
     followed = agent["lives_followed"]
     assert expected > 3000 and followed < expected // 100, out
     assert expected - followed - skipped <= reported <= expected, out
