@@ -136,6 +136,7 @@ class Tracer:
             self._recorder.write(existing)
         if self._kept is not None:
             stream = Stream(self.timewait_method, self.owners.cgroups.pods, existing)
+            # (taking between parts: not for the agent, whose figures read the records drain() returns)
             self._kept.start(stream, self._decoded, self._tally(), None if self.probe.figures else self._take)
 
     def _tally(self) -> Tally:
