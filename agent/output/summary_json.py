@@ -28,7 +28,8 @@ def _timewait(a: Analysis) -> dict:
         "method": a.run.timewait_method, "made": int(procs["timewait_count"].sum()),
         "ended": count, "p50_s": quantile(0.5), "p95_s": quantile(0.95),
         "max_s": float(procs["timewait_max_s"].max()) if count else None,
-        "end_reasons": {k: int(v) for k, v in tally.end_reasons.items()},
+        # the most common first (not in the order the rows happened to bring them)
+        "end_reasons": {k: int(v) for k, v in sorted(tally.end_reasons.items(), key=lambda kv: (-kv[1], kv[0]))},
         "never_made_overflow": int(procs["timewait_overflow"].sum()),
         "fin_wait2_substate": tally.fin_wait2()[0],
     }

@@ -86,6 +86,16 @@ def test_timewait_findings_tell_a_closing_server_from_a_closing_client(tmp_path)
     assert "keep its connections to 10.0.0.2:80 open" in text["churner"]
 
 
+def test_summary_json_lists_the_timewait_end_reasons_most_common_first_whatever_came_first(tmp_path):
+    from agent.output import summary_json
+
+    a = analysis_of(tmp_path, *incident_stream(), started=0.5, ended=20.5, timewait="timers")
+    a.tally.end_reasons.clear()
+    a.tally.end_reasons.update({"killed": 3, "expired": 7, "reused": 3, "open": 9})  # (in the rows' order)
+    reasons = json.loads(json.dumps(summary_json.build(a)))["timewait"]["end_reasons"]
+    assert list(reasons.items()) == [("open", 9), ("expired", 7), ("killed", 3), ("reused", 3)]
+
+
 def test_summary_json_holds_the_findings_and_figures(tmp_path):
     out = cli_report(tmp_path, *incident_stream(), started=0.5, ended=20.5, timewait="timers", sysctls=SMALL_RANGE)
     facts = json.loads((out / "summary.json").read_text())
