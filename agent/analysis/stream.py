@@ -6,9 +6,13 @@ made by analysis.lives.connection_rows(), as connections() makes a whole run's (
 what a batch needs of the batches before: lives.Carried).  A life's row is final
 
   - for a life that left no TIME_WAIT, or one whose timewait socket the BPF side could not
-    name (tcp_max_tw_buckets overflow, or unknown): GRACE_S after it arrived, the time the
-    reset it may have sent has to arrive (an abort goes ->CLOSE before tcp_send_reset, so
-    that record follows its life);
+    name (tcp_max_tw_buckets overflow, or unknown): after its grace, the time the reset it
+    may have sent has to arrive (an abort goes ->CLOSE before tcp_send_reset, so that record
+    follows its life in the ring buffer, microseconds later).  How long depends on the
+    step's clock: GRACE_S where `now` is when the records were taken (a step keeping up: the
+    reset may still be in the ring, or in the drainer's hands); RECORDS_GRACE_S where `now` is
+    the time of the step's last record (a step behind, a recording), since every record the
+    ring held before that one has been added by then;
   - for a life whose TIME_WAIT is followed: once the end of its timewait socket arrived,
     by the timer (EV_TW_END) or by sock_diag (--timewait diag);
   - at the end of the run only, for two kinds only the whole run can settle: a life credited
@@ -22,7 +26,7 @@ what a batch needs of the batches before: lives.Carried).  A life's row is final
     with the TIME_WAITs whose end never came, settled as unknown once no end can come).
 
 What is held is bounded by what is alive in the kernel, not by the length of the run: the
-timewait sockets not ended yet, GRACE_S of arrivals, and the parked lives above.
+timewait sockets not ended yet, a grace of arrivals, and the parked lives above.
 """
 from __future__ import annotations
 
@@ -40,7 +44,10 @@ from .rules import FOUR_TUPLE
 from .ends import Ended, HeldEnds
 from .timewait import TIME_WAIT_LEN_S
 
-GRACE_S = 2.0
+GRACE_S = 2.0  # a life's grace where the step's clock is when its records were taken
+# and where it is the records' own: a step behind at full churn holds 2 s of its records' lives
+# with GRACE_S, some 200,000 (50 MiB, and every step looks at each), and a tenth of that with this
+RECORDS_GRACE_S = 0.25
 PARKED_MAX = 100_000
 PART_LIVES = 20_000  # rows made this many lives at a time (steps, the end): a part costs ~2.5 kB a life while made
 # provisional rows (notes, every --interval): a quarter of that, as a note's peak is a run's
@@ -71,13 +78,15 @@ class Stream:
         """Lives waiting for their row to be final."""
         return len(self._lives)
 
-    def step(self, events: pd.DataFrame, now: float) -> pd.DataFrame:
+    def step(self, events: pd.DataFrame, now: float, grace_s: float = GRACE_S) -> pd.DataFrame:
         """Add the events that arrived (BPF records decoded, sock_diag's TIME_WAIT ends), up to
-        `now` (epoch seconds); return the connection rows that became final (step_parts, joined)."""
-        parts = list(self.step_parts(events, now))
+        `now` (epoch seconds); return the connection rows that became final (step_parts, joined).
+        grace_s: GRACE_S, or RECORDS_GRACE_S where `now` is the time of the last BPF record
+        (every record before it in the ring is among those added by now)."""
+        parts = list(self.step_parts(events, now, grace_s))
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
-    def step_parts(self, events: pd.DataFrame, now: float) -> Iterator[pd.DataFrame]:
+    def step_parts(self, events: pd.DataFrame, now: float, grace_s: float = GRACE_S) -> Iterator[pd.DataFrame]:
         """step() PART_LIVES lives at a time, each part to be written before the next is made:
         a step's rows cost ~2.5 kB a life while made, and a step can make a second's lives of a
         busy host or, behind, STEP_RECORDS' worth.  The lives whose rows may depend on each
@@ -87,7 +96,7 @@ class Stream:
         del events  # (held now as the lives and ends it brought: the batch can go before the rows are made)
         alive = self._lives.alive
         waiting, early, how = self._waiting(now)
-        final = alive & ~waiting & (self._lives.columns["arrived"] <= now - GRACE_S)
+        final = alive & ~waiting & (self._lives.columns["arrived"] <= now - grace_s)
         self.settled_early += int((final & early).sum())
         chosen = np.flatnonzero(final)
         alone = self._alone(how)[chosen]
@@ -97,9 +106,9 @@ class Stream:
         for part in parts:
             lives = self._lives.frame(part)
             yield connection_rows(lives, self._ends.of(lives), now, self.method, self.pods, self._carried, final=False)
-        self._ends.keep(self._lives, chosen, how, now, GRACE_S)
+        self._ends.keep(self._lives, chosen, how, now, grace_s)
         self._lives.drop(chosen)
-        self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - GRACE_S]
+        self._resets = self._resets[self._resets["arrived"].astype(float).to_numpy() > now - grace_s]
 
     def finish(self, events: pd.DataFrame, ended_at: float, followed: pd.DataFrame | None = None) -> pd.DataFrame:
         """The end of the run's events (the lives still open, the timewait sockets still

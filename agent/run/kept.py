@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..analysis.stream import Stream
+from ..analysis.stream import GRACE_S, RECORDS_GRACE_S, Stream
 from ..analysis.tally import Tally
 from ..errors import CannotWrite
 from ..record import decode
@@ -139,12 +139,16 @@ class Kept:
     def step(self) -> None:
         """The rows final now, made from what arrived (the oldest STEP_RECORDS), and written.
         Behind, the step's clock is its records' own: the lives' grace and the TIME_WAITs' ends
-        are timed as they happened, not by how late they are made into rows."""
+        are timed as they happened, not by how late they are made into rows; and every record
+        before the step's last is in hand, so the grace is the stream's short one (unless
+        sock_diag's sightings came, timed when they were seen)."""
         started = time.monotonic()
+        sightings = bool(self._frames)
         frame = self._take_arrived()
         behind = len(self._backlog) > 0
         now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
-        parts = self._stream.step_parts(frame, now)
+        grace_s = RECORDS_GRACE_S if behind and len(frame) and not sightings else GRACE_S
+        parts = self._stream.step_parts(frame, now, grace_s)
         del frame  # (the stream lets the decoded batch go once it holds what it brought)
         for rows in parts:  # each written before the next is made
             self.add(rows)

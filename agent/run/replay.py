@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..analysis.stream import END_OF_RUN, Stream
+from ..analysis.stream import END_OF_RUN, GRACE_S, RECORDS_GRACE_S, Stream
 from ..record import recording
 from ..record.decode import concat
 from ..record.runinfo import RunInfo
@@ -43,6 +43,9 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None,
     recorded = RunInfo.from_dict(surveyed.run) if surveyed.run else RunInfo(0.0, 0.0)  # (cut short: none followed)
     method, pods = recorded.timewait_method, dict(recorded.pods)
     kept, stream, bounds = Kept(), None, _Bounds()
+    # the clock is the records' own, in the order the ring held them: the short grace, but where
+    # sock_diag's sightings came among them, timed when they were seen (Kept.step)
+    grace_s = GRACE_S if method == "diag" else RECORDS_GRACE_S
     snapshot, waiting, ends, seen, now = [], [], [], 0, float("-inf")
     found: dict = {}
     for frame in recording.event_frames(path, found):
@@ -60,7 +63,7 @@ def rows_of(path: Path, announce: Callable[[str], None] | None = None,
             arrivals = frame.iloc[:at_end[0]] if len(at_end) else frame
             if len(arrivals):
                 now = max(now, float(np.nanmax(arrivals["event_at"].astype(float))))
-                for rows in stream.step_parts(arrivals, now):
+                for rows in stream.step_parts(arrivals, now, grace_s):
                     kept.add(rows)
             frame = frame.iloc[len(arrivals):]
         if len(frame):

@@ -125,7 +125,7 @@ def test_the_records_still_waiting_at_the_end_are_made_a_step_at_a_time_and_said
     class Stream:
         held, stepped, finished, settled_early = 0, 0, False, 0
 
-        def step_parts(self, frame, now):
+        def step_parts(self, frame, now, grace_s):
             self.stepped += len(frame)
             yield frame.iloc[:0]
 
@@ -157,7 +157,7 @@ def test_what_arrives_during_a_step_or_a_note_is_taken_between_its_parts_and_mad
     class Stream:
         held, stepped, settled_early = 1, 0, 0
 
-        def step_parts(self, frame, now):
+        def step_parts(self, frame, now, grace_s):
             self.stepped += len(frame)
             yield from (conns_of(1), conns_of(2), conns_of(3))
 
@@ -205,3 +205,37 @@ def test_a_backlog_that_cannot_be_written_during_a_note_is_not_taken_for_a_full_
     kept.start(Stream(), lambda part: decode.decode(part, OFFSET_NS), tally=None, meanwhile=meanwhile)
     with pytest.raises(CannotWrite, match="/var/tmp"):
         kept.note(OutputDir(tmp_path / "out"), RunInfo(OFFSET_NS / 1e9, 10.0 + OFFSET_NS / 1e9))
+
+
+def test_a_step_behind_takes_the_short_grace_and_one_that_caught_up_or_saw_sightings_the_long(tmp_path, monkeypatch):
+    """Kept.step's clock: behind (records still waiting), the time of its last record, with the
+    stream's RECORDS_GRACE_S, since every record before it is in hand; caught up, the time now,
+    with GRACE_S (what follows its last record may still be in the ring); and GRACE_S too where
+    sock_diag's sightings came with the batch (timed when seen, not in the ring's order)."""
+    import numpy as np
+
+    from agent.analysis.stream import GRACE_S, RECORDS_GRACE_S
+    from agent.record import layout
+    from agent.run import kept as kept_module
+
+    class Stream:
+        held, settled_early = 0, 0
+
+        def __init__(self):
+            self.steps = []
+
+        def step_parts(self, frame, now, grace_s):
+            self.steps.append((len(frame), grace_s))
+            yield frame.iloc[:0]
+
+    monkeypatch.setattr(kept_module, "STEP_RECORDS", 40)
+    kept, stream = Kept(str(tmp_path)), Stream()
+    kept.start(stream, lambda part: decode.decode(part, OFFSET_NS), tally=None)
+    kept.arrive(np.repeat(np.frombuffer(raw("life"), layout.EVENT_DTYPE), 100))
+    for _ in range(3):
+        kept.step()
+    assert stream.steps == [(40, RECORDS_GRACE_S), (40, RECORDS_GRACE_S), (20, GRACE_S)]
+    kept.arrive(np.repeat(np.frombuffer(raw("life"), layout.EVENT_DTYPE), 100))
+    kept.arrive(decode.decode(raw("life"), OFFSET_NS).assign(kind="tw_end"))  # (a sighting, as decoded)
+    kept.step()
+    assert stream.steps[-1] == (41, GRACE_S)

@@ -6,7 +6,7 @@ import pytest
 
 from agent.analysis import reuses
 from agent.analysis import stream as streaming
-from agent.analysis.stream import GRACE_S, Stream
+from agent.analysis.stream import GRACE_S, RECORDS_GRACE_S, Stream
 from agent.record import decode, layout
 from support.incidents import ACTIVE_CLIENT, PASSIVE_SERVER, incident_stream
 from support.streaming import cells_differ, differences, left_by_a_kill, streamed
@@ -253,6 +253,25 @@ def test_a_reset_that_arrives_a_batch_after_its_life_is_still_its_own(tmp_path):
     assert stream.step(events.iloc[[0]], epoch(2.0)).empty  # within its grace
     rows = stream.step(events.iloc[[1]], epoch(2.0 + GRACE_S + 0.1))
     assert list(rows["rst_sent"]) == [True] and list(rows["initiator"]) == ["reset_local"]
+
+
+def test_a_step_on_its_records_own_clock_holds_a_life_only_until_the_records_after_it_are_in(tmp_path):
+    """Behind (or replaying), a step's clock is its last record's time, and every record the ring
+    held before that one is in: a life waits RECORDS_GRACE_S of its records' time, not GRACE_S,
+    and the reset that follows it in the next batch is still its own."""
+    events, run = replay(tmp_path, raw(skaddr=KERNEL_ADDRESS, pid=7, comm="aborter", ts=2.0,
+                                       states=("SYN_SENT", "ESTABLISHED"), last="ESTABLISHED"),
+                         raw("reset_sent", skaddr=KERNEL_ADDRESS, pid=0, comm="", ts=2.0001),
+                         raw(skaddr=KERNEL_ADDRESS + 64, pid=7, comm="later", ts=2.4, **ACTIVE_CLIENT), ended=10.0)
+    later = epoch(2.0 + RECORDS_GRACE_S + 0.15)
+    assert RECORDS_GRACE_S + 0.15 < GRACE_S
+    for grace_s, made in ((GRACE_S, 0), (RECORDS_GRACE_S, 1)):
+        stream = Stream(None, {})
+        assert stream.step(events.iloc[[0]], epoch(2.0), grace_s).empty
+        rows = stream.step(events.iloc[[1, 2]], later, grace_s)
+        assert len(rows) == made and stream.held == 2 - made
+    assert list(rows["comm"]) == ["aborter"] and list(rows["rst_sent"]) == [True]
+    assert list(rows["initiator"]) == ["reset_local"]
 
 
 def test_what_a_churn_leaves_held_is_what_is_alive_not_the_run(tmp_path):
