@@ -219,8 +219,11 @@ PASSER = """
 import ctypes, json, os, socket, sys
 name = lambda n: ctypes.CDLL(None).prctl(15, n, 0, 0, 0)
 count = int(sys.argv[1])
+# one write a line: two processes share the pipe, and print() under PYTHONUNBUFFERED writes a
+# line's text and its newline apart, so the other's line could come between them
+say = lambda fact: os.write(1, (json.dumps(fact) + "\\n").encode())
 listener = socket.create_server(("127.0.0.1", 0))
-print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
+say({"port": listener.getsockname()[1]})
 here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 if os.fork() == 0:  # the handler: gets each connection's fd, never accepts one
     name(b"tc-handler")
@@ -234,7 +237,7 @@ if os.fork() == 0:  # the handler: gets each connection's fd, never accepts one
         while conn.recv(64):
             pass
         conn.close()
-    print(json.dumps({"pid": os.getpid()}), flush=True)
+    say({"pid": os.getpid()})
     sys.stdin.read()  # hold the rest, in CLOSE_WAIT, until released
     os._exit(0)
 name(b"tc-dispatcher")
@@ -245,7 +248,7 @@ for _ in range(count):  # accept, pass the fd on, close the dispatcher's copy
     ports.append(peer[1])
     socket.send_fds(here, [b"x"], [conn.fileno()])
     conn.close()
-print(json.dumps({"pid": os.getpid(), "peer_ports": ports}), flush=True)
+say({"pid": os.getpid(), "peer_ports": ports})
 sys.stdin.read()
 """
 
