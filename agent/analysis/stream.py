@@ -45,8 +45,8 @@ from .ends import Ended, HeldEnds
 from .timewait import TIME_WAIT_LEN_S
 
 GRACE_S = 2.0  # a life's grace where the step's clock is when its records were taken
-# and where it is the records' own: a step behind at full churn holds 2 s of its records' lives
-# with GRACE_S, some 200,000 (50 MiB, and every step looks at each), and a tenth of that with this
+# and where it is the records' own: with GRACE_S a step behind at full churn held 2 s of its
+# records' lives, some 190,000 (50 MiB, and every step looks at each; docs/overhead.md)
 RECORDS_GRACE_S = 0.25
 PARKED_MAX = 100_000
 PART_LIVES = 20_000  # rows made this many lives at a time (steps, the end): a part costs ~2.5 kB a life while made

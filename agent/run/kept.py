@@ -145,9 +145,9 @@ class Kept:
         started = time.monotonic()
         sightings = bool(self._frames)
         frame = self._take_arrived()
-        behind = len(self._backlog) > 0
-        now = float(np.nanmax(frame["event_at"].astype(float))) if behind and len(frame) else time.time()
-        grace_s = RECORDS_GRACE_S if behind and len(frame) and not sightings else GRACE_S
+        own_clock = len(self._backlog) > 0 and len(frame) > 0  # (behind)
+        now = float(np.nanmax(frame["event_at"].astype(float))) if own_clock else time.time()
+        grace_s = RECORDS_GRACE_S if own_clock and not sightings else GRACE_S
         parts = self._stream.step_parts(frame, now, grace_s)
         del frame  # (the stream lets the decoded batch go once it holds what it brought)
         for rows in parts:  # each written before the next is made
