@@ -86,22 +86,20 @@ def report_command(recording, prometheus, seconds, instance, out, force, fmt, vi
         return
     from ..record import rundir
     from ..run.progress import Progress
-    from ..run.replay import rows_of
+    from ..run.replay import rows_of, rows_of_directory
 
     there: tuple[str, ...] = ()
     with stop_on_signals() as stop:
         stop.finishing()  # nothing to trace: a signal goes to the files' writing at once
-        if recording.is_dir():
-            if not rundir.is_run_directory(recording):
-                raise click.BadParameter(f"{recording} holds no {rundir.ROWS} (or {rundir.PARQUET}) and "
-                                         f"{rundir.RUN} of a trace -o", param_hint="RECORDING")
-            kept, run_info = rundir.read(recording)
-            if out is None:  # finish the files there
-                out, there = output_dir(recording, force), (rundir.rows_file(recording),)  # (the others made anew)
-        else:
-            progress = Progress()  # (on a terminal)
-            try:
-                kept, run_info = rows_of(recording, announce, progress.made)
-            finally:
-                progress.close()
+        if recording.is_dir() and not rundir.is_run_directory(recording):
+            raise click.BadParameter(f"{recording} holds no {rundir.ROWS} (or {rundir.PARQUET}) and "
+                                     f"{rundir.RUN} of a trace -o", param_hint="RECORDING")
+        progress = Progress()  # (on a terminal: a recording's records, or those a run killed while behind left)
+        try:
+            rows_of_run = rows_of_directory if recording.is_dir() else rows_of
+            kept, run_info = rows_of_run(recording, announce, progress.made)
+        finally:
+            progress.close()
+        if recording.is_dir() and out is None:  # finish the files there
+            out, there = output_dir(recording, force), (rundir.rows_file(recording),)  # (the others made anew)
         results.show(kept, run_info, out, view=view, there=there, fmt=fmt)

@@ -133,6 +133,19 @@ class Placer:
         # while the container runs: its runtime removes what it kept once it stops
         self.pods: dict[str, str] = {}
 
+    def known(self) -> dict:
+        """What was learnt, for frozen()."""
+        return {"cgroup_of_pid": self._of_pid, "cgroup_of_id": self._of_id}
+
+    @classmethod
+    def frozen(cls, known: dict) -> "Placer":
+        """A Placer that knows what known() said, and walks no hierarchy (it may not be the one the ids were of)."""
+        placer = cls()
+        placer._of_pid = {int(pid): path for pid, path in known.get("cgroup_of_pid", {}).items()}
+        placer._of_id = {int(cid): path for cid, path in known.get("cgroup_of_id", {}).items()}
+        placer._walked_at = float("inf")  # (paths() walks REWALK_S after the last walk: never)
+        return placer
+
     def _note_pod(self, path: str | None) -> None:
         placed = workload(path)
         if placed is None or placed.container is None or placed.container in self.pods:

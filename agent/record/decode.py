@@ -114,6 +114,17 @@ def _comm_codes(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return codes, [name.decode("utf-8", "replace") for name in uniques]
 
 
+def time_outside(raw: np.ndarray, monotonic_to_epoch_ns: int, low: float, high: float) -> tuple[int, str] | None:
+    """Of records read back from a file (not from the BPF side: anyone's bytes), the first
+    whose time set lies outside low..high (epoch seconds), and that time's name; or None."""
+    for field in _TIMES:
+        at = (raw[field].astype(np.float64) + monotonic_to_epoch_ns) / 1e9
+        outside = (raw[field] != 0) & ~((at >= low) & (at <= high))
+        if outside.any():
+            return int(np.flatnonzero(outside)[0]), field
+    return None
+
+
 def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None = None) -> pd.DataFrame:
     """Decode struct tcpclose_event records: concatenated bytes, or an array of EVENT_DTYPE.
 

@@ -41,12 +41,14 @@ IDLE_SHARES = ((1.0, 0.9), (0.5, 0.5))  # (idle cores since the last step, the s
 
 
 class Kept:
-    def __init__(self, directory: str | None = None, file: BinaryIO | None = None, also=None):
+    def __init__(self, directory: str | None = None, file: BinaryIO | None = None, also=None,
+                 waiting: OutputDir | None = None):
         """file: where to keep the rows (open for reading and writing: trace -o's
         connections.arrow); None: a file of our own in `directory` (None: the scratch
         directory), with no name, so that it goes with the process however that ends.
         also: a writer of the rows' file of -o (record.formats: connections.csv or .parquet), to
-        append them to as they are made."""
+        append them to as they are made.  waiting: the records waiting for a step are kept
+        there, for a run killed while behind (run.backlog; note())."""
         if file is None:
             directory = directory or scratch_directory()
             try:
@@ -58,7 +60,7 @@ class Kept:
         self._writer = rowfile.RowsWriter(self._file)
         self._also = also
         self.files: tuple[str, ...] = ()  # those of -o the rows are written into (into())
-        self._backlog = Backlog()  # the BPF records not made into rows yet
+        self._backlog = Backlog(out=waiting)  # the BPF records not made into rows yet
         self._frames: list[pd.DataFrame] = []  # and sock_diag's TIME_WAIT ends
         self._stream: Stream | None = None
         self._decoder: Callable[[np.ndarray], pd.DataFrame] | None = None
@@ -67,13 +69,17 @@ class Kept:
         self._pending: rundir.Pending | None = None  # (note())
         self.tally: Tally | None = None  # (start())
         self._meanwhile: Callable[[], object] = lambda: None  # (start())
+        self._reading: Callable[[], dict] = dict  # (start())
 
     @classmethod
-    def into(cls, out: OutputDir, fmt: str) -> "Kept":
+    def into(cls, out: OutputDir, fmt: str, waiting: bool = False) -> "Kept":
         """Rows kept in -o's directory as they are made: connections.arrow, and the file of
-        --format `fmt` (record.formats)."""
+        --format `fmt` (record.formats); waiting: the records waiting for a step too."""
         rows_file = FORMATS[fmt]
-        kept = cls(file=out.appending(rundir.ROWS), also=rows_file.Writer(out.appending(rows_file.NAME)))
+        kept = cls(file=out.appending(rundir.ROWS), also=rows_file.Writer(out.appending(rows_file.NAME)),
+                   waiting=out if waiting else None)
+        if waiting:  # (what a run killed here before left waiting is not this run's)
+            out.remove([rundir.WAITING, *(n for n in out.names() if n.startswith(rundir.WAITING_PREFIX))])
         kept.files = (rundir.ROWS, rows_file.NAME)
         return kept
 
@@ -104,14 +110,15 @@ class Kept:
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
 
     def start(self, stream: Stream, decoder: Callable[[np.ndarray], pd.DataFrame], tally: Tally,
-              meanwhile: Callable[[], object] | None = None) -> None:
+              meanwhile: Callable[[], object] | None = None, reading: Callable[[], dict] | None = None) -> None:
         """Make rows from here on with `stream`, and add them to `tally`; `decoder` decodes the
-        BPF records (Tracer._decoded).  meanwhile: called between the parts of a step or a note
+        BPF records (Tracer._decoded), and `reading` says what decoding them needs, for the
+        records waiting that a note leaves (rundir.write_waiting).  meanwhile: called between the parts of a step or a note
         while tracing (Tracer._take), so that what arrives during the seconds a busy host's note
         or step can take waits in the backlog (on disk past its 16 MiB), not in the drainer's
         memory: 160 bytes a record, 25 MiB a second at full churn."""
         self._stream, self._decoder, self.tally = stream, decoder, tally
-        self._meanwhile = meanwhile or self._meanwhile
+        self._meanwhile, self._reading = meanwhile or self._meanwhile, reading or self._reading
 
     @property
     def rows(self) -> int:
@@ -187,13 +194,18 @@ class Kept:
         `out`: with the rows made, what a run killed now leaves (record.rundir); and `tables`,
         the run's tables so far, made from the figures of its rows final by now.  False: they
         could not be written (a full disk).  Its time counts as a step's (STEP_SHARE)."""
-        started = time.monotonic()
+        started, waited = time.monotonic(), len(self._backlog)  # (what arrives while it writes is after `run`)
         try:
             if self._pending is None:
                 self._pending = rundir.Pending(out)
             self._pending.write(lambda everything: self._between(self._stream.provisional(run.ended_at, everything)),
                                 self._stream.held)
             run.lives_pending = self._stream.held + len(self._backlog)  # (not in the tables: not final yet)
+            waiting = self._backlog.persist()
+            if waiting is None or not waited:
+                out.remove([rundir.WAITING])
+            else:
+                rundir.write_waiting(out, (*waiting[:2], waited), self._writer.rows, self._reading())
             out.write_text(rundir.RUN, run.to_json())
             if tables is not None:
                 tables(out, self.tally, run)
@@ -237,13 +249,18 @@ class Kept:
         """The run's rows, once finished: the figures made as they came (made now, a batch at
         a time, where no tally was fed: a recording's, whose start was not known before its
         end), and the file of the rows to read them again from (see RunRows)."""
+        batches = self.batches()
+        return RunRows(self.tally, batches, self._file.close) if self.tally is not None else RunRows.tallied(batches, run)
+
+    def batches(self) -> Callable[[], Iterator[pd.DataFrame]]:
+        """No more rows: the rows made, a batch at a time, read again from their file each time called."""
         self._writer.close()
         file = self._file
 
         def batches():
             file.seek(0)
             yield from rowfile.batches(file)
-        return RunRows(self.tally, batches, file.close) if self.tally is not None else RunRows.tallied(batches, run)
+        return batches
 
     def rotate(self, out: OutputDir, fmt: str, tally: Tally, run: RunInfo) -> RunRows:
         """The rows made final since the last rotation (`run`: that period), and from now on,

@@ -65,6 +65,22 @@ class Owners:
             frame.loc[other, "comm"] = process[other]
         return frame
 
+    def known(self) -> dict:
+        """What was learnt, for frozen() (JSON: keys as text)."""
+        return {"netns": self.netns_of, "comm": self.process_comm, **self.cgroups.known()}
+
+    @classmethod
+    def frozen(cls, known: dict) -> "Owners":
+        """Owners that name records as they were named when `known` was taken (`report DIR`, of
+        records a killed run left): /proc and the cgroups of this host are not read, since
+        their pids and cgroup ids may be others' by now.  An owner not known keeps the name
+        the BPF side recorded."""
+        owners = cls()
+        owners.netns_of = {int(pid): ns for pid, ns in known.get("netns", {}).items()}
+        owners.process_comm = {int(pid): comm for pid, comm in known.get("comm", {}).items()}
+        owners.cgroups = cgroups.Placer.frozen(known)
+        return owners
+
     def placed(self, snap: pd.DataFrame) -> pd.DataFrame:
         """Snapshot rows (decode.from_snapshot) with the cgroup of each socket's holder."""
         for pid in set(snap["pid"][snap["pid"] > 0].tolist()):

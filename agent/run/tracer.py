@@ -80,7 +80,7 @@ class Tracer:
         self._recorder = Recorder(record_path, force) if record_path else None
         self._transitions = transitions.Writer(transitions_to, self._offset_ns, force) if transitions_to else None
         self._out, self._fmt = out if keep and not aggregates else None, fmt
-        self._kept = (Kept.into(self._out, fmt) if self._out else Kept()) if keep else None
+        self._kept = (Kept.into(self._out, fmt, waiting=not figures) if self._out else Kept()) if keep else None
         self.rows_files = self._kept.files if self._kept else ()  # in -o, written as the rows come
         self._interval, self._noted_at, self._tables = interval, time.monotonic(), tables
         self.probe = probe.Probe(filters, tw_timer_fn=tw_fn, aggregates=aggregates, transitions=transitions_to is not None,
@@ -118,9 +118,11 @@ class Tracer:
     def _decoded(self, raw: np.ndarray) -> pd.DataFrame:
         return self.owners.named(decode.decode(raw, self._offset_ns, self.hz))
 
+    def reading(self) -> dict:  # what _decoded() needs, for `report DIR` of records a killed run left (rundir)
+        return {"offset_ns": self._offset_ns, "hz": self.hz, "owners": self.owners.known()}
+
     def _seed_listeners(self, holders: diag.Holders) -> None:
-        """The listeners there before tracing, of every namespace, into the BPF side, so that
-        their new children start with their owner.  Done once the probe is attached."""
+        """The listeners of every namespace, once the probe is attached, into the BPF side: their children start owned."""
         self.probe.seed_listeners(diag.listener_seeds(diag.snapshot_everywhere(Filters(), ("LISTEN",), holders)))
 
     def _snapshot_at_start(self, holders: diag.Holders) -> None:
@@ -137,15 +139,14 @@ class Tracer:
         if self._kept is not None:
             stream = Stream(self.timewait_method, self.owners.cgroups.pods, existing)
             # (taking between parts: not for the agent, whose figures read the records drain() returns)
-            self._kept.start(stream, self._decoded, self._tally(), None if self.probe.figures else self._take)
+            self._kept.start(stream, self._decoded, self._tally(), None if self.probe.figures else self._take, self.reading)
 
     def _tally(self) -> Tally:
         return Tally(self.started_at, self.timewait_method in ("timers", "diag"))
 
     def rotate(self, out: OutputDir) -> tuple[RunRows, RunInfo]:
-        """-o's rows and run of the period that ends now (the rows made final in it, with their
-        figures), and from now on those of the next, kept in `out` (tcpclose agent --out): the
-        lives held and the records waiting go on to the period in which their rows are made."""
+        """-o's rows (final in the period that ends now, with their figures) and run; from now on, the next's,
+        kept in `out` (agent --out): the lives held and records waiting go to the period their rows are made in."""
         ended_at, counters = time.time(), self.counters()
         run = self._run(ended_at, counters, lives_carried=self._kept.rows)
         self.started_at, self._tcpext_start = ended_at, run.tcpext["end"]
@@ -223,8 +224,7 @@ class Tracer:
         return (sum(p.get("run_time_ns", 0) for p in programs) / 1e9, sum(p.get("run_cnt", 0) for p in programs))
 
     def progress(self) -> tuple[int, int, int, int]:
-        """(socket lives closed, TIME_WAITs made, ring-buffer drops, records waiting for their
-        rows) so far, for the progress line."""
+        """(lives closed, TIME_WAITs made, ring-buffer drops, records waiting for their rows) so far."""
         drops = self.probe.counters()["ringbuf_drops"]
         if self.probe.aggregates:  # no records arrive: ask the procs map
             counts = self.probe.process_counts()
@@ -288,7 +288,7 @@ class Tracer:
         apart = None if self._watch else timewaits  # (the BPF side's, not joined to the rest: Stream.finish_parts)
         run.rows_settled_early = self._kept.finish([f for f in ends if f is not apart], ended_at, apart, made)
         if self._out is not None:  # every row is made: none is provisional any more
-            self._out.remove([rundir.PENDING])
+            self._out.remove([rundir.PENDING, rundir.WAITING])
         return self._kept.rows_of_run(run), run
 
 

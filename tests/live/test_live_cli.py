@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from agent.demo.workload import start_client, start_server
 from agent.output import files
+from support.namespaces import in_ns, netns
 
 pytestmark = pytest.mark.live
 N = 23
@@ -355,6 +357,44 @@ def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tm
         str(N)] * 4
     assert [procs["tc-server"][k] for k in ("connections", "passive_closes", "timewait_count")] == [str(N), str(N), "0"]
     assert (out / "report.html").is_file() and "The run was cut short" in (out / "summary.txt").read_text()
+
+
+def test_a_tracer_killed_while_behind_its_records_leaves_them_for_report_dir(tmp_path):
+    """The bench's churn for 8 s outruns the steps (tens of thousands of connections a second
+    against a few thousand): most records wait (run.backlog), with -o in DIR, and every
+    --interval says where (connections.waiting.json).  After a SIGKILL, `report DIR` makes
+    their rows too: as many lives as the BPF side had seen end by the last interval, as many
+    TIME_WAITs as the kernel had made by then in the churn's namespace."""
+    out = tmp_path / "out"
+    with netns() as ns:
+        trace = start_trace("-o", str(out), "--interval", "2")  # (in the namespace's counters from their start)
+        servers = [in_ns(ns, "bench.churn", "server", "--port", str(9300 + first), "--workers", "2",
+                         *(["--server-closes-first"] if first else []), stdout=subprocess.PIPE, start_new_session=True)
+                   for first in (0, 1)]
+        try:
+            for server in servers:
+                assert server.stdout.readline().strip() == "ready"
+            clients = [in_ns(ns, "bench.churn", "client", "--port", str(9300 + i % 2), "--seconds", "8",
+                             "--dest", f"127.0.0.{i + 1}", *(["--server-closes-first"] if i % 2 else []),
+                             stdout=subprocess.PIPE) for i in range(4)]
+            made = sum(int(c.communicate(timeout=60)[0]) for c in clients)
+        finally:
+            trace.kill()
+            trace.wait(timeout=30)
+            for server in servers:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=10)
+    noted = json.loads((out / "run.json").read_text())  # (the last interval's: report rewrites it)
+    waiting = json.loads((out / "connections.waiting.json").read_text())
+    made_by_then = len(read_csv(out / "connections.csv"))
+    ended = noted["counters"]["lives_ended"]
+    assert made_by_then < ended / 2 < waiting["records"], (made_by_then, ended, waiting["records"], made)
+    report = subprocess.run([*TCPCLOSE, "report", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    rows = [r for r in read_csv(out / "connections.csv") if r["comm"] in ("churn-client", "churn-server")]
+    assert 0.99 * ended <= len(rows) <= ended <= 2 * made, (len(rows), ended, made)  # (a few in the ring then)
+    counts = next(c for c in json.loads((out / "summary.json").read_text())["kernel_counters"] if c["name"] == ns)
+    assert 0.99 * counts["kernel"]["TW"] <= counts["tcpclose"]["TW"] <= counts["kernel"]["TW"], counts
 
 
 def test_a_loop_of_curl_runs_is_one_application_in_the_summary(tmp_path):
