@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import Abandoned
 from ..filters import Filters
 from . import results
 from .options import (CONTEXT, MAX_DURATION_S, announce, expected_errors, filter_options, finite, netns_option,
@@ -96,9 +97,14 @@ def trace(duration, out, force, fmt, filters, record, timewait, netns, aggregate
                         transitions_to=transitions_to, max_socks=max_sockets, out=out, fmt=fmt, interval=interval,
                         attached=lambda: click.echo(tracing, err=True),
                         tables=functools.partial(results.write_interval, view=view))
-        kept, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
-        results.show(kept, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
-                     rescue=True, view=view, there=() if aggregates else tracer.rows_files, fmt=fmt)
+        try:
+            kept, run_info = run(tracer, stop, duration, progress=Progress(progress), announce=announce)
+            results.show(kept, run_info, out, summary=not quiet, err=transitions_to == "-",  # stdout: the transitions
+                         rescue=True, view=view, there=() if aggregates else tracer.rows_files, fmt=fmt)
+        except Abandoned as exc:  # (-o's directory holds the run as of its last --interval: record.rundir)
+            if tracer.rows_files:
+                exc.message += f"; `tcpclose report {out.path}` finishes them as of the last --interval"
+            raise
 
 
 @click.command(context_settings=CONTEXT)

@@ -359,12 +359,14 @@ def test_a_tracer_killed_with_sigkill_leaves_a_directory_that_report_finishes(tm
     assert (out / "report.html").is_file() and "The run was cut short" in (out / "summary.txt").read_text()
 
 
-def test_a_tracer_killed_while_behind_its_records_leaves_them_for_report_dir(tmp_path):
+@pytest.mark.parametrize("ended", ["sigkill", "abandoned"])
+def test_a_tracer_killed_while_behind_its_records_leaves_them_for_report_dir(tmp_path, ended):
     """The bench's churn for 8 s outruns the steps (tens of thousands of connections a second
     against a few thousand): most records wait (run.backlog), with -o in DIR, and every
-    --interval says where (connections.waiting.json).  After a SIGKILL, `report DIR` makes
-    their rows too: as many lives as the BPF side had seen end by the last interval, as many
-    TIME_WAITs as the kernel had made by then in the churn's namespace."""
+    --interval says where (connections.waiting.json).  After a SIGKILL, or a third Ctrl-C in
+    the long end (which says report DIR finishes the files), `report DIR` makes their rows
+    too: as many lives as the BPF side had seen end by the last interval, as many TIME_WAITs
+    as the kernel had made by then in the churn's namespace."""
     out = tmp_path / "out"
     with netns() as ns:
         trace = start_trace("-o", str(out), "--interval", "2")  # (in the namespace's counters from their start)
@@ -378,6 +380,14 @@ def test_a_tracer_killed_while_behind_its_records_leaves_them_for_report_dir(tmp
                              "--dest", f"127.0.0.{i + 1}", *(["--server-closes-first"] if i % 2 else []),
                              stdout=subprocess.PIPE) for i in range(4)]
             made = sum(int(c.communicate(timeout=60)[0]) for c in clients)
+            if ended == "abandoned":
+                trace.send_signal(signal.SIGINT)
+                assert "analysing" in trace.stderr.readline()  # (the long end announced)
+                trace.send_signal(signal.SIGINT)
+                assert "Ctrl-C again abandons" in trace.stderr.readline()
+                trace.send_signal(signal.SIGINT)
+                said = trace.communicate(timeout=30)[1]
+                assert trace.returncode == 130 and f"`tcpclose report {out}` finishes them" in said, said
         finally:
             trace.kill()
             trace.wait(timeout=30)
