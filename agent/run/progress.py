@@ -16,6 +16,17 @@ LOG_EVERY_S = 10.0
 
 
 BEHIND_SHOWN = 50_000  # records waiting for their rows (a step's worth, run.kept.STEP_RECORDS) to say so
+ESTIMATE_AFTER_S = 5.0  # the end's time left is said once its pace is this old (a few steps)
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` as a person says it, to the second under a minute and to the minute above: 40 s, 3 min 10 s, 1 h 5 min."""
+    seconds = max(int(round(seconds)), 1)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def line(elapsed_s: float, lives: int, timewaits: int, drops: int, waiting: int = 0) -> str:
@@ -39,15 +50,26 @@ class Progress:
         self._started = time.monotonic()
         self._last = self._started
         self._shown = False
+        self._made_from: tuple[int, float] | None = None  # (made(): the records done, and when, at its first call)
 
     def update(self, read, force: bool = False) -> None:
         """read(): (lives, timewaits, drops[, waiting]) so far (line()), called only when the line is due."""
         self.show(lambda: line(time.monotonic() - self._started, *read()), force)
 
     def made(self, done: int, total: int) -> None:
-        """The end of a long run: `done` of the `total` records made into rows so far."""
-        self.show(lambda: f"making the rows: {done:,} of {total:,} records ({100 * done // max(total, 1)} %)",
-                  force=done == total)
+        """The end of a long run: `done` of the `total` records made into rows so far, and the
+        time left at the pace since the first call (once ESTIMATE_AFTER_S have shown it)."""
+        now = time.monotonic()
+        if self._made_from is None or done < self._made_from[0]:
+            self._made_from = (done, now)
+        first, since = self._made_from
+
+        def text() -> str:
+            said = f"making the rows: {done:,} of {total:,} records ({100 * done // max(total, 1)} %)"
+            if done > first and done < total and now - since >= ESTIMATE_AFTER_S:
+                said += f", about {_duration((total - done) * (now - since) / (done - first))} left"
+            return said
+        self.show(text, force=done == total)
 
     def show(self, make_text, force: bool = False) -> None:
         """make_text(): the line, called only when it is due."""
