@@ -49,9 +49,10 @@ def _instance(ctx, param, value: str | None) -> str | None:
 @expected_errors
 def report_command(recording, prometheus, seconds, instance, out, force, fmt, view):
     """The same reports from a --record file, or from the directory of a trace -o that was
-    killed before it finished (its connections.arrow and run.json: every other file is
-    written from them); needs no root.  Or, with --prometheus, the summary of what a
-    fleet's tcpclose agents reported over a time range.
+    killed before it finished (its connections.arrow and run.json, and the records it had
+    not made into rows yet: every other file is written from them, as of its last
+    --interval); needs no root.  Or, with --prometheus, the summary of what a fleet's
+    tcpclose agents reported over a time range.
 
     \b
     Examples:

@@ -113,10 +113,10 @@ class Kept:
               meanwhile: Callable[[], object] | None = None, reading: Callable[[], dict] | None = None) -> None:
         """Make rows from here on with `stream`, and add them to `tally`; `decoder` decodes the
         BPF records (Tracer._decoded), and `reading` says what decoding them needs, for the
-        records waiting that a note leaves (rundir.write_waiting).  meanwhile: called between the parts of a step or a note
-        while tracing (Tracer._take), so that what arrives during the seconds a busy host's note
-        or step can take waits in the backlog (on disk past its 16 MiB), not in the drainer's
-        memory: 160 bytes a record, 25 MiB a second at full churn."""
+        records waiting that a note leaves (rundir.write_waiting).  meanwhile: called between
+        the parts of a step or a note while tracing (Tracer._take), so that what arrives during
+        the seconds a busy host's note or step can take waits in the backlog (on disk past its
+        16 MiB), not in the drainer's memory: 160 bytes a record, 25 MiB a second at full churn."""
         self._stream, self._decoder, self.tally = stream, decoder, tally
         self._meanwhile, self._reading = meanwhile or self._meanwhile, reading or self._reading
 
@@ -201,8 +201,8 @@ class Kept:
             self._pending.write(lambda everything: self._between(self._stream.provisional(run.ended_at, everything)),
                                 self._stream.held)
             run.lives_pending = self._stream.held + len(self._backlog)  # (not in the tables: not final yet)
-            waiting = self._backlog.persist()
-            if waiting is None or not waited:
+            waiting = self._backlog.persist() if waited else None
+            if waiting is None:
                 out.remove([rundir.WAITING])
             else:
                 rundir.write_waiting(out, (*waiting[:2], waited), self._writer.rows, self._reading())
