@@ -140,7 +140,7 @@ def test_what_a_killed_run_left_waiting_is_read_as_input_never_through_a_link(tm
     records.write_bytes(np.random.default_rng(7).integers(0, 256, len(kept_bytes), dtype=np.uint8).tobytes())
     one_line(report(), rundir.waiting_name(0), "not within the run")
     # a few bytes of one field changed in a few records: the rows, or one line (a time so far
-    # off that the timeline would need hundreds of GiB once took the whole host's memory)
+    # off made the analysis ask for hundreds of GiB: a MemoryError, a traceback)
     rng, fields = np.random.default_rng(11), [f for f in layout.EVENT_DTYPE.names if f != "pad"]
     for field in fields:
         changed = np.frombuffer(kept_bytes, layout.EVENT_DTYPE).copy()
