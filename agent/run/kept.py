@@ -102,9 +102,15 @@ class Kept:
             return 0.0
         return (idle - before) / (now - then)
 
-    def _stepped(self, started: float) -> None:
-        """A step (or a note) that began at `started` ended now."""
+    def _stepped(self, started: float, note: bool = False) -> None:
+        """A step, or a note, that began at `started` ended now.  A note's time is added to the
+        last step's, so that steps and notes keep to their share together, but it does not
+        restart the next step's clock: notes every second (--interval 1) that took more than a
+        poll's tenth of a second each put every step off until the end, once (a slow host)."""
         memory.return_freed()  # after every step: what it freed, handed back before the next (docs/overhead.md)
+        if note:
+            self._step_s += time.monotonic() - started
+            return
         self.stepped_at = time.monotonic()
         self._step_s = self.stepped_at - started
         self._idle_at = (self.stepped_at, procfs.idle_cpu_seconds())
@@ -214,7 +220,7 @@ class Kept:
                 raise
             return False
         finally:
-            self._stepped(started)
+            self._stepped(started, note=True)
         return True
 
     def _between(self, parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

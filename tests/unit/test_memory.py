@@ -79,6 +79,22 @@ def test_a_long_step_puts_off_the_next_so_that_the_steps_take_their_share_of_a_c
     assert kept.step_due()
 
 
+def test_notes_every_second_do_not_put_the_steps_off_for_ever(tmp_path, monkeypatch):
+    """A note (--interval 1) that takes 0.3 s counts in the steps' share, but the next step is
+    still due a second after the last step, not after the last note (where CPUs idle)."""
+    from agent.run import kept as kept_module
+
+    clock = [100.0]
+    monkeypatch.setattr(kept_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(kept_module.procfs, "idle_cpu_seconds", lambda: 5000.0 + 2.0 * (clock[0] - 100.0))
+    kept = Kept(str(tmp_path))
+    kept._stepped(99.9)  # a step of 0.1 s, just ended
+    for second in (1.0, 2.0):  # a note each second, 0.3 s long
+        clock[0] = 100.0 + second + 0.3
+        kept._stepped(100.0 + second, note=True)
+    assert kept.step_due()  # 2.3 s after the last step, 0.7 s of it steps and notes: under 0.9 of a core
+
+
 def test_a_run_counted_per_process_leaves_no_rows_file_of_another_run(tmp_path):
     """A trace --aggregates -o writes the counts only: the per-connection files of an earlier
     run in DIR are removed, not left to be taken for this one's."""
