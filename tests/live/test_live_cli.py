@@ -406,9 +406,9 @@ def test_a_tracer_killed_while_behind_its_records_leaves_them_for_report_dir(tmp
     rows = [r for r in read_csv(out / "connections.csv") if r["comm"] in ("churn-client", "churn-server")]
     # (the counters are read as the note begins: the records of the last moments before, a few
     # percent of the run on a slow host, were still in the ring or the drainer's hands)
-    assert 0.97 * ended <= len(rows) <= ended <= 2 * made, (len(rows), ended, made)
+    assert 0.95 * ended <= len(rows) <= ended <= 2 * made, (len(rows), ended, made)
     counts = next(c for c in json.loads((out / "summary.json").read_text())["kernel_counters"] if c["name"] == ns)
-    assert 0.97 * counts["kernel"]["TW"] <= counts["tcpclose"]["TW"] <= counts["kernel"]["TW"], counts
+    assert 0.95 * counts["kernel"]["TW"] <= counts["tcpclose"]["TW"] <= counts["kernel"]["TW"], counts
 
 
 def test_a_loop_of_curl_runs_is_one_application_in_the_summary(tmp_path):
