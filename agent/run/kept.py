@@ -25,6 +25,7 @@ from ..record.formats import FORMATS
 from ..safefiles import OutputDir, scratch_directory
 from . import memory
 from .backlog import Backlog
+from .writer_thread import WriterThread
 
 STEP_EVERY_S = 1.0  # what arrived is decoded and made into connection rows this often (analysis.stream)
 STEP_RECORDS = 50_000  # at most this many records a step (a second or two): the rest wait in the backlog
@@ -59,6 +60,7 @@ class Kept:
         self._file = file
         self._writer = rowfile.RowsWriter(self._file)
         self._also = also
+        self._written_apart: WriterThread | None = None  # (finish(): the rows' files written on a thread)
         self.files: tuple[str, ...] = ()  # those of -o the rows are written into (into())
         self._backlog = Backlog(out=waiting)  # the BPF records not made into rows yet
         self._frames: list[pd.DataFrame] = []  # and sock_diag's TIME_WAIT ends
@@ -177,13 +179,18 @@ class Kept:
         (Stream.settled_early)."""
         self._meanwhile = lambda: None  # (tracing is over: nothing arrives)
         total = len(self._backlog)
-        while len(self._backlog):
-            self.step()
-            if made:
-                made(total - len(self._backlog), total)
-        self._frames += ends
-        for rows in self._stream.finish_parts(self._take_arrived(), ended_at, followed):
-            self.add(rows)
+        self._written_apart = WriterThread(self._write)
+        try:
+            while len(self._backlog):
+                self.step()
+                if made:
+                    made(total - len(self._backlog), total)
+            self._frames += ends
+            for rows in self._stream.finish_parts(self._take_arrived(), ended_at, followed):
+                self.add(rows)
+        finally:
+            written, self._written_apart = self._written_apart, None
+            written.close()
         self._backlog.close()
         if self._pending is not None:
             self._pending.close()
@@ -246,7 +253,10 @@ class Kept:
             return
         if self.tally is not None:
             self.tally.add(rows)
-        table = rowfile.table(rows)
+        (self._written_apart or self._write)(rowfile.table(rows))
+
+    def _write(self, table) -> None:
+        """Rows in record.rows' schema, appended to the rows' file and to -o's connections file."""
         self._writer.append_table(table)
         if self._also is not None:
             self._also.append(table)
