@@ -99,7 +99,7 @@ class Stream:
         final = alive & ~waiting & (self._lives.columns["arrived"] <= now - grace_s)
         self.settled_early += int((final & early).sum())
         chosen = np.flatnonzero(final)
-        alone = self._alone(how)[chosen]
+        alone = self._alone(chosen, how)
         apart = chosen[alone]
         parts = np.array_split(apart, -(-len(apart) // PART_LIVES)) if len(apart) else [apart]
         parts[0] = np.sort(np.concatenate([chosen[~alone], parts[0]]))
@@ -140,7 +140,7 @@ class Stream:
         else:
             self._ends.open_first(still_open, ended_at)
         alive = np.flatnonzero(self._lives.alive)
-        alone = alive[self._alone()[alive]]
+        alone = alive[self._alone(alive)]
         for part in np.array_split(alone, -(-len(alone) // PART_LIVES)) if len(alone) else []:
             lives = self._lives.frame(part)
             yield connection_rows(lives, self._ends.of(lives), ended_at, self.method, self.pods, self._carried,
@@ -151,16 +151,17 @@ class Stream:
         yield connection_rows(concat([lives, events[kind == "open"]]), ends, ended_at, self.method, self.pods,
                               self._carried, final=True, seen_at_end=events[kind == "seen_at_end"])
 
-    def _alone(self, how: Ended | None = None) -> np.ndarray:
-        """Per held life: can its final row be made apart from the others (finish_parts)?  Not
-        for a life credited to its listener, nor for a client's TIME_WAIT cancelled with no
-        connect() seen taking it, nor for a life on the same two ports as one of those (the
-        client that may have taken it over: timewait.taken_by_connect)."""
+    def _alone(self, positions: np.ndarray, how: Ended | None = None) -> np.ndarray:
+        """Per held life at `positions`: can its final row be made apart from the others
+        (finish_parts)?  Not for a life credited to its listener, nor for a client's TIME_WAIT
+        cancelled with no connect() seen taking it, nor for a life on the same two ports as one
+        of those (the client that may have taken it over: timewait.taken_by_connect).  Looked
+        up for those positions only: a step's are a fraction of the lives held."""
         columns = self._lives.columns
         how = self._ends.how(self._lives, columns["due"].astype(bool)) if how is None else how
         unexplained = how.cancelled & ~columns["server"].astype(bool)
         ports = self._lives.ports()
-        return ~columns["listener"].astype(bool) & ~np.isin(ports, ports[unexplained])
+        return ~columns["listener"][positions].astype(bool) & ~np.isin(ports[positions], ports[unexplained])
 
     def provisional(self, now: float, everything: bool = True) -> Iterator[pd.DataFrame]:
         """The rows of the lives held, as they would be if the run ended `now` (a TIME_WAIT
