@@ -1,6 +1,7 @@
 """A trace -o killed while its steps were behind its records (run.kept): the records still
 waiting are in the run's directory (run.backlog), and `tcpclose report DIR` makes their rows
 (run.replay.waiting_rows), each life once."""
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,41 @@ def test_a_run_that_caught_up_leaves_no_record_waiting_and_a_new_run_clears_what
     kept.step()
     assert kept.note(out, RunInfo(epoch(0.5), epoch(10.0), cut_short=True))
     assert not (tmp_path / "out" / rundir.WAITING).exists()
+
+
+def test_report_dir_of_a_long_killed_run_keeps_what_pending_holds_not_an_index_of_every_row(tmp_path):
+    """What `report DIR` keeps while it reads a killed run's rows to find the lives of PENDING
+    made final since is bounded by PENDING, not by the run's rows: four times the rows take
+    no more memory (an index of every row's life grew with them), and the lives found are
+    the same."""
+    pending = rows.empty().reindex(range(2_000))
+    pending["skaddr"] = np.arange(2_000, dtype=np.uint64) * 7  # (even ones made final in the last part)
+    pending["opened_at"], pending["closed_at"] = epoch(1.0), np.nan
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / rundir.PENDING, "wb") as f:
+        writer = rows.RowsWriter(f)
+        writer.append(pending)
+        writer.close()
+
+    def made(parts: int):
+        def batches():
+            for i in range(parts):
+                part = rows.empty().reindex(range(20_000))
+                part["skaddr"] = np.arange(i * 20_000, (i + 1) * 20_000, dtype=np.uint64) * 7 + 3
+                part["opened_at"], part["closed_at"] = epoch(1.0), epoch(2.0)
+                if i == parts - 1:
+                    part.loc[:999, "skaddr"] = pending["skaddr"].to_numpy()[::2]
+                    part.loc[:999, "closed_at"] = np.nan
+                yield part
+        return batches
+
+    peaks = []
+    for parts in (5, 20):
+        tracemalloc.start()
+        left, _, since = rundir._pending_and_last(out, made(parts), (parts - 1) * 20_000)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sorted(left["skaddr"].tolist()) == pending["skaddr"].tolist()[1::2]
+        assert len(since) == 20_000
+    assert peaks[1] < 1.3 * peaks[0], peaks
