@@ -3,7 +3,7 @@
 Arrow's IPC and CSV writers do their work in C++ with the GIL released, so a thread writing
 one part's rows (connections.arrow, and connections.csv or .parquet) runs beside the main
 thread making the next part's.  Used at the end of a trace (run.kept.Kept.finish), when the
-workload that was traced has stopped and a core is free: writing is some 15 % of the end
+workload that was traced has stopped and a core is free: writing is some 12 % of the end
 there (docs/overhead.md, "The end's writing on a thread of its own").  Not while tracing: the
 steps keep to their share of a core by timing themselves, which a thread's work would escape.
 """
