@@ -99,7 +99,7 @@ def address_text(family: int, first: int, second: int) -> str:
 TEXT = pd.DataFrame({"text": np.array(["x"], dtype=object)})["text"].dtype
 
 
-def _text(codes: np.ndarray, names: list, bare: np.ndarray | None = None):
+def text_column(codes: np.ndarray, names: list, bare: np.ndarray | None = None):
     """The column whose row i is names[codes[i]], None where `bare` (the record has no such
     field)."""
     values = pd.array(np.array([*names, None], dtype=object), dtype=TEXT)
@@ -144,24 +144,24 @@ def decode(raw: bytes | np.ndarray, monotonic_to_epoch_ns: int, hz: int | None =
     # a reset record carries only its socket and time, a timewait record only its tw_* fields
     bare = np.isin(kinds, [i for i, name in enumerate(kind_names) if name in ("reset_sent", *_TIMEWAIT_KINDS)])
     out = {
-        "kind": _text(kinds, kind_names),
+        "kind": text_column(kinds, kind_names),
         "skaddr": rec["skaddr"].astype(np.uint64),
         "pid": rec["pid"].astype(np.int64),
         "tid": rec["tid"].astype(np.int64),
-        "comm": _text(*_comm_codes(rec["comm"])),
+        "comm": text_column(*_comm_codes(rec["comm"])),
         "cgroup_id": rec["cgroup_id"].astype(np.uint64),
-        "owner_src": _text(*_codes(rec["owner_src"], layout.OWNER_SRC_NAMES), bare),
-        "family": _text(*_codes(rec["family"], FAMILY_NAMES), bare),
-        "laddr": _text(*_address_codes(rec["saddr"], rec["family"]), bare),
+        "owner_src": text_column(*_codes(rec["owner_src"], layout.OWNER_SRC_NAMES), bare),
+        "family": text_column(*_codes(rec["family"], FAMILY_NAMES), bare),
+        "laddr": text_column(*_address_codes(rec["saddr"], rec["family"]), bare),
         "lport": rec["sport"].astype(np.int64),
-        "raddr": _text(*_address_codes(rec["daddr"], rec["family"]), bare),
+        "raddr": text_column(*_address_codes(rec["daddr"], rec["family"]), bare),
         "rport": rec["dport"].astype(np.int64),
         "states_raw": rec["states"].astype(np.int64),
-        "last_state": _text(*_codes(rec["last_state"], layout.TCP_STATE_NAMES), bare),
+        "last_state": text_column(*_codes(rec["last_state"], layout.TCP_STATE_NAMES), bare),
         "flags_raw": rec["flags"].astype(np.int64),
         "tw_timer": rec["tw_timer"].astype(np.uint64),
         "tw_timeout_s": np.where(rec["tw_timer"] > 0, rec["tw_timeout"] / hz, np.nan) if hz else np.nan,
-        "tw_end": _text(*_codes(rec["tw_end"], layout.TW_END_NAMES)),
+        "tw_end": text_column(*_codes(rec["tw_end"], layout.TW_END_NAMES)),
         "netns": None,
         "thread_comm": None,
         "fd": np.nan,
