@@ -216,8 +216,8 @@ def _pending_and_last(directory: Path, made: Callable[[], Iterator[pd.DataFrame]
     has some 35 million rows; an index of all their lives took 1.5 GB for 4 million)."""
     pending = rows.read(directory / PENDING) if (directory / PENDING).is_file() else rows.empty()
     held = _lives(pending)
-    pending = pending[~held.duplicated(keep="last")].reset_index(drop=True)
-    held = _lives(pending)
+    last_of_each = ~held.duplicated(keep="last")
+    pending, held = pending[last_of_each].reset_index(drop=True), held[last_of_each]
     final = np.zeros(len(pending), dtype=bool)
     last, seen, since = float("nan"), 0, []
     for part in made():

@@ -66,8 +66,8 @@ class Owners:
         other = [p is not None and p != t for p, t in zip(process, thread)]
         if any(other):
             frame["comm"] = decode.text_column(pair_of, [p if o else t for p, t, o in zip(process, thread, other)])
-            frame["thread_comm"] = pd.Series(np.array([t if o else None for t, o in zip(thread, other)], dtype=object)[pair_of],
-                                             index=frame.index, dtype=object)
+            thread_comm = np.array([t if o else None for t, o in zip(thread, other)], dtype=object)
+            frame["thread_comm"] = pd.Series(thread_comm[pair_of], index=frame.index, dtype=object)  # (as decoded)
         return frame
 
     def known(self) -> dict:
