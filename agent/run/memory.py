@@ -21,6 +21,7 @@ _MADVISE = _libc_function("madvise")
 if _MADVISE is not None:
     _MADVISE.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (a clean file page is dropped, read again if touched)
+MADV_DONTNEED = 4  # unmap them from this process (a file's page stays in the page cache)
 # bcc compiles the program in this process with clang and LLVM: their libraries, about 85 MB
 # of code and data read from disk, stay resident after the compile, though nothing runs them
 # again (bcc's tables are read through ctypes here, never through LLVM-made code)
@@ -65,15 +66,52 @@ def release_compiler() -> int:
     handed back to the kernel (each compile took some 150 MB, two thirds of which stayed
     resident).  Should anything touch those pages again, the kernel reads them back from the
     file.  Returns the mappings released (0: no madvise, or a kernel before 5.4, which
-    refuses MADV_PAGEOUT: nothing changes)."""
+    refuses MADV_PAGEOUT: nothing changes).
+
+    MADV_PAGEOUT reclaims only the pages no other process maps.  Where another process has
+    the same libraries loaded (any bcc tool, another tcpclose, the bench's own empty program),
+    some 75 MB of their code stayed in this one's RSS (docs/overhead.md, "Another bcc tool's
+    libraries in the tracer's RSS").  A mapping that cannot be written and holds no page of
+    its own (no copy made on a write: smaps' Anonymous 0 kB) is nothing but the file's pages:
+    MADV_DONTNEED takes them out of this process's page tables, the page cache keeps them for
+    the others, and a touch reads them back as the first time.  A mapping with pages of its
+    own (the relocated tables, made read-only after they were written) is left: those would
+    be lost."""
     return_freed()
     if _MADVISE is None:
         return 0
     released = 0
-    with open("/proc/self/maps") as maps:
-        spans = [line.split() for line in maps]
-    for fields in spans:
-        if len(fields) >= 6 and COMPILER.search(fields[5]):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            released += _MADVISE(start, end - start, MADV_PAGEOUT) == 0
+    for start, end, perms, own_kb in compiler_mappings():
+        released += _MADVISE(start, end - start, MADV_PAGEOUT) == 0
+        if "w" not in perms and own_kb == 0:
+            _MADVISE(start, end - start, MADV_DONTNEED)
     return released
+
+
+def compiler_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int, str, int]]:
+    """The compiler's libraries' mappings: (start, end, permissions, kB of pages of its own)."""
+    found, current = [], None
+    with open(smaps) as lines:
+        for line in lines:
+            fields = line.split()
+            if not fields:
+                continue
+            if fields[0].endswith(":"):  # (a figure of the mapping above: "Anonymous:", "Rss:", ...)
+                if current is not None and fields[0] in ("Anonymous:", "Swap:"):  # (a page copied, maybe swapped out)
+                    current[4].add(fields[0])
+                    current[3] += int(fields[1])
+                continue
+            if current is not None:
+                found.append(_mapping(current))
+            current = None
+            if len(fields) >= 6 and COMPILER.search(fields[5]):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = [start, end, fields[1], 0, set()]
+    if current is not None:
+        found.append(_mapping(current))
+    return found
+
+
+def _mapping(read: list) -> tuple[int, int, str, int]:
+    start, end, perms, own_kb, figures = read
+    return start, end, perms, own_kb if figures == {"Anonymous:", "Swap:"} else -1  # (-1: not known, not 0)
