@@ -20,9 +20,9 @@ POLL_INTERVAL_S = 0.1
 # Each ends a run as Ctrl-C does, the files still written: SIGHUP is an ssh session that
 # dropped, SIGQUIT a Ctrl-\ (their default actions end the process with nothing written).
 ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# From this many records, the end of a run is announced: its analysis and files take
-# about 33 us a record on the development VM's AMD host and 13 us on its Intel host
-# (docs/overhead.md), some 3 to 7 s here.
+# From this many records, the end of a run is announced: it makes their rows and files at
+# some 7 us a record on the development VM's AMD host (docs/overhead.md, "The end's writing
+# on a thread of its own"), a second and a half here.
 LONG_END_RECORDS = 200_000
 
 
