@@ -70,7 +70,7 @@ def release_compiler() -> int:
 
     MADV_PAGEOUT reclaims only the pages no other process maps.  Where another process has
     the same libraries loaded (any bcc tool, another tcpclose, the bench's own empty program),
-    some 75 MB of their code stayed in this one's RSS (docs/overhead.md, "Another bcc tool's
+    some 70 MB of their code stayed in this one's RSS (docs/overhead.md, "Another bcc tool's
     libraries in the tracer's RSS").  A mapping that cannot be written and holds no page of
     its own (no copy made on a write: smaps' Anonymous 0 kB) is nothing but the file's pages:
     MADV_DONTNEED takes them out of this process's page tables, the page cache keeps them for

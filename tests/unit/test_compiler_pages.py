@@ -66,9 +66,9 @@ def touched(path, writable: bool = False) -> mmap.mmap:
 @pytest.mark.skipif(memory._MADVISE is None, reason="no madvise in this C library")
 def test_a_library_another_process_maps_too_leaves_the_tracers_rss(library):
     """MADV_PAGEOUT reclaims only pages one process maps: another bcc tool on the host kept some
-    75 MB of LLVM's and clang's code in the tracer's RSS.  Fails without MADV_DONTNEED."""
+    70 MB of LLVM's and clang's code in the tracer's RSS.  Fails without MADV_DONTNEED."""
     mapping = touched(library)
-    start = address_of_read_only(mapping, library)
+    start = address_of_read_only(library)
     assert rss_kb(start)[0] >= PAGES * mmap.PAGESIZE // 1024 * 0.9
     assert memory.release_compiler() >= 1
     assert rss_kb(start)[0] == 0
@@ -92,9 +92,9 @@ def test_a_read_only_mapping_with_pages_of_its_own_keeps_them(library):
     assert mapping[0:4] == b"mine" and mapping[5 * mmap.PAGESIZE + 7] == 7
 
 
-def address_of_read_only(mapping: mmap.mmap, path) -> int:
-    """A read-only mmap's address (ctypes takes a buffer only from a writable object): the one
-    mapping of `path` in this process, of its size."""
+def address_of_read_only(path) -> int:
+    """A read-only mmap's address (ctypes takes a buffer only from a writable object): that of
+    the one mapping of `path` in this process."""
     with open("/proc/self/maps") as maps:
         found = [int(fields[0].split("-")[0], 16) for fields in map(str.split, maps)
                  if fields[-1] == str(path)]
