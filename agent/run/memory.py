@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
+from typing import NamedTuple
 
 def _libc_function(name: str):
     try:
@@ -81,37 +82,45 @@ def release_compiler() -> int:
     if _MADVISE is None:
         return 0
     released = 0
-    for start, end, perms, own_kb in compiler_mappings():
-        released += _MADVISE(start, end - start, MADV_PAGEOUT) == 0
-        if "w" not in perms and own_kb == 0:
-            _MADVISE(start, end - start, MADV_DONTNEED)
+    for mapping in compiler_mappings():
+        size = mapping.end - mapping.start
+        released += _MADVISE(mapping.start, size, MADV_PAGEOUT) == 0
+        if "w" not in mapping.perms and mapping.own_kb == 0:
+            _MADVISE(mapping.start, size, MADV_DONTNEED)
     return released
 
 
-def compiler_mappings(smaps: str = "/proc/self/smaps") -> list[tuple[int, int, str, int]]:
-    """The compiler's libraries' mappings: (start, end, permissions, kB of pages of its own)."""
-    found, current = [], None
+class Mapping(NamedTuple):
+    """One mapping of a process, as /proc/PID/smaps gives it."""
+    start: int
+    end: int
+    perms: str  # "r-xp", ...
+    kb: dict[str, int]  # its figures in kB: "Size:", "Rss:", "Anonymous:", "Swap:", ...
+
+    @property
+    def own_kb(self) -> int:
+        """kB of pages of its own: copied on a write (Anonymous), maybe swapped out since; -1: not known."""
+        if "Anonymous:" not in self.kb or "Swap:" not in self.kb:
+            return -1
+        return self.kb["Anonymous:"] + self.kb["Swap:"]
+
+
+def compiler_mappings(smaps: str = "/proc/self/smaps") -> list[Mapping]:
+    """The compiler's libraries' mappings (COMPILER), of this process or another's smaps."""
+    found: list[Mapping] = []
+    current = None
     with open(smaps) as lines:
         for line in lines:
             fields = line.split()
             if not fields:
                 continue
-            if fields[0].endswith(":"):  # (a figure of the mapping above: "Anonymous:", "Rss:", ...)
-                if current is not None and fields[0] in ("Anonymous:", "Swap:"):  # (a page copied, maybe swapped out)
-                    current[4].add(fields[0])
-                    current[3] += int(fields[1])
+            if fields[0].endswith(":"):  # (a figure of the mapping above; VmFlags' are not a number)
+                if current is not None and len(fields) >= 2 and fields[1].isdigit():
+                    current.kb[fields[0]] = int(fields[1])
                 continue
-            if current is not None:
-                found.append(_mapping(current))
-            current = None
+            current = None  # (a mapping's first line: its addresses, permissions, ..., its file)
             if len(fields) >= 6 and COMPILER.search(fields[5]):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
-                current = [start, end, fields[1], 0, set()]
-    if current is not None:
-        found.append(_mapping(current))
+                current = Mapping(start, end, fields[1], {})
+                found.append(current)
     return found
-
-
-def _mapping(read: list) -> tuple[int, int, str, int]:
-    start, end, perms, own_kb, figures = read
-    return start, end, perms, own_kb if figures == {"Anonymous:", "Swap:"} else -1  # (-1: not known, not 0)

@@ -441,26 +441,17 @@ def test_the_compilers_memory_is_handed_back_once_the_program_is_loaded(tmp_path
     some of those pages are mapped here too, which MADV_PAGEOUT leaves: what tells is every
     read-only mapping with no page of its own (Anonymous 0), none of whose pages stay resident,
     shared or not.  The relocated tables (pages of its own) stay."""
-    from agent.run.memory import COMPILER
+    from agent.run.memory import compiler_mappings
 
     tracer = subprocess.Popen([*TCPCLOSE, "trace", "-d", "60", "-o", str(tmp_path / "out")],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         assert tracer.stderr.readline().startswith("Tracing")
-        mappings, name = [], ""
-        with open(f"/proc/{tracer.pid}/smaps") as smaps:
-            for line in smaps:
-                fields = line.split()
-                if not fields[0].endswith(":"):  # a mapping's first line
-                    name = fields[5] if len(fields) >= 6 else ""
-                    if COMPILER.search(name):
-                        mappings.append({"perms": fields[1]})
-                elif COMPILER.search(name) and fields[0] in ("Size:", "Rss:", "Anonymous:"):
-                    mappings[-1][fields[0]] = int(fields[1])
-        assert sum(m["Size:"] for m in mappings) > 20_000  # the libraries are there, mapped
-        files_own = [m for m in mappings if "w" not in m["perms"] and m["Anonymous:"] == 0]
-        assert sum(m["Size:"] for m in files_own) > 20_000  # their code among them
-        resident = sum(m["Rss:"] for m in files_own)
+        mappings = compiler_mappings(f"/proc/{tracer.pid}/smaps")
+        assert sum(m.kb["Size:"] for m in mappings) > 20_000  # the libraries are there, mapped
+        files_own = [m for m in mappings if "w" not in m.perms and m.own_kb == 0]
+        assert sum(m.kb["Size:"] for m in files_own) > 20_000  # their code among them
+        resident = sum(m.kb["Rss:"] for m in files_own)
         assert resident < 4_000, f"{resident} kB of the compiler's libraries' code resident"
     finally:
         tracer.send_signal(signal.SIGINT)

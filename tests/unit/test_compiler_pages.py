@@ -13,16 +13,9 @@ PAGES = 256  # 1 MiB of a made-up compiler library
 
 
 def rss_kb(start: int) -> tuple[int, int]:
-    """(Rss, Anonymous) in kB of this process's mapping that begins at `start`."""
-    figures, inside = {}, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if not fields[0].endswith(":"):
-                inside = int(fields[0].split("-")[0], 16) == start
-            elif inside and fields[0] in ("Rss:", "Anonymous:"):
-                figures[fields[0]] = int(fields[1])
-    return figures["Rss:"], figures["Anonymous:"]
+    """(Rss, Anonymous) in kB of this process's mapping of the made-up library that begins at `start`."""
+    [mapping] = [m for m in memory.compiler_mappings() if m.start == start]
+    return mapping.kb["Rss:"], mapping.kb["Anonymous:"]
 
 
 def address(mapping: mmap.mmap) -> int:
@@ -86,7 +79,7 @@ def test_a_read_only_mapping_with_pages_of_its_own_keeps_them(library):
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     assert libc.mprotect(start, len(mapping), mmap.PROT_READ) == 0
-    assert [m[2] for m in memory.compiler_mappings() if m[0] == start] == ["r--p"]
+    assert [m.perms for m in memory.compiler_mappings() if m.start == start] == ["r--p"]
     assert rss_kb(start)[1] >= 4
     memory.release_compiler()
     assert mapping[0:4] == b"mine" and mapping[5 * mmap.PAGESIZE + 7] == 7
@@ -115,6 +108,8 @@ def test_the_compilers_mappings_are_read_with_their_own_pages(tmp_path):
         "Anonymous: 0 kB\nSwap: 0 kB\n"
         "7f0000300000-7f0000400000 r-xp 00000000 fe:00 3 /usr/lib/llvm-14/lib/libclang-cpp.so.14\n"
         "Anonymous: 0 kB\n")
-    assert memory.compiler_mappings(str(smaps)) == [
+    found = memory.compiler_mappings(str(smaps))
+    assert [(m.start, m.end, m.perms, m.own_kb) for m in found] == [
         (0x7f0000000000, 0x7f0000100000, "r-xp", 0), (0x7f0000100000, 0x7f0000104000, "r--p", 12),
         (0x7f0000300000, 0x7f0000400000, "r-xp", -1)]
+    assert found[0].kb == {"Rss:": 400, "Anonymous:": 0, "Swap:": 0}  # (VmFlags: not a figure)
