@@ -127,7 +127,8 @@ def test_demo_shows_every_kind_of_ending_in_its_own_namespace(tmp_path):
         # pytest cuts a long message short)
         {k: v for k, v in run.get("counters", {}).items() if v}, run.get("timewaits_swept"), run.get("open_timewaits"),
         {name: stats.get("recursion_misses") for name, stats in run.get("programs", {}).items()},
-        [(r.get("tw_start"), r.get("tw_s"), r.get("tw_end_reason"), r.get("tw_end")) for r in caller], result.stderr[-1500:])
+        [(r.get("tw_start"), r.get("tw_s"), r.get("tw_end_reason"), r.get("tw_end")) for r in caller],
+        result.stderr[-1500:])
     assert all(1.9 <= float(r["tw_s"]) <= 2.3 and r["tw_end_reason"] == "expired" for r in caller)  # tcp_fin_timeout 2
     ports = read_csv(tmp_path / "ports.csv")
     assert [(r["processes"], r["warning"], r["port_range"]) for r in ports if r["warning"] == "True"] == [
